@@ -1,0 +1,54 @@
+"""The `orchestrate` command line: one module per verb.
+
+Every module in this package whose name does not start with `_` is a verb module and
+exposes `command` (a click command or group); they are registered here in name order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+import click
+
+from orchestrator import __version__
+from orchestrator.cli._common import PROJECT_DIR_ENV, AppContext, default_project_dir
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="orchestrate")
+@click.option("--debug", is_flag=True, help="Show tracebacks and command output tails on errors.")
+@click.option(
+    "--project-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Project directory (default: ${PROJECT_DIR_ENV} or the current directory).",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, project_dir: Path | None) -> None:
+    """Render, provision, deploy and heal a Rust service on a fleet.
+
+    Every verb takes --json for machine-readable output on stdout.
+    Exit codes: 0 done, 1 failed, 2 bad input, 3 rolled back, 4 changes found,
+    75 environment lock busy, 130 interrupted.
+    """
+    ctx.obj = AppContext(project_dir=(project_dir or default_project_dir()).resolve(), debug=debug)
+
+
+def _register_verbs() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        command = getattr(module, "command", None)
+        if isinstance(command, click.Command):
+            cli.add_command(command)
+
+
+_register_verbs()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="orchestrate")

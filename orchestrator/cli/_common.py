@@ -1,0 +1,142 @@
+"""What every verb shares: the application context, `--json`, output and error mapping.
+
+Only the cli package prints or exits. Core code raises OrchestratorError subclasses; the
+`verb` decorator maps them to the exit codes of orchestrator.errors.ExitStatus and shows a
+traceback only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from orchestrator.config import LoadedEnvironment, Project
+from orchestrator.errors import ExitStatus, OrchestratorError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROJECT_DIR_ENV = "ORCHESTRATE_PROJECT_DIR"
+
+
+@dataclass
+class AppContext:
+    """Options given before the verb."""
+
+    project_dir: Path
+    debug: bool = False
+    json_output: bool = False
+    stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
+    stdout: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+
+    @property
+    def project(self) -> Project:
+        return Project(self.project_dir)
+
+    def load(self, env_name: str) -> LoadedEnvironment:
+        return self.project.load(env_name)
+
+    def info(self, message: str) -> None:
+        """A human message on stderr (suppressed under --json so stderr stays quiet for cron)."""
+        if not self.json_output:
+            self.stderr.print(message)
+
+    def emit(self, data: Any, human: Callable[[], None] | None = None) -> None:
+        """The verb's result: JSON on stdout under --json, else the human rendering."""
+        if self.json_output:
+            click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+        elif human is not None:
+            human()
+
+    def stdout_print(self, renderable: Any) -> None:
+        """Human result output (tables, paths) on stdout."""
+        self.stdout.print(renderable)
+
+    @property
+    def interactive(self) -> bool:
+        return sys.stdin.isatty() and not self.json_output
+
+
+def default_project_dir() -> Path:
+    return Path(os.environ.get(PROJECT_DIR_ENV) or os.getcwd())
+
+
+def pass_app(func: F) -> F:
+    """Give the verb the AppContext as its first argument."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        app = ctx.find_object(AppContext)
+        assert app is not None, "the orchestrate group creates the AppContext"
+        return func(app, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+json_option = click.option("--json", "json_output", is_flag=True, help="Machine-readable output on stdout.")
+
+
+def verb(func: F) -> F:
+    """Map errors raised by a verb to exit codes; add `--json` after the verb.
+
+    The decorated function receives the AppContext first and returns an exit status
+    (or None for success).
+    """
+
+    @json_option
+    @functools.wraps(func)
+    def wrapper(*args: Any, json_output: bool = False, **kwargs: Any) -> None:
+        ctx = click.get_current_context()
+        app = ctx.find_object(AppContext)
+        assert app is not None
+        app.json_output = json_output
+        try:
+            status = func(app, *args, **kwargs)
+        except OrchestratorError as exc:
+            _report(app, exc, exc.exit_status)
+            ctx.exit(int(exc.exit_status))
+        except KeyboardInterrupt:
+            app.stderr.print("[red]interrupted[/red]")
+            ctx.exit(int(ExitStatus.INTERRUPTED))
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as exc:  # the boundary: anything unexpected is a bug report
+            if app.debug:
+                traceback.print_exc()
+            else:
+                click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
+            if app.json_output:
+                click.echo(json.dumps({"error": f"{type(exc).__name__}: {exc}", "exit_code": 1}))
+            ctx.exit(int(ExitStatus.FAILED))
+        ctx.exit(int(status if status is not None else ExitStatus.OK))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _report(app: AppContext, exc: OrchestratorError, status: ExitStatus) -> None:
+    if app.debug:
+        traceback.print_exc()
+    click.echo(f"error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(exc.hint, err=True)
+    output_tail = getattr(exc, "output_tail", "")
+    if output_tail and app.debug:
+        click.echo(output_tail, err=True)
+    if app.json_output:
+        click.echo(json.dumps({"error": exc.message, "exit_code": int(status)}))
+
+
+def env_argument(func: F) -> F:
+    return click.argument("env_name", metavar="ENV")(func)

@@ -1,0 +1,1 @@
+"""Adapters over external programs; the only modules that start processes."""

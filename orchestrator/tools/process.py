@@ -1,0 +1,175 @@
+"""The one seam through which the orchestrator runs external programs.
+
+Every external program (terraform, ansible, systemd-nspawn, ip, cargo, ...) is started
+here: argv lists only, never a shell, always a timeout, output optionally streamed line by
+line to a callback while it is also collected for the error message.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import CommandError, CommandTimeout
+
+LineCallback = Callable[[str], None]
+
+#: how many trailing output lines a failure carries
+TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of a finished command."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    """Last `lines` lines of `text`."""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def run_command(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = 600,
+    check: bool = True,
+    on_stdout: LineCallback | None = None,
+    on_stderr: LineCallback | None = None,
+    input_text: str | None = None,
+    ok_codes: Sequence[int] = (0,),
+) -> CommandResult:
+    """Run `argv` and return its result.
+
+    `env` entries are added to (not substituted for) the current environment; a value
+    of "" is passed through as empty. Output lines go to `on_stdout`/`on_stderr` as they
+    arrive. With `check`, a return code outside `ok_codes` raises CommandError carrying
+    the code, `shlex.join(argv)` and the output tail. A command running past `timeout`
+    seconds is killed (its whole process group) and raises CommandTimeout.
+    """
+    args = [os.fspath(a) for a in argv]
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=os.fspath(cwd) if cwd is not None else None,
+            env=full_env,
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(
+            f"{args[0]}: program not found (is it installed? run `make up`)",
+            argv=args,
+            returncode=None,
+            output_tail="",
+        ) from exc
+
+    out_lines: list[str] = []
+    err_lines: deque[str] | list[str] = []
+
+    def pump(stream: object, sink: list[str], callback: LineCallback | None) -> None:
+        assert hasattr(stream, "readline")
+        for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
+            sink.append(line)
+            if callback is not None:
+                callback(line.rstrip("\n"))
+        stream.close()  # type: ignore[attr-defined]
+
+    readers = [
+        threading.Thread(target=pump, args=(proc.stdout, out_lines, on_stdout), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, err_lines, on_stderr), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    if input_text is not None and proc.stdin is not None:
+        try:
+            proc.stdin.write(input_text)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        for reader in readers:
+            reader.join(timeout=5)
+        output = "".join(out_lines) + "".join(err_lines)
+        raise CommandTimeout(
+            f"`{shlex.join(args)}` timed out after {timeout:g} s",
+            argv=args,
+            returncode=None,
+            output_tail=tail(output),
+        ) from None
+    except KeyboardInterrupt:
+        _kill_group(proc)
+        raise
+    for reader in readers:
+        reader.join(timeout=30)
+    result = CommandResult(
+        argv=args,
+        returncode=returncode,
+        stdout="".join(out_lines),
+        stderr="".join(err_lines),
+        duration=time.monotonic() - started,
+    )
+    if check and returncode not in ok_codes:
+        raise CommandError(
+            f"`{shlex.join(args)}` exited with {returncode}",
+            argv=args,
+            returncode=returncode,
+            output_tail=tail(result.stderr or result.stdout),
+        )
+    return result
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Terminate the process group, escalating to SIGKILL after a grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def which(program: str) -> Path | None:
+    """Path of `program` on PATH (or the venv's bin), or None."""
+    import shutil
+    import sys
+
+    found = shutil.which(program)
+    if found is None:
+        candidate = Path(sys.executable).parent / program
+        if candidate.exists():
+            return candidate
+        return None
+    return Path(found)
