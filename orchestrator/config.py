@@ -50,13 +50,18 @@ def parse_duration(text: str) -> float:
     return sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART_RE.findall(text))
 
 
+def _escape(message: str) -> str:
+    """Protect literal braces from pydantic's message templating."""
+    return message.replace("{", "{{").replace("}", "}}")
+
+
 def _duration(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise PydanticCustomError("duration", "expected a duration such as 500ms, 30s, 5m, 1h")
     text = f"{value}s" if isinstance(value, int) else value.strip()
     if not _DURATION_RE.match(text):
         raise PydanticCustomError(
-            "duration", "{value!r} is not a duration such as 500ms, 30s, 5m, 1h", {"value": value}
+            "duration", _escape(f"{value!r} is not a duration such as 500ms, 30s, 5m, 1h"), {"value": value}
         )
     return text
 
@@ -81,8 +86,8 @@ class _Model(BaseModel):
                 if key not in known:
                     raise PydanticCustomError(
                         "unknown_key",
-                        "unknown key {key!r} (valid keys: {valid})",
-                        {"key": str(key), "valid": ", ".join(cls.model_fields)},
+                        _escape(f"unknown key {str(key)!r} (valid keys: {', '.join(cls.model_fields)})"),
+                        {"key": str(key)},
                     )
         return data
 
@@ -104,14 +109,14 @@ class LocalFleetVars(_Model):
     @classmethod
     def _prefix(cls, value: str) -> str:
         if not _HOST_PREFIX_RE.match(value):
-            raise ValueError("expected lowercase letters, digits and '-', starting with a letter, at most 20")
+            raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter, max 20")
         return value
 
     @field_validator("bridge")
     @classmethod
     def _bridge(cls, value: str) -> str:
         if not _BRIDGE_RE.match(value):
-            raise ValueError("expected lowercase letters, digits and '-', starting with a letter, at most 15")
+            raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter, max 15")
         return value
 
     @field_validator("subnet")
@@ -472,7 +477,9 @@ def load_environment_file(path: Path, project_dir: Path) -> LoadedEnvironment:
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", path=display) from None
     if node is None or data is None:
-        raise ConfigError("file is empty; expected a mapping with name, target, terraform, service", path=display)
+        raise ConfigError(
+            "file is empty; expected a mapping with name, target, terraform, service", path=display, line=1
+        )
     if not isinstance(data, dict):
         raise ConfigError(
             f"expected a mapping at the top level, got {type(data).__name__}", path=display, line=1

@@ -67,7 +67,7 @@ class AppContext:
 
 
 def default_project_dir() -> Path:
-    return Path(os.environ.get(PROJECT_DIR_ENV) or os.getcwd())
+    return Path(os.environ.get(PROJECT_DIR_ENV) or Path.cwd())
 
 
 def pass_app(func: F) -> F:

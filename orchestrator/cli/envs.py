@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.table import Table
 
@@ -13,7 +15,7 @@ from orchestrator.errors import ExitStatus, OrchestratorError
 @verb
 def command(app: AppContext) -> ExitStatus:
     """List environments (name, target, protected, or the error in its file)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     status = ExitStatus.OK
     for name in app.project.environment_names():
         try:

@@ -17,7 +17,9 @@ def command(app: AppContext, env_name: str) -> None:
     summary = {
         "env": env.name,
         "valid": True,
-        "file": str(loaded.path.relative_to(app.project_dir)) if loaded.path.is_relative_to(app.project_dir) else str(loaded.path),
+        "file": str(loaded.path.relative_to(app.project_dir))
+        if loaded.path.is_relative_to(app.project_dir)
+        else str(loaded.path),
         "target": env.target,
         "protected": env.protected,
         "service": env.service.name,

@@ -7,16 +7,17 @@ line to a callback while it is also collected for the error message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from orchestrator.errors import CommandError, CommandTimeout
 
@@ -88,15 +89,14 @@ def run_command(
         ) from exc
 
     out_lines: list[str] = []
-    err_lines: deque[str] | list[str] = []
+    err_lines: list[str] = []
 
-    def pump(stream: object, sink: list[str], callback: LineCallback | None) -> None:
-        assert hasattr(stream, "readline")
-        for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
+    def pump(stream: IO[str], sink: list[str], callback: LineCallback | None) -> None:
+        for line in iter(stream.readline, ""):
             sink.append(line)
             if callback is not None:
                 callback(line.rstrip("\n"))
-        stream.close()  # type: ignore[attr-defined]
+        stream.close()
 
     readers = [
         threading.Thread(target=pump, args=(proc.stdout, out_lines, on_stdout), daemon=True),
@@ -145,6 +145,47 @@ def run_command(
     return result
 
 
+def start_detached(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log_path: str | os.PathLike[str],
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start `argv` as a daemon that outlives the caller and return its pid.
+
+    The program gets its own session, stdin from /dev/null and stdout+stderr appended to
+    `log_path`; nobody waits for it here (a background thread reaps it if it ends while the
+    caller still runs, so it never lingers as a zombie). Used for long-running supervisors
+    such as the local-host launcher.
+    """
+    args = [os.fspath(a) for a in argv]
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                args,
+                cwd=os.fspath(cwd) if cwd is not None else None,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except FileNotFoundError as exc:
+            raise CommandError(
+                f"{args[0]}: program not found (is it installed? run `make up`)",
+                argv=args,
+                returncode=None,
+                output_tail="",
+            ) from exc
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return proc.pid
+
+
 def _kill_group(proc: subprocess.Popen[str]) -> None:
     """Terminate the process group, escalating to SIGKILL after a grace period."""
     try:
@@ -154,10 +195,8 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
 
 

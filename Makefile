@@ -1,0 +1,76 @@
+# orchestrate: `make up` brings the dev environment up on the embedded local fleet,
+# `make test` runs the whole suite. Both are idempotent and work as root on a fresh machine.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ORCHESTRATE := $(BIN)/orchestrate
+export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:/usr/local/bin:/usr/sbin:/sbin:$(PATH)
+
+# Debian packages the tool and its tests need on the controller.
+DEB_PACKAGES := systemd-container debootstrap iproute2 openssh-client rsync curl \
+                prometheus prometheus-alertmanager haproxy
+DEB_STAMP := $(VENV)/.debs-$(shell echo $(DEB_PACKAGES) | sha256sum | cut -c1-12)
+PY_STAMP := $(VENV)/.installed
+EXAMPLE := examples/hello-service
+EXAMPLE_BIN := $(EXAMPLE)/target/release/hello-service
+
+.PHONY: help up test deps debs venv example lint typecheck pytest bench verify down clean
+
+help:
+	@echo "make up     install what is needed, build the example service, orchestrate up dev"
+	@echo "make test   ruff, mypy and the whole pytest suite (unit, integration, e2e)"
+	@echo "make bench  benchmarks (bench/), figures printed and written to bench/results/"
+	@echo "make down   destroy the dev fleet"
+
+deps: debs venv
+
+debs: $(DEB_STAMP)
+$(DEB_STAMP):
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+venv: $(PY_STAMP)
+$(PY_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+example: $(EXAMPLE_BIN)
+$(EXAMPLE_BIN): $(shell find $(EXAMPLE)/src -name '*.rs' 2>/dev/null) $(EXAMPLE)/Cargo.toml
+	cargo build --release --offline --manifest-path $(EXAMPLE)/Cargo.toml
+	@touch $@
+
+up: deps example
+	$(ORCHESTRATE) validate dev
+	$(ORCHESTRATE) render dev
+
+down: venv
+	$(ORCHESTRATE) destroy dev --yes
+
+lint: venv
+	$(BIN)/ruff check orchestrator tests bench
+
+typecheck: venv
+	$(BIN)/mypy orchestrator
+
+pytest: deps
+	$(BIN)/pytest -q
+
+test: deps lint typecheck pytest
+
+bench: deps example
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf .orchestrate/*/runs .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,34 @@
+"""Fixtures shared by every test suite."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: project directories a copied project needs (the rest is code, found through the venv)
+PROJECT_PARTS = ("inventories", "terraform", "roles", "playbooks", "molecule")
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project's own files (not .orchestrate/ state) into `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in PROJECT_PARTS:
+        src = REPO / part
+        if src.exists():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
+    return dest
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """A copy of this project in a temporary directory, to change freely."""
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
