@@ -1,0 +1,129 @@
+"""Scheduled rollouts: the cron line that runs `orchestrate up` unattended.
+
+The line runs `up` with `--json` (machine-readable result in the log), a bounded
+`--lock-wait` (a scheduled run queues behind an operator's run instead of failing, but does
+not pile up forever) and appends to a per-environment log. Runs from cron have no terminal,
+so they never prompt; a protected environment only gets a line when `--yes` is asked for
+explicitly, and the line then carries it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from orchestrator.config import LoadedEnvironment, Schedule
+from orchestrator.errors import UsageError
+
+CRON_DIR = Path("/etc/cron.d")
+#: how long a scheduled run waits for the environment lock before giving up (exit 75)
+DEFAULT_LOCK_WAIT = 1800
+
+
+@dataclass(frozen=True)
+class CronEntry:
+    """One /etc/cron.d entry for an environment."""
+
+    env: str
+    expression: str
+    argv: list[str]
+    log_path: Path
+    file_name: str
+    path_env: str
+
+    @property
+    def command(self) -> str:
+        return f"{shlex.join(self.argv)} >> {shlex.quote(str(self.log_path))} 2>&1"
+
+    @property
+    def line(self) -> str:
+        """The crontab line (system crontab format: with the user field)."""
+        return f"{self.expression} root {self.command}"
+
+    def file_text(self) -> str:
+        """The whole /etc/cron.d file: environment, then the line."""
+        return (
+            f"# orchestrate scheduled rollout for environment {self.env}; managed by `orchestrate schedule`\n"
+            "SHELL=/bin/sh\n"
+            f"PATH={self.path_env}\n"
+            f"{self.line}\n"
+        )
+
+
+def cron_file_name(project_dir: Path, env: str) -> str:
+    """A cron.d file name unique per project and environment (run-parts naming rules)."""
+    digest = hashlib.sha256(str(project_dir.resolve()).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"orchestrate-{digest}-{env}")
+
+
+def build_entry(
+    loaded: LoadedEnvironment,
+    *,
+    expression: str | None = None,
+    release: str | None = None,
+    yes: bool = False,
+    lock_wait: int = DEFAULT_LOCK_WAIT,
+    executable: Path | None = None,
+) -> CronEntry:
+    """The cron entry for `loaded`; expression and release default to the env's `schedule`."""
+    env = loaded.env
+    configured = env.schedule
+    expr = expression or (configured.cron if configured else None)
+    if not expr:
+        raise UsageError(f"no --cron given and {env.name} has no schedule.cron in {loaded.path.name}")
+    try:
+        expr = Schedule(cron=expr).cron  # the same rules as schedule.cron in the environment file
+    except ValidationError as exc:
+        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise UsageError(f"--cron: {reason}") from None
+    if env.protected and not yes:
+        raise UsageError(
+            f"{env.name} is protected: unattended runs need an explicit --yes (it is written into the cron line)"
+        )
+    exe = executable or Path(sys.executable).parent / "orchestrate"
+    project = loaded.project_dir.resolve()
+    argv = [str(exe), "--project-dir", str(project), "up", env.name, "--json", "--lock-wait", str(lock_wait)]
+    release_path = release or (configured.release if configured else "")
+    if release_path:
+        path = Path(release_path)
+        argv += ["--release", str(path if path.is_absolute() else project / path)]
+    if yes:
+        argv.append("--yes")
+    cargo_bin = Path.home() / ".cargo" / "bin"
+    path_env = ":".join([str(exe.parent), str(cargo_bin), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+                         "/usr/bin", "/sbin", "/bin"])
+    return CronEntry(
+        env=env.name,
+        expression=expr,
+        argv=argv,
+        log_path=loaded.state_dir / "cron.log",
+        file_name=cron_file_name(project, env.name),
+        path_env=path_env,
+    )
+
+
+def install(entry: CronEntry, cron_dir: Path = CRON_DIR) -> Path:
+    """Write the entry to cron_dir/<file_name> atomically (mode 0644, as cron requires)."""
+    cron_dir.mkdir(parents=True, exist_ok=True)
+    target = cron_dir / entry.file_name
+    tmp = cron_dir / f".{entry.file_name}.tmp"
+    tmp.write_text(entry.file_text())
+    tmp.chmod(0o644)
+    tmp.replace(target)
+    entry.log_path.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def uninstall(entry: CronEntry, cron_dir: Path = CRON_DIR) -> bool:
+    """Remove the entry's file; True when there was one."""
+    target = cron_dir / entry.file_name
+    if target.exists():
+        target.unlink()
+        return True
+    return False
