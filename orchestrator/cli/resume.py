@@ -1,0 +1,49 @@
+"""`orchestrate resume RUN_ID`: continue an interrupted or failed run from its first step not done.
+
+The run's own command does the work: `resume` finds the environment whose journal holds the run,
+checks that it can be resumed (saying why not), and re-invokes the recorded command line with
+`--resume RUN_ID` appended. A verb is resumable when it takes a `--resume` option and passes it
+to `orchestrator.lock.locked_run(resume=...)`, which re-checks under the environment lock.
+"""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.cli._common import AppContext, verb
+from orchestrator.errors import ExitStatus, UsageError
+from orchestrator.journal import Journal, locate_run
+
+
+@click.command("resume")
+@click.argument("run_id")
+@click.option("--lock-wait", type=float, default=None, metavar="SECONDS",
+              help="Wait at most this long for the environment lock (0: exit 75 at once).")
+@verb
+def command(app: AppContext, run_id: str, lock_wait: float | None) -> int:
+    """Continue run RUN_ID (see `orchestrate runs ENV`) from its first step not completed."""
+    state_root = app.project_dir / ".orchestrate"
+    state_dir = locate_run(state_root, run_id)
+    if state_dir is None:
+        raise UsageError(f"no run {run_id} in the journal of any environment under {state_root}",
+                         hint="`orchestrate runs ENV` lists the runs of an environment")
+    with Journal.open(state_dir) as journal:
+        point = journal.resume_point(run_id)  # NotResumable says why (exit 2, or 75 if one is active)
+    record = point.run
+    ctx = click.get_current_context()
+    root = ctx.find_root().command
+    target = root.get_command(ctx, record.argv[0]) if record.argv and isinstance(root, click.Group) else None
+    options = {opt for p in target.params for opt in p.opts} if target is not None else set()
+    if target is None or "--resume" not in options:
+        raise UsageError(f"run {run_id} was `orchestrate {' '.join(record.argv) or record.command}`, "
+                         "which cannot be resumed (its command takes no --resume)",
+                         hint="run the command again instead")
+    args = [*record.argv[1:], "--resume", run_id]
+    if lock_wait is not None and "--lock-wait" in options:
+        args += ["--lock-wait", f"{lock_wait:g}"]
+    if app.json_output:
+        args.append("--json")
+    app.info(f"resuming run {run_id} (orchestrate {' '.join(record.argv)}) at step {point.step} "
+             f"after {', '.join(point.done) or 'no completed step'}")
+    status = target.main(args, prog_name=f"orchestrate {record.argv[0]}", standalone_mode=False, obj=app)
+    return int(status) if isinstance(status, int) else int(ExitStatus.OK)
