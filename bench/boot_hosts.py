@@ -1,0 +1,83 @@
+"""Boot 20 local hosts from the cached image, report the seconds until all are ready, destroy them.
+
+    .venv/bin/python bench/boot_hosts.py [--hosts 20] [--goal 5]
+
+"Ready" is what every other part waits for: systemd in the host says running/degraded and
+sshd answers on port 22. The image is built first if it is not cached yet (not timed).
+Runs as root; uses a throwaway project dir, bridge and 10.214.X.0/24 subnet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import random
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator.hosts.local import FleetNetwork, ImageStore, LocalFleet, plan_hosts
+from orchestrator.hosts.supervisor import cgroup_dirs
+from orchestrator.tools.process import run_command
+
+
+def free_subnet() -> str:
+    routed = []
+    for line in run_command(["ip", "-4", "-o", "route", "show"]).stdout.splitlines():
+        first = line.split()[0]
+        if first != "default":
+            routed.append(ipaddress.IPv4Network(first, strict=False))
+    candidates = list(range(100, 250))
+    random.shuffle(candidates)
+    for third in candidates:
+        net = ipaddress.IPv4Network(f"10.214.{third}.0/24")
+        if not any(net.overlaps(r) for r in routed):
+            return str(net)
+    raise SystemExit("no free 10.214.X.0/24")
+
+
+def host_cpu_seconds(name: str) -> float:
+    """CPU used so far by everything in a host's cgroup (container and launcher)."""
+    stat = cgroup_dirs(name)[1] / "cpu.stat"
+    for line in stat.read_text().splitlines():
+        if line.startswith("usage_usec"):
+            return int(line.split()[1]) / 1e6
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--goal", type=float, default=5.0, help="seconds all hosts must be ready in")
+    args = parser.parse_args()
+
+    ImageStore().ensure()  # not timed: cached after the first run
+    tag = "bh" + secrets.token_hex(3)
+    network = FleetNetwork(tag, free_subnet())
+    with tempfile.TemporaryDirectory(prefix="boot-hosts-") as tmp:
+        project = Path(tmp)
+        fleet = LocalFleet(network, project / ".orchestrate" / "bench" / "hosts", project)
+        specs = plan_hosts(tag, network, app_count=args.hosts)
+        load_before = Path("/proc/loadavg").read_text().split()[0]
+        try:
+            started = time.monotonic()
+            fleet.ensure_all(specs, timeout=120)
+            elapsed = time.monotonic() - started
+            running = sum(fleet.state(s.name) == "running" for s in specs)
+            cpu = sum(host_cpu_seconds(s.name) for s in specs)
+            destroy_started = time.monotonic()
+        finally:
+            fleet.destroy_all()
+        destroyed = time.monotonic() - destroy_started
+    verdict = "met" if elapsed < args.goal and running == args.hosts else "not met"
+    print(f"{args.hosts} hosts ready in {elapsed:.2f} s ({running} running); "
+          f"goal: all {args.hosts} ready in under {args.goal:g} s: {verdict}")
+    print(f"hosts used {cpu:.1f} CPU seconds to boot; machine load average before: {load_before}")
+    print(f"destroyed in {destroyed:.2f} s")
+    return 0 if verdict == "met" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
