@@ -1,0 +1,234 @@
+"""The deployment state machine and the exhaustive check of the rolling-deploy algorithm."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.errors import ExitStatus
+from orchestrator.models.process import (
+    ABORTING,
+    TRANSITIONS,
+    Action,
+    HostState,
+    IllegalTransition,
+    Journal,
+    Limits,
+    ModelViolation,
+    Outcome,
+    Step,
+    batch_count,
+    explore,
+    is_allowed,
+    next_action,
+    path_lower_bound,
+    plan_batches,
+    rollout_configs,
+    validate_transition,
+)
+
+S = HostState
+STATES = list(HostState)
+
+
+# --- the state machine ----------------------------------------------------------------------
+
+
+def test_happy_path_transitions_are_allowed() -> None:
+    path = [S.IDLE, S.BACKED_UP, S.STAGED, S.SWITCHED, S.VERIFIED]
+    assert all(is_allowed(a, b) for a, b in itertools.pairwise(path))
+
+
+def test_illegal_transition_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(IllegalTransition) as caught:
+        validate_transition("idle", "verified", host="dev-app-1")
+    message = str(caught.value)
+    assert "host dev-app-1: illegal transition idle -> verified" in message
+    assert "allowed next states are: backed_up, failed" in message
+    assert caught.value.exit_status is ExitStatus.FAILED
+
+
+def test_final_state_and_unknown_state_are_refused() -> None:
+    with pytest.raises(IllegalTransition, match=r"rolled_back -> idle; .*none \(final state\)"):
+        validate_transition(S.ROLLED_BACK, S.IDLE)
+    with pytest.raises(IllegalTransition, match="unknown host state 'deployed'"):
+        validate_transition("switched", "deployed")
+    assert not is_allowed("switched", "deployed")
+
+
+def test_every_state_is_reachable_from_idle_and_can_reach_an_end() -> None:
+    reachable = {S.IDLE}
+    frontier = [S.IDLE]
+    while frontier:
+        for nxt in TRANSITIONS[frontier.pop()]:
+            if nxt not in reachable:
+                reachable.add(nxt)
+                frontier.append(nxt)
+    assert reachable == set(HostState)
+    ends = {S.VERIFIED, S.ROLLED_BACK}
+    for state in HostState:
+        seen, stack = {state}, [state]
+        while stack:
+            for nxt in TRANSITIONS[stack.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        assert seen & ends, state
+
+
+@given(st.lists(st.sampled_from(STATES), min_size=1, max_size=30))
+def test_a_journal_accepts_exactly_the_allowed_transitions(sequence: list[HostState]) -> None:
+    """Feed random state sequences to a journal-like recorder: only allowed steps are kept."""
+    current = S.IDLE
+    accepted = [current]
+    for target in sequence:
+        allowed = target in TRANSITIONS[current]
+        try:
+            validate_transition(current, target)
+        except IllegalTransition:
+            assert not allowed
+            continue
+        assert allowed
+        current = target
+        accepted.append(current)
+    assert all(is_allowed(a, b) for a, b in itertools.pairwise(accepted))
+    # a final state accepts nothing more
+    if current is S.ROLLED_BACK:
+        assert not any(is_allowed(current, s) for s in STATES)
+
+
+@given(st.text(max_size=12), st.sampled_from(STATES))
+def test_unknown_names_are_never_allowed(name: str, state: HostState) -> None:
+    if name in {s.value for s in STATES}:
+        return
+    assert not is_allowed(name, state)
+    assert not is_allowed(state, name)
+
+
+# --- batches and the pure algorithm ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "total", "expected"), [("34%", 3, 1), ("100%", 3, 3), ("50%", 5, 2),
+                                                          ("1%", 4, 1), (2, 5, 2), (9, 3, 3)])
+def test_batch_count_follows_ansible_serial(size: int | str, total: int, expected: int) -> None:
+    assert batch_count(size, total) == expected
+
+
+def test_plan_batches_puts_the_canary_first() -> None:
+    hosts = [f"h{i}" for i in range(1, 6)]
+    assert plan_batches(hosts, 2, canary_hosts=1) == [["h1"], ["h2", "h3"], ["h4", "h5"]]
+    assert plan_batches(hosts, "100%") == [hosts]
+    assert plan_batches(hosts[:3], "34%") == [["h1"], ["h2"], ["h3"]]
+
+
+def test_next_action_goes_batch_by_batch_and_aborts_for_good() -> None:
+    batches = [["a"], ["b", "c"]]
+    journal: dict[str, HostState] = dict.fromkeys("abc", S.IDLE)
+    assert next_action(batches, journal) == Action(Step.BACKUP, ("a",))
+    journal["a"] = S.VERIFIED
+    assert next_action(batches, journal) == Action(Step.BACKUP, ("b", "c"))
+    journal.update(b=S.STAGED, c=S.STAGED)
+    assert next_action(batches, journal) == Action(Step.SWITCH, ("b", "c"))
+    journal.update(b=S.FAILED)
+    # c only staged: it may already run the new release if the controller died mid-switch
+    assert next_action(batches, journal) == Action(Step.ROLLBACK, ("a", "b", "c"))
+    journal.update(a=S.ROLLED_BACK, b=S.ROLLED_BACK, c=S.ROLLED_BACK)
+    assert next_action(batches, journal) == Action(None, outcome=Outcome.ROLLED_BACK)
+
+
+# --- the exhaustive exploration -------------------------------------------------------------
+
+
+def test_tiny_models_have_exactly_the_paths_counted_by_hand() -> None:
+    """One host, one fault, no crash: fault-free, or one of backup/stage/gate failing (1 path
+    each) or the switch failing before or after the rename (2 paths): 6 paths."""
+    assert explore([["h1"]], limits=Limits(max_faults=0, max_crashes=0)).paths == 1
+    result = explore([["h1"]], limits=Limits(max_faults=1, max_crashes=0))
+    assert (result.paths, result.deployed_paths, result.rolled_back_paths) == (6, 1, 5)
+
+
+@pytest.mark.slow
+def test_exhaustive_exploration_of_every_rollout_up_to_four_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every batching of 1..4 hosts, every failure point (2 per path) and controller deaths
+    (2 per path, at any journal write): the invariants hold on every path."""
+    limits = Limits(max_faults=2, max_crashes=2)
+    started = time.monotonic()
+    total = bound = configs = 0
+    for batches in rollout_configs(4):
+        result = explore(batches, limits=limits)
+        assert result.deployed_paths >= 1 and result.rolled_back_paths >= 1
+        assert result.paths == result.deployed_paths + result.rolled_back_paths
+        assert result.paths > path_lower_bound(batches, limits)
+        total += result.paths
+        bound += path_lower_bound(batches, limits)
+        configs += 1
+    with capsys.disabled():  # the count belongs in every test log, not only with -s
+        print(f"\nexhaustive deploy model: {configs} rollouts of 1-4 hosts, {total} paths checked "
+              f"(lower bound {bound}) in {time.monotonic() - started:.1f} s")
+    assert configs == 13  # 1 + 2 + 4 + 6 distinct batchings of 1, 2, 3, 4 hosts
+    assert total > bound
+
+
+# --- the checker catches wrong algorithms ---------------------------------------------------
+
+
+def only_failed_batch_rolls_back(batches: Sequence[Sequence[str]], journal: Journal) -> Action:
+    """Wrong: on a failure, only the failing batch goes back; earlier batches stay on new."""
+    if any(journal[h] in ABORTING for b in batches for h in b):
+        for batch in batches:
+            if any(journal[h] in ABORTING for h in batch):
+                back = tuple(h for h in batch if journal[h] in {S.STAGED, S.SWITCHED, S.VERIFIED, S.FAILED})
+                if back:
+                    return Action(Step.ROLLBACK, back)
+        return Action(None, outcome=Outcome.ROLLED_BACK)
+    return next_action(batches, journal)
+
+
+def trusts_the_journal_for_staged_hosts(batches: Sequence[Sequence[str]], journal: Journal) -> Action:
+    """Wrong: a host the journal still calls `staged` is assumed to run the old release."""
+    hosts = [h for b in batches for h in b]
+    if any(journal[h] in ABORTING for h in hosts):
+        back = tuple(h for h in hosts if journal[h] in {S.SWITCHED, S.VERIFIED, S.FAILED})
+        if back:
+            return Action(Step.ROLLBACK, back)
+        return Action(None, outcome=Outcome.ROLLED_BACK)
+    return next_action(batches, journal)
+
+
+def test_not_rolling_back_earlier_batches_is_caught_with_a_counterexample() -> None:
+    with pytest.raises(ModelViolation) as caught:
+        explore([["h1"], ["h2"]], limits=Limits(max_faults=1, max_crashes=0), algorithm=only_failed_batch_rolls_back)
+    violation = caught.value
+    assert "fleet ends on more than one release" in violation.message
+    assert any("FAILS" in step for step in violation.path)
+    assert violation.path[-1] == "done (rolled_back)"
+
+
+def test_a_crash_between_switch_and_journal_write_is_needed_to_catch_a_subtle_bug() -> None:
+    """Trusting `staged` is right without crashes, and wrong once the controller can die
+    after a switch and before its journal write."""
+    batches = [["h1", "h2"]]
+    explore(batches, limits=Limits(max_faults=2, max_crashes=0), algorithm=trusts_the_journal_for_staged_hosts)
+    with pytest.raises(ModelViolation) as caught:
+        explore(batches, limits=Limits(max_faults=2, max_crashes=1), algorithm=trusts_the_journal_for_staged_hosts)
+    violation = caught.value
+    assert "new release" in violation.message and "health probe" in violation.message
+    assert any("controller dies" in step for step in violation.path)
+
+
+def test_skipping_the_health_gate_on_resume_is_caught() -> None:
+    def gate_skipped(batches: Sequence[Sequence[str]], journal: Journal) -> Action:
+        action = next_action(batches, journal)
+        if action.step is Step.GATE:
+            # "switched means it is fine": jump to the next batch without probing
+            fake = {h: (S.VERIFIED if s is S.SWITCHED else s) for h, s in journal.items()}
+            return next_action(batches, fake)
+        return action
+
+    with pytest.raises(ModelViolation, match="has not passed its health probe"):
+        explore([["h1"]], limits=Limits(max_faults=0, max_crashes=0), algorithm=gate_skipped)
