@@ -1,0 +1,126 @@
+"""`orchestrate deploy ENV --release PATH`: ship a release to the app hosts, health-gated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.deploy import DeployRequest, GateFailedRestored, ReleaseRun, ReleaseRunError, app_hosts, deploy
+from orchestrator.errors import ExitStatus, UsageError
+from orchestrator.lock import locked_run
+from orchestrator.secrets import load_secrets
+from orchestrator.tools.ansible import HostEvent
+
+lock_wait_option = click.option(
+    "--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+    help="Wait this long for the environment lock (exit 75 when it stays busy).")
+
+_STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red"}
+
+
+def progress(app: AppContext) -> Callable[[HostEvent], None] | None:
+    """A live per-host line for every task outcome on stderr; nothing under --json."""
+    if app.json_output:
+        return None
+
+    def show(event: HostEvent) -> None:
+        if event.status == "skipped":
+            return
+        style = _STYLE.get(event.status, "white")
+        detail = f" [dim]{event.message}[/dim]" if event.message else ""
+        app.stderr.print(f"  {event.host:<14} [{style}]{event.status:<11}[/{style}] {event.task}{detail}")
+
+    return show
+
+
+def render_run(app: AppContext, run: ReleaseRun) -> None:
+    """Table of hosts (release before -> after) and the run summary, on stdout."""
+    table = Table("host", "address", "before", "after", "switched", "healthy", box=None)
+    for host in run.hosts:
+        healthy = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[host.healthy]
+        table.add_row(host.name, host.address, host.release_before or "-", host.release or "-",
+                      "yes" if host.switched else "no", healthy)
+    app.stdout_print(table)
+    app.stdout_print(f"{run.action} {run.state}: {run.target or '-'}, {run.changed} changed, "
+                     f"run {run.run_id} ({run.run.duration:.1f} s)")
+    if run.restored_hosts:
+        app.stdout_print("restored: " + ", ".join(f"{h} -> {r}" for h, r in sorted(run.restored_hosts.items())))
+
+
+def finish(app: AppContext, run_call: Callable[[], ReleaseRun]) -> ExitStatus:
+    """Run a deploy or rollback, emit its result (also after a failure) and map it to an exit status."""
+    try:
+        run = run_call()
+    except (GateFailedRestored, ReleaseRunError) as exc:
+        status = ExitStatus.ROLLED_BACK if isinstance(exc, GateFailedRestored) else ExitStatus.FAILED
+        failed_run, message, hint = exc.run, exc.message, exc.hint
+        app.emit({**failed_run.as_dict(), "error": message, "exit_code": int(status)},
+                 lambda: render_run(app, failed_run))
+        click.echo(f"error: {message}", err=True)
+        if hint:
+            click.echo(hint, err=True)
+        return status
+    app.emit(run.as_dict(), lambda: render_run(app, run))
+    return ExitStatus.OK
+
+
+@click.command("deploy")
+@env_argument
+@click.option("--release", "release_path", required=True, type=click.Path(path_type=Path),
+              help="A built binary, or a cargo project directory (tested and built first).")
+@click.option("--strategy", type=click.Choice(["rolling", "canary", "blue-green", "canary-traffic"]), default=None,
+              help="Rollout strategy (default: the environment's rollout.strategy); blue-green and "
+                   "canary-traffic move traffic on the load balancer.")
+@click.option("--yes", is_flag=True, help="Deploy to a protected environment without asking.")
+@lock_wait_option
+@click.option("--stock-ansible", is_flag=True, hidden=True,
+              help="Stock Ansible settings instead of the tuned ones (benchmarks).")
+@verb
+def command(app: AppContext, env_name: str, release_path: Path, strategy: str | None, yes: bool,
+            lock_wait: float, stock_ansible: bool) -> ExitStatus:
+    """Deploy a release to ENV's app hosts with a health gate on every host.
+
+    A host whose gate fails goes back to its previous release by itself; the rollout stops and
+    every host switched in this run goes back too. Exit 0 deployed (or already current),
+    3 gate failed and the previous release is restored and healthy, 1 any other failure.
+    """
+    loaded = app.load(env_name)
+    if loaded.env.protected and not yes:
+        if not app.interactive:
+            raise UsageError(f"{env_name} is protected: pass --yes to deploy without a terminal")
+        click.confirm(f"Deploy {release_path} to protected environment {env_name}?", abort=True, err=True)
+    app_hosts(loaded)  # no inventory yet: say so before asking for a vault password
+    secrets = load_secrets(loaded, (lambda: click.prompt("Vault password", hide_input=True, err=True))
+                           if app.interactive else None)
+    if strategy in ("blue-green", "canary-traffic"):
+        from orchestrator.cli.traffic import run_traffic_release
+
+        return run_traffic_release(app, loaded, release_path, "blue-green" if strategy == "blue-green"
+                                   else "canary-traffic", secrets, lock_wait, tuned=not stock_ansible)
+    request = DeployRequest(
+        release_path=release_path,
+        strategy="canary" if strategy == "canary" else "rolling" if strategy == "rolling" else None,
+        tuned=not stock_ansible,
+        secret_vars=secrets,
+    )
+    app.info(f"deploying {release_path} to {env_name}")
+    events = progress(app)
+
+    def run() -> ReleaseRun:
+        # The environment lock keeps backups, restores, heals and other deploys off the hosts
+        # meanwhile; the journal lists the run in `orchestrate runs`.
+        with locked_run(loaded.state_dir, command="deploy", argv=["deploy", env_name, "--release", str(release_path)],
+                        steps=["deploy"], wait=lock_wait, on_wait=app.info, env=env_name) as session, \
+                session.run.step("deploy") as step:
+            result = deploy(loaded, request, on_event=events,
+                            on_output=(lambda line: app.info(f"  [dim]{line}[/dim]")) if events else None)
+            step.detail.update(release=result.target, state=result.state, changed=result.changed)
+            if result.target:
+                session.run.set_release(result.target)
+            return result
+
+    return finish(app, run)

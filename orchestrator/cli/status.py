@@ -1,0 +1,33 @@
+"""`orchestrate status ENV`: release, previous release, unit state and health of each app host."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.deploy import status
+from orchestrator.errors import ExitStatus
+
+
+@click.command("status")
+@env_argument
+@verb
+def command(app: AppContext, env_name: str) -> ExitStatus:
+    """Show each app host's current and previous release, unit state and health.
+
+    Exit 0 when every host is healthy, 1 otherwise.
+    """
+    fleet = status(app.load(env_name))
+
+    def human() -> None:
+        table = Table("host", "address", "release", "previous", "unit", "healthy", box=None)
+        for host in fleet.hosts:
+            healthy = "[green]yes[/green]" if host.healthy else "[red]no[/red]"
+            table.add_row(host.name, host.address, host.release or "-", host.previous_release or "-",
+                          host.unit, healthy)
+        app.stdout_print(table)
+        app.stdout_print(f"release: {fleet.release or 'mixed or none'} ({fleet.duration:.1f} s)")
+
+    app.emit(fleet.as_dict(), human)
+    return ExitStatus.OK if all(h.healthy for h in fleet.hosts) else ExitStatus.FAILED

@@ -1,0 +1,162 @@
+"""Pure logic of deploy/rollback/status and of the ansible-runner adapter (no hosts, no ansible run)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config import Project
+from orchestrator.deploy import outcomes, role_vars, strategy_vars, to_restore
+from orchestrator.errors import UsageError
+from orchestrator.tools.ansible import (
+    AnsibleSettings,
+    EventCollector,
+    HostEvent,
+    TaskResult,
+    _scrub_command_record,
+    ansible_cfg_text,
+    runner_env,
+    secret_vars_file,
+)
+
+
+def _event(kind: str, host: str, task: str, res: dict[str, Any], action: str = "rust_release") -> dict[str, Any]:
+    return {"event": kind, "event_data": {"host": host, "task": task, "task_action": action, "res": res}}
+
+
+def test_role_vars_come_from_the_environment_and_hold_no_secret(project_copy: Path) -> None:
+    loaded = Project(project_copy).load("dev")
+    found = role_vars(loaded, project_copy / "ev")
+    assert found["rust_service_name"] == "hello"
+    assert found["rust_service_port"] == 8080
+    assert found["rust_service_health_timeout"] == 10
+    assert found["rust_service_health_interval"] == pytest.approx(0.2)
+    assert found["rust_service_data_dir"] == "/var/lib/hello"
+    assert found["rust_service_config"]["HELLO_GREETING"] == "hello from dev"
+    assert found["rust_service_evidence_dir"] == str(project_copy / "ev")
+    assert "rust_service_secret_env" not in found
+
+
+def test_canary_takes_the_first_hosts_and_rolling_none(project_copy: Path) -> None:
+    loaded = Project(project_copy).load("staging")
+    hosts = [f"h{i}" for i in range(1, 6)]
+    canary = strategy_vars(loaded, "canary", hosts)
+    assert canary["deploy_canary"] == ["h1"]
+    assert canary["deploy_batch"] == 2
+    assert canary["deploy_max_fail_percentage"] == 0
+    assert strategy_vars(loaded, "rolling", hosts)["deploy_canary"] == []
+    with pytest.raises(UsageError):
+        strategy_vars(loaded, "canary", ["only"])
+
+
+def test_outcomes_and_the_hosts_to_put_back() -> None:
+    results = [
+        TaskResult("a", "gate", "rust_release", "changed",
+                   {"release_before": "v1-aaaaaaaaaaaa", "release": "v2-bbbbbbbbbbbb", "switched": True,
+                    "changed": True, "healthy": True}),
+        TaskResult("b", "gate", "rust_release", "failed",
+                   {"release_before": "v1-aaaaaaaaaaaa", "release": "v1-aaaaaaaaaaaa", "switched": False,
+                    "rolled_back": True, "healthy": True, "msg": "gate failed"}),
+        TaskResult("c", "gate", "rust_release", "ok",
+                   {"release_before": "v2-bbbbbbbbbbbb", "release": "v2-bbbbbbbbbbbb", "switched": False,
+                    "healthy": True}),
+        TaskResult("c", "status", "rust_release", "skipped", {}),
+    ]
+    found = {h.name: h for h in outcomes(results, {"a": "10.0.0.1"})}
+    assert found["a"].switched and found["a"].address == "10.0.0.1"
+    assert found["b"].failed and found["b"].rolled_back and found["b"].message == "gate failed"
+    assert found["c"].release == "v2-bbbbbbbbbbbb", "a skipped call must not hide the real one"
+    # only a host that moved to the new release in this run goes back; c was on it already
+    assert to_restore(list(found.values()), "v2-bbbbbbbbbbbb") == {"a": "v1-aaaaaaaaaaaa"}
+
+
+def test_the_collector_counts_reports_failures_and_hides_no_log_content() -> None:
+    seen: list[HostEvent] = []
+    collector = EventCollector(seen.append)
+    collector(_event("runner_on_ok", "a", "env file", {"censored": "hidden", "changed": True}, "template"))
+    collector(_event("runner_on_failed", "b", "gate", {"msg": "release failed  its\n gate"}))
+    collector(_event("runner_on_unreachable", "c", "user", {"msg": "ssh: no route"}, "user"))
+    collector(_event("runner_on_skipped", "a", "status", {}))
+    collector({"event": "playbook_on_stats",
+               "event_data": {"ok": {"a": 3}, "changed": {"a": 1}, "failures": {"b": 1}, "dark": {"c": 1}}})
+    assert [e.status for e in seen] == ["changed", "failed", "unreachable", "skipped"]
+    assert collector.failures[0].message == "release failed its gate"
+    assert collector.failures[1].host == "c"
+    assert collector.hosts["a"].changed == 1 and collector.hosts["b"].failed == 1
+    assert collector.hosts["c"].unreachable == 1
+    assert seen[0].message == "" and "hidden" not in repr(collector.failures)
+
+
+def test_tuned_settings_differ_from_stock_where_speed_is_won(tmp_path: Path) -> None:
+    tuned = ansible_cfg_text(AnsibleSettings.tuned(), roles_path=tmp_path / "roles")
+    stock = ansible_cfg_text(AnsibleSettings.stock(), roles_path=tmp_path / "roles")
+    assert "forks = 20" in tuned and "pipelining = True" in tuned and "gathering = explicit" in tuned
+    assert "ControlPersist=60s" in tuned and "control_path_dir = /tmp/orch-cp-" in tuned
+    assert "forks = 5" in stock and "pipelining = False" in stock and "gathering = implicit" in stock
+    assert f"roles_path = {tmp_path / 'roles'}" in stock
+    plain = ansible_cfg_text(AnsibleSettings.tuned(mitogen=False), roles_path=tmp_path / "roles")
+    assert "strategy" not in plain, "a plain-Ansible path must stay available"
+    accelerated = AnsibleSettings.tuned(mitogen=True)
+    if accelerated.strategy_plugins is not None:  # mitogen is a dependency, but may be absent
+        text = ansible_cfg_text(accelerated, roles_path=tmp_path / "roles")
+        assert "strategy = mitogen_linear" in text
+        assert Path(accelerated.strategy_plugins, "mitogen_linear.py").is_file()
+    assert AnsibleSettings.stock().strategy_plugins is None
+    env = runner_env(AnsibleSettings.tuned(), tmp_path / "ansible.cfg")
+    assert env["ANSIBLE_CONFIG"] == str(tmp_path / "ansible.cfg")
+    assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True"
+
+
+def test_secret_vars_live_in_a_private_file_only_during_the_run() -> None:
+    with secret_vars_file({"rust_service_secret_env": {"HELLO_SECRET": "s3cr3t"}}) as path:
+        assert path is not None
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert json.loads(path.read_text())["rust_service_secret_env"]["HELLO_SECRET"] == "s3cr3t"
+    assert not path.exists()
+    with secret_vars_file({}) as nothing:
+        assert nothing is None
+
+
+def test_the_command_record_loses_the_process_environment(tmp_path: Path) -> None:
+    record = tmp_path / "command"
+    record.write_text(json.dumps({"command": ["ansible-playbook", "x.yml"],
+                                  "env": {"AWS_SECRET_ACCESS_KEY": "k", "ANSIBLE_CONFIG": "/c"}}))
+    _scrub_command_record(record)
+    data = json.loads(record.read_text())
+    assert data["command"] == ["ansible-playbook", "x.yml"]
+    assert data["env"] == {"ANSIBLE_CONFIG": "/c"}
+
+
+def _cli(project: Path, *args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    result = CliRunner().invoke(cli, ["--project-dir", str(project), *args])
+    return result.exit_code, result.output
+
+
+def test_a_protected_environment_needs_yes_without_a_terminal(project_copy: Path) -> None:
+    code, output = _cli(project_copy, "deploy", "prod", "--release", str(project_copy))
+    assert code == 2
+    assert "protected" in output and "--yes" in output
+
+
+def test_deploy_without_an_inventory_touches_nothing(project_copy: Path, tmp_path: Path) -> None:
+    binary = tmp_path / "svc"
+    binary.write_bytes(b"x")
+    binary.chmod(0o755)
+    code, output = _cli(project_copy, "deploy", "dev", "--release", str(binary))
+    assert code == 2
+    assert "no inventory" in output
+    assert not (project_copy / ".orchestrate" / "dev" / "artifacts").exists()
+
+
+def test_rollback_refuses_something_that_is_not_a_release_id(project_copy: Path) -> None:
+    code, output = _cli(project_copy, "rollback", "dev", "--to", "../../etc")
+    assert code == 2
+    assert "not a release id" in output
