@@ -1,0 +1,76 @@
+"""`orchestrate monitoring render|check ENV`: Prometheus/Alertmanager configuration and its tests."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.errors import ExitStatus
+from orchestrator.monitoring import deploy_monitoring, ensure_heal_token, render_monitoring, verify_monitoring
+
+
+@click.group("monitoring")
+def command() -> None:
+    """Render and verify the monitoring configuration (rules, routing, heal policy)."""
+
+
+@command.command("render")
+@env_argument
+@verb
+def render(app: AppContext, env_name: str) -> None:
+    """Write prometheus.yml, the alert rules and their tests, and alertmanager.yml for ENV.
+
+    Scrape targets come from the environment's inventory (none before provisioning). The heal
+    webhook's token file .orchestrate/ENV/heal.token is created (0600) when missing.
+    """
+    loaded = app.load(env_name)
+    token = ensure_heal_token(loaded)
+    result = render_monitoring(loaded)
+    data = {"env": result.env, "directory": str(result.directory), "files": [str(p) for p in result.files],
+            "app_targets": result.app_targets, "webhook_url": result.webhook_url, "token_file": str(token)}
+
+    def human() -> None:
+        for path in result.files:
+            app.stdout_print(str(path))
+        if not result.app_targets:
+            app.info(f"no app hosts in the inventory of {result.env} yet: the service scrape job is empty")
+
+    app.emit(data, human)
+
+
+@command.command("deploy")
+@env_argument
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+              help="Wait this long for the environment lock (exit 75 when it stays busy).")
+@verb
+def deploy(app: AppContext, env_name: str, lock_wait: float) -> None:
+    """Render the monitoring files and apply them: node exporter on every host, Prometheus and
+    Alertmanager on the monitoring host (validated there before reload)."""
+    from orchestrator.lock import EnvironmentLock
+
+    loaded = app.load(env_name)
+    with EnvironmentLock(loaded.state_dir, command=f"orchestrate monitoring deploy {env_name}", env=env_name,
+                         wait=lock_wait, on_wait=app.info):
+        result = deploy_monitoring(loaded)
+    app.emit(result.as_dict(), lambda: app.stdout_print(
+        f"{env_name}: monitoring deployed ({result.run.summary_line() or result.run.status}, "
+        f"{len(result.files.app_targets)} app targets, alerts to {result.files.webhook_url})"))
+
+
+@command.command("check")
+@env_argument
+@verb
+def check(app: AppContext, env_name: str) -> ExitStatus:
+    """Run promtool (check config, check rules, test rules), amtool (check-config, routing tests)
+    and the heal-policy check on ENV's monitoring configuration; exit 1 when any fails."""
+    report = verify_monitoring(app.load(env_name))
+
+    def human() -> None:
+        for item in report.checks:
+            mark = "[green]ok[/green]" if item.ok else "[red]FAILED[/red]"
+            app.stdout_print(f"{mark}  {item.name}")
+            if not item.ok and item.detail:
+                app.stdout_print(item.detail)
+
+    app.emit(report.as_dict(), human)
+    return ExitStatus.OK if report.ok else ExitStatus.FAILED

@@ -1,0 +1,817 @@
+"""The self-healing loop: Alertmanager's webhook -> remediation policy -> remediation playbooks.
+
+`HealServer` receives Alertmanager webhook notifications (bearer token, loopback or the project's
+bridge only) and queues their alerts; one worker thread decides and acts on them in order:
+
+    received -> HealPolicy.decide -> (act | throttled | circuit-open | ignored)
+             -> environment lock (wait or skip) -> remediation -> result
+
+`HealPolicy` is pure and clock-free (the caller passes `now`): the `remediation` label picks the
+action (restart the unit on the alert's host, roll the environment back, or none); a throttle per
+(host, alertname) stops repeats; a circuit breaker allows at most `max_remediations` actions per
+`window` and then records one escalation and stops acting until the window has room again.
+Every decision and result goes to the environment's audit log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestrator import deploy
+from orchestrator.audit import AuditLog
+from orchestrator.config import Environment, LoadedEnvironment, parse_duration
+from orchestrator.errors import LockBusy, OrchestratorError, UsageError
+from orchestrator.lock import EnvironmentLock as _ProjectEnvironmentLock
+from orchestrator.monitoring import (
+    REMEDIATIONS,
+    bridge_gateway,
+    ensure_heal_token,
+    fleet_hosts,
+    inventory_path,
+    read_heal_token,
+)
+from orchestrator.tools import ansible
+
+#: largest webhook body accepted (Alertmanager sends a few KB per group)
+MAX_BODY_BYTES = 1 << 20
+#: alerts waiting for the worker before the server answers 503 (Alertmanager then retries)
+MAX_QUEUED = 10_000
+#: the audit log's command for every heal entry
+AUDIT_COMMAND = "heal"
+#: throttle key of environment-wide actions (a rollback concerns every host)
+ENVIRONMENT_KEY = "*"
+
+
+class HealError(OrchestratorError):
+    """The heal server could not start or a webhook payload was malformed."""
+
+
+class WebhookError(HealError):
+    """A webhook body that is not an Alertmanager notification."""
+
+
+# --- alerts and decisions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert of an Alertmanager webhook notification."""
+
+    name: str
+    status: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    fingerprint: str = ""
+    starts_at: str = ""
+
+    @property
+    def host(self) -> str:
+        return self.labels.get("host", "")
+
+    @property
+    def remediation(self) -> str:
+        return self.labels.get("remediation", "")
+
+    @property
+    def firing(self) -> bool:
+        return self.status == "firing"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"alertname": self.name, "status": self.status, "host": self.host,
+                "remediation": self.remediation, "fingerprint": self.fingerprint, "starts_at": self.starts_at,
+                "summary": self.annotations.get("summary", "")}
+
+
+def parse_webhook(payload: Any) -> list[Alert]:
+    """The alerts of an Alertmanager webhook body (version 4); WebhookError when it is not one."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+        raise WebhookError("expected an Alertmanager notification: a JSON object with an `alerts` list")
+    alerts = []
+    for index, item in enumerate(payload["alerts"]):
+        if not isinstance(item, dict) or not isinstance(item.get("labels"), dict):
+            raise WebhookError(f"alerts[{index}]: expected an object with `labels`")
+        labels = {str(k): str(v) for k, v in item["labels"].items()}
+        annotations = item.get("annotations") if isinstance(item.get("annotations"), dict) else {}
+        alerts.append(Alert(
+            name=labels.get("alertname", ""),
+            status=str(item.get("status") or payload.get("status") or ""),
+            labels=labels,
+            annotations={str(k): str(v) for k, v in (annotations or {}).items()},
+            fingerprint=str(item.get("fingerprint", "")),
+            starts_at=str(item.get("startsAt", "")),
+        ))
+    return alerts
+
+
+class Verdict(StrEnum):
+    """What the policy decided for one alert; also the audit log's outcome of the decision."""
+
+    ACT = "acted"
+    RESOLVED = "resolved"
+    NO_ACTION = "no-action"
+    UNKNOWN_REMEDIATION = "unknown-remediation"
+    FOREIGN = "foreign"
+    THROTTLED = "throttled"
+    CIRCUIT_OPEN = "circuit-open"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's answer for one alert at one moment."""
+
+    verdict: Verdict
+    alert: Alert
+    reason: str
+    action: str | None = None
+    escalate: bool = False
+    at: float = 0.0
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    keys: tuple[tuple[str, str], ...] = ()
+    previous: tuple[tuple[tuple[str, str], float | None], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "verdict": str(self.verdict), "action": self.action, "reason": self.reason,
+                "escalate": self.escalate, **self.alert.as_dict()}
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The numbers the policy works with, in seconds."""
+
+    env: str
+    throttle: float
+    max_remediations: int
+    window: float
+    remediations: frozenset[str] = frozenset(r for r in REMEDIATIONS if r != "none")
+
+    @classmethod
+    def from_env(cls, env: Environment) -> PolicySettings:
+        """Settings from the environment's `healing:` section."""
+        return cls(
+            env=env.name,
+            throttle=parse_duration(env.healing.throttle),
+            max_remediations=env.healing.max_remediations,
+            window=parse_duration(env.healing.window),
+        )
+
+
+class HealPolicy:
+    """Decides, per alert and moment, whether to remediate; remembers what it allowed.
+
+    Thread-safe. `decide` reserves the action it allows (throttle entry and circuit slot);
+    `release` gives the reservation back when the action did not run (lock busy).
+    """
+
+    def __init__(self, settings: PolicySettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], float] = {}
+        self._actions: deque[float] = deque()
+        self._escalated = False
+
+    def decide(self, alert: Alert, now: float) -> Decision:
+        """The decision for `alert` at time `now` (seconds, any monotonic origin)."""
+        s = self.settings
+        alert_env = alert.labels.get("env")
+        if alert_env is not None and alert_env != s.env:
+            return Decision(Verdict.FOREIGN, alert, f"alert of environment {alert_env!r}, not {s.env!r}", at=now)
+        if not alert.firing:
+            return Decision(Verdict.RESOLVED, alert, f"alert is {alert.status or 'not firing'}", at=now)
+        remediation = alert.remediation
+        if remediation in ("", "none"):
+            return Decision(Verdict.NO_ACTION, alert, "remediation label is none or missing", at=now)
+        if remediation not in s.remediations:
+            return Decision(Verdict.UNKNOWN_REMEDIATION, alert,
+                            f"remediation {remediation!r} is not one of {', '.join(sorted(s.remediations))}", at=now)
+        if remediation == "restart" and not alert.host:
+            return Decision(Verdict.NO_ACTION, alert, "restart needs a `host` label; the alert has none", at=now)
+        keys = [(alert.host, alert.name)]
+        if remediation == "rollback":
+            keys.append((ENVIRONMENT_KEY, "rollback"))
+        with self._lock:
+            while self._actions and self._actions[0] <= now - s.window:
+                self._actions.popleft()
+            for key in keys:
+                last = self._last.get(key)
+                if last is not None and now - last < s.throttle:
+                    what = "the environment" if key[0] == ENVIRONMENT_KEY else f"{key[1]} on {key[0] or '?'}"
+                    return Decision(Verdict.THROTTLED, alert,
+                                    f"{remediation} of {what} ran {now - last:.1f} s ago "
+                                    f"(healing.throttle {s.throttle:g} s)", action=remediation, at=now)
+            if len(self._actions) >= s.max_remediations:
+                escalate = not self._escalated
+                self._escalated = True
+                return Decision(Verdict.CIRCUIT_OPEN, alert,
+                                f"{len(self._actions)} remediations in the last {s.window:g} s "
+                                f"(healing.max_remediations {s.max_remediations}); not acting",
+                                action=remediation, escalate=escalate, at=now)
+            self._escalated = False
+            previous = tuple((key, self._last.get(key)) for key in keys)
+            for key in keys:
+                self._last[key] = now
+            self._actions.append(now)
+            return Decision(Verdict.ACT, alert, f"remediation {remediation}", action=remediation, at=now,
+                            keys=tuple(keys), previous=previous)
+
+    def finish(self, decision: Decision, now: float) -> None:
+        """Restart the throttle of an ACT decision when its action has ended.
+
+        The throttle counts from the end of a remediation: a rollback takes seconds, and the alert
+        that asked for it needs time after the fix to clear (a rate window), so counting from the
+        start would let a still-firing alert trigger the action again right after it finished.
+        """
+        if decision.verdict is not Verdict.ACT:
+            return
+        with self._lock:
+            for key in decision.keys:
+                if self._last.get(key, now) <= now:
+                    self._last[key] = now
+
+    def release(self, decision: Decision) -> None:
+        """Undo the reservation of an ACT decision whose action did not run."""
+        if decision.verdict is not Verdict.ACT:
+            return
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self._actions.remove(decision.at)
+            for key, last in decision.previous:
+                if last is None:
+                    self._last.pop(key, None)
+                else:
+                    self._last[key] = last
+
+    def actions_in_window(self, now: float) -> int:
+        """Remediations allowed within the window ending at `now`."""
+        with self._lock:
+            return sum(1 for t in self._actions if t > now - self.settings.window)
+
+
+# --- the parts the server drives ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemediationResult:
+    """How a remediation ended."""
+
+    ok: bool
+    detail: str = ""
+    duration: float = 0.0
+
+
+class Remediator(Protocol):
+    """Carries out one remediation (restart the unit on a host, roll back the environment)."""
+
+    def remediate(self, action: str, alert: Alert) -> RemediationResult: ...
+
+
+class AuditSink(Protocol):
+    """Where decisions are recorded (orchestrator.audit.AuditLog fits)."""
+
+    def record(self, *, command: str, outcome: str, duration: float | None = None,
+               details: Mapping[str, Any] | None = None) -> object: ...
+
+
+class EnvironmentLock(Protocol):
+    """The environment lock deploys hold; the heal server must not act while it is held."""
+
+    def hold(self, wait: float) -> contextlib.AbstractContextManager[object]:
+        """Hold the lock for the block, waiting up to `wait` seconds; LockBusy when it stays taken."""
+        ...
+
+
+# --- addresses ----------------------------------------------------------------------------
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 as `[::1]:PORT`) -> (host, port); UsageError when malformed."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen {text!r}: expected HOST:PORT such as 127.0.0.1:9095")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"--listen {text!r}: {host!r} is not an IP address") from None
+    return host, int(port)
+
+
+def check_bind_address(env: Environment, host: str) -> None:
+    """Refuse (UsageError, exit 2) any address but loopback and the project's own bridge gateway."""
+    ip = ipaddress.ip_address(host)
+    if ip.is_loopback:
+        return
+    gateway = bridge_gateway(env)
+    if gateway is not None and host == gateway:
+        return
+    allowed = "loopback (127.0.0.0/8, ::1)" + (f" or the bridge address {gateway}" if gateway else "")
+    raise UsageError(f"refusing to listen on {host}: the heal server binds only to {allowed}")
+
+
+def default_listeners(env: Environment, listen: str | None = None) -> list[tuple[str, int]]:
+    """Addresses to serve on: `listen` (or healing.listen), then the bridge gateway on a local fleet.
+
+    Alertmanager on a local fleet's monitoring host reaches the controller only through the bridge,
+    so without an explicit --listen the server also listens there; `build_server` drops that second
+    address while the bridge does not exist.
+    """
+    host, port = parse_listen(listen or env.healing.listen)
+    check_bind_address(env, host)
+    listeners = [(host, port)]
+    gateway = bridge_gateway(env)
+    if listen is None and gateway is not None and gateway != host:
+        listeners.append((gateway, port))
+    return listeners
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Queued:
+    alert: Alert
+    received: float
+    group_key: str
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+    # A client that stops sending must not hold a handler thread forever.
+    timeout = 30
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The audit log records what matters; per-request lines would only repeat it.
+        return
+
+    def _reply(self, status: HTTPStatus, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        data = (json.dumps(body) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        expected = self.server.heal.token
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), expected.encode())
+
+    def _read_body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body must be at most {MAX_BODY_BYTES} bytes"})
+            return None
+        return self.rfile.read(length)
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._reply(HTTPStatus.OK, {"status": "ok"})
+        elif self.path == "/status":
+            if not self._authorized():
+                self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"},
+                            {"WWW-Authenticate": 'Bearer realm="orchestrate-heal"'})
+                return
+            self._reply(HTTPStatus.OK, self.server.heal.summary())
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        if self.path != "/alerts":
+            self._reply(HTTPStatus.NOT_FOUND, {"error": "not found; Alertmanager posts to /alerts"})
+            return
+        authorized = self._authorized()
+        body = self._read_body()
+        if body is None:
+            return
+        if not authorized:
+            self.server.heal.count("unauthorized")
+            self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"},
+                        {"WWW-Authenticate": 'Bearer realm="orchestrate-heal"'})
+            return
+        try:
+            payload = json.loads(body)
+            alerts = parse_webhook(payload)
+        except (ValueError, WebhookError) as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        accepted = self.server.heal.submit(alerts, str(payload.get("groupKey", "")))
+        if not accepted:
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many queued alerts; retry later"})
+            return
+        self._reply(HTTPStatus.OK, {"accepted": len(alerts)})
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], heal: HealServer) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.heal = heal
+        super().__init__(address, _Handler)
+
+
+@dataclass(frozen=True)
+class HealSettings:
+    """How the server treats the environment lock."""
+
+    on_lock: str = "wait"
+    lock_wait: float = 120.0
+
+    @classmethod
+    def from_env(cls, env: Environment) -> HealSettings:
+        return cls(on_lock=env.healing.on_lock, lock_wait=parse_duration(env.healing.lock_wait))
+
+
+class HealServer:
+    """The webhook receiver and its decision worker. `start()`, then `stop()` (or use `with`)."""
+
+    def __init__(
+        self,
+        *,
+        policy: HealPolicy,
+        remediator: Remediator,
+        audit: AuditSink,
+        lock: EnvironmentLock,
+        token: str,
+        listeners: Sequence[tuple[str, int]],
+        optional_listeners: Sequence[tuple[str, int]] = (),
+        settings: HealSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        retry_interval: float = 5.0,
+    ) -> None:
+        if not token:
+            raise HealError("the heal server needs a non-empty bearer token")
+        self.policy = policy
+        self.remediator = remediator
+        self.audit = audit
+        self.lock = lock
+        self.token = token
+        self.settings = settings or HealSettings()
+        self.clock = clock
+        self._listeners = list(listeners)
+        # Addresses that may not exist yet (the bridge of a fleet not created yet): bound when they
+        # appear, retried every `retry_interval` seconds.
+        self._optional = list(optional_listeners)
+        self._retry_interval = retry_interval
+        self._stopping = threading.Event()
+        self._servers_lock = threading.Lock()
+        self._servers: list[_HTTPServer] = []
+        self._threads: list[threading.Thread] = []
+        self._queue: queue.Queue[_Queued | None] = queue.Queue(maxsize=MAX_QUEUED)
+        self._stats_lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._decisions: list[dict[str, Any]] = []
+        self._pending = 0
+        self._idle = threading.Condition(self._stats_lock)
+        # When each (host, alertname) was last reported resolved, as notifications arrive: an action
+        # that waited for the lock is dropped when its alert resolved in the meantime.
+        self._resolved_at: dict[tuple[str, str], float] = {}
+
+    # lifecycle
+
+    def start(self) -> list[tuple[str, int]]:
+        """Bind every listener and start serving; return the bound (host, port) pairs."""
+        try:
+            for address in self._listeners:
+                self._servers.append(_HTTPServer(address, self))
+        except OSError as exc:
+            self._close_servers()
+            raise HealError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+        for server in self._servers:
+            self._serve(server)
+        self._bind_optional()
+        worker = threading.Thread(target=self._work, name="heal-worker", daemon=True)
+        worker.start()
+        self._threads.append(worker)
+        if self._optional:
+            retry = threading.Thread(target=self._retry_optional, name="heal-bind", daemon=True)
+            retry.start()
+            self._threads.append(retry)
+        return self.addresses
+
+    def _serve(self, server: _HTTPServer) -> None:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                  name=f"heal-http-{server.server_address[1]}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _bind_optional(self) -> None:
+        for address in list(self._optional):
+            try:
+                server = _HTTPServer(address, self)
+            except OSError:
+                continue
+            with self._servers_lock:
+                if self._stopping.is_set():
+                    server.server_close()
+                    return
+                self._servers.append(server)
+                self._optional.remove(address)
+            self._serve(server)
+
+    def _retry_optional(self) -> None:
+        while self._optional and not self._stopping.wait(self._retry_interval):
+            self._bind_optional()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs served now."""
+        with self._servers_lock:
+            return [(str(s.server_address[0]), int(s.server_address[1])) for s in self._servers]
+
+    @property
+    def waiting_addresses(self) -> list[tuple[str, int]]:
+        """Optional addresses not bound yet (their interface does not exist)."""
+        return list(self._optional)
+
+    def stop(self) -> None:
+        """Stop accepting requests, finish the queued alerts, and stop the worker."""
+        self._stopping.set()
+        with self._servers_lock:
+            servers = list(self._servers)
+        for server in servers:
+            server.shutdown()
+        self._close_servers()
+        self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+
+    def _close_servers(self) -> None:
+        with self._servers_lock:
+            for server in self._servers:
+                server.server_close()
+            self._servers.clear()
+
+    def __enter__(self) -> HealServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # requests
+
+    def submit(self, alerts: Sequence[Alert], group_key: str = "") -> bool:
+        """Queue `alerts` for the worker; False when the queue is full."""
+        now = self.clock()
+        with self._stats_lock:
+            if self._queue.qsize() + len(alerts) > MAX_QUEUED:
+                return False
+            self._pending += len(alerts)
+            for alert in alerts:
+                if not alert.firing:
+                    self._resolved_at[(alert.host, alert.name)] = now
+        for alert in alerts:
+            self._queue.put(_Queued(alert, now, group_key))
+        return True
+
+    def count(self, what: str) -> None:
+        with self._stats_lock:
+            self._counts[what] = self._counts.get(what, 0) + 1
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every queued alert has been handled; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per event and the decisions so far (newest last)."""
+        with self._stats_lock:
+            return {"counts": dict(self._counts), "decisions": list(self._decisions),
+                    "actions_in_window": self.policy.actions_in_window(self.clock())}
+
+    # the worker
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._handle(item)
+            except Exception as exc:  # one bad alert must not stop the loop; the audit log says why
+                self._record("error", item.alert, {"error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    def _record(self, outcome: str, alert: Alert, details: Mapping[str, Any] | None = None,
+                duration: float | None = None) -> None:
+        with self._stats_lock:
+            self._counts[outcome] = self._counts.get(outcome, 0) + 1
+        try:
+            self.audit.record(command=AUDIT_COMMAND, outcome=outcome, duration=duration,
+                              details={**alert.as_dict(), **(details or {})})
+        except OrchestratorError:
+            # An audit write that fails (disk full, locked too long) must not stop the healing;
+            # the count above still shows the event in /status.
+            self.count("audit-error")
+
+    def _handle(self, item: _Queued) -> None:
+        alert = item.alert
+        self._record("received", alert, {"group_key": item.group_key})
+        decision = self.policy.decide(alert, self.clock())
+        with self._stats_lock:
+            self._decisions.append(decision.as_dict())
+        details = {"decision": decision.id, "reason": decision.reason, "action": decision.action}
+        if decision.verdict is not Verdict.ACT:
+            self._record(str(decision.verdict), alert, details)
+            if decision.escalate:
+                self._record("escalated", alert, {**details, "escalation": "circuit breaker open: "
+                                                  "remediation stopped, an operator must look"})
+            return
+        wait = self.settings.lock_wait if self.settings.on_lock == "wait" else 0.0
+        try:
+            with self.lock.hold(wait):
+                with self._stats_lock:
+                    resolved_at = self._resolved_at.get((alert.host, alert.name))
+                if resolved_at is not None and resolved_at > item.received:
+                    self.policy.release(decision)
+                    self._record("resolved-while-waiting", alert, details)
+                    return
+                self._record("acted", alert, details)
+                started = time.monotonic()
+                try:
+                    result = self.remediator.remediate(decision.action or "", alert)
+                except OrchestratorError as exc:
+                    result = RemediationResult(ok=False, detail=exc.message)
+                duration = result.duration or (time.monotonic() - started)
+                self.policy.finish(decision, self.clock())
+                self._record("succeeded" if result.ok else "failed", alert,
+                             {**details, "detail": result.detail}, duration=duration)
+        except LockBusy as exc:
+            self.policy.release(decision)
+            self._record("skipped-locked", alert, {**details, "lock": exc.message,
+                                                   "on_lock": self.settings.on_lock})
+
+
+# --- wiring for `orchestrate heal serve` ---------------------------------------------------
+
+
+class ProjectLock:
+    """The environment lock of orchestrator.lock, as the heal server uses it."""
+
+    def __init__(self, loaded: LoadedEnvironment) -> None:
+        self.loaded = loaded
+
+    @contextlib.contextmanager
+    def hold(self, wait: float) -> Iterator[object]:
+        """Hold the environment lock for the block (LockBusy after `wait` seconds)."""
+        lock = _ProjectEnvironmentLock(self.loaded.state_dir, command=f"orchestrate heal serve {self.loaded.name}",
+                     env=self.loaded.name)
+        lock.acquire(wait)
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+
+class PlaybookRemediator:
+    """Runs playbooks/remediate-<action>.yml through the ansible-runner adapter.
+
+    `restart` is limited to the alert's host, which must be an app host of the inventory (the
+    label comes from the network, even if authenticated); `rollback` concerns the environment.
+    """
+
+    def __init__(self, loaded: LoadedEnvironment, *, tuned: bool = True) -> None:
+        self.loaded = loaded
+        self.tuned = tuned
+        # Releases a rollback moved the fleet away from. A rollback leaves the bad release as the
+        # hosts' `previous`, so a second rollback would bring it back: refuse that and escalate.
+        self.rolled_back_from: set[str] = set()
+
+    def playbook(self, action: str) -> Path:
+        return self.loaded.project_dir / "playbooks" / f"remediate-{action}.yml"
+
+    def remediate(self, action: str, alert: Alert) -> RemediationResult:
+        """Run the remediation playbook of `action` for `alert`; failures are results, not errors."""
+        if action not in ("restart", "rollback"):
+            return RemediationResult(ok=False, detail=f"no playbook for remediation {action!r}")
+        limit = None
+        leaving: set[str] = set()
+        if action == "rollback":
+            refusal, leaving = self._check_rollback()
+            if refusal:
+                return RemediationResult(ok=False, detail=refusal)
+        if action == "restart":
+            app_hosts = {h.name for h in fleet_hosts(self.loaded) if "app" in h.groups}
+            if alert.host not in app_hosts:
+                return RemediationResult(ok=False, detail=f"host {alert.host!r} is not an app host of "
+                                                          f"{inventory_path(self.loaded)}")
+            limit = alert.host
+        run_id = f"{ansible.new_run_id()}-heal-{action}"
+        evidence_dir = self.loaded.state_dir / "evidence" / run_id
+        extra = {**deploy.role_vars(self.loaded, evidence_dir), "remediate_host": alert.host or "app",
+                 "remediate_alert": alert.name, "rollback_to": ""}
+        result = ansible.run_playbook(ansible.PlaybookRun(
+            playbook=self.playbook(action), inventory=inventory_path(self.loaded),
+            project_dir=self.loaded.project_dir, runs_dir=self.loaded.state_dir / "runs",
+            extra_vars=extra, limit=limit, tuned=self.tuned, run_id=run_id,
+        ))
+        if result.ok and action == "rollback":
+            self.rolled_back_from |= leaving
+        detail = result.summary_line() if not result.ok else f"{result.playbook} {result.status} (run {run_id})"
+        return RemediationResult(ok=result.ok, detail=detail or f"{result.playbook}: {result.status}",
+                                 duration=result.duration)
+
+    def _check_rollback(self) -> tuple[str, set[str]]:
+        """(refusal or "", releases the rollback would leave) from the fleet's current state."""
+        fleet = deploy.status(self.loaded, tuned=self.tuned)
+        targets = {h.previous_release for h in fleet.hosts if h.previous_release}
+        if not targets:
+            return "no previous release recorded on the app hosts: nothing to roll back to", set()
+        toggles = targets & self.rolled_back_from
+        if toggles:
+            return (f"the hosts' previous release {', '.join(sorted(toggles))} is the one an earlier rollback "
+                    "left; rolling back again would return to it", set())
+        return "", {h.release for h in fleet.hosts if h.release}
+
+
+def token_of(loaded: LoadedEnvironment) -> str:
+    """The heal token of `loaded` (created on first use)."""
+    return read_heal_token(ensure_heal_token(loaded))
+
+
+def build_server(
+    loaded: LoadedEnvironment,
+    *,
+    listen: str | None = None,
+    remediator: Remediator | None = None,
+    audit: AuditSink | None = None,
+    lock: EnvironmentLock | None = None,
+) -> HealServer:
+    """A HealServer for `loaded` with the project's audit log, lock and playbook remediator."""
+    env = loaded.env
+    if not env.healing.enabled:
+        raise UsageError(f"healing is disabled for {env.name} (healing.enabled: false in {loaded.path})")
+    listeners = default_listeners(env, listen)
+    if remediator is None:
+        remediator = PlaybookRemediator(loaded)
+    if audit is None:
+        audit = AuditLog(loaded.state_dir, env=env.name)
+    return HealServer(
+        policy=HealPolicy(PolicySettings.from_env(env)),
+        remediator=remediator,
+        audit=audit,
+        lock=lock or ProjectLock(loaded),
+        token=token_of(loaded),
+        listeners=listeners[:1],
+        # The bridge address exists only while the fleet's bridge does: bound when it appears.
+        optional_listeners=listeners[1:],
+        settings=HealSettings.from_env(env),
+    )
+
+
+def state_path(loaded: LoadedEnvironment) -> Path:
+    """.orchestrate/<env>/heal.json: pid and addresses of the running `heal serve` (for `make down`)."""
+    return loaded.state_dir / "heal.json"
+
+
+def write_state(loaded: LoadedEnvironment, addresses: Sequence[tuple[str, int]]) -> Path:
+    """Record this process as the environment's heal server (atomically)."""
+    path = state_path(loaded)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "listen": [f"{h}:{p}" for h, p in addresses],
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def clear_state(loaded: LoadedEnvironment) -> None:
+    """Remove heal.json when it still names this process."""
+    path = state_path(loaded)
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
