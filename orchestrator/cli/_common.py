@@ -46,9 +46,8 @@ class AppContext:
         return self.project.load(env_name)
 
     def info(self, message: str) -> None:
-        """A human message on stderr (suppressed under --json so stderr stays quiet for cron)."""
-        if not self.json_output:
-            self.stderr.print(message)
+        """A progress or status message on stderr (also under --json: stdout carries only JSON)."""
+        self.stderr.print(message)
 
     def emit(self, data: Any, human: Callable[[], None] | None = None) -> None:
         """The verb's result: JSON on stdout under --json, else the human rendering."""

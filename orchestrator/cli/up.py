@@ -1,0 +1,68 @@
+"""`orchestrate up ENV`: build, provision, deploy and verify in one journalled, locked run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.cli._terraform import ProgressPrinter, summary_table
+from orchestrator.cli.deploy import progress
+from orchestrator.pipeline import UpRequest, UpResult, up
+
+
+def _status_table(status: dict[str, Any]) -> Table:
+    table = Table("host", "address", "release", "previous", "unit", "healthy", box=None)
+    for host in status.get("hosts", []):
+        healthy = "[green]yes[/green]" if host.get("healthy") else "[red]no[/red]"
+        table.add_row(host["name"], host.get("address") or "-", host.get("release") or "-",
+                      host.get("previous_release") or "-", host.get("unit") or "-", healthy)
+    return table
+
+
+@click.command("up")
+@env_argument
+@click.option("--release", "release_path", type=click.Path(path_type=Path), default=None,
+              help="A built binary, or a cargo project directory (tested and built first).")
+@click.option("--yes", is_flag=True, help="Change a protected environment without asking (required without a TTY).")
+@click.option("--lock-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Wait at most this long for the environment lock (default: wait; 0: exit 75 at once).")
+@click.option("--force", is_flag=True, help="Run every stage even when nothing changed.")
+@click.option("--resume", "resume", metavar="RUN_ID", default=None, hidden=True,
+              help="Continue run RUN_ID (used by `orchestrate resume`).")
+@verb
+def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool, lock_wait: float | None,
+            force: bool, resume: str | None) -> None:
+    """Bring ENV to the wanted state: build -> render -> provision -> inventory -> backup
+    -> deploy -> monitoring -> verify, each step journalled; `orchestrate resume RUN_ID` continues
+    an interrupted run."""
+    loaded = app.load(env_name)
+    argv = ["up", env_name]
+    if release_path is not None:
+        release_path = release_path.resolve()
+        argv += ["--release", str(release_path)]
+    if yes:
+        argv.append("--yes")
+    if force:
+        argv.append("--force")
+
+    def confirm(plan: Any) -> bool:
+        app.stderr.print(summary_table(plan.summary, f"plan for {env_name}"))
+        return click.confirm(f"apply this plan to protected environment {env_name}?", default=False, err=True)
+
+    request = UpRequest(argv=argv, release_path=release_path, yes=yes, interactive=app.interactive,
+                        lock_wait=lock_wait, resume=resume, force=force, confirm=confirm)
+    result: UpResult = up(loaded, request, info=app.info, on_terraform=ProgressPrinter(app),
+                          on_host_event=progress(app))
+
+    def human() -> None:
+        if result.status:
+            app.stdout_print(_status_table(result.status))
+        what = "no-op" if result.noop else "completed"
+        app.stdout_print(f"up {env_name} {what}: release {result.release or '-'}, run {result.run_id}"
+                         + (f" ({result.duration:.1f} s)" if result.duration is not None else ""))
+
+    app.emit(result.as_dict(), human)

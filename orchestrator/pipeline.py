@@ -1,0 +1,364 @@
+"""`orchestrate up`: every stage of a rollout, executed through the run journal.
+
+    build -> render -> provision -> inventory -> backup -> deploy -> monitoring -> verify
+
+Each stage is idempotent and runs as a journal step (written before and after it runs), under
+the environment lock. A run that dies (SIGKILL, reboot, lost SSH) is continued by
+`orchestrate resume RUN_ID`, which re-enters here with `resume=RUN_ID`: completed steps are
+passed over, the interrupted one runs again. Deploys are health-gated and put every switched
+host back on failure, so at every point each host serves a release that passed its gate.
+
+When nothing changed since the last completed `up` (same rendered Terraform inputs, roles,
+playbooks, environment file and release) and every host reports that release and is healthy,
+the run ends early as a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import LoadedEnvironment
+from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.journal import Journal, RunRecord, StepHandle
+from orchestrator.lock import locked_run
+from orchestrator.render import render_environment
+
+#: fault injection for crash tests and game days: `up` SIGKILLs itself right before this step
+#: starts (after the previous step's completion is committed to the journal)
+CRASH_BEFORE_ENV = "ORCHESTRATE_CRASH_BEFORE_STEP"
+
+STEPS = ("build", "render", "provision", "inventory", "backup", "deploy", "monitoring", "verify")
+#: files under these project directories feed the fingerprint of a run
+FINGERPRINT_DIRS = ("roles", "playbooks", "terraform/modules")
+
+Confirm = Callable[[Any], bool]
+Info = Callable[[str], None]
+
+
+class VerifyFailed(OrchestratorError):
+    """After the deploy, some host is unhealthy or the fleet is on several releases."""
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    """What `orchestrate up ENV` asks for."""
+
+    argv: list[str]
+    release_path: Path | None = None
+    yes: bool = False
+    interactive: bool = False
+    lock_wait: float | None = None
+    resume: str | None = None
+    force: bool = False
+    """Run every stage even when nothing changed."""
+    confirm: Confirm | None = None
+    """Asked with the plan before a protected environment is changed (interactive runs)."""
+    tuned: bool = True
+
+
+@dataclass
+class UpResult:
+    """How the run ended."""
+
+    env: str
+    run_id: str
+    noop: bool
+    release: str | None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+    resumed_at: str | None = None
+    duration: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "run_id": self.run_id, "noop": self.noop, "release": self.release,
+                "resumed_at": self.resumed_at, "duration": self.duration, "steps": self.steps,
+                "status": self.status}
+
+
+# --- fingerprint and no-op detection ------------------------------------------------------------
+
+
+def _tree_digest(paths: Iterable[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(b"\0")
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def fingerprint(loaded: LoadedEnvironment, release_id: str | None) -> str:
+    """sha256 over everything a run's outcome depends on, except the hosts themselves."""
+    root = loaded.project_dir
+    files: list[Path] = [loaded.path]
+    for name in FINGERPRINT_DIRS:
+        base = root / name
+        if base.is_dir():
+            files += [p for p in base.rglob("*") if ".terraform" not in p.parts]
+    rendered = loaded.state_dir / "terraform"
+    files += [rendered / "main.tf", rendered / "terraform.tfvars.json"]
+    secrets = loaded.path.parent / "secrets.yml"
+    if secrets.exists():
+        files.append(secrets)  # encrypted text: a changed secret changes the fingerprint
+    digest = hashlib.sha256(_tree_digest(files, root).encode())
+    digest.update(f"\0release={release_id or ''}".encode())
+    return digest.hexdigest()
+
+
+def last_completed_up(journal: Journal) -> RunRecord | None:
+    """The newest completed `up` run of the environment."""
+    for record in journal.runs(limit=50, with_steps=True):
+        if record.command == "up" and record.state == "completed":
+            return record
+    return None
+
+
+def _recorded_fingerprint(record: RunRecord) -> str | None:
+    for step in record.steps:
+        value = (step.detail or {}).get("fingerprint")
+        if value:
+            return str(value)
+    return None
+
+
+def peek_release_id(path: Path) -> str:
+    """Release id of `path` without running its tests: an incremental cargo build, then sha256.
+
+    Used only to decide whether a run would change anything; a real deploy still tests.
+    """
+    from orchestrator.release import (
+        cargo_argv,
+        cargo_version,
+        executables_from_messages,
+        find_cargo,
+        release_id,
+        sha256_file,
+        version_for_binary,
+    )
+    from orchestrator.tools.process import run_command
+
+    if path.is_dir():
+        manifest = path / "Cargo.toml"
+        if not manifest.exists():
+            raise UsageError(f"--release {path}: a directory must be a cargo project (no Cargo.toml in it)")
+        result = run_command(cargo_argv(find_cargo(), "build", manifest), cwd=path, timeout=900)
+        binaries = executables_from_messages(result.stdout)
+        if len(binaries) != 1:
+            raise UsageError(f"--release {path}: expected one executable from cargo, got {len(binaries)}")
+        return release_id(cargo_version(manifest), sha256_file(binaries[0]))
+    return release_id(version_for_binary(path), sha256_file(path))
+
+
+# --- the stages ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stages:
+    loaded: LoadedEnvironment
+    request: UpRequest
+    info: Info
+    on_terraform: Callable[[Any], None] | None = None
+    on_host_event: Callable[[Any], None] | None = None
+    release_id: str | None = None
+    staged_binary: Path | None = None
+    fingerprint: str | None = None
+    status: dict[str, Any] | None = None
+
+    def build(self, step: StepHandle) -> None:
+        if self.request.release_path is None:
+            step.detail["release"] = None
+            return
+        from orchestrator.release import prepare_release
+
+        release = prepare_release(self.loaded, self.request.release_path)
+        self.release_id = release.id
+        self.staged_binary = release.binary
+        step.detail.update(release=release.id, sha256=release.sha256, binary=str(release.binary))
+        step.run.set_release(release.id)
+
+    def render(self, step: StepHandle) -> None:
+        result = render_environment(self.loaded)
+        self.fingerprint = fingerprint(self.loaded, self.release_id)
+        step.detail.update(files=[str(p) for p in result.files], fingerprint=self.fingerprint)
+
+    def provision(self, step: StepHandle) -> None:
+        from orchestrator.provision import provision
+
+        outcome = provision(self.loaded, confirm=self.request.confirm, on_progress=self.on_terraform)
+        if not outcome.applied and outcome.plan.changes:
+            raise UsageError(f"provisioning {self.loaded.name} was not confirmed; nothing was changed")
+        step.detail.update(applied=outcome.applied, plan_sha256=outcome.plan.plan_sha256,
+                           summary=outcome.plan.summary if isinstance(outcome.plan.summary, dict) else None)
+        step.run.set_plan(outcome.plan.plan_sha256)
+
+    def inventory(self, step: StepHandle) -> None:
+        from orchestrator.inventory import hosts_from_inventory, load_inventory
+
+        path = self.loaded.state_dir / "inventory.yml"
+        hosts = hosts_from_inventory(load_inventory(path))
+        if not any("app" in h.groups for h in hosts):
+            raise OrchestratorError(f"{path}: no host in group app after provisioning")
+        step.detail["hosts"] = {h.name: {"address": h.address, "groups": list(h.groups)} for h in hosts}
+
+    def monitoring(self, step: StepHandle) -> None:
+        from orchestrator.inventory import hosts_from_inventory, load_inventory
+
+        hosts = hosts_from_inventory(load_inventory(self.loaded.state_dir / "inventory.yml"))
+        if not self.loaded.env.monitoring.enabled or not any("monitoring" in h.groups for h in hosts):
+            step.detail["skipped"] = "monitoring disabled or no monitoring host"
+            return
+        from orchestrator.monitoring import deploy_monitoring
+
+        deployment = deploy_monitoring(self.loaded, tuned=self.request.tuned)
+        step.detail["directory"] = str(deployment.files.directory)
+
+    def backup(self, step: StepHandle) -> None:
+        if self.request.release_path is None:
+            step.detail["skipped"] = "no release to deploy"
+            return
+        from orchestrator.backup import create_backup
+
+        result = create_backup(self.loaded)
+        step.detail["backup"] = result.id
+
+    def deploy(self, step: StepHandle) -> None:
+        if self.request.release_path is None:
+            step.detail["skipped"] = "no --release given: hosts keep their release"
+            return
+        from orchestrator.deploy import DeployRequest, deploy
+        from orchestrator.secrets import load_secrets
+
+        secrets = load_secrets(self.loaded)
+        run = deploy(self.loaded, DeployRequest(release_path=self.request.release_path, tuned=self.request.tuned,
+                                                secret_vars=secrets), on_event=self.on_host_event)
+        self.release_id = run.target or self.release_id
+        step.detail.update(release=run.target, state=run.state, changed=run.changed)
+
+    def verify(self, step: StepHandle) -> None:
+        from orchestrator.deploy import status
+
+        fleet = status(self.loaded, tuned=self.request.tuned)
+        self.status = fleet.as_dict()
+        unhealthy = [h.name for h in fleet.hosts if not h.healthy]
+        expected = self.release_id
+        if unhealthy:
+            raise VerifyFailed(f"unhealthy after the run: {', '.join(unhealthy)}")
+        releases = {h.release for h in fleet.hosts}
+        if expected is not None and releases != {expected}:
+            raise VerifyFailed(f"the fleet is on {', '.join(sorted(str(r) for r in releases))}, expected {expected}")
+        step.detail.update(release=fleet.release, hosts=len(fleet.hosts))
+
+
+def _is_noop(stages: _Stages, journal: Journal) -> bool:
+    """Whether the last completed up had the same fingerprint and the fleet still matches it."""
+    previous = last_completed_up(journal)
+    if previous is None:
+        return False
+    if stages.request.release_path is not None:
+        stages.release_id = peek_release_id(stages.request.release_path)
+        if previous.release != stages.release_id:
+            return False
+    else:
+        stages.release_id = previous.release
+    render_environment(stages.loaded)
+    stages.fingerprint = fingerprint(stages.loaded, stages.release_id)
+    if _recorded_fingerprint(previous) != stages.fingerprint:
+        return False
+    inventory = stages.loaded.state_dir / "inventory.yml"
+    if not inventory.exists():
+        return False
+    if stages.loaded.env.target == "local":
+        # a host whose process died is invisible to Terraform and to a cached status: look first
+        from orchestrator.hosts.local import fleet_for
+
+        local, specs = fleet_for(stages.loaded)
+        if any(host.state != "running" for host in local.status(specs)):
+            return False
+    from orchestrator.deploy import status
+
+    try:
+        fleet = status(stages.loaded, tuned=stages.request.tuned)
+    except OrchestratorError:
+        return False
+    stages.status = fleet.as_dict()
+    healthy = all(h.healthy for h in fleet.hosts)
+    on_release = stages.release_id is None or all(h.release == stages.release_id for h in fleet.hosts)
+    return healthy and on_release
+
+
+def up(
+    loaded: LoadedEnvironment,
+    request: UpRequest,
+    *,
+    info: Info | None = None,
+    on_terraform: Callable[[Any], None] | None = None,
+    on_host_event: Callable[[Any], None] | None = None,
+) -> UpResult:
+    """Run (or resume) `up` for `loaded`; see the module docstring."""
+    from orchestrator.provision import needs_confirmation
+
+    say = info or (lambda message: None)
+    # A protected environment without a terminal and without --yes is refused before the lock,
+    # the journal or any host is touched.
+    must_confirm = needs_confirmation(loaded, action="up", yes=request.yes, interactive=request.interactive)
+    if must_confirm and request.confirm is None:
+        raise UsageError(f"environment {loaded.name!r} is protected: confirm interactively or pass --yes")
+    confirm = request.confirm if must_confirm else None
+    stages = _Stages(loaded=loaded, request=_with_confirm(request, confirm), info=say, on_terraform=on_terraform,
+                     on_host_event=on_host_event)
+    with locked_run(loaded.state_dir, command="up", argv=request.argv, steps=STEPS, resume=request.resume,
+                    wait=request.lock_wait, on_wait=say, env=loaded.name,
+                    release=None) as session:
+        run = session.run
+        resumed_at = session.resume_point.step if session.resume_point else None
+        if resumed_at is None and not request.force and _is_noop(stages, session.journal):
+            say("nothing changed since the last run and every host is healthy on its release: done")
+            for name in STEPS:
+                run.skip(name, "no-op: nothing changed")
+            if stages.release_id:
+                run.set_release(stages.release_id)
+            noop = True
+        else:
+            if resumed_at is not None:
+                say(f"resuming run {run.id} at step {resumed_at}")
+            _execute(run, stages, say)
+            noop = False
+        record = run.record()
+        # the render step carries the fingerprint a later no-op check compares with
+        steps = [s.to_dict() for s in record.steps]
+    final = session.final
+    return UpResult(env=loaded.name, run_id=run.id, noop=noop, release=stages.release_id or record.release,
+                    steps=steps, status=stages.status, resumed_at=resumed_at,
+                    duration=final.duration if final else None)
+
+
+def _execute(run: Any, stages: _Stages, say: Info) -> None:
+    """Run every step not done yet, in order, each inside its journal step."""
+    crash_before = os.environ.get(CRASH_BEFORE_ENV)
+    for name in STEPS:
+        if run.is_done(name):
+            continue
+        if crash_before == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        say(f"[bold]{name}[/bold]")
+        with run.step(name) as handle:
+            getattr(stages, name)(handle)
+
+
+def _with_confirm(request: UpRequest, confirm: Confirm | None) -> UpRequest:
+    from dataclasses import replace
+
+    return replace(request, confirm=confirm)
+
+
+def dumps(result: UpResult) -> str:
+    return json.dumps(result.as_dict(), indent=2, default=str)
