@@ -18,8 +18,11 @@ DEB_STAMP := $(VENV)/.debs-$(shell echo $(DEB_PACKAGES) | sha256sum | cut -c1-12
 PY_STAMP := $(VENV)/.installed
 EXAMPLE := examples/hello-service
 EXAMPLE_BIN := $(EXAMPLE)/target/release/hello-service
+# dev's vault password is public on purpose (inventories/dev/.vault-password-dev); never for prod
+DEV_VAULT := $(CURDIR)/inventories/dev/.vault-password-dev
+HEAL_LISTEN := 127.0.0.1:9095
 
-.PHONY: help up test deps debs venv example lint typecheck pytest bench verify down clean
+.PHONY: help up test deps debs venv image example lint typecheck pytest bench verify down clean
 
 help:
 	@echo "make up     install what is needed, build the example service, orchestrate up dev"
@@ -28,6 +31,10 @@ help:
 	@echo "make down   destroy the dev fleet"
 
 deps: debs venv
+
+# the local hosts' image (debootstrap once, cached under /var/cache/orchestrate)
+image: deps
+	$(BIN)/python -m orchestrator.hosts build-image
 
 debs: $(DEB_STAMP)
 $(DEB_STAMP):
@@ -51,11 +58,16 @@ $(EXAMPLE_BIN): $(shell find $(EXAMPLE)/src -name '*.rs' 2>/dev/null) $(EXAMPLE)
 	cargo build --release --offline --manifest-path $(EXAMPLE)/Cargo.toml
 	@touch $@
 
-up: deps example
+up: deps example image
 	$(ORCHESTRATE) validate dev
-	$(ORCHESTRATE) render dev
+	ORCHESTRATE_VAULT_PASSWORD_FILE=$(DEV_VAULT) $(ORCHESTRATE) up dev --yes --release $(EXAMPLE)
+	@curl -sf http://$(HEAL_LISTEN)/healthz >/dev/null 2>&1 || { \
+	  echo "starting the heal server for dev on $(HEAL_LISTEN) (log: .orchestrate/dev/heal.log)"; \
+	  setsid $(ORCHESTRATE) heal serve dev >>.orchestrate/dev/heal.log 2>&1 </dev/null & sleep 1; }
+	$(ORCHESTRATE) status dev
 
 down: venv
+	-@test -f .orchestrate/dev/heal.json && kill $$($(BIN)/python -c 'import json;print(json.load(open(".orchestrate/dev/heal.json"))["pid"])') 2>/dev/null || true
 	$(ORCHESTRATE) destroy dev --yes
 
 lint: venv
@@ -64,12 +76,12 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy orchestrator
 
-pytest: deps
+pytest: deps image
 	$(BIN)/pytest -q
 
 test: deps lint typecheck pytest
 
-bench: deps example
+bench: deps example image
 	$(BIN)/python bench/run.py
 
 clean:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -32,3 +33,7 @@ def project_copy(tmp_path: Path) -> Path:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+# dev's vault password is public on purpose; tests that deploy dev copies need it
+os.environ.setdefault("ORCHESTRATE_VAULT_PASSWORD_FILE", str(REPO / "inventories" / "dev" / ".vault-password-dev"))
