@@ -197,7 +197,7 @@ class _Stages:
         if not outcome.applied and outcome.plan.changes:
             raise UsageError(f"provisioning {self.loaded.name} was not confirmed; nothing was changed")
         step.detail.update(applied=outcome.applied, plan_sha256=outcome.plan.plan_sha256,
-                           summary=outcome.plan.summary if isinstance(outcome.plan.summary, dict) else None)
+                           summary=outcome.plan.summary.to_json())
         step.run.set_plan(outcome.plan.plan_sha256)
 
     def inventory(self, step: StepHandle) -> None:

@@ -18,8 +18,12 @@ from typing import Any
 import jinja2
 
 from orchestrator.config import LoadedEnvironment, TerraformAws, TerraformLocal
+from orchestrator.errors import ConfigError
 
 AWS_ENDPOINT_ENV = "ORCHESTRATE_AWS_ENDPOINT"
+
+#: AWS services the aws_fleet module and the S3 backend talk to; all get the endpoint override
+AWS_SERVICES = ("ec2", "iam", "s3", "sts")
 
 _jinja = jinja2.Environment(
     loader=jinja2.PackageLoader("orchestrator", "templates"),
@@ -60,7 +64,39 @@ def terraform_variables(loaded: LoadedEnvironment) -> dict[str, Any]:
         variables["state_dir"] = str(loaded.state_dir / "hosts")
         variables["python"] = sys.executable
         variables["project_dir"] = str(loaded.project_dir)
+    else:
+        # The project's key pair (shared with the local fleet): the public half goes to the
+        # instances through an aws_key_pair, the private half never leaves the controller.
+        from orchestrator.hosts.local import ensure_ssh_key
+
+        public_key = ensure_ssh_key(loaded.project_dir).with_suffix(".pub")
+        variables["ssh_public_key"] = public_key.read_text().strip()
     return variables
+
+
+def hcl_type(value: Any, where: str = "") -> str:
+    """The Terraform type constraint of a JSON value (string, number, bool, list(...), map(...))."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        items = [hcl_type(item, where) for item in value]
+        if not items:
+            return "list(any)"
+        if len(set(items)) == 1:
+            return f"list({items[0]})"
+        return "tuple([" + ", ".join(items) + "])"
+    if isinstance(value, dict):
+        members = {str(k): hcl_type(v, where) for k, v in value.items()}
+        if not members:
+            return "map(string)"
+        if len(set(members.values())) == 1:
+            return f"map({next(iter(members.values()))})"
+        return "object({" + ", ".join(f"{json.dumps(k)} = {t}" for k, t in members.items()) + "})"
+    raise ConfigError(f"cannot pass {type(value).__name__} to terraform", field=where or None)
 
 
 def render_environment(loaded: LoadedEnvironment) -> RenderResult:
@@ -73,7 +109,10 @@ def render_environment(loaded: LoadedEnvironment) -> RenderResult:
         "env": env,
         "module": env.terraform.module,
         "source": module_source(loaded, terraform_dir),
-        "variables": sorted(variables),
+        "variables": [{"name": name, "type": hcl_type(variables[name], name)} for name in sorted(variables)],
+        "variable_width": max((len(name) for name in variables), default=0),
+        "aws_services": AWS_SERVICES,
+        "aws_service_width": max(len(s) for s in AWS_SERVICES),
         "aws_endpoint": os.environ.get(AWS_ENDPOINT_ENV, ""),
         "backend": env.terraform.backend,
         "is_aws": isinstance(env.terraform, TerraformAws),

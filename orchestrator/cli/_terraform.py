@@ -1,0 +1,57 @@
+"""What the Terraform verbs (plan, provision, drift, destroy) share: progress and summary tables."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.table import Table
+
+from orchestrator.cli._common import AppContext
+from orchestrator.tools.terraform import ACTION_COLUMNS, PlanSummary, ProgressEvent
+
+lock_wait_option = click.option(
+    "--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
+    help="Wait this long for the environment lock (exit 75 when it stays busy).")
+
+_VERBS = {"create": "creating", "update": "updating", "delete": "destroying", "replace": "replacing",
+          "read": "reading", "noop": "unchanged"}
+_DONE = {"create": "created", "update": "updated", "delete": "destroyed", "replace": "replaced", "read": "read"}
+
+
+class ProgressPrinter:
+    """Live terraform progress on stderr: one line per resource start, progress and completion."""
+
+    def __init__(self, app: AppContext) -> None:
+        self.app = app
+        self.started = time.monotonic()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.app.json_output:
+            return
+        elapsed = f" ({event.elapsed:.0f}s)" if event.elapsed is not None else ""
+        if event.phase == "start":
+            self.app.stderr.print(f"  {event.address}: {_VERBS.get(event.action, event.action)}…")
+        elif event.phase == "progress":
+            self.app.stderr.print(f"  {event.address}: still {_VERBS.get(event.action, event.action)}{elapsed}",
+                                  style="dim")
+        elif event.phase == "complete":
+            self.app.stderr.print(f"  [green]{event.address}: {_DONE.get(event.action, event.action)}{elapsed}[/green]")
+        elif event.phase == "errored":
+            self.app.stderr.print(f"  [red]{event.address}: {event.action} failed{elapsed}[/red]")
+        elif event.phase == "drift":
+            self.app.stderr.print(f"  [yellow]{event.address}: changed outside Terraform[/yellow]")
+
+
+def summary_table(summary: PlanSummary, title: str) -> Table:
+    """add/change/destroy per resource type, with a total row."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("resource type")
+    for column in ACTION_COLUMNS:
+        table.add_column(column, justify="right")
+    for rtype, counts in summary.by_type.items():
+        table.add_row(rtype, *(str(counts.get(c, 0)) for c in ACTION_COLUMNS))
+    totals = summary.totals
+    table.add_section()
+    table.add_row("total", *(str(totals[c]) for c in ACTION_COLUMNS), style="bold")
+    return table

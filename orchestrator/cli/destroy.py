@@ -1,0 +1,39 @@
+"""`orchestrate destroy ENV [--yes]`: destroy every resource of the environment."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.cli._terraform import ProgressPrinter, lock_wait_option
+from orchestrator.errors import ExitStatus
+from orchestrator.lock import locked_run
+from orchestrator.provision import destroy, needs_confirmation
+
+
+@click.command("destroy")
+@env_argument
+@click.option("--yes", "-y", is_flag=True, help="Destroy without asking, also on a protected environment.")
+@lock_wait_option
+@verb
+def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> ExitStatus:
+    """Destroy ENV's infrastructure and remove its inventory.
+
+    A protected environment asks for confirmation; without a terminal it refuses (exit 2,
+    nothing destroyed) unless --yes is given.
+    """
+    loaded = app.load(env_name)
+    if needs_confirmation(loaded, action="destroy", yes=yes, interactive=app.interactive) and not click.confirm(
+        f"destroy every resource of {env_name}?", default=False, err=True
+    ):
+        app.emit({"env": env_name, "destroyed": 0, "confirmed": False},
+                 lambda: app.stdout_print(f"{env_name}: not confirmed; nothing destroyed"))
+        return ExitStatus.FAILED
+    app.info(f"destroying {env_name} ({loaded.env.target})…")
+    with locked_run(loaded.state_dir, command="destroy", argv=["destroy", env_name], steps=["destroy"],
+                    wait=lock_wait, on_wait=app.info, env=env_name) as session, \
+            session.run.step("destroy") as step:
+        outcome = destroy(loaded, on_progress=ProgressPrinter(app))
+        step.detail.update(destroyed=outcome.destroyed)
+    app.emit(outcome.to_json(), lambda: app.stdout_print(f"{env_name}: destroyed {outcome.destroyed} resources"))
+    return ExitStatus.OK

@@ -1,0 +1,57 @@
+"""`orchestrate provision ENV [--yes]`: apply the reviewed plan and write the inventory."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.cli._terraform import ProgressPrinter, lock_wait_option, summary_table
+from orchestrator.errors import ExitStatus
+from orchestrator.lock import locked_run
+from orchestrator.provision import PlanOutcome, ProvisionOutcome, needs_confirmation, provision
+
+
+@click.command("provision")
+@env_argument
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking, also on a protected environment.")
+@lock_wait_option
+@verb
+def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> ExitStatus:
+    """Plan ENV, then apply exactly that plan file; write .orchestrate/ENV/inventory.yml.
+
+    A protected environment asks for confirmation after showing the plan; without a
+    terminal it refuses (exit 2, nothing applied) unless --yes is given.
+    """
+    loaded = app.load(env_name)
+    ask = needs_confirmation(loaded, action="provision", yes=yes, interactive=app.interactive)
+
+    def confirm(reviewed: PlanOutcome) -> bool:
+        app.stderr.print(summary_table(reviewed.summary, f"plan for {env_name} (protected)"))
+        return click.confirm(f"apply this plan to {env_name}?", default=False, err=True)
+
+    app.info(f"provisioning {env_name} ({loaded.env.target})…")
+    # The environment lock keeps a deploy or another provision on this controller out; the S3
+    # state lock (use_lockfile) does the same for runs elsewhere. The journal lists the run.
+    with locked_run(loaded.state_dir, command="provision", argv=["provision", env_name], steps=["provision"],
+                    wait=lock_wait, on_wait=app.info, env=env_name) as session, \
+            session.run.step("provision") as step:
+        outcome: ProvisionOutcome = provision(loaded, confirm=confirm if ask else None,
+                                              on_progress=ProgressPrinter(app))
+        step.run.set_plan(outcome.plan.plan_sha256)
+        step.detail.update(applied=outcome.applied, changes=outcome.plan.changes,
+                           summary=outcome.plan.summary.totals, hosts=len(outcome.hosts))
+
+    def human() -> None:
+        if not outcome.applied and outcome.plan.changes:
+            app.stdout_print(f"{env_name}: not confirmed; nothing applied")
+            return
+        if outcome.applied:
+            app.stdout_print(summary_table(outcome.plan.summary, f"applied to {env_name}"))
+        else:
+            app.stdout_print(f"{env_name}: no changes to apply")
+        app.stdout_print(f"inventory: {outcome.inventory} ({len(outcome.hosts)} hosts)")
+
+    app.emit(outcome.to_json(), human)
+    if outcome.plan.changes and not outcome.applied:
+        return ExitStatus.FAILED
+    return ExitStatus.OK

@@ -1,0 +1,166 @@
+# A small fleet in one VPC: N application instances and one monitoring instance in public
+# subnets, SSH from the admin CIDR only, the service port from inside the VPC, and the
+# node-exporter port from the monitoring host only.
+
+locals {
+  # Ports the monitoring host scrapes besides the service port's /metrics.
+  node_exporter_port = 9100
+  tags               = merge(var.tags, { "orchestrate:fleet" = var.name })
+}
+
+data "aws_availability_zones" "available" {
+  state = "available"
+}
+
+resource "aws_vpc" "this" {
+  cidr_block           = var.vpc_cidr
+  enable_dns_support   = true
+  enable_dns_hostnames = true
+
+  tags = merge(local.tags, { Name = var.name })
+}
+
+resource "aws_subnet" "this" {
+  count = length(var.subnet_cidrs)
+
+  vpc_id                  = aws_vpc.this.id
+  cidr_block              = var.subnet_cidrs[count.index]
+  availability_zone       = data.aws_availability_zones.available.names[count.index % length(data.aws_availability_zones.available.names)]
+  map_public_ip_on_launch = true
+
+  tags = merge(local.tags, { Name = "${var.name}-public-${count.index + 1}" })
+}
+
+resource "aws_internet_gateway" "this" {
+  vpc_id = aws_vpc.this.id
+
+  tags = merge(local.tags, { Name = var.name })
+}
+
+resource "aws_route_table" "this" {
+  vpc_id = aws_vpc.this.id
+
+  route {
+    cidr_block = "0.0.0.0/0"
+    gateway_id = aws_internet_gateway.this.id
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-public" })
+}
+
+resource "aws_route_table_association" "this" {
+  count = length(var.subnet_cidrs)
+
+  subnet_id      = aws_subnet.this[count.index].id
+  route_table_id = aws_route_table.this.id
+}
+
+# Rules are inline so that a rule added behind Terraform's back shows up as drift of the group.
+resource "aws_security_group" "monitoring" {
+  name        = "${var.name}-monitoring"
+  description = "Monitoring host of ${var.name}: SSH from the admin CIDR, Prometheus and Alertmanager from the VPC"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description = "SSH from the admin CIDR"
+    from_port   = 22
+    to_port     = 22
+    protocol    = "tcp"
+    cidr_blocks = [var.admin_cidr]
+  }
+
+  ingress {
+    description = "Prometheus and Alertmanager from inside the VPC"
+    from_port   = 9090
+    to_port     = 9093
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
+  }
+
+  egress {
+    description = "Everything out (package mirrors, artifact downloads)"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-monitoring" })
+}
+
+resource "aws_security_group" "app" {
+  name        = "${var.name}-app"
+  description = "Application hosts of ${var.name}: SSH from the admin CIDR, service from the VPC, metrics from monitoring"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description = "SSH from the admin CIDR"
+    from_port   = 22
+    to_port     = 22
+    protocol    = "tcp"
+    cidr_blocks = [var.admin_cidr]
+  }
+
+  ingress {
+    description = "Service port (and its /metrics) from inside the VPC"
+    from_port   = var.service_port
+    to_port     = var.service_port
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
+  }
+
+  ingress {
+    description     = "Node exporter from the monitoring host only"
+    from_port       = local.node_exporter_port
+    to_port         = local.node_exporter_port
+    protocol        = "tcp"
+    security_groups = [aws_security_group.monitoring.id]
+  }
+
+  egress {
+    description = "Everything out (package mirrors, artifact downloads)"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-app" })
+}
+
+resource "aws_key_pair" "this" {
+  key_name   = var.name
+  public_key = var.ssh_public_key
+
+  tags = local.tags
+}
+
+resource "aws_instance" "app" {
+  count = var.app_count
+
+  ami                    = var.ami_id
+  instance_type          = var.instance_type
+  subnet_id              = aws_subnet.this[count.index % length(aws_subnet.this)].id
+  vpc_security_group_ids = [aws_security_group.app.id]
+  key_name               = aws_key_pair.this.key_name
+
+  metadata_options {
+    http_tokens = "required"
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-app-${count.index + 1}", "orchestrate:groups" = "app" })
+}
+
+resource "aws_instance" "monitoring" {
+  ami                    = var.ami_id
+  instance_type          = var.monitoring_instance_type
+  subnet_id              = aws_subnet.this[0].id
+  vpc_security_group_ids = [aws_security_group.monitoring.id]
+  key_name               = aws_key_pair.this.key_name
+
+  metadata_options {
+    http_tokens = "required"
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-monitoring", "orchestrate:groups" = "monitoring" })
+}

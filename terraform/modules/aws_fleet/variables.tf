@@ -1,0 +1,127 @@
+variable "name" {
+  description = "Name prefix and Name tag of every resource (lowercase letters, digits and '-', 2-32 characters)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,31}$", var.name))
+    error_message = "The name must be 2-32 characters of lowercase letters, digits and '-', starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region of the fleet, such as eu-west-1."
+  type        = string
+  default     = "eu-west-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.region))
+    error_message = "The region must be an AWS region name such as eu-west-1, us-east-2 or us-gov-west-1."
+  }
+}
+
+variable "vpc_cidr" {
+  description = "IPv4 CIDR of the VPC, /16 to /28."
+  type        = string
+  default     = "10.40.0.0/16"
+
+  validation {
+    condition     = can(cidrnetmask(var.vpc_cidr)) && tonumber(split("/", var.vpc_cidr)[1]) >= 16 && tonumber(split("/", var.vpc_cidr)[1]) <= 28
+    error_message = "The vpc_cidr must be an IPv4 CIDR with a prefix length between /16 and /28, such as 10.40.0.0/16."
+  }
+}
+
+variable "subnet_cidrs" {
+  description = "IPv4 CIDRs of the public subnets inside vpc_cidr, one per availability zone (instances are spread across them)."
+  type        = list(string)
+  default     = ["10.40.1.0/24"]
+
+  validation {
+    condition     = length(var.subnet_cidrs) >= 1 && alltrue([for cidr in var.subnet_cidrs : can(cidrnetmask(cidr))])
+    error_message = "The subnet_cidrs must be a non-empty list of IPv4 CIDRs such as [\"10.40.1.0/24\"]."
+  }
+}
+
+variable "admin_cidr" {
+  description = "IPv4 CIDR allowed to reach SSH (22) on every host, such as 203.0.113.0/24."
+  type        = string
+
+  validation {
+    condition     = can(cidrnetmask(var.admin_cidr))
+    error_message = "The admin_cidr must be an IPv4 CIDR such as 203.0.113.0/24 (0.0.0.0/0 opens SSH to everyone)."
+  }
+}
+
+variable "app_count" {
+  description = "Number of application instances (1 to 200)."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.app_count >= 1 && var.app_count <= 200 && floor(var.app_count) == var.app_count
+    error_message = "The app_count must be a whole number from 1 to 200."
+  }
+}
+
+variable "instance_type" {
+  description = "EC2 instance type of the application instances, such as t3.micro."
+  type        = string
+  default     = "t3.micro"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.instance_type))
+    error_message = "The instance_type must be an EC2 instance type such as t3.micro, t3.small or m6i.large."
+  }
+}
+
+variable "monitoring_instance_type" {
+  description = "EC2 instance type of the monitoring instance (Prometheus, Alertmanager), such as t3.small."
+  type        = string
+  default     = "t3.small"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.monitoring_instance_type))
+    error_message = "The monitoring_instance_type must be an EC2 instance type such as t3.small or m6i.large."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI of a systemd Linux with python3 and the 'admin' user (Debian 12)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "The ami_id must be an AMI id such as ami-0123456789abcdef0."
+  }
+}
+
+variable "service_port" {
+  description = "TCP port the service listens on (and serves /metrics on), reachable from inside the VPC."
+  type        = number
+  default     = 8080
+
+  validation {
+    condition     = var.service_port >= 1 && var.service_port <= 65535 && var.service_port != 22 && var.service_port != 9100
+    error_message = "The service_port must be a TCP port from 1 to 65535 other than 22 (SSH) and 9100 (node exporter)."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags of every resource (keys up to 128 characters, values up to 256)."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.tags : length(k) >= 1 && length(k) <= 128 && length(v) <= 256 && !startswith(k, "aws:")])
+    error_message = "Each tag key must be 1-128 characters and must not start with 'aws:'; each value at most 256 characters."
+  }
+}
+
+variable "ssh_public_key" {
+  description = "OpenSSH public key installed for the ssh user of every instance (the project key, .orchestrate/ssh/id_ed25519.pub)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+", var.ssh_public_key))
+    error_message = "The ssh_public_key must be an OpenSSH public key of type ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256/384/521."
+  }
+}
