@@ -261,6 +261,21 @@ class Rollout(_Model):
     batch_size: int | str = Field(default="34%", description="hosts per batch: a count or a percentage")
     max_fail_percentage: int = Field(default=0, ge=0, le=100)
     canary_hosts: int = Field(default=1, ge=1)
+    traffic_steps: list[int] = Field(
+        default_factory=lambda: [10, 25, 50, 75, 100],
+        description="canary-traffic: percentages of the traffic the new colour gets, rising, ending at 100")
+    step_hold: Duration = Field(default="10s", description="canary-traffic: how long each step runs before its gate")
+    max_error_ratio: float = Field(default=0.01, ge=0, lt=1,
+                                   description="traffic gates: largest share of failed requests on the new colour")
+    max_latency: Duration = Field(default="500ms",
+                                  description="traffic gates: largest mean response time of the new colour")
+
+    @field_validator("traffic_steps")
+    @classmethod
+    def _steps(cls, value: list[int]) -> list[int]:
+        if not value or value[-1] != 100 or any(not 1 <= s <= 100 for s in value) or value != sorted(set(value)):
+            raise ValueError(f"{value!r} is not a rising list of percentages ending at 100, such as [10, 50, 100]")
+        return value
 
     @field_validator("batch_size", mode="before")
     @classmethod

@@ -1,0 +1,117 @@
+"""Blue-green switch-back time, and failed requests during a canary rollback, under real load.
+
+    .venv/bin/python bench/traffic.py [--repeat 3] [--rate 50] [--hold 3]
+
+Boots a throwaway fleet of 3 app hosts and 1 HAProxy host, deploys a good release behind the
+load balancer and keeps a bounded load (--rate requests/s) running through it. Then, --repeat
+times: a blue-green release of another build followed by the switch back (what `orchestrate
+rollback` does after it): printed are the time of the weight change (admin socket over SSH) and
+the wall time of the whole switch-back call (and once of `orchestrate rollback` as a
+command), plus the requests lost during switch and switch
+back. Finally a canary-traffic release of a `flaky` build (30% of / answer 500): printed are the
+step at which it was rolled back, the gate's measured values and the requests that failed.
+Runs as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from orchestrator.deploy import DeployRequest, deploy  # noqa: E402
+from orchestrator.loadgen import LoadGenerator, LoadSpec  # noqa: E402
+from orchestrator.traffic import (  # noqa: E402
+    TrafficGateFailed,
+    TrafficRequest,
+    blue_green,
+    canary_traffic,
+    configure_lb,
+    lb_url,
+    network,
+    switch_back,
+)
+from tests.integration.conftest import _Factory  # noqa: E402 - the tests' fleet helper
+from tests.integration.traffic.conftest import TRAFFIC_OVERRIDES, _build  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--hold", type=float, default=3.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="traffic-bench-") as tmp:
+        base = Path(tmp)
+        v1, v2 = _build(base, "v1", "0.1.0"), _build(base, "v2", "0.2.0")
+        flaky = _build(base, "flaky", "0.4.0", "flaky")
+        factory = _Factory("traffic-bench")
+        try:
+            fleet = factory.boot(app_count=3, lb_count=1, overrides=TRAFFIC_OVERRIDES)
+            loaded = fleet.loaded
+            deploy(loaded, DeployRequest(release_path=v1))
+            configure_lb(loaded)
+            spec = LoadSpec(url=lb_url(loaded), requests=int(args.rate * 3600), duration=3600,
+                            concurrency=4, rate=args.rate)
+            socket_times: list[float] = []
+            call_times: list[float] = []
+            with LoadGenerator(spec, network=network(loaded)) as gen:
+                time.sleep(1)
+                for _ in range(args.repeat):
+                    blue_green(loaded, TrafficRequest(deploy=DeployRequest(release_path=v2), strategy="blue-green"))
+                    time.sleep(1)
+                    started = time.monotonic()
+                    result = switch_back(loaded)
+                    call_times.append(time.monotonic() - started)
+                    socket_times.append(result.switch_seconds)
+                    time.sleep(1)
+                # once more through the CLI, as an operator runs it: `orchestrate rollback ENV`
+                blue_green(loaded, TrafficRequest(deploy=DeployRequest(release_path=v2), strategy="blue-green"))
+                time.sleep(1)
+                started = time.monotonic()
+                subprocess.run([str(Path(sys.executable).parent / "orchestrate"), "--project-dir",
+                                str(fleet.project_dir), "rollback", fleet.env_name, "--json"],
+                               check=True, capture_output=True, timeout=120, env=dict(os.environ))
+                cli_seconds = time.monotonic() - started
+                time.sleep(1)
+                lost_blue_green = gen.report.failed
+                sent_blue_green = gen.report.total
+                mark = gen.now()
+                try:
+                    canary_traffic(loaded, TrafficRequest(deploy=DeployRequest(release_path=flaky),
+                                                          strategy="canary-traffic", hold=args.hold))
+                    print("canary rollback: the flaky release was promoted (gate did not trip)")
+                    return 1
+                except TrafficGateFailed as exc:
+                    decision = exc.result.decisions[-1]
+                done = gen.now()
+                time.sleep(1)
+            report = gen.report
+            during = [s for s in report.samples if mark <= s.started <= done + 1]
+            failed = sum(1 for s in during if s.failed)
+            print(f"blue-green switch back ({args.repeat}x, load {args.rate:.0f} req/s): weight change "
+                  f"median {statistics.median(socket_times):.3f} s (max {max(socket_times):.3f}), whole call "
+                  f"median {statistics.median(call_times):.3f} s (max {max(call_times):.3f}); "
+                  f"{lost_blue_green} of {sent_blue_green} requests failed over the switches")
+            print(f"`orchestrate rollback` (switch back as a command, process start and journal included): "
+                  f"{cli_seconds:.3f} s")
+            print(f"canary rollback: rolled back at {decision.step}% after a {args.hold:.0f} s hold "
+                  f"(gate: {decision.requests} requests on the canary, {decision.failed} failed, error ratio "
+                  f"{decision.error_ratio:.3f}, mean latency {decision.latency_ms:.0f} ms); "
+                  f"{failed} of {len(during)} requests failed during the canary release")
+        finally:
+            factory.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

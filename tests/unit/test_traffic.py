@@ -1,0 +1,195 @@
+"""Pure logic of traffic releases: colours, weight splits, gates, helper and ssh argv, config fields."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jinja2
+import pytest
+import yaml
+
+from orchestrator.config import Project
+from orchestrator.errors import ConfigError, UsageError
+from orchestrator.inventory import Host
+from orchestrator.loadgen import LoadReport, Sample
+from orchestrator.traffic import (
+    HELPER,
+    TrafficState,
+    colors,
+    helper_argv,
+    load_gate,
+    read_state,
+    served_share,
+    split_weights,
+    ssh_argv,
+    stat_gate,
+    write_state,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _hosts(n: int) -> list[Host]:
+    return [Host(name=f"p-app-{i}", address=f"10.0.0.{10 + i}", groups=("app",)) for i in range(1, n + 1)]
+
+
+def test_colours_alternate_by_name_order() -> None:
+    found = colors(list(reversed(_hosts(3))))
+    assert [h.name for h in found["blue"]] == ["p-app-1", "p-app-3"]
+    assert [h.name for h in found["green"]] == ["p-app-2"]
+
+
+@pytest.mark.parametrize("n_new,n_old", [(1, 2), (2, 1), (1, 1), (3, 5), (32, 32)])
+@pytest.mark.parametrize("percent", [0, 1, 10, 25, 50, 75, 99, 100])
+def test_split_weights_give_the_new_colour_its_share(n_new: int, n_old: int, percent: int) -> None:
+    new = [f"n{i}" for i in range(n_new)]
+    old = [f"o{i}" for i in range(n_old)]
+    weights = split_weights(new, old, percent)
+    assert all(0 <= w <= 256 for w in weights.values())
+    assert served_share(weights, new) == pytest.approx(percent / 100, abs=0.01)
+    if 0 < percent < 100:
+        assert all(weights[n] > 0 for n in new + old)
+
+
+def test_split_weights_refuses_bad_input() -> None:
+    with pytest.raises(UsageError):
+        split_weights(["a"], ["b"], 101)
+    with pytest.raises(UsageError):
+        split_weights([], ["b"], 10)
+
+
+def _server(**counters: int) -> dict[str, int]:
+    return {"hrsp_2xx": 0, "hrsp_5xx": 0, "eresp": 0, "econ": 0, "rtime": 0, **counters}
+
+
+def test_stat_gate_measures_only_the_new_colour_over_the_step() -> None:
+    before = {"a": _server(hrsp_2xx=100, hrsp_5xx=50), "b": _server(hrsp_2xx=1000)}
+    after = {"a": _server(hrsp_2xx=107, hrsp_5xx=53, rtime=4), "b": _server(hrsp_2xx=2000, hrsp_5xx=900)}
+    decision = stat_gate(10, before, after, ["a"], max_error_ratio=0.05, max_latency_ms=500)
+    assert (decision.requests, decision.failed) == (10, 3)
+    assert decision.error_ratio == pytest.approx(0.3)
+    assert not decision.go and "error ratio" in decision.reason
+    good = stat_gate(10, before, {**after, "a": _server(hrsp_2xx=120, hrsp_5xx=50, rtime=4)}, ["a"],
+                     max_error_ratio=0.05, max_latency_ms=500)
+    assert good.go and good.requests == 20 and good.latency_ms == pytest.approx(4)
+
+
+def test_stat_gate_refuses_without_traffic_and_on_latency() -> None:
+    state = {"a": _server(hrsp_2xx=5)}
+    idle = stat_gate(25, state, state, ["a"], max_error_ratio=0.05, max_latency_ms=500)
+    assert not idle.go and "no traffic" in idle.reason
+    slow = stat_gate(25, state, {"a": _server(hrsp_2xx=25, rtime=900)}, ["a"], max_error_ratio=0.05,
+                     max_latency_ms=500)
+    assert not slow.go and "latency" in slow.reason
+
+
+def test_stat_gate_counts_connection_errors_as_failures() -> None:
+    before = {"a": _server()}
+    after = {"a": _server(hrsp_2xx=8, econ=2)}
+    decision = stat_gate(10, before, after, ["a"], max_error_ratio=0.05, max_latency_ms=500)
+    assert (decision.requests, decision.failed, decision.go) == (10, 2, False)
+
+
+def test_load_gate_uses_the_smoke_load() -> None:
+    ok = LoadReport(url="x", samples=[Sample(started=0, status=200, latency=0.002) for _ in range(40)])
+    assert load_gate(0, ok, max_error_ratio=0.01, max_latency_ms=500).go
+    bad = LoadReport(url="x", samples=[Sample(started=0, status=500 if i % 3 == 0 else 200, latency=0.002)
+                                       for i in range(40)])
+    decision = load_gate(0, bad, max_error_ratio=0.01, max_latency_ms=500)
+    assert not decision.go and decision.failed == 14 and decision.source == "smoke load"
+    assert not load_gate(0, LoadReport(url="x"), max_error_ratio=0.5, max_latency_ms=500).go
+
+
+def test_helper_and_ssh_argv() -> None:
+    assert helper_argv("set", "hello", {"b": 0, "a": 100}) == [HELPER, "set", "--backend", "hello", "a=100,b=0"]
+    assert helper_argv("state", "hello") == [HELPER, "state", "--backend", "hello"]
+    inventory = {"all": {"vars": {"ansible_user": "root", "ansible_ssh_private_key_file": "/k/id",
+                                  "ansible_ssh_common_args": "-o IdentitiesOnly=yes -o UserKnownHostsFile=/k/kh"}}}
+    argv = ssh_argv(inventory, "10.0.0.5", [HELPER, "state", "--backend", "hello"])
+    assert argv[:3] == ["ssh", "-i", "/k/id"]
+    assert "UserKnownHostsFile=/k/kh" in argv and "BatchMode=yes" in argv
+    assert argv[-2:] == ["root@10.0.0.5", f"{HELPER} state --backend hello"]
+
+
+def test_state_round_trip(tmp_path: Path, project_copy: Path) -> None:
+    loaded = Project(project_copy).load("dev")
+    assert read_state(loaded) == TrafficState()
+    write_state(loaded, TrafficState(weights={"a": 0, "b": 100}, active="green", previous="blue",
+                                     releases={"green": "0.2.0-0123456789ab"}))
+    again = read_state(loaded)
+    assert (again.weights, again.active, again.previous) == ({"a": 0, "b": 100}, "green", "blue")
+
+
+def _env_with(project: Path, rollout: dict[str, Any]) -> Path:
+    path = project / "inventories" / "dev" / "environment.yml"
+    data = yaml.safe_load(path.read_text())
+    data["rollout"] = {**data.get("rollout", {}), **rollout}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_traffic_fields_defaults_and_validation(project_copy: Path) -> None:
+    rollout = Project(project_copy).load("dev").env.rollout
+    assert rollout.traffic_steps == [10, 25, 50, 75, 100]
+    assert rollout.step_hold == "10s"
+    _env_with(project_copy, {"traffic_steps": [50, 20, 100]})
+    with pytest.raises(ConfigError, match="rising list of percentages ending at 100"):
+        Project(project_copy).load("dev")
+    _env_with(project_copy, {"traffic_steps": [20, 50], "step_hold": 3})
+    with pytest.raises(ConfigError, match="traffic_steps"):
+        Project(project_copy).load("dev")
+    _env_with(project_copy, {"traffic_steps": [20, 100], "step_hold": 3})
+    assert Project(project_copy).load("dev").env.rollout.step_hold == "3s"
+
+
+def _helper() -> ModuleType:
+    path = REPO / "roles" / "haproxy" / "files" / "orchestrate-haproxy.py"
+    spec = importlib.util.spec_from_file_location("orchestrate_haproxy", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["orchestrate_haproxy"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_helper_persists_weights_only_of_the_named_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    helper = _helper()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("backend hello\n    server p-app-1 10.0.0.11:8080 weight 100\n"
+                      "    server p-app-10 10.0.0.20:8080 weight 100\n")
+    monkeypatch.setattr(helper.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 0, "stderr": ""})())
+    helper.persist(str(config), "hello", {"p-app-1": 0})
+    assert config.read_text().splitlines()[1:] == ["    server p-app-1 10.0.0.11:8080 weight 0",
+                                                   "    server p-app-10 10.0.0.20:8080 weight 100"]
+    with pytest.raises(SystemExit, match="no single"):
+        helper.persist(str(config), "hello", {"p-app-2": 0})
+    with pytest.raises(SystemExit, match=r"NAME=0\.\.256"):
+        helper.parse_pairs("a=300")
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed on this machine")
+def test_role_template_renders_a_config_haproxy_accepts(tmp_path: Path) -> None:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["comment"] = lambda text: f"# {text}"
+    template = env.from_string((REPO / "roles/haproxy/templates/haproxy.cfg.j2").read_text())
+    variables = yaml.safe_load((REPO / "roles/haproxy/defaults/main.yml").read_text())
+    variables.update(ansible_managed="managed", haproxy_backend_name="hello",
+                     haproxy_admin_socket=str(tmp_path / "admin.sock"),
+                     haproxy_backends=[{"name": "p-app-1", "address": "127.0.0.1", "weight": 100},
+                                       {"name": "p-app-2", "address": "127.0.0.1", "weight": 0}])
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(template.render(**variables))
+    text = config.read_text()
+    assert "server p-app-2 127.0.0.1:8080 weight 0" in text
+    assert "expose-fd listeners" in text and "master-worker" in text
+    check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    broken = tmp_path / "broken.cfg"
+    broken.write_text(text.replace("balance roundrobin", "balance nosuchalgorithm"))
+    assert subprocess.run(["haproxy", "-c", "-f", str(broken)], capture_output=True, check=False).returncode != 0
