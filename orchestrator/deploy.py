@@ -290,7 +290,7 @@ def _run(loaded: LoadedEnvironment, playbook: str, extra_vars: Mapping[str, Any]
 
 
 def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: EventSink | None = None,
-           on_output: LineSink | None = None) -> ReleaseRun:
+           on_output: LineSink | None = None, before_ship: Callable[[], object] | None = None) -> ReleaseRun:
     """Deploy `request.release_path` to the app hosts of `loaded`, health-gated.
 
     Returns the run when every host passed its gate (state deployed, or unchanged when the
@@ -303,6 +303,8 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     rollout = strategy_vars(loaded, strategy, [h.name for h in hosts])
     release = prepare_release(loaded, request.release_path, on_output=on_output,
                               build_env=dict(request.build_env) if request.build_env else None)
+    if before_ship is not None:
+        before_ship()  # e.g. the backup: only once the release was accepted, before any host changes
     run_id = new_run_id()
     evidence_dir = loaded.state_dir / "evidence" / run_id
     extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **rollout}

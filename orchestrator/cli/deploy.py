@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from orchestrator.backup import create_backup
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.deploy import DeployRequest, GateFailedRestored, ReleaseRun, ReleaseRunError, app_hosts, deploy
 from orchestrator.errors import ExitStatus, UsageError
@@ -77,11 +78,12 @@ def finish(app: AppContext, run_call: Callable[[], ReleaseRun]) -> ExitStatus:
                    "canary-traffic move traffic on the load balancer.")
 @click.option("--yes", is_flag=True, help="Deploy to a protected environment without asking.")
 @lock_wait_option
+@click.option("--skip-backup", is_flag=True, help="Do not back up the app hosts first (default: back up).")
 @click.option("--stock-ansible", is_flag=True, hidden=True,
               help="Stock Ansible settings instead of the tuned ones (benchmarks).")
 @verb
 def command(app: AppContext, env_name: str, release_path: Path, strategy: str | None, yes: bool,
-            lock_wait: float, stock_ansible: bool) -> ExitStatus:
+            lock_wait: float, skip_backup: bool, stock_ansible: bool) -> ExitStatus:
     """Deploy a release to ENV's app hosts with a health gate on every host.
 
     A host whose gate fails goes back to its previous release by itself; the rollout stops and
@@ -116,8 +118,15 @@ def command(app: AppContext, env_name: str, release_path: Path, strategy: str | 
         with locked_run(loaded.state_dir, command="deploy", argv=["deploy", env_name, "--release", str(release_path)],
                         steps=["deploy"], wait=lock_wait, on_wait=app.info, env=env_name) as session, \
                 session.run.step("deploy") as step:
+
+            def backup_first() -> None:
+                # after the release was accepted, before any host changes: data, release id, config
+                app.info("backing up the app hosts before the deploy")
+                step.update(backup=create_backup(loaded, on_event=events).id)
+
             result = deploy(loaded, request, on_event=events,
-                            on_output=(lambda line: app.info(f"  [dim]{line}[/dim]")) if events else None)
+                            on_output=(lambda line: app.info(f"  [dim]{line}[/dim]")) if events else None,
+                            before_ship=None if skip_backup else backup_first)
             step.detail.update(release=result.target, state=result.state, changed=result.changed)
             if result.target:
                 session.run.set_release(result.target)

@@ -34,14 +34,10 @@ cleans up whatever hosts the copied project left behind.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import os
-import random
 import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,25 +48,23 @@ import yaml
 
 from orchestrator.config import LoadedEnvironment, Project
 from orchestrator.hosts.local import (
-    LOCK_DIR,
     FleetNetwork,
     HostSpec,
     LocalFleet,
     collect_garbage,
     delete_bridge_if_unused,
     ensure_ssh_key,
-    file_lock,
     fleet_for,
 )
+
+# subnet reservations are shared with the Molecule scenarios' hosts (same files, same lock)
+from orchestrator.hosts.molecule import release_subnet, reserve_subnet
 from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
 from orchestrator.release import find_cargo, release_id, sha256_file
 from orchestrator.tools.process import CommandResult, run_command
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_PARTS = ("inventories", "terraform", "roles", "playbooks", "molecule")
-SUBNET_POOL = "10.214.0.0/16"
-RESERVATIONS = LOCK_DIR / "test-subnets"
-SUBNET_QUIET_SECONDS = 180
 #: where fixture projects and their hosts live (removed at teardown)
 FLEETS_BASE = Path("/var/tmp/orchestrate-tests")
 
@@ -82,56 +76,6 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
         else:
             base[key] = value
     return base
-
-
-def _routed_networks() -> list[ipaddress.IPv4Network]:
-    routes = run_command(["ip", "-4", "-o", "route", "show"], timeout=30).stdout
-    found = []
-    for line in routes.splitlines():
-        first = line.split()[0] if line.split() else ""
-        with contextlib.suppress(ValueError):
-            if first != "default":
-                found.append(ipaddress.IPv4Network(first, strict=False))
-    return found
-
-
-def _reserved(fields: list[str]) -> bool:
-    """Whether a reservation file's content (`PID` or `free TIME`) still blocks its subnet."""
-    try:
-        if fields[0] == "free":
-            # Recently used addresses may still have Ansible/ssh ControlPersist masters (60 s)
-            # pointing at the destroyed hosts: a new host on the same address would get them.
-            return time.time() - float(fields[1]) < SUBNET_QUIET_SECONDS
-        return Path(f"/proc/{int(fields[0])}").exists()
-    except (IndexError, ValueError):
-        return False
-
-
-def release_subnet(marker: Path) -> None:
-    """Give a reserved subnet back (usable again after SUBNET_QUIET_SECONDS)."""
-    marker.write_text(f"free {time.time():.0f}\n")
-
-
-def reserve_subnet() -> tuple[str, Path]:
-    """An unused 10.214.X.0/24 and its reservation file (remove it to release the subnet).
-
-    Reservations hold the owner's pid, so a crashed test run's subnets become free again.
-    """
-    RESERVATIONS.mkdir(parents=True, exist_ok=True)
-    with file_lock(LOCK_DIR / "test-subnets.lock"):
-        routed = _routed_networks()
-        candidates = list(range(1, 250))
-        random.shuffle(candidates)
-        for third in candidates:
-            subnet = ipaddress.IPv4Network(f"10.214.{third}.0/24")
-            if any(subnet.overlaps(net) for net in routed):
-                continue
-            marker = RESERVATIONS / str(third)
-            if marker.exists() and _reserved(marker.read_text().split()):
-                continue
-            marker.write_text(f"{os.getpid()}\n")
-            return str(subnet), marker
-    raise RuntimeError(f"no free /24 left in {SUBNET_POOL}")
 
 
 @dataclass
