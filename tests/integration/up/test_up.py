@@ -97,6 +97,17 @@ def up_fleet(module_unbooted_project: Any) -> FleetEnv:
     return module_unbooted_project(app_count=2, monitoring_count=0, overrides=FAST)
 
 
+def test_up_without_release_provisions_only(up_fleet: FleetEnv) -> None:
+    proc = run_cli(up_fleet, "up", up_fleet.env_name, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    steps = {s["name"]: s for s in result["steps"]}
+    assert steps["deploy"]["detail"]["skipped"].startswith("no --release")
+    assert steps["verify"]["detail"]["note"] == "no release deployed yet"
+    hosts = json.loads(run_cli(up_fleet, "hosts", up_fleet.env_name, "--json").stdout)["hosts"]
+    assert len(hosts) == 2 and all(h["state"] == "running" for h in hosts)
+
+
 def test_first_up_then_noop(up_fleet: FleetEnv, hello_builds: Any) -> None:
     first = up(up_fleet, hello_builds.v1.binary)
     assert first.returncode == 0, first.stderr
