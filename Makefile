@@ -76,8 +76,12 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy orchestrator
 
+# Test files run in parallel (one file per worker, in file order): most of the suite waits on
+# hosts, terraform and health gates rather than on the CPU.
+PYTEST_WORKERS ?= 3
+
 pytest: deps image
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 test: deps lint typecheck pytest
 
