@@ -143,6 +143,9 @@ class AwsFleetVars(_Model):
     instance_type: str = "t3.micro"
     monitoring_instance_type: str = "t3.small"
     ami_id: str = Field(description="AMI of a systemd Linux with python3 (Debian 12)")
+    lb_count: int = Field(default=0, ge=0, le=1, description="HAProxy load-balancer instances (0 or 1)")
+    lb_instance_type: str = "t3.small"
+    lb_ingress_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)
     service_port: int = Field(default=8080, ge=1, le=65535)
     tags: dict[str, str] = Field(default_factory=dict)
 

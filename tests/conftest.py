@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,3 +38,8 @@ def repo_root() -> Path:
 
 # dev's vault password is public on purpose; tests that deploy dev copies need it
 os.environ.setdefault("ORCHESTRATE_VAULT_PASSWORD_FILE", str(REPO / "inventories" / "dev" / ".vault-password-dev"))
+
+# No example database: test files run in parallel workers, and a shared .hypothesis/ directory
+# written by several processes (and by older versions of a stateful test) replays stale examples.
+settings.register_profile("orchestrate", database=None, deadline=None)
+settings.load_profile("orchestrate")

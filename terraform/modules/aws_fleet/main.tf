@@ -1,11 +1,12 @@
-# A small fleet in one VPC: N application instances and one monitoring instance in public
-# subnets, SSH from the admin CIDR only, the service port from inside the VPC, and the
-# node-exporter port from the monitoring host only.
+# A small fleet in one VPC: N application instances, one monitoring instance and optionally an
+# HAProxy load balancer in public subnets, SSH from the admin CIDR only, the service port from
+# inside the VPC, and the exporter ports from the monitoring host only.
 
 locals {
   # Ports the monitoring host scrapes besides the service port's /metrics.
-  node_exporter_port = 9100
-  tags               = merge(var.tags, { "orchestrate:fleet" = var.name })
+  node_exporter_port    = 9100
+  haproxy_exporter_port = 8405
+  tags                  = merge(var.tags, { "orchestrate:fleet" = var.name })
 }
 
 data "aws_availability_zones" "available" {
@@ -163,4 +164,74 @@ resource "aws_instance" "monitoring" {
   }
 
   tags = merge(local.tags, { Name = "${var.name}-monitoring", "orchestrate:groups" = "monitoring" })
+}
+
+# The load balancer is an HAProxy instance rather than an ALB: metric-gated canary steps and the
+# blue-green switch set per-server weights through HAProxy's admin socket (instant, no dropped
+# request, same code path as the local fleet); ALB weighted target groups only split between
+# whole groups and apply weight changes asynchronously.
+resource "aws_security_group" "lb" {
+  count = var.lb_count
+
+  name        = "${var.name}-lb"
+  description = "Load balancer of ${var.name}: HTTP from the clients, SSH from the admin CIDR, exporter from monitoring"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description = "HTTP from the clients"
+    from_port   = 80
+    to_port     = 80
+    protocol    = "tcp"
+    cidr_blocks = var.lb_ingress_cidrs
+  }
+
+  ingress {
+    description = "SSH from the admin CIDR"
+    from_port   = 22
+    to_port     = 22
+    protocol    = "tcp"
+    cidr_blocks = [var.admin_cidr]
+  }
+
+  ingress {
+    description     = "HAProxy and node exporters from the monitoring host only"
+    from_port       = local.haproxy_exporter_port
+    to_port         = local.haproxy_exporter_port
+    protocol        = "tcp"
+    security_groups = [aws_security_group.monitoring.id]
+  }
+
+  ingress {
+    description     = "Node exporter from the monitoring host only"
+    from_port       = local.node_exporter_port
+    to_port         = local.node_exporter_port
+    protocol        = "tcp"
+    security_groups = [aws_security_group.monitoring.id]
+  }
+
+  egress {
+    description = "Everything out (backends, package mirrors)"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-lb" })
+}
+
+resource "aws_instance" "lb" {
+  count = var.lb_count
+
+  ami                    = var.ami_id
+  instance_type          = var.lb_instance_type
+  subnet_id              = aws_subnet.this[0].id
+  vpc_security_group_ids = [aws_security_group.lb[0].id]
+  key_name               = aws_key_pair.this.key_name
+
+  metadata_options {
+    http_tokens = "required"
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-lb", "orchestrate:groups" = "lb" })
 }

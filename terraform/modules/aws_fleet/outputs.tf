@@ -13,6 +13,12 @@ output "hosts" {
       private_address = aws_instance.monitoring.private_ip
       groups          = ["monitoring"]
     }],
+    [for instance in aws_instance.lb : {
+      name            = "${var.name}-lb"
+      address         = coalesce(instance.public_ip, instance.private_ip)
+      private_address = instance.private_ip
+      groups          = ["lb"]
+    }],
   )
 }
 
@@ -27,6 +33,9 @@ output "vpc_id" {
 }
 
 output "security_group_ids" {
-  description = "IDs of the security groups: app and monitoring."
-  value       = { app = aws_security_group.app.id, monitoring = aws_security_group.monitoring.id }
+  description = "IDs of the security groups: app, monitoring and (with lb_count = 1) lb."
+  value = merge(
+    { app = aws_security_group.app.id, monitoring = aws_security_group.monitoring.id },
+    { for group in aws_security_group.lb : "lb" => group.id },
+  )
 }

@@ -125,3 +125,36 @@ variable "ssh_public_key" {
     error_message = "The ssh_public_key must be an OpenSSH public key of type ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256/384/521."
   }
 }
+
+variable "lb_count" {
+  description = "Number of load-balancer instances running HAProxy in front of the app instances (0 or 1)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = contains([0, 1], var.lb_count)
+    error_message = "The lb_count must be 0 or 1."
+  }
+}
+
+variable "lb_instance_type" {
+  description = "EC2 instance type of the load-balancer instance, such as t3.small."
+  type        = string
+  default     = "t3.small"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.lb_instance_type))
+    error_message = "The lb_instance_type must be an EC2 instance type such as t3.small or m6i.large."
+  }
+}
+
+variable "lb_ingress_cidrs" {
+  description = "CIDRs allowed to reach the load balancer's HTTP port 80 (clients)."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+
+  validation {
+    condition     = length(var.lb_ingress_cidrs) >= 1 && alltrue([for c in var.lb_ingress_cidrs : can(cidrhost(c, 0))])
+    error_message = "The lb_ingress_cidrs must be a non-empty list of IPv4 CIDRs such as 0.0.0.0/0 or 203.0.113.0/24."
+  }
+}

@@ -65,8 +65,8 @@ def test_first_plan_finds_the_whole_fleet_to_add(stack: Stack) -> None:
     assert result.returncode == 4, result.stderr
     data = json.loads(result.stdout)
     assert data["env"] == "prod" and data["changes"] is True
-    assert data["summary"]["by_type"]["aws_instance"] == {"add": 4, "change": 0, "destroy": 0}
-    assert data["summary"]["by_type"]["aws_security_group"]["add"] == 2
+    assert data["summary"]["by_type"]["aws_instance"] == {"add": 5, "change": 0, "destroy": 0}
+    assert data["summary"]["by_type"]["aws_security_group"]["add"] == 3
     assert data["summary"]["totals"]["destroy"] == 0
     plan_file = Path(data["plan_file"])
     assert plan_file == stack.project / ".orchestrate" / "prod" / "terraform" / "plan.tfplan"
@@ -80,13 +80,14 @@ def test_provision_writes_the_inventory_from_the_outputs(applied: Stack, aws: An
     children = inventory["all"]["children"]
     assert len(children["app"]["hosts"]) == 3
     assert list(children["monitoring"]["hosts"]) == ["orchestrate-prod-monitoring"]
+    assert list(children["lb"]["hosts"]) == ["orchestrate-prod-lb"]
     assert inventory["all"]["vars"]["ansible_user"] == "admin"
     assert inventory["all"]["vars"]["ansible_ssh_private_key_file"] == str(
         applied.project / ".orchestrate" / "ssh" / "id_ed25519")
 
     instances = {tag(i, "Name"): i for i in fleet_instances(aws)}
-    assert len(instances) == 4
-    for group in ("app", "monitoring"):
+    assert len(instances) == 5
+    for group in ("app", "monitoring", "lb"):
         for name, host_vars in children[group]["hosts"].items():
             instance = instances[name]
             assert host_vars["ansible_host"] == instance["PublicIpAddress"]
@@ -168,6 +169,6 @@ def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any,
     assert "Traceback" not in same.stderr
 
     assert destroyer.returncode == 0, err
-    assert json.loads(out)["destroyed"] == 14
+    assert json.loads(out)["destroyed"] == 16  # 5 instances, 3 security groups, network, key pair
     assert fleet_instances(aws) == []
     assert not (applied.project / ".orchestrate" / "prod" / "inventory.yml").exists()
