@@ -52,8 +52,10 @@ def hello_binary() -> Path:
     return build_project(SERVICE_SRC)
 
 
-def deploy(fleet, binary: Path) -> None:
-    result = orchestrate(fleet, "deploy", "dev", "--release", str(binary))
+def deploy(fleet, binary: Path, *, backup: bool = False) -> None:
+    """Deploy the example; without `backup`, skip the backup every deploy takes first (the tests
+    here count their own backups)."""
+    result = orchestrate(fleet, "deploy", "dev", "--release", str(binary), *(() if backup else ("--skip-backup",)))
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -84,7 +86,10 @@ def flip_byte(path: Path | str) -> str:
 
 def test_backup_overwrite_restore_gives_the_data_back(fleet_factory, hello_binary: Path) -> None:
     fleet = fleet_factory(app_count=2)
-    deploy(fleet, hello_binary)
+    deploy(fleet, hello_binary, backup=True)
+    # every deploy backs the hosts up first: fresh hosts, so no release in that backup
+    (pre_deploy,) = json.loads(orchestrate(fleet, "backups", "dev", "--json").stdout)["backups"]
+    assert {h["release_id"] for h in pre_deploy["hosts"]} == {"none"}
     app = fleet.group("app")
     for host in app:
         fleet.ssh(host, WRITE_DATA)
@@ -97,7 +102,8 @@ def test_backup_overwrite_restore_gives_the_data_back(fleet_factory, hello_binar
     assert all(h["size"] > 300_000 and h["release_id"] == release[h["host"]].split("/")[-1]
                for h in backup["hosts"])
     listed = json.loads(orchestrate(fleet, "backups", "dev", "--json").stdout)
-    assert [b["id"] for b in listed["backups"]] == [backup["id"]] and listed["backups"][0]["complete"]
+    assert [b["id"] for b in listed["backups"]] == [backup["id"], pre_deploy["id"]]
+    assert listed["backups"][0]["complete"]
     controller_copy = fleet.state_dir / "backups" / backup["id"] / app[0].name
     assert sorted(p.name for p in controller_copy.iterdir()) == ["MANIFEST.sha256", "data.tar.gz", "release-id"]
     host_copy = fleet.ssh(app[0], f"ls /var/backups/hello/{backup['id']}").stdout.split()
