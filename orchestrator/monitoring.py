@@ -3,7 +3,8 @@
 Everything is rendered from the environment file (`monitoring:`, `healing:`, `service.port`) and the
 fleet's inventory into `.orchestrate/<env>/monitoring/`:
 
-    prometheus.yml                      scrape jobs service (every app host), node (every host), prometheus
+    prometheus.yml                      scrape jobs service (every app host), node (every host), haproxy
+                                        (every lb host), prometheus
     rules/orchestrate.rules.yml         ServiceDown, HealthFailing, HighErrorRate, HostUnreachable
     rules/orchestrate.rules.test.yml    a promtool unit test per rule, firing and not firing
     alertmanager.yml                    remediable alerts -> the heal webhook (bearer token), others -> default
@@ -57,6 +58,8 @@ DEFAULT_RECEIVER = "default"
 SERVICE_JOB = "service"
 NODE_JOB = "node"
 PROMETHEUS_JOB = "prometheus"
+#: scrape job of HAProxy's exporter on the load-balancer hosts (read by the traffic gates)
+HAPROXY_JOB = "haproxy"
 
 #: share of /healthz answers that must fail before HealthFailing holds
 HEALTH_FAILURE_RATIO = 0.5
@@ -396,6 +399,8 @@ class MonitoringLayout:
     prometheus_address: str = "127.0.0.1:9090"
     alertmanager_address: str = "127.0.0.1:9093"
     node_exporter_port: int = 9100
+    haproxy_metrics_port: int = 8405
+    """Port of HAProxy's exporter on the LB hosts (roles/haproxy haproxy_metrics_port)."""
     service_port: int | None = None
     webhook_url: str | None = None
     token_file: str | None = None
@@ -492,6 +497,8 @@ def render_monitoring_texts(
         prometheus_job=PROMETHEUS_JOB,
         app_targets=[(h.name, f"{_address(h)}:{port}") for h in app_hosts],
         node_targets=[(h.name, f"{_address(h)}:{layout.node_exporter_port}") for h in hosts],
+        haproxy_job=HAPROXY_JOB,
+        lb_targets=[(h.name, f"{_address(h)}:{layout.haproxy_metrics_port}") for h in hosts if "lb" in h.groups],
     )
     alertmanager = render_template(
         "monitoring/alertmanager.yml.j2",

@@ -6,11 +6,16 @@ running. A release goes to the idle colour (the host-level deploy of orchestrato
 limited to those hosts), passes its gates, and then gets the traffic:
 
 - blue-green: a bounded smoke load straight to the idle hosts must show an error ratio and mean
-  latency within the environment's limits; then one switch of weights (idle 100, active 0).
+  latency within the environment's limits; with a monitoring host, the idle hosts' own request
+  counters (the service job), as Prometheus scraped them after the smoke load, must also show an
+  error ratio within the limit. Then one switch of weights (idle 100, active 0).
 - canary-traffic: the idle colour's share rises through rollout.traffic_steps; after each
-  rollout.step_hold the gate reads HAProxy's own per-server counters (`show stat`: responses by
-  class, mean response time) for the new colour over the step and decides go or roll back. A
-  rollback puts every request back on the old colour.
+  rollout.step_hold a gate measures the new colour's servers over the step and decides go or
+  roll back. With a monitoring host (monitoring.enabled and a host in group monitoring) the gate
+  queries Prometheus there, which scrapes HAProxy's exporter on the LB host (responses by class,
+  connection and response errors, mean response time); without one it reads the same per-server
+  counters from HAProxy directly (`show stat`). A rollback puts every request back on the old
+  colour.
 
 After a failed gate the idle hosts are also put back on the release they had (playbooks/
 rollback.yml, no traffic reaches them meanwhile), so the fleet ends on the releases it had.
@@ -27,10 +32,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +49,7 @@ from orchestrator.errors import HealthGateFailed, OrchestratorError, UsageError
 from orchestrator.hosts.local import FleetNetwork
 from orchestrator.inventory import Host, hosts_from_inventory, load_inventory
 from orchestrator.loadgen import LoadGenerator, LoadReport, LoadSpec
+from orchestrator.monitoring import HAPROXY_JOB, SERVICE_JOB
 from orchestrator.tools.ansible import HostEvent, PlaybookResult, PlaybookRun, new_run_id, run_playbook
 from orchestrator.tools.process import run_command
 
@@ -73,12 +82,18 @@ class GateDecision:
     latency_ms: float
     reason: str
     source: str
-    """Where the numbers come from: `haproxy show stat` or `smoke load`."""
+    """Where the numbers come from: `prometheus`, `haproxy show stat` or `smoke load`."""
+    queries: dict[str, str] = field(default_factory=dict)
+    """The PromQL behind each value when the source is Prometheus ({name: query})."""
+    values: dict[str, float | None] = field(default_factory=dict)
+    """What each query answered (None: no data)."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["error_ratio"] = round(self.error_ratio, 4)
         data["latency_ms"] = round(self.latency_ms, 1)
+        if not self.queries:
+            del data["queries"], data["values"]
         return data
 
 
@@ -216,6 +231,85 @@ def stat_gate(step: int, before: Mapping[str, Mapping[str, Any]], after: Mapping
         go, reason = True, "within limits"
     return GateDecision(step=step, go=go, requests=requests, failed=failed, error_ratio=ratio,
                         latency_ms=latency, reason=reason, source="haproxy show stat")
+
+
+#: port of Prometheus' HTTP API on the monitoring host (roles/prometheus prometheus_listen_address)
+PROMETHEUS_PORT = 9090
+
+
+def promql_servers(names: list[str]) -> str:
+    """A PromQL string literal body matching exactly `names` with `=~` (pure; anchored by Prometheus)."""
+    # regex metacharacters escaped for RE2, then the backslashes for the PromQL string literal
+    pattern = "|".join(re.sub(r"([^A-Za-z0-9_-])", r"\\\1", n) for n in sorted(names))
+    return pattern.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def prometheus_queries(backend: str, servers: list[str], window: str) -> dict[str, str]:
+    """The gate's PromQL over the last `window` for `servers` of HAProxy backend `backend` (pure).
+
+    Failures are 5xx answers plus connection and response errors, as in the `show stat` gate;
+    the latency is HAProxy's mean response time of the servers (last 1024 requests), averaged
+    over the window and the servers.
+    """
+    sel = f'job="{HAPROXY_JOB}",proxy="{backend}",server=~"{promql_servers(servers)}"'
+    errors = " + ".join(f"sum(increase({metric}{{{sel}}}[{window}]))" for metric in
+                        ("haproxy_server_connection_errors_total", "haproxy_server_response_errors_total"))
+    answered = f"sum(increase(haproxy_server_http_responses_total{{{sel}}}[{window}]))"
+    failed = f'sum(increase(haproxy_server_http_responses_total{{{sel},code="5xx"}}[{window}])) + {errors}'
+    requests = f"{answered} + {errors}"
+    return {
+        "requests": requests,
+        "failed": failed,
+        "error_ratio": f"({failed}) / ({requests})",
+        "latency_seconds": f"avg(avg_over_time(haproxy_server_response_time_average_seconds{{{sel}}}[{window}]))",
+    }
+
+
+def service_queries(hosts: list[str]) -> dict[str, str]:
+    """PromQL of the service's own request counters on `hosts`, as last scraped (pure).
+
+    Not increase() over the smoke load: the deploy has just restarted the service, and a series
+    such as the first `/` answers appears with its value already up (increase() misses a series'
+    first sample). The counters of the fresh process are the new release's requests: deploy and
+    LB health checks and the smoke load. Prometheus' scrapes of /metrics are left out; a release
+    without any 5xx has no such series, hence `or vector(0)`.
+    """
+    sel = f'job="{SERVICE_JOB}",host=~"{promql_servers(hosts)}",path!="/metrics"'
+    requests = f"sum(hello_requests_total{{{sel}}})"
+    failed = f'(sum(hello_requests_total{{{sel},code=~"5.."}}) or vector(0))'
+    return {"requests": requests, "failed": failed, "error_ratio": f"{failed} / {requests}"}
+
+
+def prometheus_gate(step: int, queries: Mapping[str, str], values: Mapping[str, float | None], *,
+                    max_error_ratio: float, max_latency_ms: float,
+                    latency_ms: float | None = None) -> GateDecision:
+    """Gate on what Prometheus answered to `queries`; no data (or no request) is a no-go.
+
+    `latency_ms` is the mean latency when it was measured elsewhere (the blue-green smoke load:
+    the service exports no latency); else it is the `latency_seconds` query.
+    """
+    requests = values.get("requests")
+    failed = values.get("failed")
+    ratio = values.get("error_ratio")
+    latency = values.get("latency_seconds") if latency_ms is None else latency_ms / 1000
+    count = round(requests) if requests is not None and math.isfinite(requests) else 0
+    if requests is None or ratio is None or latency is None or failed is None:
+        missing = ", ".join(k for k in ("requests", "failed", "error_ratio", "latency_seconds")
+                            if values.get(k) is None and (k != "latency_seconds" or latency_ms is None))
+        go, reason = False, f"Prometheus has no data for the new colour ({missing})"
+    elif count < 1 or not math.isfinite(ratio):
+        go, reason = False, f"no traffic reached the new colour ({count} requests)"
+    elif ratio > max_error_ratio:
+        go, reason = False, f"error ratio {ratio:.3f} above {max_error_ratio}"
+    elif 1000 * latency > max_latency_ms:
+        go, reason = False, f"mean latency {1000 * latency:.0f} ms above {max_latency_ms:.0f} ms"
+    else:
+        go, reason = True, "within limits"
+    return GateDecision(step=step, go=go, requests=count,
+                        failed=round(failed) if failed is not None and math.isfinite(failed) else 0,
+                        error_ratio=ratio if ratio is not None and math.isfinite(ratio) else 0.0,
+                        latency_ms=1000 * latency if latency is not None and math.isfinite(latency) else 0.0,
+                        reason=reason, source="prometheus", queries=dict(queries), values=dict(values))
 
 
 def load_gate(step: int, report: LoadReport, *, max_error_ratio: float, max_latency_ms: float) -> GateDecision:
@@ -412,6 +506,109 @@ class LoadBalancer:
             time.sleep(0.25)
 
 
+#: no proxy from the environment: the monitoring host is on the project's own bridge
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Prometheus:
+    """Prometheus' HTTP API on the environment's monitoring host (instant queries)."""
+
+    def __init__(self, loaded: LoadedEnvironment, host: Host) -> None:
+        self.host = host
+        self.url = f"http://{_network_check(loaded)(host.address)}:{PROMETHEUS_PORT}/api/v1/query"
+        self.scrape = parse_duration(loaded.env.monitoring.scrape_interval)
+
+    def query(self, promql: str) -> float | None:
+        """The one value `promql` answers now; None when the answer is empty or NaN."""
+        url = f"{self.url}?{urllib.parse.urlencode({'query': promql})}"
+        try:
+            with _OPENER.open(url, timeout=10) as response:
+                data = json.loads(response.read())
+        except (OSError, ValueError) as exc:
+            raise TrafficError(f"{self.host.name}: Prometheus query failed ({exc}): {promql}") from None
+        if data.get("status") != "success":
+            raise TrafficError(f"{self.host.name}: Prometheus refused {promql}: {data.get('error')}")
+        result = (data.get("data") or {}).get("result") or []
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return value if math.isfinite(value) else None
+
+    def window(self, started: float) -> str:
+        """Range selector reaching from the last scrape before `started` (epoch seconds) to now.
+
+        Without that sample, requests answered between `started` and the first scrape after it are
+        not counted (all of them when a freshly restarted service was measured before its first
+        scrape); a counter reset in between is counted from zero by increase().
+        """
+        return f"{math.ceil(time.time() - started + self.scrape) + 1}s"
+
+    def wait_scraped(self, selector: str, since: float) -> bool:
+        """Wait until Prometheus has scraped every target of `selector` (of `up`) at or after `since`
+        (epoch seconds); False when that did not happen within three scrape intervals and 5 s."""
+        deadline = time.monotonic() + 3 * self.scrape + 5
+        while True:
+            last = self.query(f"min(timestamp(up{{{selector}}}))")
+            if last is not None and last >= since:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(min(0.25, self.scrape / 4))
+
+
+def monitoring_host(loaded: LoadedEnvironment) -> Host | None:
+    """The monitoring host the gates query (first of group monitoring), when monitoring is enabled."""
+    if not loaded.env.monitoring.enabled:
+        return None
+    path = inventory_path(loaded)
+    if not path.exists():
+        return None
+    found = [h for h in hosts_from_inventory(load_inventory(path)) if "monitoring" in h.groups]
+    return found[0] if found else None
+
+
+def _prometheus_decision(prometheus: Prometheus, backend: str, step: int, servers: list[str],
+                         started: float, *, max_error_ratio: float, max_latency_ms: float) -> GateDecision:
+    """Wait for a scrape after the hold, then query the step's window (`started`: epoch seconds)."""
+    ended = time.time()
+    queries = prometheus_queries(backend, servers, prometheus.window(started))
+    values, failure = _query_all(prometheus, f'job="{HAPROXY_JOB}"', ended, queries)
+    decision = prometheus_gate(step, queries, values, max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
+    return replace(decision, reason=failure) if failure else decision
+
+
+def _query_all(prometheus: Prometheus, scraped: str, since: float,
+               queries: Mapping[str, str]) -> tuple[dict[str, float | None], str | None]:
+    """Every query's value once `scraped` (an `up` selector) was scraped after `since` ({} if it
+    was not), and why Prometheus could not be asked. A failed query is a no-go like no data, not
+    an exception that would leave the traffic split mid-canary."""
+    try:
+        if not prometheus.wait_scraped(scraped, since):
+            return {}, None
+        return {name: prometheus.query(q) for name, q in queries.items()}, None
+    except TrafficError as exc:
+        return {}, f"Prometheus could not be asked: {exc}"
+
+
+def _service_decision(prometheus: Prometheus, hosts: list[str], smoke: GateDecision, *,
+                      max_error_ratio: float, max_latency_ms: float) -> GateDecision:
+    """Blue-green: Prometheus' error ratio of the new release on the idle hosts, scraped after the
+    smoke load, and the smoke load's latency; a failed smoke load is a no-go whatever Prometheus
+    saw (refused connections never reach the service's counters)."""
+    ended = time.time()
+    queries = service_queries(hosts)
+    values, failure = _query_all(prometheus, f'job="{SERVICE_JOB}",host=~"{promql_servers(hosts)}"', ended,
+                                 queries)
+    decision = prometheus_gate(smoke.step, queries, values, max_error_ratio=max_error_ratio,
+                               max_latency_ms=max_latency_ms, latency_ms=smoke.latency_ms)
+    if failure:
+        decision = replace(decision, reason=failure)
+    if decision.go and not smoke.go:
+        decision = replace(decision, go=False, reason=f"smoke load: {smoke.reason}")
+    return replace(decision, values={**decision.values, "smoke_requests": float(smoke.requests),
+                                     "smoke_failed": float(smoke.failed), "smoke_latency_ms": smoke.latency_ms})
+
+
 # --- releases ---------------------------------------------------------------------------------------
 
 
@@ -505,12 +702,15 @@ def _switch(loaded: LoadedEnvironment, lb: LoadBalancer, to: Color, groups: Mapp
 
 def blue_green(loaded: LoadedEnvironment, request: TrafficRequest, *, on_event: EventSink | None = None,
                on_decision: DecisionSink | None = None, run_id: str | None = None) -> TrafficRelease:
-    """Deploy to the idle colour, gate it with a smoke load, switch all traffic to it.
+    """Deploy to the idle colour, gate it with a smoke load (and Prometheus' error ratio of the idle
+    hosts when the environment has a monitoring host), switch all traffic to it.
 
     The old colour keeps running on its release: `switch_back` returns the traffic to it.
     Raises TrafficGateFailed (exit 3) when the gate fails; the traffic then never moved.
     """
     rollout = loaded.env.rollout
+    mon = monitoring_host(loaded)
+    prometheus = Prometheus(loaded, mon) if mon is not None else None
     lb = LoadBalancer(loaded)
     active, idle, groups, run = _prepare_idle(loaded, lb, request, on_event)
     by_name = {h.name: h for h in app_hosts(loaded)}
@@ -520,8 +720,11 @@ def blue_green(loaded: LoadedEnvironment, request: TrafficRequest, *, on_event: 
         reports.append(LoadGenerator(LoadSpec(url=url, requests=SMOKE_REQUESTS, duration=10, concurrency=2),
                                      network=network(loaded)).run())
     merged = LoadReport(url="idle colour", samples=[s for r in reports for s in r.samples])
-    decision = load_gate(0, merged, max_error_ratio=rollout.max_error_ratio,
-                         max_latency_ms=1000 * parse_duration(rollout.max_latency))
+    max_error_ratio, max_latency_ms = rollout.max_error_ratio, 1000 * parse_duration(rollout.max_latency)
+    decision = load_gate(0, merged, max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
+    if prometheus is not None:
+        decision = _service_decision(prometheus, groups[idle], decision,
+                                     max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
     _audit(loaded, decision, strategy="blue-green", release=run.target, run_id=run_id)
     if on_decision is not None:
         on_decision(decision)
@@ -544,25 +747,33 @@ def canary_traffic(loaded: LoadedEnvironment, request: TrafficRequest, *, on_eve
                    sleep: Callable[[float], None] = time.sleep) -> TrafficRelease:
     """Deploy to the idle colour, then raise its share of the traffic step by step behind gates.
 
-    After each step's hold the gate compares HAProxy's counters of the new colour before and
-    after the hold. A no-go puts all traffic back on the old colour and raises TrafficGateFailed.
+    After each step's hold the gate queries Prometheus for the new colour's servers over the step
+    when the environment has a monitoring host, else it compares HAProxy's counters of the new
+    colour before and after the hold. A no-go puts all traffic back on the old colour and raises
+    TrafficGateFailed.
     """
     rollout = loaded.env.rollout
     steps = tuple(request.steps or rollout.traffic_steps)
     hold = request.hold if request.hold is not None else parse_duration(rollout.step_hold)
+    max_error_ratio, max_latency_ms = rollout.max_error_ratio, 1000 * parse_duration(rollout.max_latency)
+    mon = monitoring_host(loaded)
+    prometheus = Prometheus(loaded, mon) if mon is not None else None
     lb = LoadBalancer(loaded)
     active, idle, groups, run = _prepare_idle(loaded, lb, request, on_event)
     decisions: list[GateDecision] = []
     switched = 0.0
     for step in steps:
         weights = split_weights(groups[idle], groups[active], step)
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         before = lb.set_weights(weights)
         switched += time.monotonic() - started
         sleep(hold)
-        after = lb.stats()
-        decision = stat_gate(step, before, after, groups[idle], max_error_ratio=rollout.max_error_ratio,
-                             max_latency_ms=1000 * parse_duration(rollout.max_latency))
+        if prometheus is not None:
+            decision = _prometheus_decision(prometheus, lb.backend, step, groups[idle], began,
+                                            max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
+        else:
+            decision = stat_gate(step, before, lb.stats(), groups[idle], max_error_ratio=max_error_ratio,
+                                 max_latency_ms=max_latency_ms)
         decisions.append(decision)
         _audit(loaded, decision, strategy="canary-traffic", release=run.target, run_id=run_id)
         if on_decision is not None:

@@ -59,7 +59,8 @@ def run_traffic_release(app: AppContext, loaded: LoadedEnvironment, release_path
                 decisions.append(decision.as_dict())
                 step.update(strategy=strategy, decisions=decisions)
                 app.info(f"  gate at {decision.step}%: {'go' if decision.go else 'roll back'} "
-                         f"({decision.requests} requests, {decision.failed} failed, {decision.reason})")
+                         f"({decision.requests} requests, {decision.failed} failed, {decision.reason}; "
+                         f"{decision.source})")
 
             result = traffic_release(loaded, request, on_decision=record, run_id=session.run.id)
             step.detail.update(release=result.release, state=result.state, active=result.active,

@@ -142,10 +142,22 @@ def test_prometheus_config_scrapes_every_app_host_and_node(project: Project) -> 
     assert config["rule_files"] == ["/etc/prometheus/rules/*.rules.yml"]
 
 
+def test_prometheus_config_scrapes_haproxy_on_every_lb_host(project: Project) -> None:
+    hosts = [*HOSTS, Host("dev-lb-1", "10.213.10.13", ("lb",))]
+    config = yaml.safe_load(render_monitoring_texts(project.load("dev"), hosts)[PROMETHEUS_FILE])
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = [(sc["targets"], sc["labels"]["host"]) for sc in jobs["haproxy"]["static_configs"]]
+    assert targets == [(["10.213.10.13:8405"], "dev-lb-1")]
+    # the LB host is a host like any other for the node exporter, not a service target
+    assert "dev-lb-1" in {sc["labels"]["host"] for sc in jobs["node"]["static_configs"]}
+    assert "dev-lb-1" not in {sc["labels"]["host"] for sc in jobs["service"]["static_configs"]}
+
+
 def test_prometheus_config_without_hosts_has_empty_jobs(project: Project) -> None:
     config = yaml.safe_load(render_monitoring_texts(project.load("prod"), [])[PROMETHEUS_FILE])
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["service"]["static_configs"] == []
+    assert jobs["haproxy"]["static_configs"] == []
     # 15 s scrapes keep Prometheus' 10 s timeout; a timeout above the interval is rejected.
     assert config["global"]["scrape_timeout"] == "10s"
 

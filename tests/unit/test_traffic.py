@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,16 +19,24 @@ import yaml
 
 from orchestrator.config import Project
 from orchestrator.errors import ConfigError, UsageError
-from orchestrator.inventory import Host
+from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
 from orchestrator.loadgen import LoadReport, Sample
 from orchestrator.traffic import (
     HELPER,
+    Prometheus,
+    TrafficError,
     TrafficState,
+    _prometheus_decision,
     colors,
     helper_argv,
     load_gate,
+    monitoring_host,
+    prometheus_gate,
+    prometheus_queries,
+    promql_servers,
     read_state,
     served_share,
+    service_queries,
     split_weights,
     ssh_argv,
     stat_gate,
@@ -104,6 +115,96 @@ def test_load_gate_uses_the_smoke_load() -> None:
     decision = load_gate(0, bad, max_error_ratio=0.01, max_latency_ms=500)
     assert not decision.go and decision.failed == 14 and decision.source == "smoke load"
     assert not load_gate(0, LoadReport(url="x"), max_error_ratio=0.5, max_latency_ms=500).go
+
+
+def test_promql_server_pattern_matches_exactly_the_names() -> None:
+    names = ["p-app-3", "p-app-1", "p.app"]
+    literal = promql_servers(names)
+    # what Prometheus matches (fully anchored) once the PromQL string literal is read
+    pattern = literal.replace("\\\\", "\\")
+    assert all(re.fullmatch(pattern, n) for n in names)
+    assert not any(re.fullmatch(pattern, n) for n in ("p-app-2", "p-app-10", "pxapp", "p-app-1-old"))
+
+
+def test_prometheus_queries_select_the_backend_and_the_new_colour() -> None:
+    queries = prometheus_queries("hello", ["p-app-2"], "4s")
+    assert set(queries) == {"requests", "failed", "error_ratio", "latency_seconds"}
+    selector = 'job="haproxy",proxy="hello",server=~"p-app-2"'
+    assert all(selector in q for q in queries.values())
+    assert 'code="5xx"}[4s]' in queries["failed"] and "code" not in queries["requests"]
+    assert queries["error_ratio"] == f"({queries['failed']}) / ({queries['requests']})"
+    assert "haproxy_server_response_time_average_seconds" in queries["latency_seconds"]
+
+
+def test_prometheus_gate_decides_on_the_values_and_refuses_no_data() -> None:
+    queries = prometheus_queries("hello", ["a"], "4s")
+    limits: dict[str, Any] = {"max_error_ratio": 0.05, "max_latency_ms": 500}
+    good = prometheus_gate(10, queries, {"requests": 19.6, "failed": 0.0, "error_ratio": 0.0,
+                                         "latency_seconds": 0.002}, **limits)
+    assert good.go and good.source == "prometheus" and good.requests == 20 and good.latency_ms == pytest.approx(2)
+    assert good.as_dict()["queries"] == queries and good.as_dict()["values"]["requests"] == 19.6
+    flaky = prometheus_gate(10, queries, {"requests": 20.0, "failed": 6.0, "error_ratio": 0.3,
+                                          "latency_seconds": 0.002}, **limits)
+    assert not flaky.go and flaky.failed == 6 and "error ratio 0.300" in flaky.reason
+    slow = prometheus_gate(10, queries, {"requests": 20.0, "failed": 0.0, "error_ratio": 0.0,
+                                         "latency_seconds": 0.9}, **limits)
+    assert not slow.go and "latency" in slow.reason
+    empty = prometheus_gate(10, queries, {"requests": None, "failed": None, "error_ratio": None,
+                                          "latency_seconds": None}, **limits)
+    assert not empty.go and "no data" in empty.reason
+    assert not prometheus_gate(10, queries, {}, **limits).go
+    idle = prometheus_gate(10, queries, {"requests": 0.0, "failed": 0.0, "error_ratio": 0.0,
+                                         "latency_seconds": 0.0}, **limits)
+    assert not idle.go and "no traffic" in idle.reason
+    # the HAProxy-stats decisions keep their record without Prometheus fields
+    assert "queries" not in stat_gate(10, {}, {}, ["a"], **limits).as_dict()
+
+
+def test_blue_green_prometheus_gate_takes_the_latency_of_the_smoke_load() -> None:
+    queries = service_queries(["p-app-1"])
+    assert set(queries) == {"requests", "failed", "error_ratio"}
+    assert all('job="service",host=~"p-app-1",path!="/metrics"' in q for q in queries.values())
+    assert queries["failed"].endswith("or vector(0))")  # no 5xx series at all is a ratio of 0
+    limits: dict[str, Any] = {"max_error_ratio": 0.05, "max_latency_ms": 500}
+    good = prometheus_gate(0, queries, {"requests": 44.0, "failed": 0.0, "error_ratio": 0.0}, latency_ms=3.0,
+                           **limits)
+    assert good.go and good.latency_ms == pytest.approx(3.0) and good.source == "prometheus"
+    slow = prometheus_gate(0, queries, {"requests": 44.0, "failed": 0.0, "error_ratio": 0.0}, latency_ms=900.0,
+                           **limits)
+    assert not slow.go and "latency" in slow.reason
+    assert not prometheus_gate(0, queries, {}, latency_ms=3.0, **limits).go
+
+
+def test_an_unreachable_prometheus_is_a_no_go_not_an_error() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prometheus = object.__new__(Prometheus)
+    prometheus.host = Host("p-mon-1", "127.0.0.1", ("monitoring",))
+    prometheus.url = f"http://127.0.0.1:{port}/api/v1/query"
+    prometheus.scrape = 0.1
+    with pytest.raises(TrafficError, match="Prometheus query failed"):
+        prometheus.query("up")
+    decision = _prometheus_decision(prometheus, "hello", 10, ["p-app-2"], time.time(),
+                                    max_error_ratio=0.05, max_latency_ms=500)
+    assert not decision.go and decision.source == "prometheus"
+    assert decision.reason.startswith("Prometheus could not be asked") and decision.queries
+
+
+def test_monitoring_host_needs_monitoring_enabled_and_a_host(project_copy: Path) -> None:
+    loaded = Project(project_copy).load("dev")
+    assert monitoring_host(loaded) is None  # no inventory yet
+    connection = ConnectionSettings(user="root", private_key=Path("/k"))
+    hosts = [*_hosts(2), Host("p-lb-1", "10.0.0.20", ("lb",))]
+    write_inventory(loaded.state_dir / "inventory.yml", build_inventory("dev", hosts, connection))
+    assert monitoring_host(loaded) is None  # no host in group monitoring
+    write_inventory(loaded.state_dir / "inventory.yml",
+                    build_inventory("dev", [*hosts, Host("p-mon-1", "10.0.0.30", ("monitoring",))], connection))
+    found = monitoring_host(loaded)
+    assert found is not None and found.name == "p-mon-1"
+    disabled = loaded.env.model_copy(update={"monitoring": loaded.env.monitoring.model_copy(update={"enabled": False})})
+    assert monitoring_host(type(loaded)(env=disabled, path=loaded.path, project_dir=loaded.project_dir,
+                                        lines=loaded.lines)) is None
 
 
 def test_helper_and_ssh_argv() -> None:

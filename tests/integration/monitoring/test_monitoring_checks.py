@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 ENVS = ("dev", "staging", "prod")
 HOSTS = [Host("app-1", "10.213.10.10", ("app",)), Host("app-2", "10.213.10.11", ("app",)),
-         Host("mon-1", "10.213.10.12", ("monitoring",))]
+         Host("mon-1", "10.213.10.12", ("monitoring",)), Host("lb-1", "10.213.10.13", ("lb",))]
 
 
 @pytest.mark.parametrize("name", ENVS)
