@@ -25,8 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from orchestrator.deploy import DeployRequest, deploy  # noqa: E402
-from tests.integration.conftest import _Factory  # noqa: E402 - the tests' fleet helper
-from tests.integration.deploy.conftest import _build, _copy  # noqa: E402
+from tests.integration.conftest import _build, _copy, _Factory  # noqa: E402 - the tests' fleet helpers
 
 
 def timed_deploy(fleet: object, binary: Path, *, tuned: bool) -> float:

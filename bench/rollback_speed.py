@@ -23,8 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from orchestrator.deploy import DeployRequest, GateFailedRestored, deploy, rollback  # noqa: E402
-from tests.integration.conftest import _Factory  # noqa: E402 - the tests' fleet helper
-from tests.integration.deploy.conftest import _build, _copy  # noqa: E402
+from tests.integration.conftest import _build, _copy, _Factory  # noqa: E402 - the tests' fleet helpers
 
 
 def main() -> int:

@@ -1,0 +1,490 @@
+"""The headline figures, measured side by side in one run: one table, also written as JSON.
+
+    .venv/bin/python bench/run.py [--only NAME[,NAME]] [--quick] [--json FILE]
+
+`make bench` runs it with no options. Figures (NAME), in the order of a full run, with their goals:
+
+  inventory        render the inventory of 10,000 hosts from `terraform output -json`-shaped data
+                   (orchestrator's hosts_from_outputs + build_inventory + write_inventory): < 1 s
+  deploy-overhead  `orchestrate deploy --skip-backup` against raw `ansible-playbook` run with the
+                   argv an orchestrate run recorded (same inventory, playbook, extra vars,
+                   ansible.cfg), 5 hosts, interleaved pairs, every run a release change: < 5 %
+  up               first `orchestrate up` of 3 hosts, then the no-op one: < first / 4 and < 5 s
+  rollback         failed health gate -> previous release healthy on all 5 hosts: < 3 s
+  heal             service killed -> healthy again through monitoring + heal webhook: < 15 s
+  deploy           `orchestrate deploy --skip-backup` (a release change) to 5, 20 and 50 hosts, tuned against
+                   stock Ansible settings: tuned <= stock / 2, 50 hosts < 60 s; and the peak
+                   memory of the orchestrate process during the tuned 50-host deploy (no goal)
+  plan-overhead    `orchestrate plan prod` against raw `terraform plan` on moto (plan_overhead.py): < 5 %
+  memory           only the peak memory (when `deploy` is not selected: one tuned 50-host deploy)
+
+--quick is a smoke run with small fleets and single repetitions (its figures are not the ones
+the goals speak of). Every fleet is a throwaway copy of the project with its own bridge and a
+reserved subnet (tests/integration/conftest.py's factory). Runs as root. Progress goes to stderr;
+the table to stdout; the JSON (date, machine, load average at the start, every figure) to
+bench/results/summary.json unless --json says otherwise. It is rewritten after every figure, so
+an interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import common
+from common import Builds, Fleets, deploy_cli, expect_state, log, mib, run_orchestrate
+
+REPO = common.REPO
+DEFAULT_JSON = REPO / "bench" / "results" / "summary.json"
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    name: str
+    figure: str
+    value: str
+    goal: str
+    verdict: str
+    """met, not met, not measured, or n/a (no goal)."""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    builds: Callable[[], Builds]
+
+    def pick(self, full: Any, quick: Any) -> Any:
+        return quick if self.quick else full
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+# --- inventory for 10,000 hosts -------------------------------------------------------------------
+
+
+def fig_inventory(settings: Settings) -> list[Row]:
+    import yaml
+
+    from orchestrator.config import Project
+    from orchestrator.provision import write_inventory_from_outputs
+
+    count, runs = 10_000, settings.pick(5, 2)
+    hosts = []
+    for i in range(count):
+        address = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
+        groups = ["app"] if i % 10 else ["app", "monitoring"]
+        hosts.append({"name": f"app-{i:05d}", "address": address, "private_address": address, "groups": groups})
+    text = json.dumps({
+        "hosts": {"sensitive": False, "type": ["list", ["object", {}]], "value": hosts},
+        "ssh_user": {"sensitive": False, "type": "string", "value": "root"},
+    })
+    with tempfile.TemporaryDirectory(prefix="bench-inventory-") as tmp:
+        shutil.copytree(REPO / "inventories", Path(tmp) / "inventories")
+        loaded = Project(Path(tmp)).load("dev")
+        times, cpu = [], []
+        for _ in range(runs):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            # what Terraform.output() does with `terraform output -json`, then provisioning's writer
+            outputs = {name: (body or {}).get("value") for name, body in json.loads(text).items()}
+            path, written = write_inventory_from_outputs(loaded, outputs)
+            times.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - cpu_started)
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        inventory = yaml.load(path.read_text(), Loader=loader)
+        in_file = len(inventory["all"]["children"]["app"]["hosts"])
+        size = path.stat().st_size
+    if len(written) != count or in_file != count:
+        raise RuntimeError(f"inventory has {in_file} app hosts, expected {count}")
+    median, cpu_median = statistics.median(times), statistics.median(cpu)
+    return [Row("inventory", "inventory of 10,000 hosts from terraform outputs",
+                f"{median:.2f} s ({cpu_median:.2f} s CPU)", "< 1 s", verdict(median < 1.0),
+                {"seconds": median, "cpu_seconds": cpu_median, "runs": times, "cpu_runs": cpu, "hosts": count,
+                 "bytes": size})]
+
+
+# --- orchestrate plan against terraform plan --------------------------------------------------------
+
+
+def fig_plan_overhead(settings: Settings) -> list[Row]:
+    runs = settings.pick(5, 1)
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "plan_overhead.py"), "--runs", str(runs)],
+                          stdout=subprocess.PIPE, text=True, check=False, timeout=1800)
+    out = proc.stdout
+    if proc.returncode != 0:
+        raise RuntimeError(f"plan_overhead.py exited {proc.returncode}: {out[-800:]}")
+    raw = re.search(r"^terraform plan \(raw\)\s+([\d.]+)", out, re.M)
+    ours = re.search(r"^orchestrate plan prod\s+([\d.]+)", out, re.M)
+    overhead = re.search(r"^overhead: ([+-][\d.]+)%.*?paired differences ([+-][\d.]+) s \(([+-][\d.]+)%\)",
+                         out, re.M)
+    if not (raw and ours and overhead):
+        raise RuntimeError(f"unexpected output of plan_overhead.py: {out[-800:]}")
+    percent = float(overhead.group(1))
+    data = {"terraform_plan_s": float(raw.group(1)), "orchestrate_plan_s": float(ours.group(1)),
+            "overhead_percent": percent, "paired_diff_s": float(overhead.group(2)),
+            "paired_percent": float(overhead.group(3)), "runs": runs}
+    return [Row("plan-overhead", "wrapper overhead: orchestrate plan vs terraform plan (moto)",
+                f"{percent:+.1f}% ({data['orchestrate_plan_s']:.2f} s vs {data['terraform_plan_s']:.2f} s)",
+                "< 5%", verdict(percent < 5.0), data)]
+
+
+# --- orchestrate deploy against ansible-playbook ------------------------------------------------------
+
+
+def _recorded_command(fleet: common.FleetEnv, run_id: str) -> dict[str, Any]:
+    record = fleet.state_dir / "runs" / run_id / "artifacts" / run_id / "command"
+    data = json.loads(record.read_text())
+    if not isinstance(data, dict) or not data.get("command"):
+        raise RuntimeError(f"{record}: no command recorded")
+    return data
+
+
+def fig_deploy_overhead(settings: Settings) -> list[Row]:
+    from orchestrator.secrets import SECRETS_VAR, load_secrets
+
+    b = settings.builds()
+    size, pairs = settings.pick(5, 2), settings.pick(5, 1)
+    with Fleets("deploy-overhead") as fleets:
+        fleet = fleets.boot(app_count=size)
+        expect_state(deploy_cli(fleet, b.v1), "deployed")  # first contact, not timed
+        second = expect_state(deploy_cli(fleet, b.v2), "deployed")
+        record = _recorded_command(fleet, second.json()["run_id"])
+        secrets = load_secrets(fleet.loaded, None, environ=common.cli_env(fleet.project_dir))
+        shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="bench-secrets-", dir=shm) as handle:
+            os.chmod(handle.name, 0o600)
+            json.dump({SECRETS_VAR: secrets} if secrets else {}, handle)
+            handle.flush()
+            argv = common.rewrite_secret_args(list(record["command"]), Path(handle.name) if secrets else None)
+            argv[0] = str(common.VENV_BIN / "ansible-playbook")
+            env = common.raw_playbook_env(record.get("env") or {})
+            ours: list[float] = []
+            raw: list[float] = []
+            for index in range(pairs):
+                # each run switches the fleet to the other release, so both do the same work
+                ours.append(expect_state(deploy_cli(fleet, b.v1), "deployed").seconds)
+                started = time.perf_counter()
+                proc = subprocess.run(argv, cwd=record.get("cwd") or fleet.project_dir, env=env, check=False,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+                raw.append(time.perf_counter() - started)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"raw ansible-playbook exited {proc.returncode}: {proc.stdout[-1500:]}")
+                log(f"deploy-overhead pair {index + 1}/{pairs}: orchestrate deploy {ours[-1]:.2f} s, "
+                    f"ansible-playbook {raw[-1]:.2f} s")
+            # the raw run really switched the hosts: deploying v1 again is a change, not a no-op
+            expect_state(deploy_cli(fleet, b.v1), "deployed")
+    our_median, raw_median = statistics.median(ours), statistics.median(raw)
+    percent = (our_median - raw_median) / raw_median * 100
+    paired = statistics.median(o - r for o, r in zip(ours, raw, strict=True))
+    data = {"hosts": size, "pairs": pairs, "orchestrate_deploy_s": ours, "ansible_playbook_s": raw,
+            "orchestrate_median_s": our_median, "ansible_median_s": raw_median, "overhead_percent": percent,
+            "paired_diff_s": paired}
+    return [Row("deploy-overhead", f"wrapper overhead: orchestrate deploy vs ansible-playbook, {size} hosts",
+                f"{percent:+.1f}% ({our_median:.2f} s vs {raw_median:.2f} s)", "< 5%", verdict(percent < 5.0), data)]
+
+
+# --- first up against no-op up ----------------------------------------------------------------------------
+
+
+def fig_up(settings: Settings) -> list[Row]:
+    b = settings.builds()
+    size = settings.pick(3, 2)
+    with Fleets("up") as fleets:
+        fleet = fleets.prepare(app_count=size, monitoring_count=0)
+        argv = ["up", fleet.env_name, "--yes", "--release", str(b.v1), "--json"]
+        first = run_orchestrate(fleet.project_dir, *argv).check()
+        log(f"up: first run {first.seconds:.1f} s")
+        again = run_orchestrate(fleet.project_dir, *argv).check()
+        log(f"up: second run {again.seconds:.1f} s")
+    if first.json().get("noop") is not False or again.json().get("noop") is not True:
+        raise RuntimeError(f"expected a full first up and a no-op second one; got noop="
+                           f"{first.json().get('noop')} then {again.json().get('noop')}")
+    ratio = again.seconds / first.seconds
+    data = {"hosts": size, "first_s": first.seconds, "noop_s": again.seconds, "ratio": ratio,
+            "first_steps": first.json().get("steps"), "noop_status_hosts": len((again.json().get("status") or {})
+                                                                               .get("hosts") or [])}
+    return [Row("up", f"no-op up vs first up, {size} hosts",
+                f"{again.seconds:.1f} s vs {first.seconds:.1f} s ({ratio:.2f}x)", "< 1/4 of first and < 5 s",
+                verdict(ratio < 0.25 and again.seconds < 5.0), data)]
+
+
+# --- rollback from a failed health gate -----------------------------------------------------------------
+
+
+def fig_rollback(settings: Settings) -> list[Row]:
+    from orchestrator.deploy import DeployRequest, GateFailedRestored, deploy, rollback
+
+    b = settings.builds()
+    size, repeat = settings.pick(5, 2), settings.pick(3, 1)
+    gate_to_healthy: list[float] = []
+    explicit: list[float] = []
+    with Fleets("rollback") as fleets:
+        # the same settings as bench/rollback_speed.py: one batch, a 2 s gate probed every 100 ms
+        fleet = fleets.boot(app_count=size, overrides={
+            "rollout": {"batch_size": "100%"},
+            "service": {"health": {"timeout": "2s", "interval": "100ms"}},
+        })
+        deploy(fleet.loaded, DeployRequest(release_path=b.v1))
+        for _ in range(repeat):
+            try:
+                deploy(fleet.loaded, DeployRequest(release_path=b.broken))
+                raise RuntimeError("the broken release passed its health gate")
+            except GateFailedRestored as exc:
+                stamps = [r.result.get("timings", {}) for r in exc.run.run.results_of("rust_release")
+                          if r.status == "failed"]
+                if len(stamps) != size:
+                    raise RuntimeError(f"{len(stamps)} of {size} hosts failed their gate") from None
+                gate_to_healthy.append(max(s["restored"] for s in stamps) - min(s["gate_failed"] for s in stamps))
+                log(f"rollback: gate failed -> {size} hosts healthy on the previous release in "
+                    f"{gate_to_healthy[-1]:.2f} s")
+        deploy(fleet.loaded, DeployRequest(release_path=b.v2))
+        for _ in range(repeat):
+            started = time.monotonic()
+            rollback(fleet.loaded)
+            explicit.append(time.monotonic() - started)
+    median = statistics.median(gate_to_healthy)
+    data = {"hosts": size, "gate_to_healthy_s": gate_to_healthy, "median_s": median,
+            "explicit_rollback_s": explicit, "explicit_rollback_median_s": statistics.median(explicit)}
+    return [Row("rollback", f"rollback: failed gate -> previous release healthy, {size} hosts",
+                f"{median:.2f} s (explicit `rollback` run {statistics.median(explicit):.1f} s)", "< 3 s",
+                verdict(median < 3.0), data)]
+
+
+# --- self-heal ---------------------------------------------------------------------------------------
+
+
+def fig_heal(settings: Settings) -> list[Row]:
+    import heal_speed
+
+    b = settings.builds()
+    rounds = settings.pick(3, 1)
+    port = heal_speed.free_port()
+    timings: list[float] = []
+    with Fleets("heal") as fleets:
+        # as bench/heal_speed.py: dev as shipped (3 app + 1 monitoring host), the breaker raised
+        fleet = fleets.boot(app_count=3, monitoring_count=1, overrides={
+            "healing": {"listen": f"127.0.0.1:{port}", "max_remediations": rounds + 1}})
+        project = fleet.project_dir
+        heal_speed.cli(project, "deploy", "dev", "--release", str(b.v1))
+        heal_speed.cli(project, "monitoring", "deploy", "dev")
+        serve = subprocess.Popen([common.ORCHESTRATE, "--project-dir", str(project), "heal", "serve", "dev",
+                                  "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True, env=common.cli_env(project))
+        try:
+            service = fleet.loaded.env.service
+            apps, monitor = fleet.group("app"), fleet.group("monitoring")[0]
+            for index in range(rounds):
+                victim = apps[index % len(apps)]
+                heal_speed.wait_quiet(fleet.network.assert_own_address(monitor.address))
+                # systemd's own Restart= off, so only the healing loop can bring it back
+                fleet.ssh(victim, "mkdir -p /run/systemd/system/hello.service.d && "
+                          "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/hello.service.d/no-restart.conf"
+                          " && systemctl daemon-reload")
+                url = f"http://{fleet.network.assert_own_address(victim.address)}:{service.port}{service.health.path}"
+                killed = time.monotonic()
+                fleet.ssh(victim, f"systemctl kill -s KILL {service.name}.service")
+                down = False
+                while time.monotonic() - killed < 120:
+                    code = heal_speed.status_of(url)
+                    if code != 200:
+                        down = True
+                    elif down:
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise RuntimeError(f"round {index + 1}: {victim.name} did not come back within 120 s")
+                timings.append(time.monotonic() - killed)
+                log(f"heal round {index + 1}/{rounds}: {victim.name} killed -> healthy in {timings[-1]:.2f} s")
+        finally:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGTERM)
+                try:
+                    serve.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(serve.pid, signal.SIGKILL)
+                    serve.wait(timeout=30)
+    median = statistics.median(timings)
+    return [Row("heal", "self-heal: service killed -> healthy (3 app + 1 monitoring)",
+                f"{median:.1f} s (median of {len(timings)})", "< 15 s", verdict(median < 15.0),
+                {"rounds_s": timings, "median_s": median})]
+
+
+# --- deploy at scale, tuned against stock, and the peak memory ------------------------------------------
+
+
+def _memory_row(outcome: common.RunOutcome, size: int) -> Row:
+    data = {"hosts": size, "orchestrate_vmhwm_mib": mib(outcome.peak_rss_kib),
+            "largest_process_mib": mib(outcome.max_rss_wait4_kib),
+            "process_tree_peak_mib": mib(outcome.peak_tree_rss_kib),
+            "samples": outcome.samples, "deploy_s": outcome.seconds}
+    return Row("memory", f"peak memory of orchestrate during a {size}-host deploy (tuned)",
+               f"{mib(outcome.peak_rss_kib):.0f} MiB (with ansible-playbook and workers: "
+               f"{mib(outcome.peak_tree_rss_kib):.0f} MiB)", "no goal (reported)", "n/a", data)
+
+
+def fig_deploy(settings: Settings, *, with_timings: bool = True) -> list[Row]:
+    b = settings.builds()
+    sizes: list[int] = settings.pick([5, 20, 50], [2, 3])
+    repeats = settings.pick({5: 3, 20: 2, 50: 1}, {2: 1, 3: 1})
+    memory_size = sizes[-1]
+    if not with_timings:
+        sizes, repeats = [memory_size], {memory_size: 0}
+    rows: list[Row] = []
+    binaries = [b.v1, b.v2]
+    for size in sizes:
+        try:
+            with Fleets(f"deploy{size}") as fleets:
+                started = time.monotonic()
+                fleet = fleets.boot(app_count=size)
+                log(f"deploy: {size} hosts booted in {time.monotonic() - started:.1f} s")
+                # first contact (host keys, user, unit, the first release) is not what is measured
+                expect_state(deploy_cli(fleet, binaries[0]), "deployed")
+                current = 0
+                times: dict[str, list[float]] = {"tuned": [], "stock": []}
+                memory: common.RunOutcome | None = None
+                for index in range(repeats[size]):
+                    # alternate which one goes first, so drifting load hits both alike
+                    for mode in (("tuned", "stock") if index % 2 == 0 else ("stock", "tuned")):
+                        current = 1 - current
+                        outcome = expect_state(deploy_cli(fleet, binaries[current], stock=mode == "stock",
+                                                          sample_memory=size == memory_size and mode == "tuned"),
+                                               "deployed")
+                        times[mode].append(outcome.seconds)
+                        if size == memory_size and mode == "tuned" and memory is None:
+                            memory = outcome
+                        log(f"deploy: {size} hosts {mode}: {outcome.seconds:.1f} s")
+                if size == memory_size and memory is None:
+                    memory = expect_state(deploy_cli(fleet, binaries[1 - current], sample_memory=True), "deployed")
+        except Exception as exc:  # one size failing must not cost the others
+            log(f"deploy: {size} hosts failed: {exc}")
+            rows.append(Row(f"deploy-{size}", f"deploy {size} hosts: tuned vs stock", f"failed: {exc}"[:200],
+                            _deploy_goal(size), "not measured"))
+            continue
+        if with_timings:
+            tuned, stock = statistics.median(times["tuned"]), statistics.median(times["stock"])
+            ratio = tuned / stock
+            ok = ratio <= 0.5 and (size != 50 or tuned < 60.0)
+            rows.append(Row(
+                f"deploy-{size}", f"deploy {size} hosts (release change): tuned vs stock",
+                f"{tuned:.1f} s vs {stock:.1f} s ({ratio:.2f}x)", _deploy_goal(size), verdict(ok),
+                {"hosts": size, "tuned_s": times["tuned"], "stock_s": times["stock"], "tuned_median_s": tuned,
+                 "stock_median_s": stock, "ratio": ratio}))
+        if memory is not None:
+            rows.append(_memory_row(memory, size))
+    return rows
+
+
+def _deploy_goal(size: int) -> str:
+    return "tuned <= 1/2 stock" + ("; tuned < 60 s" if size == 50 else "")
+
+
+def fig_memory(settings: Settings) -> list[Row]:
+    return fig_deploy(settings, with_timings=False)
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+#: in the order of a full run
+FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
+    "inventory": fig_inventory,
+    "deploy-overhead": fig_deploy_overhead,
+    "up": fig_up,
+    "rollback": fig_rollback,
+    "heal": fig_heal,
+    "deploy": fig_deploy,
+    "plan-overhead": fig_plan_overhead,
+    "memory": fig_memory,
+}
+
+
+def print_table(rows: list[Row]) -> None:
+    headers = ("figure", "value", "goal", "verdict")
+    widths = [max(len(h), *(len(getattr(r, k)) for r in rows)) if rows else len(h)
+              for h, k in zip(headers, ("figure", "value", "goal", "verdict"), strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*headers).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line.format(row.figure, row.value, row.goal, row.verdict).rstrip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", metavar="NAME[,NAME]",
+                        help="figures to measure (default: all): " + ", ".join(FIGURES))
+    parser.add_argument("--quick", action="store_true", help="small fleets, one repetition: a smoke run")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="FILE",
+                        help=f"where the summary goes (default: {DEFAULT_JSON.relative_to(REPO)})")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or [n for n in FIGURES if n != "memory"]
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        parser.error(f"unknown figure {', '.join(unknown)}; valid: {', '.join(FIGURES)}")
+    if "deploy" in names and "memory" in names:
+        names.remove("memory")  # the deploy figure measures it on its largest fleet
+    if os.geteuid() != 0:
+        parser.error("local hosts need root (systemd-nspawn, overlay mounts, bridges)")
+
+    cache: dict[str, Builds] = {}
+
+    def get_builds() -> Builds:
+        if "builds" not in cache:
+            cache["builds"] = common.builds()
+        return cache["builds"]
+
+    settings = Settings(quick=args.quick, builds=get_builds)
+    summary: dict[str, Any] = {
+        "date": common.utc_now(), "machine": common.machine_info(), "quick": args.quick, "figures": [],
+        "missing": [], "duration_s": None,
+    }
+    started = time.monotonic()
+    rows: list[Row] = []
+    for name in names:
+        log(f"measuring {name} (load average {', '.join(map(str, common.load_average()))}) ...")
+        load_before = common.load_average()
+        figure_started = time.monotonic()
+        try:
+            produced = FIGURES[name](settings)
+        except (Exception, SystemExit) as exc:  # a figure that fails is reported, the others still run
+            # (heal_speed's helpers end with SystemExit, as scripts do)
+            log(f"{name} failed: {type(exc).__name__}: {exc}")
+            produced = [Row(name, name, f"failed: {exc}"[:200], "-", "not measured")]
+        for row in produced:
+            row.data.setdefault("load_average_before", load_before)
+            row.data.setdefault("figure_wall_s", round(time.monotonic() - figure_started, 1))
+        rows.extend(produced)
+        summary["figures"] = [asdict(r) for r in rows]
+        summary["missing"] = [r.name for r in rows if r.verdict == "not measured"]
+        summary["duration_s"] = round(time.monotonic() - started, 1)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        log(f"{name} done in {time.monotonic() - figure_started:.0f} s")
+
+    machine = summary["machine"]
+    print(f"\norchestrate benchmarks {'(quick smoke run) ' if args.quick else ''}{summary['date']} on "
+          f"{machine['arch']}, {machine['nproc']} CPUs, {machine['memory_gib']} GiB, {machine['os']}; "
+          f"load average at start {', '.join(map(str, machine['load_average_start']))}")
+    print_table(rows)
+    print(f"\ntook {summary['duration_s'] / 60:.1f} min; written to {args.json}")
+    return 1 if any(r.verdict == "not measured" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
