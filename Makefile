@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:/usr/local/bin:/usr/sbin:/sbi
 
 # Debian packages the tool and its tests need on the controller.
 DEB_PACKAGES := systemd-container debootstrap iproute2 openssh-client rsync curl \
-                prometheus prometheus-alertmanager haproxy
+                prometheus prometheus-alertmanager haproxy strace
 DEB_STAMP := $(VENV)/.debs-$(shell echo $(DEB_PACKAGES) | sha256sum | cut -c1-12)
 PY_STAMP := $(VENV)/.installed
 EXAMPLE := examples/hello-service
@@ -75,6 +75,14 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy orchestrator
+
+# every static check for every environment under inventories/ (a new one is picked up by itself);
+# all of them run, and the target fails when any environment failed
+verify: venv
+	@status=0; for file in inventories/*/environment.yml; do \
+	  env=$$(basename "$$(dirname "$$file")"); \
+	  $(ORCHESTRATE) verify "$$env" || status=1; \
+	done; exit $$status
 
 # Test files run in parallel (one file per worker, in file order): most of the suite waits on
 # hosts, terraform and health gates rather than on the CPU.

@@ -47,20 +47,16 @@ def host_cpu_seconds(name: str) -> float:
     return 0.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hosts", type=int, default=20)
-    parser.add_argument("--goal", type=float, default=5.0, help="seconds all hosts must be ready in")
-    args = parser.parse_args()
-
+def measure(count: int) -> dict[str, float | int]:
+    """Boot `count` hosts of a throwaway fleet from the cached image, time it, destroy them."""
     ImageStore().ensure()  # not timed: cached after the first run
     tag = "bh" + secrets.token_hex(3)
     network = FleetNetwork(tag, free_subnet())
     with tempfile.TemporaryDirectory(prefix="boot-hosts-") as tmp:
         project = Path(tmp)
         fleet = LocalFleet(network, project / ".orchestrate" / "bench" / "hosts", project)
-        specs = plan_hosts(tag, network, app_count=args.hosts)
-        load_before = Path("/proc/loadavg").read_text().split()[0]
+        specs = plan_hosts(tag, network, app_count=count)
+        load_before = float(Path("/proc/loadavg").read_text().split()[0])
         try:
             started = time.monotonic()
             fleet.ensure_all(specs, timeout=120)
@@ -71,11 +67,24 @@ def main() -> int:
         finally:
             fleet.destroy_all()
         destroyed = time.monotonic() - destroy_started
+    return {"hosts": count, "ready_s": elapsed, "running": running, "host_cpu_s": cpu,
+            "destroy_s": destroyed, "load_before": load_before}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--goal", type=float, default=5.0, help="seconds all hosts must be ready in")
+    args = parser.parse_args()
+
+    found = measure(args.hosts)
+    elapsed, running = float(found["ready_s"]), int(found["running"])
     verdict = "met" if elapsed < args.goal and running == args.hosts else "not met"
     print(f"{args.hosts} hosts ready in {elapsed:.2f} s ({running} running); "
           f"goal: all {args.hosts} ready in under {args.goal:g} s: {verdict}")
-    print(f"hosts used {cpu:.1f} CPU seconds to boot; machine load average before: {load_before}")
-    print(f"destroyed in {destroyed:.2f} s")
+    print(f"hosts used {found['host_cpu_s']:.1f} CPU seconds to boot; machine load average before: "
+          f"{found['load_before']}")
+    print(f"destroyed in {found['destroy_s']:.2f} s")
     return 0 if verdict == "met" else 1
 
 

@@ -316,8 +316,9 @@ def rewrite_secret_args(argv: list[str], secrets_file: Path | None) -> list[str]
 def raw_playbook_env(recorded: Mapping[str, str]) -> dict[str, str]:
     """The environment of a raw ansible-playbook run: the run's own Ansible settings (ANSIBLE_CONFIG
     and what the adapter sets), without ansible-runner's event callback and fact cache."""
+    # (and without the run's own local temp dir, which was removed when that run ended)
     runner_only = {"ANSIBLE_CALLBACK_PLUGINS", "ANSIBLE_STDOUT_CALLBACK", "ANSIBLE_CACHE_PLUGIN",
-                   "ANSIBLE_CACHE_PLUGIN_CONNECTION"}
+                   "ANSIBLE_CACHE_PLUGIN_CONNECTION", "ANSIBLE_LOCAL_TEMP"}
     env = dict(os.environ)
     env.update({k: v for k, v in recorded.items() if k.startswith("ANSIBLE_") and k not in runner_only})
     env["PATH"] = str(VENV_BIN) + os.pathsep + env.get("PATH", "")

@@ -1,7 +1,7 @@
 """Benchmark: `orchestrate plan prod` wall time against the raw `terraform plan` on the same root.
 
 Starts a moto server on a free loopback port, copies the project into a temporary directory,
-bootstraps and provisions prod there (so that the plans refresh a real stack of 14 resources),
+bootstraps and provisions prod there (so that the plans refresh a real stack of 16 resources),
 then runs both commands interleaved (--runs each, default 5) and prints the medians side by
 side with the overhead. Goal: the orchestrator adds less than 5 %.
 

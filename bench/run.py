@@ -6,12 +6,17 @@
 
   inventory        render the inventory of 10,000 hosts from `terraform output -json`-shaped data
                    (orchestrator's hosts_from_outputs + build_inventory + write_inventory): < 1 s
+  boot             boot 20 local hosts from the cached image until systemd runs and sshd answers
+                   on every one (bench/boot_hosts.py): < 5 s
   deploy-overhead  `orchestrate deploy --skip-backup` against raw `ansible-playbook` run with the
                    argv an orchestrate run recorded (same inventory, playbook, extra vars,
                    ansible.cfg), 5 hosts, interleaved pairs, every run a release change: < 5 %
   up               first `orchestrate up` of 3 hosts, then the no-op one: < first / 4 and < 5 s
   rollback         failed health gate -> previous release healthy on all 5 hosts: < 3 s
   heal             service killed -> healthy again through monitoring + heal webhook: < 15 s
+  traffic          under load through HAProxy (bench/traffic.py): the blue-green switch back (about 1 s,
+                   no request lost) and the failed requests while a bad canary is rolled back (at the
+                   first step)
   deploy           `orchestrate deploy --skip-backup` (a release change) to 5, 20 and 50 hosts, tuned against
                    stock Ansible settings: tuned <= stock / 2, 50 hosts < 60 s; and the peak
                    memory of the orchestrate process during the tuned 50-host deploy (no goal)
@@ -118,6 +123,23 @@ def fig_inventory(settings: Settings) -> list[Row]:
                 f"{median:.2f} s ({cpu_median:.2f} s CPU)", "< 1 s", verdict(median < 1.0),
                 {"seconds": median, "cpu_seconds": cpu_median, "runs": times, "cpu_runs": cpu, "hosts": count,
                  "bytes": size})]
+
+
+# --- booting local hosts ----------------------------------------------------------------------------
+
+
+def fig_boot(settings: Settings) -> list[Row]:
+    import boot_hosts
+
+    count, runs = settings.pick(20, 3), settings.pick(3, 1)
+    found = [boot_hosts.measure(count) for _ in range(runs)]
+    if any(int(f["running"]) != count for f in found):
+        raise RuntimeError(f"not every host came up: {[f['running'] for f in found]} of {count}")
+    median = statistics.median(float(f["ready_s"]) for f in found)
+    return [Row("boot", f"boot {count} local hosts from the cached image (all ready)",
+                f"{median:.2f} s (median of {runs})", "< 5 s", verdict(median < 5.0),
+                {"hosts": count, "ready_s": [f["ready_s"] for f in found], "median_s": median,
+                 "host_cpu_s": [f["host_cpu_s"] for f in found], "destroy_s": [f["destroy_s"] for f in found]})]
 
 
 # --- orchestrate plan against terraform plan --------------------------------------------------------
@@ -326,6 +348,33 @@ def fig_heal(settings: Settings) -> list[Row]:
                 {"rounds_s": timings, "median_s": median})]
 
 
+# --- traffic: blue-green switch back, canary rollback under load -----------------------------------------
+
+
+def fig_traffic(settings: Settings) -> list[Row]:
+    repeat = settings.pick(3, 1)
+    with tempfile.TemporaryDirectory(prefix="bench-traffic-") as tmp:
+        out = Path(tmp) / "traffic.json"
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "traffic.py"), "--repeat", str(repeat),
+                               "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              check=False, timeout=1800)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"traffic.py exited {proc.returncode}: {proc.stdout[-800:]}")
+        data = json.loads(out.read_text())
+    switch = data["switch_back_s_median"]
+    lost = data["blue_green_lost_requests"]
+    return [
+        Row("blue-green", f"blue-green switch back under {data['rate_rps']:.0f} req/s (weight change)",
+            f"{switch:.3f} s (whole call {data['switch_back_call_s_median']:.2f} s, `orchestrate rollback` "
+            f"{data['switch_back_cli_s']:.1f} s); {lost} of {data['blue_green_requests']} requests lost",
+            "about 1 s, no request lost", verdict(switch <= 1.0 and lost == 0), data),
+        Row("canary-rollback", "canary by weight, 30%-failing release: failed requests until rolled back",
+            f"{data['canary_failed_requests']} of {data['canary_requests']} failed; rolled back at "
+            f"{data['canary_rollback_step']}% ({data['canary_gate']['source']})",
+            "rolled back at the first step", verdict(data["canary_rollback_step"] == 10), data),
+    ]
+
+
 # --- deploy at scale, tuned against stock, and the peak memory ------------------------------------------
 
 
@@ -404,10 +453,12 @@ def fig_memory(settings: Settings) -> list[Row]:
 #: in the order of a full run
 FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "inventory": fig_inventory,
+    "boot": fig_boot,
     "deploy-overhead": fig_deploy_overhead,
     "up": fig_up,
     "rollback": fig_rollback,
     "heal": fig_heal,
+    "traffic": fig_traffic,
     "deploy": fig_deploy,
     "plan-overhead": fig_plan_overhead,
     "memory": fig_memory,

@@ -1,6 +1,6 @@
 """Blue-green switch-back time, and failed requests during a canary rollback, under real load.
 
-    .venv/bin/python bench/traffic.py [--repeat 3] [--rate 50] [--hold 3]
+    .venv/bin/python bench/traffic.py [--repeat 3] [--rate 50] [--hold 3] [--json FILE]
 
 Boots a throwaway fleet of 3 app hosts and 1 HAProxy host, deploys a good release behind the
 load balancer and keeps a bounded load (--rate requests/s) running through it. Then, --repeat
@@ -10,12 +10,13 @@ the wall time of the whole switch-back call (and once of `orchestrate rollback` 
 command), plus the requests lost during switch and switch
 back. Finally a canary-traffic release of a `flaky` build (30% of / answer 500): printed are the
 step at which it was rolled back, the gate's measured values and the requests that failed.
-Runs as root.
+Runs as root. With --json FILE the figures are also written there (keys: see `figures` below).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -48,6 +49,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--hold", type=float, default=3.0)
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="traffic-bench-") as tmp:
@@ -108,6 +110,26 @@ def main() -> int:
                   f"(gate: {decision.requests} requests on the canary, {decision.failed} failed, error ratio "
                   f"{decision.error_ratio:.3f}, mean latency {decision.latency_ms:.0f} ms); "
                   f"{failed} of {len(during)} requests failed during the canary release")
+            if args.json is not None:
+                figures = {
+                    "repeat": args.repeat, "rate_rps": args.rate, "hold_s": args.hold,
+                    "switch_back_s_median": round(statistics.median(socket_times), 3),
+                    "switch_back_s_max": round(max(socket_times), 3),
+                    "switch_back_call_s_median": round(statistics.median(call_times), 3),
+                    "switch_back_call_s_max": round(max(call_times), 3),
+                    "switch_back_cli_s": round(cli_seconds, 3),
+                    "blue_green_lost_requests": lost_blue_green,
+                    "blue_green_requests": sent_blue_green,
+                    "canary_rollback_step": decision.step,
+                    "canary_failed_requests": failed,
+                    "canary_requests": len(during),
+                    "canary_gate": {"source": decision.source, "requests": decision.requests,
+                                    "failed": decision.failed, "error_ratio": round(decision.error_ratio, 4),
+                                    "latency_ms": round(decision.latency_ms, 1)},
+                }
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(figures, indent=2) + "\n")
+                print(f"figures written to {args.json}")
         finally:
             factory.close()
     return 0

@@ -105,3 +105,38 @@ def bootstrap_state_bucket(loaded: LoadedEnvironment) -> BootstrapResult:
     algorithm = rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] if rules else ""
     return BootstrapResult(env=loaded.name, bucket=bucket, region=region, created=created,
                            versioning=str(versioning), encryption=str(algorithm))
+
+
+#: EC2 instance states as `orchestrate hosts` reports them (DESIGN.md: running, stopped, missing)
+_HOST_STATES = {"pending": "running", "running": "running", "stopping": "stopped", "stopped": "stopped",
+                "shutting-down": "missing", "terminated": "missing"}
+
+
+def instance_states(loaded: LoadedEnvironment) -> dict[str, str]:
+    """State of each EC2 instance of the environment's fleet, by its Name tag.
+
+    running (pending too), stopped (stopping too); an instance that is terminated or not found
+    is absent from the result (`missing` to the caller).
+    """
+    terraform = loaded.env.terraform
+    if not isinstance(terraform, TerraformAws):
+        raise UsageError(f"environment {loaded.name!r} is not an aws environment")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    ec2 = client("ec2", terraform.vars.region)
+    found: dict[str, str] = {}
+    try:
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "tag:orchestrate:fleet", "Values": [terraform.vars.name]}])
+        for page in pages:
+            for reservation in page.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                    state = _HOST_STATES.get(instance.get("State", {}).get("Name", ""), "missing")
+                    name = tags.get("Name")
+                    # a terminated instance keeps its Name for a while; a live one of that name wins
+                    if name and state != "missing" and found.get(name) != "running":
+                        found[name] = state
+    except (BotoCoreError, ClientError) as exc:
+        raise AwsError(f"describing the EC2 instances of {loaded.name} failed: {exc}") from None
+    return found

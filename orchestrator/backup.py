@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from orchestrator.config import LoadedEnvironment, parse_duration
 from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.inventory import hosts_from_inventory, load_inventory
+from orchestrator.inventory import allowed_networks, hosts_from_inventory, load_inventory
 from orchestrator.tools.ansible import HostEvent, PlaybookRun
 from orchestrator.tools.ansible import run_playbook as run_ansible
 
@@ -428,6 +428,7 @@ def run_playbook(loaded: LoadedEnvironment, playbook: str, extra_vars: dict[str,
         runs_dir=loaded.state_dir / "runs",
         extra_vars=extra_vars,
         timeout=PLAYBOOK_TIMEOUT,
+        allowed_networks=allowed_networks(loaded),
     )
     result = run_ansible(run, on_event=on_event)
     if result.ok:

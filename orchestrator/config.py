@@ -3,7 +3,8 @@
 An environment lives in `inventories/<name>/environment.yml`. Loading keeps the line of every
 key so that a validation error names the file, the line, the field path and what was expected:
 
-    inventories/prod/environment.yml:12: rollout.strategy: 'bluegreen' is not one of rolling, canary
+    inventories/prod/environment.yml:12: rollout.strategy: 'bluegreen' is not one of rolling, canary,
+        canary-hosts, canary-traffic, blue-green
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -102,8 +103,16 @@ class LocalFleetVars(_Model):
     app_count: int = Field(default=3, ge=1, le=64)
     monitoring_count: int = Field(default=1, ge=0, le=1)
     lb_count: int = Field(default=0, ge=0, le=1)
-    bridge: str = Field(description="name of the bridge the project owns (at most 15 chars)")
-    subnet: str = Field(description="IPv4 subnet of the bridge, /16 to /28")
+    bridge: str = Field(
+        default="",
+        description="name of the bridge the project owns (at most 15 chars); empty or absent: derived from "
+        "host_prefix (orchestrator.hosts.local.default_bridge_name)",
+    )
+    subnet: str = Field(
+        default="",
+        description="IPv4 subnet of the bridge, /16 to /28; empty or absent: a free /24 of 10.213.0.0/16, "
+        "chosen once and kept in .orchestrate/ENV/network.json (orchestrator.hosts.local.resolve_network)",
+    )
 
     @field_validator("host_prefix")
     @classmethod
@@ -115,13 +124,15 @@ class LocalFleetVars(_Model):
     @field_validator("bridge")
     @classmethod
     def _bridge(cls, value: str) -> str:
-        if not _BRIDGE_RE.match(value):
+        if value and not _BRIDGE_RE.match(value):
             raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter, max 15")
         return value
 
     @field_validator("subnet")
     @classmethod
     def _subnet(cls, value: str) -> str:
+        if not value:
+            return value
         try:
             net = ipaddress.IPv4Network(value, strict=True)
         except ValueError as exc:
@@ -188,16 +199,44 @@ class S3Backend(_Model):
         return value
 
 
+class TerraformTimeouts(_Model):
+    """How long each kind of terraform command may run before it is stopped (unset: the default).
+
+    Defaults (orchestrator.tools.terraform.Timeouts): init 5m, plan 15m, apply 1h, destroy 1h,
+    output 2m, show 5m.
+    """
+
+    init: Duration | None = None
+    plan: Duration | None = None
+    apply: Duration | None = None
+    destroy: Duration | None = None
+    output: Duration | None = None
+    show: Duration | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _positive(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) <= 0:
+            raise ValueError(f"{value!r} must be longer than 0s")
+        return value
+
+    def seconds(self) -> dict[str, float]:
+        """The timeouts that are set, in seconds, by command."""
+        return {name: parse_duration(value) for name, value in self.model_dump().items() if value is not None}
+
+
 class TerraformLocal(_Model):
     module: Literal["local_fleet"]
     backend: LocalBackend = Field(default_factory=LocalBackend)
     vars: LocalFleetVars
+    timeouts: TerraformTimeouts = Field(default_factory=TerraformTimeouts)
 
 
 class TerraformAws(_Model):
     module: Literal["aws_fleet"]
     backend: S3Backend
     vars: AwsFleetVars
+    timeouts: TerraformTimeouts = Field(default_factory=TerraformTimeouts)
 
 
 # --- service -----------------------------------------------------------------------------
@@ -259,8 +298,17 @@ class Service(_Model):
 # --- rollout, monitoring, healing, schedule ----------------------------------------------
 
 
+#: rollout.strategy and `deploy --strategy`: rolling and canary-hosts deploy host by host (batches,
+#: canary hosts first); blue-green and canary-traffic move traffic on the load balancer; `canary` is
+#: canary-traffic when the environment has a load-balancer host, else canary-hosts
+#: (orchestrator.traffic.resolve_strategy)
+RolloutStrategy = Literal["rolling", "canary", "canary-hosts", "canary-traffic", "blue-green"]
+HOST_CANARY_STRATEGIES = ("canary", "canary-hosts")
+TRAFFIC_ONLY_STRATEGIES = ("blue-green", "canary-traffic")
+
+
 class Rollout(_Model):
-    strategy: Literal["rolling", "canary"] = "rolling"
+    strategy: RolloutStrategy = "rolling"
     batch_size: int | str = Field(default="34%", description="hosts per batch: a count or a percentage")
     max_fail_percentage: int = Field(default=0, ge=0, le=100)
     canary_hosts: int = Field(default=1, ge=1)
@@ -272,6 +320,10 @@ class Rollout(_Model):
                                    description="traffic gates: largest share of failed requests on the new colour")
     max_latency: Duration = Field(default="500ms",
                                   description="traffic gates: largest mean response time of the new colour")
+    canary_load: float = Field(
+        default=0, ge=0, le=500,
+        description="canary-traffic: requests per second of bounded synthetic load sent through the load "
+                    "balancer while the steps run, for environments without real traffic (0: real traffic only)")
 
     @field_validator("traffic_steps")
     @classmethod
@@ -294,6 +346,16 @@ class Rollout(_Model):
             if match and 1 <= int(match.group(1)) <= 100:
                 return value.strip()
         raise ValueError(f"{value!r} is not a count such as 2 or a percentage between 1% and 100%")
+
+    @property
+    def host_strategy(self) -> Literal["rolling", "canary"]:
+        """The host-level strategy orchestrator.deploy runs for this setting when asked for none.
+
+        canary and canary-hosts: canary hosts first. The traffic strategies deploy each colour as
+        a rolling deploy (orchestrator.traffic); the entry points that may move traffic (deploy,
+        up) resolve `canary` against the inventory first (orchestrator.traffic.resolve_strategy).
+        """
+        return "canary" if self.strategy in HOST_CANARY_STRATEGIES else "rolling"
 
 
 class Monitoring(_Model):
@@ -519,7 +581,27 @@ def load_environment_file(path: Path, project_dir: Path) -> LoadedEnvironment:
         raise ConfigError(message, path=display, line=line, field=field or None, hint=hint) from None
     loaded = LoadedEnvironment(env=env, path=path, project_dir=project_dir, lines=lines)
     _check_semantics(loaded, display, path.parent.name)
-    return loaded
+    return _with_network_defaults(loaded)
+
+
+def _with_network_defaults(loaded: LoadedEnvironment) -> LoadedEnvironment:
+    """`loaded` with a local fleet's bridge and subnet filled in where the file leaves them out.
+
+    Every consumer (render, the host code, monitoring, the Ansible guard) then reads the same
+    `terraform.vars.bridge`/`subnet`. The subnet is chosen once and kept under
+    .orchestrate/ENV/ (see orchestrator.hosts.local.resolve_network), so re-renders are stable.
+    """
+    terraform = loaded.env.terraform
+    if not isinstance(terraform, TerraformLocal) or (terraform.vars.bridge and terraform.vars.subnet):
+        return loaded
+    from orchestrator.hosts.local import resolve_network  # the host code imports this module
+
+    v = terraform.vars
+    network = resolve_network(loaded.project_dir, loaded.name, host_prefix=v.host_prefix, bridge=v.bridge,
+                              subnet=v.subnet)
+    fleet_vars = v.model_copy(update={"bridge": network.bridge, "subnet": network.subnet})
+    env = loaded.env.model_copy(update={"terraform": terraform.model_copy(update={"vars": fleet_vars})})
+    return replace(loaded, env=env)
 
 
 def _check_semantics(loaded: LoadedEnvironment, display: str, dir_name: str) -> None:
@@ -536,15 +618,23 @@ def _check_semantics(loaded: LoadedEnvironment, display: str, dir_name: str) -> 
     if env.target == "aws" and env.terraform.module != "aws_fleet":
         fail("target 'aws' needs terraform.module 'aws_fleet'", "terraform", "module")
     app_count = env.terraform.vars.app_count
-    if env.rollout.strategy == "canary" and env.rollout.canary_hosts >= app_count:
+    if env.rollout.strategy in HOST_CANARY_STRATEGIES and env.rollout.canary_hosts >= app_count:
         fail(
             f"{env.rollout.canary_hosts} canary hosts leave none of the {app_count} app hosts for the rest",
             "rollout",
             "canary_hosts",
         )
+    if env.rollout.strategy in TRAFFIC_ONLY_STRATEGIES:
+        # the traffic strategies move weights on the LB between two colours of app hosts
+        if env.terraform.vars.lb_count < 1:
+            fail(f"{env.rollout.strategy} moves traffic on a load balancer: set terraform.vars.lb_count: 1 "
+                 "(or use rolling, canary, canary-hosts)", "rollout", "strategy")
+        if app_count < 2:
+            fail(f"{env.rollout.strategy} needs at least 2 app hosts (two colours); terraform.vars.app_count is "
+                 f"{app_count}", "rollout", "strategy")
     if isinstance(env.rollout.batch_size, int) and env.rollout.batch_size > app_count:
         fail(f"{env.rollout.batch_size} is more than the {app_count} app hosts", "rollout", "batch_size")
-    if isinstance(env.terraform, TerraformLocal):
+    if isinstance(env.terraform, TerraformLocal) and env.terraform.vars.subnet:
         net = ipaddress.IPv4Network(env.terraform.vars.subnet)
         needed = env.terraform.vars.app_count + env.terraform.vars.monitoring_count + env.terraform.vars.lb_count
         if net.num_addresses - 3 < needed:

@@ -38,6 +38,7 @@ from orchestrator import deploy
 from orchestrator.audit import AuditLog
 from orchestrator.config import Environment, LoadedEnvironment, parse_duration
 from orchestrator.errors import LockBusy, OrchestratorError, UsageError
+from orchestrator.inventory import allowed_networks
 from orchestrator.lock import EnvironmentLock as _ProjectEnvironmentLock
 from orchestrator.monitoring import (
     REMEDIATIONS,
@@ -55,6 +56,8 @@ MAX_BODY_BYTES = 1 << 20
 MAX_QUEUED = 10_000
 #: the audit log's command for every heal entry
 AUDIT_COMMAND = "heal"
+#: refused requests (wrong or missing token) are audited at most once per client per this many seconds
+REFUSED_AUDIT_INTERVAL = 60.0
 #: throttle key of environment-wide actions (a rollback concerns every host)
 ENVIRONMENT_KEY = "*"
 
@@ -408,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         if not authorized:
-            self.server.heal.count("unauthorized")
+            self.server.heal.refuse(self.client_address[0], self.path)
             self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"},
                         {"WWW-Authenticate": 'Bearer realm="orchestrate-heal"'})
             return
@@ -490,6 +493,8 @@ class HealServer:
         # When each (host, alertname) was last reported resolved, as notifications arrive: an action
         # that waited for the lock is dropped when its alert resolved in the meantime.
         self._resolved_at: dict[tuple[str, str], float] = {}
+        # client address -> (when its last refusal was audited, refusals not audited since)
+        self._refused: dict[str, tuple[float | None, int]] = {}
 
     # lifecycle
 
@@ -593,6 +598,27 @@ class HealServer:
     def count(self, what: str) -> None:
         with self._stats_lock:
             self._counts[what] = self._counts.get(what, 0) + 1
+
+    def refuse(self, client: str, path: str) -> None:
+        """Count a request without the right token and audit it: once per client per interval.
+
+        A client that keeps trying (a misconfigured Alertmanager, or someone probing) would
+        otherwise fill the append-only log; the next entry says how many were not recorded.
+        """
+        now = self.clock()
+        with self._stats_lock:
+            self._counts["unauthorized"] = self._counts.get("unauthorized", 0) + 1
+            last, suppressed = self._refused.get(client, (None, 0))
+            if last is not None and now - last < REFUSED_AUDIT_INTERVAL:
+                self._refused[client] = (last, suppressed + 1)
+                return
+            self._refused[client] = (now, 0)
+        try:
+            self.audit.record(command=AUDIT_COMMAND, outcome="unauthorized",
+                              details={"client": client, "path": path, "not_recorded_before": suppressed,
+                                       "reason": "missing or wrong bearer token"})
+        except OrchestratorError:
+            self.count("audit-error")
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every queued alert has been handled; False on timeout."""
@@ -739,6 +765,7 @@ class PlaybookRemediator:
             playbook=self.playbook(action), inventory=inventory_path(self.loaded),
             project_dir=self.loaded.project_dir, runs_dir=self.loaded.state_dir / "runs",
             extra_vars=extra, limit=limit, tuned=self.tuned, run_id=run_id,
+            allowed_networks=allowed_networks(self.loaded),
         ))
         if result.ok and action == "rollback":
             self.rolled_back_from |= leaving

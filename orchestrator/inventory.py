@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.config import LoadedEnvironment, TerraformLocal
+
 #: groups every inventory has, even when empty, so playbooks can target them unconditionally
 STANDARD_GROUPS = ("app", "monitoring", "lb")
 
@@ -100,3 +102,15 @@ def hosts_from_inventory(inventory: Mapping[str, Any]) -> list[Host]:
 def load_inventory(path: Path) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text()) if path.exists() else None
     return data if isinstance(data, dict) else {}
+
+
+def allowed_networks(loaded: LoadedEnvironment) -> tuple[str, ...] | None:
+    """The networks Ansible may connect to for `loaded`: a local fleet's own bridge subnet.
+
+    Give it to every `tools.ansible.PlaybookRun(allowed_networks=...)`: the run is refused
+    before it starts when a host of the inventory is elsewhere. None for cloud targets, whose
+    addresses come from the cloud provider.
+    """
+    if isinstance(loaded.env.terraform, TerraformLocal):
+        return (loaded.env.terraform.vars.subnet,)
+    return None

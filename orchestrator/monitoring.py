@@ -33,7 +33,7 @@ import yaml
 
 from orchestrator.config import Environment, LoadedEnvironment, TerraformLocal, parse_duration
 from orchestrator.errors import AnsibleError, CommandError, OrchestratorError, UsageError
-from orchestrator.inventory import Host, hosts_from_inventory, load_inventory
+from orchestrator.inventory import Host, allowed_networks, hosts_from_inventory, load_inventory
 from orchestrator.render import render_template
 from orchestrator.tools.ansible import PlaybookResult, PlaybookRun, new_run_id, run_playbook
 from orchestrator.tools.process import run_command
@@ -631,6 +631,7 @@ def deploy_monitoring(loaded: LoadedEnvironment, *, tuned: bool = True) -> Monit
         playbook=loaded.project_dir / "playbooks" / "monitoring.yml", inventory=inventory,
         project_dir=loaded.project_dir, runs_dir=loaded.state_dir / "runs",
         extra_vars=playbook_extra_vars(loaded), tuned=tuned, run_id=f"{new_run_id()}-monitoring",
+        allowed_networks=allowed_networks(loaded),
     ))
     if not result.ok:
         raise AnsibleError(f"monitoring.yml failed: {result.summary_line() or result.status}")

@@ -1,6 +1,9 @@
 """`orchestrate up`: every stage of a rollout, executed through the run journal.
 
-    build -> render -> provision -> inventory -> backup -> deploy -> monitoring -> verify
+    build -> render -> provision -> inventory -> backup -> deploy -> lb -> monitoring -> verify
+
+(deploy follows rollout.strategy: blue-green and canary by traffic weight go through
+orchestrator.traffic; lb configures the load balancer when the environment has one.)
 
 Each stage is idempotent and runs as a journal step (written before and after it runs), under
 the environment lock. A run that dies (SIGKILL, reboot, lost SSH) is continued by
@@ -31,10 +34,13 @@ from orchestrator.lock import locked_run
 from orchestrator.render import render_environment
 
 #: fault injection for crash tests and game days: `up` SIGKILLs itself right before this step
-#: starts (after the previous step's completion is committed to the journal)
+#: starts (after the previous step's completion is committed to the journal); the value END
+#: kills it after the last step and before the run is marked completed
 CRASH_BEFORE_ENV = "ORCHESTRATE_CRASH_BEFORE_STEP"
+#: the boundary after the last step (a CRASH_BEFORE_ENV value, and `resumed_at` of such a run)
+END = "end"
 
-STEPS = ("build", "render", "provision", "inventory", "backup", "deploy", "monitoring", "verify")
+STEPS = ("build", "render", "provision", "inventory", "backup", "deploy", "lb", "monitoring", "verify")
 #: files under these project directories feed the fingerprint of a run
 FINGERPRINT_DIRS = ("roles", "playbooks", "terraform/modules")
 
@@ -189,6 +195,10 @@ class _Stages:
         result = render_environment(self.loaded)
         self.fingerprint = fingerprint(self.loaded, self.release_id)
         step.detail.update(files=[str(p) for p in result.files], fingerprint=self.fingerprint)
+        from orchestrator.verify import preflight
+
+        # before anything touches a host: environment file, heal policy, deploy model (exit 2 on failure)
+        step.detail["preflight"] = {c.name: c.status for c in preflight(self.loaded)}
 
     def provision(self, step: StepHandle) -> None:
         from orchestrator.provision import provision
@@ -226,22 +236,63 @@ class _Stages:
             step.detail["skipped"] = "no release to deploy"
             return
         from orchestrator.backup import create_backup
+        from orchestrator.deploy import HostTransitions
 
         result = create_backup(self.loaded)
         step.detail["backup"] = result.id
+        # the journal's per-host state machine starts here: every app host is backed_up
+        HostTransitions.for_run(step.run, release=self.release_id).backed_up(
+            result.id, [(h.host, h.release_id) for h in result.hosts])
 
     def deploy(self, step: StepHandle) -> None:
         if self.request.release_path is None:
             step.detail["skipped"] = "no --release given: hosts keep their release"
             return
-        from orchestrator.deploy import DeployRequest, deploy
+        from orchestrator.deploy import DeployRequest, HostTransitions, deploy
         from orchestrator.secrets import load_secrets
+        from orchestrator.traffic import (
+            TrafficRequest,
+            host_strategy,
+            is_traffic,
+            note_host_deploy,
+            release_for_up,
+            resolve_strategy,
+        )
 
+        strategy = resolve_strategy(self.loaded, None)  # rollout.strategy; `canary` by weight behind an LB
+        step.update(strategy=strategy, requested_strategy=self.loaded.env.rollout.strategy)
         secrets = load_secrets(self.loaded)
-        run = deploy(self.loaded, DeployRequest(release_path=self.request.release_path, tuned=self.request.tuned,
-                                                secret_vars=secrets), on_event=self.on_host_event)
+        request = DeployRequest(release_path=self.request.release_path, tuned=self.request.tuned,
+                                secret_vars=secrets, strategy=host_strategy(strategy))
+        if is_traffic(strategy):
+            decisions: list[dict[str, Any]] = []
+
+            def record(decision: Any) -> None:
+                decisions.append(decision.as_dict())
+                step.update(decisions=decisions)
+
+            outcome = release_for_up(self.loaded, TrafficRequest(deploy=request, strategy=strategy,
+                                                                 transitions=HostTransitions.for_run(step.run)),
+                                     release_id=self.release_id, on_event=self.on_host_event, on_decision=record,
+                                     run_id=step.run.id)
+            self.release_id = outcome.release or self.release_id
+            step.detail.update(outcome.detail)
+            return
+        # staged -> switched -> verified (or failed -> rolled_back) per host, live, from backed_up
+        run = deploy(self.loaded, request, on_event=self.on_host_event, transitions=HostTransitions.for_run(step.run))
+        note_host_deploy(self.loaded, run.target)
         self.release_id = run.target or self.release_id
         step.detail.update(release=run.target, state=run.state, changed=run.changed)
+
+    def lb(self, step: StepHandle) -> None:
+        """Configure the load balancer (backends: the app hosts, weights from traffic.json)."""
+        from orchestrator.traffic import configure_lb, has_lb_host, read_state
+
+        if not has_lb_host(self.loaded):
+            step.detail["skipped"] = "no load-balancer host"
+            return
+        result = configure_lb(self.loaded, tuned=self.request.tuned)
+        step.detail.update(changed=result.changed, weights=read_state(self.loaded).weights)
 
     def verify(self, step: StepHandle) -> None:
         from orchestrator.deploy import status
@@ -256,6 +307,17 @@ class _Stages:
         unhealthy = [h.name for h in fleet.hosts if not h.healthy]
         if unhealthy:
             raise VerifyFailed(f"unhealthy after the run: {', '.join(unhealthy)}")
+        from orchestrator.traffic import verify_split
+
+        # Behind a load balancer the hosts that get traffic must be on the release; after blue-green
+        # the idle colour keeps the old one on purpose (what `orchestrate rollback` switches back to).
+        behind_lb = verify_split(self.loaded, {h.name: h.release for h in fleet.hosts}, expected)
+        if behind_lb is not None:
+            problem, split = behind_lb
+            if problem:
+                raise VerifyFailed(problem)
+            step.detail.update(release=split["release"], hosts=len(fleet.hosts), traffic=split)
+            return
         releases = {h.release for h in fleet.hosts}
         if expected is not None and releases != {expected}:
             raise VerifyFailed(f"the fleet is on {', '.join(sorted(str(r) for r in releases))}, expected {expected}")
@@ -295,6 +357,17 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
         return False
     stages.status = fleet.as_dict()
     healthy = all(h.healthy for h in fleet.hosts)
+    from orchestrator.traffic import LoadBalancer, check_split, has_lb_host
+
+    if has_lb_host(stages.loaded):
+        # Behind a load balancer, as the verify step judges it: the hosts that get traffic are on
+        # the release, an idle colour (after blue-green) keeps one of its own.
+        try:
+            weights = {name: int(s.get("weight", 0)) for name, s in LoadBalancer(stages.loaded).stats().items()}
+        except OrchestratorError:
+            return False  # an LB not configured yet (or down): the lb step has work to do
+        problem, _ = check_split({h.name: h.release for h in fleet.hosts}, weights, stages.release_id)
+        return healthy and problem is None
     on_release = stages.release_id is None or all(h.release == stages.release_id for h in fleet.hosts)
     return healthy and on_release
 
@@ -323,7 +396,11 @@ def up(
                     wait=request.lock_wait, on_wait=say, env=loaded.name,
                     release=None) as session:
         run = session.run
-        resumed_at = session.resume_point.step if session.resume_point else None
+        resumed_at: str | None = None
+        if session.resume_point is not None:
+            # no step left: it died after verify, before the run was marked completed
+            resumed_at = session.resume_point.step or END
+            _restore_from_journal(stages, session.resume_point.run)
         if resumed_at is None and not request.force and _is_noop(stages, session.journal):
             say("nothing changed since the last run and every host is healthy on its release: done")
             for name in STEPS:
@@ -356,6 +433,22 @@ def _execute(run: Any, stages: _Stages, say: Info) -> None:
         say(f"[bold]{name}[/bold]")
         with run.step(name) as handle:
             getattr(stages, name)(handle)
+    if crash_before == END:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _restore_from_journal(stages: _Stages, record: RunRecord) -> None:
+    """What the steps a resumed run passes over had found: the release (build), the fingerprint.
+
+    Without it a run resumed after its build would verify the fleet against no release at all.
+    """
+    details = {s.name: s.detail or {} for s in record.steps if s.state in ("completed", "skipped")}
+    build = details.get("build", {})
+    stages.release_id = record.release or build.get("release") or stages.release_id
+    if build.get("binary"):
+        stages.staged_binary = Path(str(build["binary"]))
+    if details.get("render", {}).get("fingerprint"):
+        stages.fingerprint = str(details["render"]["fingerprint"])
 
 
 def _with_confirm(request: UpRequest, confirm: Confirm | None) -> UpRequest:

@@ -8,14 +8,16 @@ nesting work the same. Nothing here prints or asks: confirmation is a callback t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import LoadedEnvironment, TerraformLocal
-from orchestrator.errors import TerraformError, UsageError
+from orchestrator.errors import ExitStatus, OrchestratorError, TerraformError, UsageError
 from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+from orchestrator.models import graph as graph_model
 from orchestrator.render import render_environment
 from orchestrator.tools.terraform import (
     Drift,
@@ -60,11 +62,14 @@ class ProvisionOutcome:
     applied: bool
     inventory: Path | None = None
     hosts: list[Host] = field(default_factory=list)
+    #: pre-flight checks the plan passed before it was applied (none when there was nothing to apply)
+    preflight: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             **self.plan.to_json(),
             "applied": self.applied,
+            "preflight": self.preflight,
             "inventory": str(self.inventory) if self.inventory else None,
             "hosts": [{"name": h.name, "address": h.address, "private_address": h.private_address,
                        "groups": list(h.groups)} for h in self.hosts],
@@ -101,28 +106,45 @@ Confirm = Callable[[PlanOutcome], bool]
 LocalFleetHook = Callable[[LoadedEnvironment, Mapping[str, Any]], object]
 
 
-def needs_confirmation(loaded: LoadedEnvironment, *, action: str, yes: bool, interactive: bool) -> bool:
+def needs_confirmation(
+    loaded: LoadedEnvironment, *, action: str, yes: bool, interactive: bool, always: bool = False
+) -> bool:
     """Whether `action` on `loaded` must be confirmed by a person first.
 
-    Protected environments are confirmed interactively; without a terminal the caller must
-    say --yes, else this raises UsageError (exit 2) before anything has been touched.
+    Protected environments are confirmed interactively, and so is every environment when
+    `always` is set (destroy: losing a fleet by accident costs the same everywhere). Without
+    a terminal the caller must say --yes, else this raises UsageError (exit 2) before
+    anything has been touched.
     """
-    if not loaded.env.protected or yes:
+    if yes or not (loaded.env.protected or always):
         return False
     if not interactive:
+        what = (f"environment {loaded.name!r} is protected: {action}" if loaded.env.protected
+                else f"{action} of environment {loaded.name!r}")
         raise UsageError(
-            f"environment {loaded.name!r} is protected: {action} needs confirmation, and there is no terminal "
-            "to ask on; pass --yes to confirm (nothing was changed)"
+            f"{what} needs confirmation, and there is no terminal to ask on; pass --yes to confirm "
+            "(nothing was changed)"
         )
     return True
 
 
 def terraform_for(loaded: LoadedEnvironment, *, timeouts: Timeouts | None = None) -> Terraform:
-    """Render the environment's root module and return a Terraform adapter for it."""
+    """Render the environment's root module and return a Terraform adapter for it.
+
+    The per-command timeouts are the environment file's `terraform.timeouts` over the defaults.
+    """
     rendered = render_environment(loaded)
     module_dir = loaded.project_dir / "terraform" / "modules" / loaded.env.terraform.module
+    timeouts = timeouts or Timeouts(**loaded.env.terraform.timeouts.seconds())
     return Terraform(rendered.terraform_dir, env_name=loaded.name, state_dir=loaded.state_dir, timeouts=timeouts,
-                     module_dirs=[module_dir])
+                     timeouts_source=_display_path(loaded), module_dirs=[module_dir])
+
+
+def _display_path(loaded: LoadedEnvironment) -> str:
+    """The environment file relative to the project dir (as operators name it)."""
+    if not loaded.path.is_absolute():
+        return str(loaded.path)
+    return os.path.relpath(loaded.path, loaded.project_dir)
 
 
 def plan(loaded: LoadedEnvironment, *, on_progress: ProgressCallback | None = None,
@@ -154,9 +176,12 @@ def provision(
     """
     tf = terraform_for(loaded)
     reviewed = plan(loaded, on_progress=on_progress, terraform=tf)
+    preflight: list[str] = []
     if reviewed.changes:
+        # pre-flight, before anyone is asked and before anything is applied (PreflightFailed, exit 2)
+        preflight = preflight_graph(tf.show_plan(reviewed.plan_file), reviewed.plan_file)
         if confirm is not None and not confirm(reviewed):
-            return ProvisionOutcome(plan=reviewed, applied=False)
+            return ProvisionOutcome(plan=reviewed, applied=False, preflight=preflight)
         if file_sha256(reviewed.plan_file) != reviewed.plan_sha256:
             raise TerraformError(f"plan file {reviewed.plan_file} changed after review; run provision again")
         tf.apply(reviewed.plan_file, on_progress=on_progress)
@@ -165,7 +190,36 @@ def provision(
         hook = local_fleet_hook or _default_local_fleet_hook
         hook(loaded, outputs)
     inventory, hosts = write_inventory_from_outputs(loaded, outputs)
-    return ProvisionOutcome(plan=reviewed, applied=reviewed.changes, inventory=inventory, hosts=hosts)
+    return ProvisionOutcome(plan=reviewed, applied=reviewed.changes, inventory=inventory, hosts=hosts,
+                            preflight=preflight)
+
+
+class PreflightFailed(OrchestratorError):
+    """A pre-flight check refused the run before anything was applied or any host touched.
+
+    Exit 2 (bad input): what fails is the project's own configuration (its Terraform graph, its
+    heal policy, its environment file), and nothing changed.
+    """
+
+    exit_status = ExitStatus.BAD_INPUT
+
+
+#: the graph checks run on a fresh plan before it is applied
+PREFLIGHT_GRAPH_CHECKS = ("references", "acyclic")
+
+
+def preflight_graph(plan_json: Mapping[str, Any], plan_file: Path) -> list[str]:
+    """The cheap graph checks of orchestrator.models.graph on a plan's JSON: every reference
+    resolves and the resource graph has no cycle. PreflightFailed naming each problem; else the
+    names of the checks that passed."""
+    report = graph_model.check_plan(plan_json)
+    if not report.ok:
+        raise PreflightFailed(
+            f"{plan_file}: the plan's resource graph is broken, nothing was applied: "
+            + "; ".join(str(p) for p in report.problems),
+            hint="`orchestrate graph ENV` draws the graph; `orchestrate verify ENV` runs every check",
+        )
+    return list(PREFLIGHT_GRAPH_CHECKS)
 
 
 def _default_local_fleet_hook(loaded: LoadedEnvironment, outputs: Mapping[str, Any]) -> object:

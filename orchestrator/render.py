@@ -61,6 +61,11 @@ def terraform_variables(loaded: LoadedEnvironment) -> dict[str, Any]:
     env = loaded.env
     variables: dict[str, Any] = env.terraform.vars.model_dump()
     if isinstance(env.terraform, TerraformLocal):
+        # bridge and subnet are never empty here: loading filled in the defaults (kept in
+        # .orchestrate/ENV/network.json), the same values hosts.local.fleet_for boots hosts with.
+        if not (variables["bridge"] and variables["subnet"]):
+            raise ConfigError("local fleet without bridge or subnet; load it with Project.load",
+                              field="terraform.vars")
         variables["state_dir"] = str(loaded.state_dir / "hosts")
         variables["python"] = sys.executable
         variables["project_dir"] = str(loaded.project_dir)

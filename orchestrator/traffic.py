@@ -9,7 +9,9 @@ limited to those hosts), passes its gates, and then gets the traffic:
   latency within the environment's limits; with a monitoring host, the idle hosts' own request
   counters (the service job), as Prometheus scraped them after the smoke load, must also show an
   error ratio within the limit. Then one switch of weights (idle 100, active 0).
-- canary-traffic: the idle colour's share rises through rollout.traffic_steps; after each
+- canary-traffic (what `canary` means when the environment has a load-balancer host; without one
+  `canary` is the host-level canary, `canary-hosts` always is): the idle colour's share rises
+  through rollout.traffic_steps; after each
   rollout.step_hold a gate measures the new colour's servers over the step and decides go or
   roll back. With a monitoring host (monitoring.enabled and a host in group monitoring) the gate
   queries Prometheus there, which scrapes HAProxy's exporter on the LB host (responses by class,
@@ -29,6 +31,7 @@ after a traffic release) is the one weight change back to the colour that served
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,17 +40,27 @@ import shlex
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from orchestrator.audit import AuditLog
 from orchestrator.config import LoadedEnvironment, TerraformLocal, parse_duration
-from orchestrator.deploy import DeployRequest, ReleaseRun, app_hosts, deploy, inventory_path, role_vars
+from orchestrator.deploy import (
+    DeployRequest,
+    HostTransitions,
+    ReleaseRun,
+    app_hosts,
+    deploy,
+    inventory_path,
+    previous_to_restore,
+    role_vars,
+    status,
+)
 from orchestrator.errors import HealthGateFailed, OrchestratorError, UsageError
 from orchestrator.hosts.local import FleetNetwork
-from orchestrator.inventory import Host, hosts_from_inventory, load_inventory
+from orchestrator.inventory import Host, allowed_networks, hosts_from_inventory, load_inventory
 from orchestrator.loadgen import LoadGenerator, LoadReport, LoadSpec
 from orchestrator.monitoring import HAPROXY_JOB, SERVICE_JOB
 from orchestrator.tools.ansible import HostEvent, PlaybookResult, PlaybookRun, new_run_id, run_playbook
@@ -131,12 +144,15 @@ class TrafficRelease:
     restored_hosts: dict[str, str] = field(default_factory=dict)
     """Idle hosts put back on their release after a failed gate: {host: release}."""
     restore: PlaybookResult | None = None
+    synthetic_load: dict[str, Any] | None = None
+    """rollout.canary_load's bounded load during the steps: {rate, requests, failed}; None: off."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "env": self.env, "strategy": self.strategy, "state": self.state, "active": self.active,
             "previous": self.previous, "weights": self.weights, "release": self.release,
             "switch_seconds": round(self.switch_seconds, 3), "restored_hosts": self.restored_hosts,
+            "synthetic_load": self.synthetic_load,
             "restore": self.restore.as_dict() if self.restore is not None else None,
             "decisions": [d.as_dict() for d in self.decisions],
             "deploy": self.deploy.as_dict() if self.deploy is not None else None,
@@ -450,6 +466,7 @@ def configure_lb(loaded: LoadedEnvironment, *, on_event: EventSink | None = None
         playbook=loaded.project_dir / "playbooks" / "lb.yml", inventory=inventory_path(loaded),
         project_dir=loaded.project_dir, runs_dir=loaded.state_dir / "runs",
         extra_vars=lb_vars(loaded, weights), tuned=tuned, run_id=new_run_id() + "-lb",
+        allowed_networks=allowed_networks(loaded),
     ), on_event=on_event)
     if not result.ok:
         raise TrafficError(f"configuring the load balancer failed: {result.summary_line() or result.status}")
@@ -612,16 +629,24 @@ def _service_decision(prometheus: Prometheus, hosts: list[str], smoke: GateDecis
 # --- releases ---------------------------------------------------------------------------------------
 
 
+TrafficStrategy = Literal["blue-green", "canary-traffic"]
+#: what runs for a rollout.strategy / `--strategy` (resolve_strategy): `canary` is resolved away
+RanStrategy = Literal["rolling", "canary-hosts", "canary-traffic", "blue-green"]
+
+
 @dataclass(frozen=True)
 class TrafficRequest:
     """A blue-green or canary-traffic release."""
 
     deploy: DeployRequest
-    strategy: Literal["blue-green", "canary-traffic"]
+    strategy: TrafficStrategy
     steps: tuple[int, ...] | None = None
     """Override of rollout.traffic_steps."""
     hold: float | None = None
     """Override of rollout.step_hold, in seconds."""
+    transitions: HostTransitions | None = None
+    """The journal run's host state machine: the idle colour's hosts move through it as the
+    host-level deploy goes (staged, switched, verified) and back (rolled_back) after a failed gate."""
 
 
 DecisionSink = Callable[[GateDecision], None]
@@ -659,12 +684,13 @@ def _prepare_idle(loaded: LoadedEnvironment, lb: LoadBalancer, request: TrafficR
     run = deploy(loaded, DeployRequest(
         release_path=request.deploy.release_path, strategy="rolling", tuned=request.deploy.tuned,
         secret_vars=request.deploy.secret_vars, build_env=request.deploy.build_env,
-        limit=",".join(groups[idle])), on_event=on_event)
+        limit=",".join(groups[idle])), on_event=on_event, transitions=request.transitions)
     lb.wait_up(groups[idle])
     return active, idle, groups, run
 
 
-def _restore_idle(loaded: LoadedEnvironment, result: TrafficRelease, on_event: EventSink | None) -> str | None:
+def _restore_idle(loaded: LoadedEnvironment, result: TrafficRelease, on_event: EventSink | None,
+                  transitions: HostTransitions | None = None) -> str | None:
     """Put the idle hosts that switched in this release back on the release they had (no traffic
     reaches them: their weight is 0). Returns a hint when that failed, else None."""
     run = result.deploy
@@ -678,9 +704,12 @@ def _restore_idle(loaded: LoadedEnvironment, result: TrafficRelease, on_event: E
         playbook=loaded.project_dir / "playbooks" / "rollback.yml", inventory=inventory_path(loaded),
         project_dir=loaded.project_dir, runs_dir=loaded.state_dir / "runs",
         extra_vars={**role_vars(loaded, None), "rollback_targets": restore,
+                    "rollback_previous": previous_to_restore(run.hosts, restore),
                     "rollback_hosts": ",".join(sorted(restore))},
-        run_id=f"{run.run_id}-restore", mitogen=True,
-    ), on_event=on_event)
+        run_id=f"{run.run_id}-restore", mitogen=True, allowed_networks=allowed_networks(loaded),
+    ), on_event=transitions.events("restore", on_event) if transitions is not None else on_event)
+    if transitions is not None:
+        transitions.check()
     if result.restore.ok:
         return None
     return f"putting the idle hosts back failed: {result.restore.summary_line() or result.restore.status}"
@@ -733,7 +762,7 @@ def blue_green(loaded: LoadedEnvironment, request: TrafficRequest, *, on_event: 
         result = TrafficRelease(env=loaded.name, strategy="blue-green", state="rolled_back", active=active,
                                 previous=state.previous, weights=state.weights, decisions=[decision],
                                 deploy=run, release=run.target)
-        hint = _restore_idle(loaded, result, on_event)
+        hint = _restore_idle(loaded, result, on_event, request.transitions)
         raise TrafficGateFailed(f"{run.target} failed the blue-green gate on {idle} ({decision.reason}); "
                                 f"the traffic stays on {active}", result, hint=hint)
     weights, seconds = _switch(loaded, lb, idle, groups, release=run.target)
@@ -760,6 +789,40 @@ def canary_traffic(loaded: LoadedEnvironment, request: TrafficRequest, *, on_eve
     prometheus = Prometheus(loaded, mon) if mon is not None else None
     lb = LoadBalancer(loaded)
     active, idle, groups, run = _prepare_idle(loaded, lb, request, on_event)
+    with _synthetic_load(loaded, rollout.canary_load, hold * len(steps)) as synthetic:
+        return _canary_steps(loaded, request, lb, active, idle, groups, run, steps, hold,
+                             prometheus=prometheus, max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms,
+                             on_event=on_event, on_decision=on_decision, run_id=run_id, sleep=sleep,
+                             synthetic=synthetic)
+
+
+@contextlib.contextmanager
+def _synthetic_load(loaded: LoadedEnvironment, rate: float, seconds: float) -> Iterator[dict[str, Any] | None]:
+    """rollout.canary_load requests per second through the LB while the canary's steps run (an
+    environment without users has no traffic for the gates to judge); bounded in requests and
+    time, aimed only at the project's own load balancer. Yields what it sent (filled in at the end)."""
+    if rate <= 0:
+        yield None
+        return
+    # the steps' holds plus the gates' queries and switches; stopped as soon as the steps end
+    duration = min(seconds + 120.0, 3600.0)
+    spec = LoadSpec(url=lb_url(loaded), requests=max(1, min(int(rate * duration), 1_000_000)), duration=duration,
+                    concurrency=max(1, min(int(rate // 10) + 1, 16)), rate=rate)
+    found: dict[str, Any] = {"rate": rate}
+    generator = LoadGenerator(spec, network=network(loaded)).start()
+    try:
+        yield found
+    finally:
+        generator.stop()
+        report = generator.join()
+        found.update(requests=report.total, failed=report.failed)
+
+
+def _canary_steps(loaded: LoadedEnvironment, request: TrafficRequest, lb: LoadBalancer, active: Color, idle: Color,
+                  groups: Mapping[Color, list[str]], run: ReleaseRun, steps: tuple[int, ...], hold: float, *,
+                  prometheus: Prometheus | None, max_error_ratio: float, max_latency_ms: float,
+                  on_event: EventSink | None, on_decision: DecisionSink | None, run_id: str | None,
+                  sleep: Callable[[float], None], synthetic: dict[str, Any] | None) -> TrafficRelease:
     decisions: list[GateDecision] = []
     switched = 0.0
     for step in steps:
@@ -785,15 +848,16 @@ def canary_traffic(loaded: LoadedEnvironment, request: TrafficRequest, *, on_eve
             write_state(loaded, state)
             result = TrafficRelease(env=loaded.name, strategy="canary-traffic", state="rolled_back",
                                     active=active, previous=None, weights=back, decisions=decisions,
-                                    deploy=run, switch_seconds=switched + seconds, release=run.target)
-            hint = _restore_idle(loaded, result, on_event)
+                                    deploy=run, switch_seconds=switched + seconds, release=run.target,
+                                    synthetic_load=synthetic)
+            hint = _restore_idle(loaded, result, on_event, request.transitions)
             raise TrafficGateFailed(
                 f"{run.target} failed the gate at {step}% of the traffic ({decision.reason}); "
                 f"all traffic is back on {active}", result, hint=hint)
     weights, seconds = _switch(loaded, lb, idle, groups, release=run.target)
     return TrafficRelease(env=loaded.name, strategy="canary-traffic", state="promoted", active=idle,
                           previous=active, weights=weights, decisions=decisions, deploy=run,
-                          switch_seconds=switched + seconds, release=run.target)
+                          switch_seconds=switched + seconds, release=run.target, synthetic_load=synthetic)
 
 
 def switch_back_pending(loaded: LoadedEnvironment) -> bool:
@@ -824,3 +888,157 @@ def traffic_release(loaded: LoadedEnvironment, request: TrafficRequest, *, on_ev
     if request.strategy == "blue-green":
         return blue_green(loaded, request, on_event=on_event, on_decision=on_decision, run_id=run_id)
     return canary_traffic(loaded, request, on_event=on_event, on_decision=on_decision, run_id=run_id)
+
+
+# --- which strategy runs, and traffic releases in `orchestrate up` -------------------------------
+
+
+def pick_strategy(requested: str, *, lb: bool) -> RanStrategy:
+    """The strategy that runs for `requested` (pure): `canary` is the canary by traffic weight
+    when the environment has a load balancer (`lb`), the host-level canary otherwise."""
+    if requested == "canary":
+        return "canary-traffic" if lb else "canary-hosts"
+    if requested == "rolling":
+        return "rolling"
+    if requested == "canary-hosts":
+        return "canary-hosts"
+    if requested == "canary-traffic":
+        return "canary-traffic"
+    if requested == "blue-green":
+        return "blue-green"
+    raise UsageError(f"strategy {requested!r} is not one of rolling, canary, canary-hosts, canary-traffic, blue-green")
+
+
+def is_traffic(strategy: str) -> TypeGuard[TrafficStrategy]:
+    """Whether `strategy` (as resolved) moves traffic on the load balancer."""
+    return strategy in ("blue-green", "canary-traffic")
+
+
+def host_strategy(strategy: RanStrategy) -> Literal["rolling", "canary"]:
+    """orchestrator.deploy's strategy for a host-level one."""
+    return "canary" if strategy == "canary-hosts" else "rolling"
+
+
+def has_lb_host(loaded: LoadedEnvironment) -> bool:
+    """Whether the environment's inventory has a host in group lb (False before provisioning)."""
+    path = inventory_path(loaded)
+    return path.exists() and any("lb" in h.groups for h in hosts_from_inventory(load_inventory(path)))
+
+
+def resolve_strategy(loaded: LoadedEnvironment, requested: str | None) -> RanStrategy:
+    """What `requested` (None: rollout.strategy) runs on `loaded`, after its inventory.
+
+    A traffic strategy without a load-balancer host is a UsageError, before anything is touched.
+    """
+    lb = has_lb_host(loaded)
+    ran = pick_strategy(requested or loaded.env.rollout.strategy, lb=lb)
+    if is_traffic(ran) and not lb:
+        raise UsageError(f"{ran} moves traffic on a load balancer, and {loaded.name}'s inventory has no host in "
+                         f"group lb: set terraform.vars.lb_count: 1 and run `orchestrate up {loaded.name}`")
+    return ran
+
+
+def note_host_deploy(loaded: LoadedEnvironment, release: str | None) -> None:
+    """After a host-level deploy behind the LB: every app host now runs `release`, so there is no
+    colour left to switch back to (`orchestrate rollback` is then the host-level rollback)."""
+    if not state_path(loaded).exists():
+        return
+    state = read_state(loaded)
+    state.previous = None
+    if release:
+        state.releases = dict.fromkeys(COLORS, release)
+    write_state(loaded, state)
+
+
+@dataclass
+class UpDeploy:
+    """What the deploy stage of `orchestrate up` did under a traffic strategy."""
+
+    strategy: RanStrategy
+    """What ran: the traffic strategy, or rolling for a first release."""
+    release: str | None
+    detail: dict[str, Any]
+    """For the journal step (the strategy included)."""
+
+
+def release_for_up(loaded: LoadedEnvironment, request: TrafficRequest, *, release_id: str | None,
+                   on_event: EventSink | None = None, on_decision: DecisionSink | None = None,
+                   run_id: str | None = None) -> UpDeploy:
+    """The deploy stage of `orchestrate up` with a traffic strategy.
+
+    - Nothing serves yet (no app host that the LB would send traffic to runs a release): there is no
+      traffic to move, so a first release is a rolling deploy to every app host.
+    - The hosts that get traffic already run `release_id`, healthy: nothing to do (the idle colour
+      keeps the old release on purpose; another traffic release would flip the colours on every run).
+    - Otherwise the traffic release, after configuring the LB when it was never configured from
+      here or lacks an app host, so that its weights can move. TrafficGateFailed (exit 3) propagates.
+    """
+    state = read_state(loaded)
+    names = [h.name for h in app_hosts(loaded)]
+    fleet = {h.name: h for h in status(loaded, tuned=request.deploy.tuned).hosts}
+    serving = [n for n in names if state.weights.get(n, FULL) > 0]
+    if not any(fleet[n].release for n in serving if n in fleet):
+        run = deploy(loaded, replace(request.deploy, strategy="rolling"), on_event=on_event,
+                     transitions=request.transitions)
+        note_host_deploy(loaded, run.target)
+        return UpDeploy(strategy="rolling", release=run.target, detail={
+            "strategy": "rolling", "release": run.target, "state": run.state, "changed": run.changed,
+            "note": f"first release: nothing serves yet, so every app host gets it (no traffic for "
+                    f"{request.strategy} to move)"})
+    if release_id is not None and serving and all(
+            n in fleet and fleet[n].release == release_id and fleet[n].healthy for n in serving):
+        return UpDeploy(strategy=request.strategy, release=release_id, detail={
+            "strategy": request.strategy, "release": release_id, "state": "unchanged",
+            "active": state.active, "note": "the hosts that get traffic already serve this release"})
+    if not set(names) <= set(state.weights):
+        configure_lb(loaded, on_event=on_event, tuned=request.deploy.tuned)
+    result = traffic_release(loaded, request, on_event=on_event, on_decision=on_decision, run_id=run_id)
+    return UpDeploy(strategy=request.strategy, release=result.release, detail={
+        "strategy": request.strategy, "release": result.release, "state": result.state, "active": result.active,
+        "previous": result.previous, "weights": result.weights, "switch_seconds": round(result.switch_seconds, 3),
+        "decisions": [d.as_dict() for d in result.decisions]})
+
+
+def check_split(releases: Mapping[str, str | None], weights: Mapping[str, int],
+                expected: str | None) -> tuple[str | None, dict[str, Any]]:
+    """Whether the app hosts are as a release behind the LB leaves them (pure).
+
+    The hosts that get traffic (weight > 0) are on one release, `expected` when given; the idle ones
+    (weight 0: after blue-green, the old colour kept for the switch back) on one release of their
+    own. Health is checked apart. Returns (what is wrong or None, {release, serving, idle}) where
+    serving and idle map host -> release.
+    """
+    serving = {n: r for n, r in sorted(releases.items()) if weights.get(n, 0) > 0}
+    idle = {n: r for n, r in sorted(releases.items()) if n in weights and weights[n] == 0}
+    missing = sorted(n for n in releases if n not in weights)
+    on = set(serving.values())
+    detail: dict[str, Any] = {"release": next(iter(on)) if len(on) == 1 else None, "serving": serving, "idle": idle}
+    listing = ", ".join(sorted(str(r) for r in on))
+    problem: str | None = None
+    if missing:
+        problem = f"not in the load balancer's backend: {', '.join(missing)}"
+    elif not serving:
+        problem = "no app host gets traffic from the load balancer (every weight is 0)"
+    elif len(on) != 1 or None in on or (expected is not None and on != {expected}):
+        problem = f"the hosts that get traffic are on {listing}" + (f", expected {expected}" if expected else "")
+    elif idle and (len(set(idle.values())) != 1 or None in idle.values()):
+        problem = ("the idle hosts are on " + ", ".join(f"{n}: {r or 'no release'}" for n, r in idle.items())
+                   + "; an idle colour keeps one release")
+    return problem, detail
+
+
+def verify_split(loaded: LoadedEnvironment, releases: Mapping[str, str | None],
+                 expected: str | None) -> tuple[str | None, dict[str, Any]] | None:
+    """check_split against the LB's running weights, then wait until the LB sees every host that
+    gets traffic up; None when the environment has no LB host."""
+    if not has_lb_host(loaded):
+        return None
+    lb = LoadBalancer(loaded)
+    weights = {name: int(s.get("weight", 0)) for name, s in lb.stats().items()}
+    problem, detail = check_split(releases, weights, expected)
+    if problem is None:
+        try:
+            lb.wait_up(sorted(detail["serving"]))
+        except TrafficError as exc:
+            problem = exc.message
+    return problem, detail

@@ -7,7 +7,11 @@ and the reason says so. An error raised inside a check fails that check, not the
 
 Terraform runs in a scratch copy of the environment's rendered root
 (`.orchestrate/ENV/verify/terraform/`) with a local backend override, so verifying never
-touches the environment's real state or backend.
+touches the environment's real state or backend. The one command run in the environment's own
+root is the read-only `terraform graph -type=plan-destroy`, once that root was provisioned: the
+destroy order is checked against what Terraform itself would destroy first.
+
+`preflight(loaded)` runs the fast checks (PREFLIGHT_CHECKS) for `up`, right after rendering.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from orchestrator.errors import CommandError, OrchestratorError, TerraformError,
 from orchestrator.inventory import hosts_from_inventory, load_inventory
 from orchestrator.models import graph as graph_model
 from orchestrator.models import process as process_model
-from orchestrator.provision import terraform_for
+from orchestrator.provision import PreflightFailed, terraform_for
 from orchestrator.render import module_source, render_environment
 from orchestrator.tools.process import CommandResult, run_command, which
-from orchestrator.tools.terraform import Terraform, fmt_check
+from orchestrator.tools.terraform import INIT_STAMP, Terraform, fmt_check
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -44,6 +48,12 @@ SAVED_PLAN_FILE = "plan.tfplan"
 MODEL_LIMITS_SMALL = process_model.Limits(max_faults=2, max_crashes=2)
 MODEL_LIMITS_LARGE = process_model.Limits(max_faults=2, max_crashes=1)
 MODEL_SMALL_FLEET = 4
+#: the checks of `up`'s pre-flight (`preflight`), and how big a rollout it explores whole
+PREFLIGHT_CHECKS = ("environment", "heal-policy", "deploy-model")
+PREFLIGHT_MAX_HOSTS = 5
+PREFLIGHT_MAX_BATCH = 3
+PREFLIGHT_MODEL_LIMITS = process_model.Limits(max_faults=2, max_crashes=1)
+PREFLIGHT_MARK = "preflight"
 TIMEOUT_LINT = 900.0
 TIMEOUT_SYNTAX = 120.0
 TIMEOUT_VALIDATE = 300.0
@@ -568,6 +578,51 @@ def environment_plan(ctx: VerifyContext, *, remote_plan: bool = False) -> tuple[
     return found
 
 
+DESTROY_GRAPH_ARGV = ("terraform", "graph", "-type=plan-destroy")
+
+
+def terraform_destroy_graph(ctx: VerifyContext) -> tuple[graph_model.DestroyGraph | None, str]:
+    """Terraform's own destroy graph of the environment's root and where it came from, or None
+    and why there is none.
+
+    `terraform graph -type=plan-destroy` draws one destroy node per resource in the state (read
+    through the root's backend: the S3 one needs the provider's credentials), so it is asked
+    only of a root that provisioning initialised for exactly these files and, for the local
+    backend, that has a state file. It only reads: nothing is initialised, planned or locked.
+    """
+    if "destroy-graph" in ctx.cache:
+        cached: tuple[graph_model.DestroyGraph | None, str] = ctx.cache["destroy-graph"]
+        return cached
+    loaded = ctx.env
+    terraform = terraform_for(loaded)
+    root = terraform.working_dir
+    stamp = root / ".terraform" / INIT_STAMP
+    found: tuple[graph_model.DestroyGraph | None, str]
+    if not stamp.is_file() or (loaded.env.target == "local" and not (root / "terraform.tfstate").is_file()):
+        found = None, "nothing provisioned yet, so terraform has nothing to destroy"
+    elif stamp.read_text().strip() != terraform.init_stamp():
+        found = None, (f"{ctx.rel(root)} changed since it was last initialised: run `orchestrate plan "
+                       f"{ctx.env_name}` first")
+    else:
+        result = run_command(list(DESTROY_GRAPH_ARGV), cwd=root, env=terraform.environment(),
+                             timeout=TIMEOUT_VALIDATE)
+        destroy = graph_model.parse_destroy_graph(result.stdout)
+        source = f"{' '.join(DESTROY_GRAPH_ARGV[1:])} in {ctx.rel(root)}"
+        found = (destroy, source) if destroy.nodes else (None, f"no resources in the state ({source})")
+    ctx.cache["destroy-graph"] = found
+    return found
+
+
+def _destroy_summary(report: graph_model.GraphReport, why_not: str) -> str:
+    """What the destroy-order comparison covered, for a check's detail."""
+    comparison = report.terraform_destroy
+    if comparison is None:
+        return f"destroy order not compared with terraform's destroy graph: {why_not}"
+    missing = f"; not in state: {', '.join(comparison.not_in_state)}" if comparison.not_in_state else ""
+    return (f"terraform destroys dependents first on all {comparison.edges_checked} dependency edge(s) among "
+            f"{comparison.resources_compared} resource(s) ({comparison.source}){missing}")
+
+
 @dataclass(frozen=True)
 class GraphOutcome:
     """The environment's joined resource + stage graph, its checks, and where the plan came from."""
@@ -592,24 +647,33 @@ def environment_graph(project_dir: Path, env_name: str) -> GraphOutcome:
         for group in host.groups:
             groups.setdefault(group, []).append(host.name)
     joined = graph_model.pipeline_graph(build.graph, groups)
-    return GraphOutcome(env=env_name, source=source, graph=joined, report=graph_model.check_plan(plan))
+    destroy, destroy_source = terraform_destroy_graph(ctx)
+    report = graph_model.check_plan(plan, terraform_destroy=destroy, destroy_source=destroy_source)
+    return GraphOutcome(env=env_name, source=source, graph=joined, report=report)
 
 
-@check("resource-graph", "resource DAG: references resolve, no cycle, destroy order is reverse topological")
+@check("resource-graph", "resource DAG: references resolve, no cycle, terraform's destroy graph destroys "
+                         "dependents first")
 def check_resource_graph(ctx: VerifyContext) -> Outcome:
-    """Graph checks on the environment's plan JSON (skipped when no plan can be had cheaply)."""
+    """Graph checks on the environment's plan JSON (skipped when no plan can be had cheaply),
+    and the destroy order against terraform's own destroy graph once the root has state."""
     found = environment_plan(ctx)
     if found is None:
         return skipped(f"no saved plan for {ctx.env_name} (target {ctx.env.env.target} needs credentials to "
                        f"plan): run `orchestrate plan {ctx.env_name}` first")
     plan, source = found
     report = graph_model.check_plan(plan)
+    why_not = "the graph itself is broken"
+    if report.ok:
+        destroy, why_not = terraform_destroy_graph(ctx)
+        if destroy is not None:
+            report = graph_model.check_plan(plan, terraform_destroy=destroy, destroy_source=why_not)
     if not report.ok:
         return failed("\n".join(str(p) for p in report.problems))
     opaque = f"; not followed (locals): {', '.join(report.opaque_references)}" if report.opaque_references else ""
     return ok(f"from {source}: {report.resources} resources, {report.edges} edges, acyclic, every reference "
               f"resolves, destroy order {' -> '.join(report.destroy_order[:4])}"
-              f"{' ...' if len(report.destroy_order) > 4 else ''}{opaque}")
+              f"{' ...' if len(report.destroy_order) > 4 else ''}; {_destroy_summary(report, why_not)}{opaque}")
 
 
 # --- the deployment state machine ---------------------------------------------------------
@@ -619,7 +683,7 @@ def environment_batches(loaded: LoadedEnvironment) -> list[list[str]]:
     """The env's rollout batches over placeholder app host names app-1..app-N."""
     env = loaded.env
     hosts = [f"app-{i + 1}" for i in range(env.terraform.vars.app_count)]
-    canary = env.rollout.canary_hosts if env.rollout.strategy == "canary" else 0
+    canary = env.rollout.canary_hosts if env.rollout.host_strategy == "canary" else 0
     return process_model.plan_batches(hosts, env.rollout.batch_size, canary_hosts=canary)
 
 
@@ -629,16 +693,62 @@ def model_limits(batches: Sequence[Sequence[str]]) -> process_model.Limits:
     return MODEL_LIMITS_SMALL if hosts <= MODEL_SMALL_FLEET else MODEL_LIMITS_LARGE
 
 
+def _shape(batches: Sequence[Sequence[str]]) -> str:
+    return " + ".join(str(len(b)) for b in batches)
+
+
+def preflight_batches(batches: Sequence[Sequence[str]]) -> tuple[list[list[str]], process_model.Limits, bool]:
+    """What the pre-flight explores for a rollout: the batches themselves when the fleet is small
+    (the exploration grows steeply with the hosts per batch), else the rollout's shape cut down
+    to its first, second and last batch of at most two hosts each (canary first stays first),
+    with one controller death per path. The flag says whether it is the whole rollout."""
+    hosts = sum(len(b) for b in batches)
+    if hosts <= PREFLIGHT_MAX_HOSTS and max((len(b) for b in batches), default=0) <= PREFLIGHT_MAX_BATCH:
+        return [list(b) for b in batches], model_limits(batches), True
+    kept = list(batches) if len(batches) <= 3 else [batches[0], batches[1], batches[-1]]
+    return [list(b[:2]) for b in kept], PREFLIGHT_MODEL_LIMITS, False
+
+
 @check("deploy-model", "exhaustive check of the rolling deploy with this rollout: every failure and crash")
 def check_deploy_model(ctx: VerifyContext) -> Outcome:
     """Exhaustive exploration of the deploy algorithm with this environment's batches."""
     batches = environment_batches(ctx.env)
     limits = model_limits(batches)
+    note = ""
+    if ctx.cache.get(PREFLIGHT_MARK):
+        explored, limits, whole = preflight_batches(batches)
+        if not whole:
+            note = (f" (pre-flight: this rollout's shape cut down from {_shape(batches)}; "
+                    f"`orchestrate verify {ctx.env_name}` explores all of it)")
+        batches = explored
     try:
         result = process_model.explore(batches, limits=limits)
     except process_model.ModelViolation as violation:
         return failed(str(violation))
-    shape = " + ".join(str(len(b)) for b in batches)
-    return ok(f"batches {shape}: {result.paths} paths ({result.states} states) with up to {limits.max_faults} "
-              f"failures and {limits.max_crashes} controller deaths each; every host ends on a release that "
-              "passed its health gate, the fleet on one release")
+    return ok(f"batches {_shape(batches)}: {result.paths} paths ({result.states} states) with up to "
+              f"{limits.max_faults} failures and {limits.max_crashes} controller deaths each; every host ends on "
+              f"a release that passed its health gate, the fleet on one release{note}")
+
+
+# --- the pre-flight of `up` -----------------------------------------------------------------
+
+
+def preflight(loaded: LoadedEnvironment) -> list[CheckResult]:
+    """The fast checks `up` runs right after rendering, before anything touches a host.
+
+    The environment file, the heal policy and the deploy model on this environment's batches
+    (PREFLIGHT_CHECKS; well under 2 s together, unlike terraform validate or ansible-lint,
+    which are left to `orchestrate verify`). Raises PreflightFailed (exit 2) naming every
+    failed check; returns the results otherwise.
+    """
+    ctx = VerifyContext(project_dir=loaded.project_dir, env_name=loaded.name, loaded=loaded)
+    ctx.cache[PREFLIGHT_MARK] = True
+    results = [_run_one(c, ctx) for c in CHECKS if c.name in PREFLIGHT_CHECKS]
+    bad = [r for r in results if r.status == "failed"]
+    if bad:
+        raise PreflightFailed(
+            f"pre-flight of {loaded.name} failed, nothing was touched: "
+            + "; ".join(f"{r.name}: {' '.join(r.detail.split())}" for r in bad),
+            hint=f"`orchestrate verify {loaded.name}` runs every check with a per-check report",
+        )
+    return results

@@ -43,3 +43,29 @@ os.environ.setdefault("ORCHESTRATE_VAULT_PASSWORD_FILE", str(REPO / "inventories
 # written by several processes (and by older versions of a stateful test) replays stale examples.
 settings.register_profile("orchestrate", database=None, deadline=None)
 settings.load_profile("orchestrate")
+
+
+# --- the exhaustive deploy model's path count, at the end of every run ---------------------------
+
+#: user property set by tests/unit/models/test_models_process.py (a dict with "paths", ...)
+EXHAUSTIVE_PATHS_PROPERTY = "exhaustive_model_paths"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print how many paths the exhaustive exploration checked.
+
+    The test records the count with `record_property`: user properties travel with the test
+    report from pytest-xdist workers to the controller, where output printed by the test
+    itself (even under capsys.disabled()) is dropped.
+    """
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "call" or getattr(report, "outcome", None) != "passed":
+                continue
+            for name, value in getattr(report, "user_properties", ()):
+                if name != EXHAUSTIVE_PATHS_PROPERTY or not isinstance(value, dict):
+                    continue
+                terminalreporter.write_line(
+                    f"state machine: exhaustive exploration checked {value['paths']} paths "
+                    f"({value['rollouts']} rollouts of {value['hosts']} hosts, lower bound {value['lower_bound']}, "
+                    f"{value['seconds']} s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext
@@ -20,7 +21,11 @@ _DONE = {"create": "created", "update": "updated", "delete": "destroyed", "repla
 
 
 class ProgressPrinter:
-    """Live terraform progress on stderr: one line per resource start, progress and completion."""
+    """Live terraform progress on stderr: one line per resource start, progress and completion.
+
+    `  ADDRESS: creating…`, `  ADDRESS: still creating (10s)`, `  ADDRESS: created (12s)`: the
+    resource, what happens to it and terraform's elapsed seconds for it.
+    """
 
     def __init__(self, app: AppContext) -> None:
         self.app = app
@@ -30,17 +35,19 @@ class ProgressPrinter:
         if self.app.json_output:
             return
         elapsed = f" ({event.elapsed:.0f}s)" if event.elapsed is not None else ""
+        # addresses carry brackets (aws_instance.app[0], ["key"]): never rich markup
+        address = escape(event.address)
         if event.phase == "start":
-            self.app.stderr.print(f"  {event.address}: {_VERBS.get(event.action, event.action)}…")
+            self.app.stderr.print(f"  {address}: {_VERBS.get(event.action, event.action)}…")
         elif event.phase == "progress":
-            self.app.stderr.print(f"  {event.address}: still {_VERBS.get(event.action, event.action)}{elapsed}",
+            self.app.stderr.print(f"  {address}: still {_VERBS.get(event.action, event.action)}{elapsed}",
                                   style="dim")
         elif event.phase == "complete":
-            self.app.stderr.print(f"  [green]{event.address}: {_DONE.get(event.action, event.action)}{elapsed}[/green]")
+            self.app.stderr.print(f"  [green]{address}: {_DONE.get(event.action, event.action)}{elapsed}[/green]")
         elif event.phase == "errored":
-            self.app.stderr.print(f"  [red]{event.address}: {event.action} failed{elapsed}[/red]")
+            self.app.stderr.print(f"  [red]{address}: {event.action} failed{elapsed}[/red]")
         elif event.phase == "drift":
-            self.app.stderr.print(f"  [yellow]{event.address}: changed outside Terraform[/yellow]")
+            self.app.stderr.print(f"  [yellow]{address}: changed outside Terraform[/yellow]")
 
 
 def summary_table(summary: PlanSummary, title: str) -> Table:

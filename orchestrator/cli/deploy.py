@@ -10,11 +10,20 @@ from rich.table import Table
 
 from orchestrator.backup import create_backup
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.deploy import DeployRequest, GateFailedRestored, ReleaseRun, ReleaseRunError, app_hosts, deploy
+from orchestrator.deploy import (
+    DeployRequest,
+    GateFailedRestored,
+    HostTransitions,
+    ReleaseRun,
+    ReleaseRunError,
+    app_hosts,
+    deploy,
+)
 from orchestrator.errors import ExitStatus, UsageError
 from orchestrator.lock import locked_run
 from orchestrator.secrets import load_secrets
 from orchestrator.tools.ansible import HostEvent
+from orchestrator.traffic import host_strategy, is_traffic, note_host_deploy, resolve_strategy
 
 lock_wait_option = click.option(
     "--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
@@ -73,9 +82,11 @@ def finish(app: AppContext, run_call: Callable[[], ReleaseRun]) -> ExitStatus:
 @env_argument
 @click.option("--release", "release_path", required=True, type=click.Path(path_type=Path),
               help="A built binary, or a cargo project directory (tested and built first).")
-@click.option("--strategy", type=click.Choice(["rolling", "canary", "blue-green", "canary-traffic"]), default=None,
-              help="Rollout strategy (default: the environment's rollout.strategy); blue-green and "
-                   "canary-traffic move traffic on the load balancer.")
+@click.option("--strategy", type=click.Choice(["rolling", "canary", "canary-hosts", "canary-traffic", "blue-green"]),
+              default=None,
+              help="Rollout strategy (default: the environment's rollout.strategy). canary: by traffic weight "
+                   "when ENV has a load balancer (as canary-traffic), else canary hosts first (as canary-hosts); "
+                   "blue-green and canary-traffic move traffic on the load balancer.")
 @click.option("--yes", is_flag=True, help="Deploy to a protected environment without asking.")
 @lock_wait_option
 @click.option("--skip-backup", is_flag=True, help="Do not back up the app hosts first (default: back up).")
@@ -96,20 +107,21 @@ def command(app: AppContext, env_name: str, release_path: Path, strategy: str | 
             raise UsageError(f"{env_name} is protected: pass --yes to deploy without a terminal")
         click.confirm(f"Deploy {release_path} to protected environment {env_name}?", abort=True, err=True)
     app_hosts(loaded)  # no inventory yet: say so before asking for a vault password
+    ran = resolve_strategy(loaded, strategy)  # `canary`: by traffic weight when ENV has an LB host
     secrets = load_secrets(loaded, (lambda: click.prompt("Vault password", hide_input=True, err=True))
                            if app.interactive else None)
-    if strategy in ("blue-green", "canary-traffic"):
+    if is_traffic(ran):
         from orchestrator.cli.traffic import run_traffic_release
 
-        return run_traffic_release(app, loaded, release_path, "blue-green" if strategy == "blue-green"
-                                   else "canary-traffic", secrets, lock_wait, tuned=not stock_ansible)
+        return run_traffic_release(app, loaded, release_path, ran, secrets, lock_wait, tuned=not stock_ansible,
+                                   requested=strategy or loaded.env.rollout.strategy, skip_backup=skip_backup)
     request = DeployRequest(
         release_path=release_path,
-        strategy="canary" if strategy == "canary" else "rolling" if strategy == "rolling" else None,
+        strategy=host_strategy(ran),
         tuned=not stock_ansible,
         secret_vars=secrets,
     )
-    app.info(f"deploying {release_path} to {env_name}")
+    app.info(f"deploying {release_path} to {env_name} ({ran})")
     events = progress(app)
 
     def run() -> ReleaseRun:
@@ -119,14 +131,31 @@ def command(app: AppContext, env_name: str, release_path: Path, strategy: str | 
                         steps=["deploy"], wait=lock_wait, on_wait=app.info, env=env_name) as session, \
                 session.run.step("deploy") as step:
 
+            # Each app host's moves (backed_up -> staged -> switched -> verified, or failed ->
+            # rolled_back) go into the journal as they happen: `orchestrate runs ENV RUN_ID`.
+            # Without a backup the state machine cannot stage a host, so none are recorded then.
+            transitions = None if skip_backup else HostTransitions.for_run(session.run)
+
             def backup_first() -> None:
                 # after the release was accepted, before any host changes: data, release id, config
                 app.info("backing up the app hosts before the deploy")
-                step.update(backup=create_backup(loaded, on_event=events).id)
+                backup = create_backup(loaded, on_event=events)
+                step.update(backup=backup.id)
+                if transitions is not None:
+                    transitions.backed_up(backup.id, [(h.host, h.release_id) for h in backup.hosts])
 
-            result = deploy(loaded, request, on_event=events,
-                            on_output=(lambda line: app.info(f"  [dim]{line}[/dim]")) if events else None,
-                            before_ship=None if skip_backup else backup_first)
+            step.update(strategy=ran)
+            if skip_backup:
+                step.update(host_transitions="not recorded: --skip-backup (a host is staged only once backed up)")
+            try:
+                result = deploy(loaded, request, on_event=events,
+                                on_output=(lambda line: app.info(f"  [dim]{line}[/dim]")) if events else None,
+                                before_ship=None if skip_backup else backup_first, transitions=transitions)
+            except (GateFailedRestored, ReleaseRunError) as exc:
+                exc.run.strategy = ran  # which canary ran, in the JSON too
+                raise
+            result.strategy = ran
+            note_host_deploy(loaded, result.target)
             step.detail.update(release=result.target, state=result.state, changed=result.changed)
             if result.target:
                 session.run.set_release(result.target)

@@ -13,19 +13,18 @@ from orchestrator.provision import destroy, needs_confirmation
 
 @click.command("destroy")
 @env_argument
-@click.option("--yes", "-y", is_flag=True, help="Destroy without asking, also on a protected environment.")
+@click.option("--yes", "-y", is_flag=True, help="Destroy without asking (required without a terminal).")
 @lock_wait_option
 @verb
 def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> ExitStatus:
     """Destroy ENV's infrastructure and remove its inventory.
 
-    A protected environment asks for confirmation; without a terminal it refuses (exit 2,
-    nothing destroyed) unless --yes is given.
+    Every environment asks for confirmation on a terminal; without one (or under --json)
+    it refuses (exit 2, nothing destroyed) unless --yes is given.
     """
     loaded = app.load(env_name)
-    if needs_confirmation(loaded, action="destroy", yes=yes, interactive=app.interactive) and not click.confirm(
-        f"destroy every resource of {env_name}?", default=False, err=True
-    ):
+    ask = needs_confirmation(loaded, action="destroy", yes=yes, interactive=app.interactive, always=True)
+    if ask and not click.confirm(f"destroy every resource of {env_name}?", default=False, err=True):
         app.emit({"env": env_name, "destroyed": 0, "confirmed": False},
                  lambda: app.stdout_print(f"{env_name}: not confirmed; nothing destroyed"))
         return ExitStatus.FAILED

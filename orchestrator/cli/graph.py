@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.errors import ExitStatus
-from orchestrator.models.graph import FORMATS, to_json
+from orchestrator.models.graph import FORMATS, DestroyComparison, to_json
 from orchestrator.verify import environment_graph
 
 
@@ -24,8 +25,9 @@ def command(app: AppContext, env_name: str, fmt: str, output: Path | None) -> Ex
 
     Reads .orchestrate/ENV/terraform/plan.json or the saved plan.tfplan when present,
     otherwise plans (a scratch plan for the local target). Edges point from a dependency to
-    what depends on it; dashed edges come from depends_on. Exit 1 when the graph has a cycle
-    or a dangling reference (listed on stderr).
+    what depends on it; dashed edges come from depends_on. Once the environment has state,
+    the destroy order is compared with `terraform graph -type=plan-destroy`. Exit 1 when the
+    graph has a cycle, a dangling reference or a destroy-order mismatch (listed on stderr).
     """
     outcome = environment_graph(app.project_dir, env_name)
     app.info(f"{env_name}: plan from {outcome.source}; {outcome.report.resources} resources")
@@ -34,7 +36,8 @@ def command(app: AppContext, env_name: str, fmt: str, output: Path | None) -> Ex
     if app.json_output:
         app.emit({"env": env_name, "source": outcome.source, "ok": outcome.report.ok,
                   "problems": [str(p) for p in outcome.report.problems],
-                  "destroy_order": outcome.report.destroy_order, **to_json(outcome.graph)})
+                  "destroy_order": outcome.report.destroy_order,
+                  "terraform_destroy": _comparison(outcome.report.terraform_destroy), **to_json(outcome.graph)})
     else:
         text = FORMATS[fmt](outcome.graph)
         if output is not None:
@@ -43,3 +46,10 @@ def command(app: AppContext, env_name: str, fmt: str, output: Path | None) -> Ex
         else:
             click.echo(text, nl=False)
     return ExitStatus.OK if outcome.report.ok else ExitStatus.FAILED
+
+
+def _comparison(comparison: DestroyComparison | None) -> dict[str, Any] | None:
+    if comparison is None:
+        return None
+    return {"source": comparison.source, "edges_checked": comparison.edges_checked,
+            "resources_compared": comparison.resources_compared, "not_in_state": comparison.not_in_state}

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import click
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.config import LoadedEnvironment
 from orchestrator.errors import UsageError
-from orchestrator.hosts.local import HostStatus, fleet_for
+from orchestrator.hosts.local import HostState, HostStatus, fleet_for
 
 
-def _table(env_name: str, hosts: list[HostStatus]) -> Table:
-    table = Table(title=f"hosts of {env_name}", title_justify="left")
+def _table(title: str, hosts: list[HostStatus]) -> Table:
+    table = Table(title=title, title_justify="left")
     for column in ("name", "address", "groups", "state"):
         table.add_column(column)
     colours = {"running": "green", "stopped": "yellow", "missing": "red"}
@@ -28,15 +31,34 @@ def command(app: AppContext, env_name: str) -> None:
     """List the hosts of ENV with address, groups and state (running, stopped, missing).
 
     For a local environment the planned hosts come from the environment file and their
-    state from the machine; `orchestrate provision ENV` boots stopped or missing ones.
+    state from the machine; `orchestrate provision ENV` boots stopped or missing ones. For an
+    aws environment the hosts are those of the inventory (Terraform's outputs) and their state
+    is the EC2 instance's.
+    The bridge and subnet are the env file's, or the defaults chosen for ENV.
     """
     loaded = app.load(env_name)
     if loaded.env.target != "local":
-        raise UsageError(
-            f"`orchestrate hosts` is not available for target {loaded.env.target!r} environments yet "
-            f"(only local); the hosts of {env_name} are in .orchestrate/{env_name}/inventory.yml after provision"
-        )
+        hosts = _cloud_hosts(loaded)
+        app.emit({"env": env_name, "hosts": [h.to_json() for h in hosts]},
+                 lambda: app.stdout_print(_table(f"hosts of {env_name} ({loaded.env.target})", hosts)))
+        return
     fleet, specs = fleet_for(loaded)
     hosts = fleet.status(specs)
-    app.emit({"env": env_name, "hosts": [h.to_json() for h in hosts]},
-             lambda: app.stdout_print(_table(env_name, hosts)))
+    bridge, subnet = fleet.network.bridge, fleet.network.subnet
+    app.emit({"env": env_name, "bridge": bridge, "subnet": subnet, "hosts": [h.to_json() for h in hosts]},
+             lambda: app.stdout_print(_table(f"hosts of {env_name} (bridge {bridge}, {subnet})", hosts)))
+
+
+def _cloud_hosts(loaded: LoadedEnvironment) -> list[HostStatus]:
+    """The hosts Terraform's outputs name (the inventory), with each instance's state from EC2."""
+    from orchestrator.aws import instance_states
+    from orchestrator.deploy import inventory_path
+    from orchestrator.inventory import hosts_from_inventory, load_inventory
+
+    path = inventory_path(loaded)
+    if not path.exists():
+        raise UsageError(f"{loaded.name} has no inventory yet ({path}): run `orchestrate provision {loaded.name}`")
+    states = instance_states(loaded)
+    return [HostStatus(name=h.name, address=h.address, groups=tuple(h.groups),
+                       state=cast(HostState, states.get(h.name, "missing")))
+            for h in hosts_from_inventory(load_inventory(path))]

@@ -20,7 +20,9 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
     """Plan ENV, then apply exactly that plan file; write .orchestrate/ENV/inventory.yml.
 
     A protected environment asks for confirmation after showing the plan; without a
-    terminal it refuses (exit 2, nothing applied) unless --yes is given.
+    terminal it refuses (exit 2, nothing applied) unless --yes is given. Exit 75, with nothing
+    applied, when another run holds Terraform's state lock or applied between this run's plan
+    and its apply (a stale plan): run it again.
     """
     loaded = app.load(env_name)
     ask = needs_confirmation(loaded, action="provision", yes=yes, interactive=app.interactive)

@@ -43,7 +43,8 @@ def command(app: AppContext, run_id: str, lock_wait: float | None) -> int:
         args += ["--lock-wait", f"{lock_wait:g}"]
     if app.json_output:
         args.append("--json")
-    app.info(f"resuming run {run_id} (orchestrate {' '.join(record.argv)}) at step {point.step} "
+    where = f"at step {point.step}" if point.step else "after its last step (only its completion is left)"
+    app.info(f"resuming run {run_id} (orchestrate {' '.join(record.argv)}) {where} "
              f"after {', '.join(point.done) or 'no completed step'}")
     status = target.main(args, prog_name=f"orchestrate {record.argv[0]}", standalone_mode=False, obj=app)
     return int(status) if isinstance(status, int) else int(ExitStatus.OK)

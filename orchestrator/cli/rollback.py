@@ -6,7 +6,7 @@ import click
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.deploy import finish, lock_wait_option, progress
-from orchestrator.deploy import ReleaseRun, rollback
+from orchestrator.deploy import HostTransitions, ReleaseRun, rollback
 from orchestrator.errors import ExitStatus, UsageError
 from orchestrator.lock import locked_run
 from orchestrator.release import is_release_id
@@ -46,7 +46,8 @@ def command(app: AppContext, env_name: str, to: str | None, yes: bool, lock_wait
     def run() -> ReleaseRun:
         with locked_run(loaded.state_dir, command="rollback", argv=argv, steps=["rollback"], wait=lock_wait,
                         on_wait=app.info, env=env_name) as session, session.run.step("rollback") as step:
-            result = rollback(loaded, to, on_event=events)
+            # each app host idle -> rolled_back (or failed) in the journal, as it happens
+            result = rollback(loaded, to, on_event=events, transitions=HostTransitions.for_run(session.run))
             step.detail.update(release=result.target, state=result.state, changed=result.changed)
             if result.target:
                 session.run.set_release(result.target)

@@ -1,22 +1,24 @@
 """`orchestrate traffic ENV`: configure the load balancer or show its split; the traffic release runners.
 
-`orchestrate deploy ENV --strategy blue-green|canary-traffic` and `orchestrate rollback ENV`
-(after such a release) run through `run_traffic_release` and `run_switch_back` below.
+`orchestrate deploy ENV --strategy blue-green|canary-traffic` (and `--strategy canary` when ENV has a
+load-balancer host) and `orchestrate rollback ENV` (after such a release) run through
+`run_traffic_release` and `run_switch_back` below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import click
 from rich.table import Table
 
+from orchestrator.backup import create_backup
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.deploy import lock_wait_option
 from orchestrator.config import LoadedEnvironment
-from orchestrator.deploy import DeployRequest, GateFailedRestored, ReleaseRunError
+from orchestrator.deploy import DeployRequest, GateFailedRestored, HostTransitions, ReleaseRunError
 from orchestrator.errors import ExitStatus
 from orchestrator.lock import locked_run
 from orchestrator.traffic import (
@@ -25,6 +27,7 @@ from orchestrator.traffic import (
     TrafficGateFailed,
     TrafficRelease,
     TrafficRequest,
+    TrafficStrategy,
     configure_lb,
     read_state,
     switch_back,
@@ -44,16 +47,33 @@ def _render(app: AppContext, result: TrafficRelease) -> None:
 
 
 def run_traffic_release(app: AppContext, loaded: LoadedEnvironment, release_path: Path,
-                        strategy: Literal["blue-green", "canary-traffic"], secrets: Mapping[str, Any],
-                        lock_wait: float, *, tuned: bool = True) -> ExitStatus:
-    """`orchestrate deploy --strategy blue-green|canary-traffic`: journalled, locked, audited."""
-    request = TrafficRequest(deploy=DeployRequest(release_path=release_path, tuned=tuned, secret_vars=secrets),
-                             strategy=strategy)
-    argv = ["deploy", loaded.name, "--release", str(release_path), "--strategy", strategy]
+                        strategy: TrafficStrategy, secrets: Mapping[str, Any],
+                        lock_wait: float, *, tuned: bool = True, requested: str | None = None,
+                        skip_backup: bool = False) -> ExitStatus:
+    """`orchestrate deploy --strategy blue-green|canary-traffic`: journalled, locked, audited.
+
+    `requested`: the strategy as asked for (`canary` resolves to canary-traffic behind an LB);
+    `strategy` in the output and the journal is the one that ran. The app hosts are backed up
+    first (as for a host-level deploy) unless `skip_backup`.
+    """
+    deploy_request = DeployRequest(release_path=release_path, tuned=tuned, secret_vars=secrets)
+    asked = {"requested_strategy": requested or strategy}
+    argv = ["deploy", loaded.name, "--release", str(release_path), "--strategy", requested or strategy]
     try:
         with locked_run(loaded.state_dir, command="deploy", argv=argv, steps=["deploy"], wait=lock_wait,
                         on_wait=app.info, env=loaded.name) as session, session.run.step("deploy") as step:
             decisions: list[dict[str, Any]] = []
+            step.update(strategy=strategy, **asked)
+            # the idle colour's hosts move through the journal's state machine from backed_up
+            transitions = None if skip_backup else HostTransitions.for_run(session.run)
+            if transitions is not None:
+                app.info("backing up the app hosts before the release")
+                backup = create_backup(loaded)
+                step.update(backup=backup.id)
+                transitions.backed_up(backup.id, [(h.host, h.release_id) for h in backup.hosts])
+            else:
+                step.update(host_transitions="not recorded: --skip-backup (a host is staged only once backed up)")
+            request = TrafficRequest(deploy=deploy_request, strategy=strategy, transitions=transitions)
 
             def record(decision: GateDecision) -> None:
                 decisions.append(decision.as_dict())
@@ -69,16 +89,17 @@ def run_traffic_release(app: AppContext, loaded: LoadedEnvironment, release_path
                 session.run.set_release(result.release)
     except TrafficGateFailed as exc:
         failed = exc.result
-        app.emit({**failed.as_dict(), "error": exc.message, "exit_code": int(exc.exit_status)},
+        app.emit({**failed.as_dict(), **asked, "error": exc.message, "exit_code": int(exc.exit_status)},
                  lambda: _render(app, failed))
         click.echo(f"error: {exc.message}", err=True)
         return exc.exit_status
     except (GateFailedRestored, ReleaseRunError) as exc:
         status = ExitStatus.ROLLED_BACK if isinstance(exc, GateFailedRestored) else ExitStatus.FAILED
-        app.emit({**exc.run.as_dict(), "strategy": strategy, "error": exc.message, "exit_code": int(status)})
+        app.emit({**exc.run.as_dict(), "strategy": strategy, **asked, "error": exc.message,
+                  "exit_code": int(status)})
         click.echo(f"error: {exc.message}", err=True)
         return status
-    app.emit(result.as_dict(), lambda: _render(app, result))
+    app.emit({**result.as_dict(), **asked}, lambda: _render(app, result))
     return ExitStatus.OK
 
 

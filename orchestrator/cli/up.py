@@ -37,8 +37,8 @@ def _status_table(status: dict[str, Any]) -> Table:
 def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool, lock_wait: float | None,
             force: bool, resume: str | None) -> None:
     """Bring ENV to the wanted state: build -> render -> provision -> inventory -> backup
-    -> deploy -> monitoring -> verify, each step journalled; `orchestrate resume RUN_ID` continues
-    an interrupted run."""
+    -> deploy -> lb -> monitoring -> verify, each step journalled; `orchestrate resume RUN_ID`
+    continues an interrupted run."""
     loaded = app.load(env_name)
     argv = ["up", env_name]
     if release_path is not None:

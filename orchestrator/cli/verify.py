@@ -37,8 +37,10 @@ def command(app: AppContext, env_name: str, only: tuple[str, ...]) -> ExitStatus
 
     terraform fmt and validate, ansible-playbook --syntax-check and ansible-lint (production
     profile), promtool/amtool and the heal policy, the resource graph (no cycle, every reference
-    resolves, destroy order) and the exhaustive deploy model. Exit 0 when no check failed
-    (skipped checks name what is missing), 1 otherwise.
+    resolves; once the environment has state, terraform's own destroy graph destroys every
+    dependent before its dependency) and the exhaustive deploy model. Exit 0 when no check
+    failed (skipped checks name what is missing), 1 otherwise. `up` runs the fast ones
+    (environment, heal-policy, deploy-model) itself right after rendering.
     """
 
     def progress(result: CheckResult) -> None:

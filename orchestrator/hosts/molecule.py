@@ -5,8 +5,9 @@
     build             build the example service once per source hash; print the release as JSON
     render-monitoring render Prometheus/Alertmanager files for a scenario's hosts into a directory
 
-The scenarios (molecule/<scenario>/create.yml, destroy.yml, prepare.yml) call these actions from
-localhost, so a scenario's hosts are the same systemd-nspawn hosts `orchestrate up` makes.
+Every scenario's molecule.yml points its create, prepare and destroy playbooks at the shared ones in
+molecule/resources/ (one copy, not four), which call these actions from localhost, so a
+scenario's hosts are the same systemd-nspawn hosts `orchestrate up` makes.
 
 Each `create` makes a fleet of its own: a tag `om` + 6 hex names the bridge and prefixes the
 host names (host names and bridges are global on the machine), and the subnet is a 10.214.X.0/24

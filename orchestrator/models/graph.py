@@ -23,6 +23,13 @@ is invisible here (it is listed in `GraphBuild.opaque_references`).
 
 The stage graph is the orchestrator's own pipeline, provision -> inventory -> backup -> deploy ->
 verify (and inventory -> monitoring), each stage annotated with what it touches.
+
+The destroy order is checked against Terraform's own: `terraform graph -type=plan-destroy` of a
+root that has state (`parse_destroy_graph`, `check_destroy_against_terraform`). For every edge
+dependency -> dependent of the DAG built here, Terraform's destroy graph must destroy the
+dependent first; a reference this module follows wrongly, or one Terraform does not see, shows
+up as a mismatch naming both resources. (Without state Terraform has nothing to destroy and
+draws no destroy nodes, so there is nothing to compare before the first apply.)
 """
 
 from __future__ import annotations
@@ -413,6 +420,107 @@ def check_destroy_order(graph: nx.DiGraph, order: Sequence[str]) -> list[Problem
     return problems
 
 
+# --- terraform's own destroy order ---------------------------------------------------------
+
+
+_DESTROY_NODE_RE = re.compile(r"^\[root\] (?P<address>.+?) \(destroy(?: deposed [^)]*)?\)$")
+_DOT_NODE_RE = re.compile(r'^\s*"(?P<name>(?:[^"\\]|\\.)*)"\s*\[')
+_DOT_EDGE_RE = re.compile(r'^\s*"(?P<source>(?:[^"\\]|\\.)*)"\s*->\s*"(?P<target>(?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class DestroyGraph:
+    """`terraform graph -type=plan-destroy` read back.
+
+    `order` has an edge a -> b when Terraform finishes a before it starts b (the DOT draws
+    b -> a: "b waits for a"), over Terraform's own node names; `nodes` maps each resource
+    address (instance keys stripped) to its destroy node.
+    """
+
+    order: nx.DiGraph
+    nodes: Mapping[str, str]
+
+    def destroyed_before(self, first: str, second: str) -> bool:
+        """Whether Terraform destroys resource `first` before resource `second` (on some path)."""
+        return bool(nx.has_path(self.order, self.nodes[first], self.nodes[second]))
+
+
+def parse_destroy_graph(dot: str) -> DestroyGraph:
+    """Read the DOT that `terraform graph -type=plan-destroy` prints (Terraform 1.11).
+
+    Edges are `"[root] A (destroy)" -> "[root] B (destroy)"`: A's destroy waits for B's. The
+    graph is transitively reduced, and paths may pass through provider and other nodes, so
+    orderings are answered by reachability, never by single edges.
+    """
+    order = nx.DiGraph()
+    nodes: dict[str, str] = {}
+
+    def note(name: str) -> None:
+        order.add_node(name)
+        match = _DESTROY_NODE_RE.match(name)
+        if match:
+            nodes.setdefault(strip_instance_keys(match.group("address")), name)
+
+    for line in dot.splitlines():
+        edge = _DOT_EDGE_RE.match(line)
+        if edge:
+            waiting, first = (edge.group(k).replace('\\"', '"') for k in ("source", "target"))
+            note(waiting)
+            note(first)
+            order.add_edge(first, waiting)
+            continue
+        node = _DOT_NODE_RE.match(line)
+        if node:
+            note(node.group("name").replace('\\"', '"'))
+    return DestroyGraph(order=order, nodes=nodes)
+
+
+@dataclass(frozen=True)
+class DestroyComparison:
+    """How the DAG's destroy order compared with Terraform's destroy graph."""
+
+    source: str
+    edges_checked: int
+    resources_compared: int
+    not_in_state: list[str]
+    problems: list[Problem]
+
+
+def check_destroy_against_terraform(graph: nx.DiGraph, destroy: DestroyGraph, *,
+                                    source: str = "terraform graph -type=plan-destroy") -> DestroyComparison:
+    """For every dependency -> dependent edge between managed resources of `graph`, Terraform
+    must destroy the dependent before the dependency; each violation names both resources.
+
+    Resources without a destroy node (not in state: count 0, not created yet) cannot be
+    compared; they are listed in `not_in_state`.
+    """
+    managed = {str(n) for n, data in graph.nodes(data=True)
+               if data.get("kind") == "resource" and data.get("mode", "managed") == "managed"}
+    compared = sorted(managed & set(destroy.nodes))
+    problems: list[Problem] = []
+    checked = 0
+    for dependency, dependent in sorted(graph.edges):
+        if dependency not in destroy.nodes or dependent not in destroy.nodes:
+            continue
+        if dependency not in managed or dependent not in managed:
+            continue
+        checked += 1
+        if destroy.destroyed_before(dependent, dependency):
+            continue
+        if destroy.destroyed_before(dependency, dependent):
+            message = (f"depends on {dependency}, but terraform destroys {dependency} before {dependent} "
+                       f"({source})")
+        else:
+            message = (f"depends on {dependency}, but terraform's destroy graph does not order {dependent} "
+                       f"before {dependency} ({source})")
+        problems.append(Problem("destroy-order", str(dependent), message))
+    return DestroyComparison(source=source, edges_checked=checked, resources_compared=len(compared),
+                             not_in_state=sorted(managed - set(destroy.nodes)), problems=problems)
+
+
+# --- all checks -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class GraphReport:
     """Outcome of the graph checks."""
@@ -422,27 +530,34 @@ class GraphReport:
     problems: list[Problem]
     destroy_order: list[str]
     opaque_references: list[str]
+    #: the comparison with terraform's destroy graph; None when no such graph was given
+    terraform_destroy: DestroyComparison | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def check_plan(plan: Mapping[str, Any]) -> GraphReport:
-    """Run every graph check on a plan JSON: references resolve, no cycle, destroy order."""
+def check_plan(plan: Mapping[str, Any], *, terraform_destroy: DestroyGraph | None = None,
+               destroy_source: str = "terraform graph -type=plan-destroy") -> GraphReport:
+    """Run every graph check on a plan JSON: references resolve, no cycle, and (given
+    Terraform's destroy graph of the same root) Terraform destroys dependents first."""
     build = resource_graph(plan)
     problems = list(build.dangling)
     problems += check_acyclic(build.graph)
     order: list[str] = []
+    comparison = None
     if not any(p.check == "acyclic" for p in problems):
         order = destroy_order(build.graph)
-        problems += check_destroy_order(build.graph, order)
         problems += check_acyclic(pipeline_graph(build.graph))
+        if terraform_destroy is not None:
+            comparison = check_destroy_against_terraform(build.graph, terraform_destroy, source=destroy_source)
+            problems += comparison.problems
     kinds = dict(build.graph.nodes(data="kind"))
     resources = sum(1 for kind in kinds.values() if kind == "resource")
     return GraphReport(resources=resources, edges=build.graph.number_of_edges(), problems=problems,
                        destroy_order=[n for n in order if kinds.get(n) == "resource"],
-                       opaque_references=sorted(build.opaque_references))
+                       opaque_references=sorted(build.opaque_references), terraform_destroy=comparison)
 
 
 # --- rendering ----------------------------------------------------------------------------

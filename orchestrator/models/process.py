@@ -5,7 +5,10 @@ A rolling deploy moves every app host through
     idle -> backed_up -> staged -> switched -> verified
 
 in batches. Any failure (`failed`) aborts the rollout and every host that may already run the
-new release is switched back and probed (`rolled_back`). The journal records each host's
+new release is switched back and probed (`rolled_back`). `orchestrate rollback` moves a host
+from idle straight to `rolled_back` (or `failed`). `FORWARD_PATH` is the happy path in order;
+a re-run step that observes a state a host already passed records nothing
+(orchestrator.deploy.HostTransitions drives this from the real deploy's events). The journal records each host's
 state after each step and refuses transitions that `TRANSITIONS` does not allow
 (`validate_transition`).
 
@@ -51,7 +54,11 @@ S = HostState
 
 #: allowed transitions; anything else is refused by the journal
 TRANSITIONS: Mapping[HostState, frozenset[HostState]] = {
-    S.IDLE: frozenset({S.BACKED_UP, S.FAILED}),
+    # idle -> rolled_back is `orchestrate rollback`: a host switched straight to a release that is
+    # already on it (nothing new is staged, so nothing needs a backup first). The deploy
+    # algorithm never writes it: it rolls back only hosts that may run the new release
+    # (MAY_RUN_NEW), and the exhaustive exploration checks every write it makes.
+    S.IDLE: frozenset({S.BACKED_UP, S.FAILED, S.ROLLED_BACK}),
     S.BACKED_UP: frozenset({S.STAGED, S.FAILED}),
     # A staged host may already run the new release when the controller died right after the
     # switch and before the journal write: it is rolled back like a switched one.
@@ -64,6 +71,8 @@ TRANSITIONS: Mapping[HostState, frozenset[HostState]] = {
 }
 
 INITIAL_STATE = S.IDLE
+#: the happy path of a deploy, in order
+FORWARD_PATH: tuple[HostState, ...] = (S.IDLE, S.BACKED_UP, S.STAGED, S.SWITCHED, S.VERIFIED)
 #: states a run may end in, per outcome
 DEPLOYED_STATES = frozenset({S.VERIFIED})
 ROLLED_BACK_STATES = frozenset({S.IDLE, S.BACKED_UP, S.ROLLED_BACK})
@@ -105,6 +114,17 @@ def validate_transition(from_state: HostState | str, to_state: HostState | str, 
     who = f"host {host}: " if host else ""
     raise IllegalTransition(f"{who}illegal transition {source.value} -> {target.value}; "
                             f"from {source.value} the allowed next states are: {allowed}")
+
+
+def already_passed(current: HostState | str, observed: HostState | str) -> bool:
+    """Whether a host in `current` has already been through `observed` on the forward path.
+
+    A step that runs again (a resumed run repeats its interrupted step) reports what it did
+    the first time; that is no transition, so nothing is recorded for it.
+    """
+    source, target = _state(current), _state(observed)
+    return source in FORWARD_PATH and target in FORWARD_PATH and FORWARD_PATH.index(source) >= \
+        FORWARD_PATH.index(target)
 
 
 # --- batches ------------------------------------------------------------------------------

@@ -5,26 +5,29 @@ points at it) and ansible-runner's artifacts. Settings are tuned by default (for
 pipelining, SSH ControlPersist with a short control path, no implicit fact gathering); `tuned=False`
 keeps stock Ansible settings for the benchmark.
 
-Secrets never land in the run dir: `secret_vars` go to Ansible through a 0600 file outside it
-(in /dev/shm when available) that is deleted when the run ends, and tasks marked `no_log` are
-censored by Ansible before any event reaches us.
+Secrets never land in the run dir, nor on any disk: `secret_vars` go to Ansible through a 0600
+file in /dev/shm that is deleted as soon as the playbook has started (a killed run's is removed by
+the next run), Ansible's own controller-side temp dir is in /dev/shm and removed after the run, and
+tasks marked `no_log` are censored by Ansible before any event reaches us.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import AnsibleError
+from orchestrator.errors import AnsibleError, HostError
 
 #: a no_log task's result as Ansible reports it
 CENSORED_KEY = "censored"
@@ -222,8 +225,12 @@ def failure_message(res: Mapping[str, Any]) -> str:
 class EventCollector:
     """Turns ansible-runner events into HostEvents, TaskResults, Failures and the final stats."""
 
-    def __init__(self, on_event: Callable[[HostEvent], None] | None = None) -> None:
+    def __init__(self, on_event: Callable[[HostEvent], None] | None = None,
+                 on_start: Callable[[], None] | None = None) -> None:
         self.on_event = on_event
+        self.on_start = on_start
+        """Called once, when the playbook starts (ansible-playbook has read its extra vars by then;
+        output lines before it, inventory warnings say, come earlier and do not count)."""
         self.results: list[TaskResult] = []
         self.failures: list[Failure] = []
         self.hosts: dict[str, HostSummary] = {}
@@ -232,6 +239,9 @@ class EventCollector:
         """ansible-runner's event_handler: returning True keeps the event in the artifacts."""
         kind = str(event.get("event", ""))
         data = event.get("event_data") or {}
+        if self.on_start is not None and (kind.startswith(("playbook_on_", "runner_on_"))):
+            started, self.on_start = self.on_start, None
+            started()
         if kind == "playbook_on_stats":
             self._stats(data)
             return True
@@ -294,16 +304,32 @@ class PlaybookRun:
     """With `tuned`: run under mitogen when it is installed (playbooks tested with it opt in)."""
     run_id: str = field(default_factory=new_run_id)
     timeout: int = 1800
+    allowed_networks: Sequence[str] | None = None
+    """IPv4 networks every host of the inventory must be on (a local fleet's bridge subnet);
+    None: no check (cloud hosts). See `check_inventory_addresses`."""
+
+
+#: names of a run's files in /dev/shm: NAME-PID-* (PID: the orchestrate process; see remove_orphans)
+SECRETS_NAME = "orch-secrets"
+LOCAL_TEMP_NAME = "orch-ansible"
 
 
 @contextlib.contextmanager
 def secret_vars_file(secret_vars: Mapping[str, Any]) -> Iterator[Path | None]:
-    """A 0600 JSON file with `secret_vars` in memory-backed storage, deleted on exit."""
+    """A 0600 JSON file of `secret_vars` in memory-backed storage (/dev/shm), for `-e @PATH`.
+
+    Deleted on exit at the latest; run_playbook deletes it as soon as the playbook has started,
+    i.e. once ansible-playbook has read its extra vars (they are read once, when the CLI sets up,
+    before the first event). A process killed before that leaves it to `remove_orphans`, which
+    the next run calls: its name carries the pid of the process that wrote it.
+    (An anonymous memfd would vanish with the process, but Ansible resolves the path and cannot
+    open `/memfd:...`.)
+    """
     if not secret_vars:
         yield None
         return
     shm = Path("/dev/shm")
-    fd, name = tempfile.mkstemp(prefix="orch-secrets-", suffix=".json",
+    fd, name = tempfile.mkstemp(prefix=f"{SECRETS_NAME}-{os.getpid()}-", suffix=".json",
                                 dir=str(shm) if shm.is_dir() else None)
     path = Path(name)
     try:
@@ -314,7 +340,42 @@ def secret_vars_file(secret_vars: Mapping[str, Any]) -> Iterator[Path | None]:
         path.unlink(missing_ok=True)
 
 
-def runner_env(settings: AnsibleSettings, cfg_path: Path) -> dict[str, str]:
+def remove_orphans(directory: Path = Path("/dev/shm")) -> list[Path]:
+    """Remove the in-memory files and temp dirs of runs whose process is gone (a SIGKILLed
+    `orchestrate` cannot clean up after itself); return what was removed."""
+    removed = []
+    for path in directory.glob("orch-*-*"):
+        prefix, _, rest = path.name.partition("-")
+        kind, _, rest = rest.partition("-")
+        pid = rest.split("-", 1)[0]
+        if f"{prefix}-{kind}" not in {SECRETS_NAME, LOCAL_TEMP_NAME} or not pid.isdigit():
+            continue
+        if Path(f"/proc/{pid}").exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def local_temp_dir() -> Iterator[Path]:
+    """Ansible's controller-side temp dir for one run, in memory-backed storage, removed on exit.
+
+    Ansible writes module payloads (their arguments, secrets among them, when pipelining is off)
+    and rendered templates there before they go to a host: they must never reach a disk.
+    """
+    shm = Path("/dev/shm")
+    path = Path(tempfile.mkdtemp(prefix=f"{LOCAL_TEMP_NAME}-{os.getpid()}-", dir=str(shm) if shm.is_dir() else None))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def runner_env(settings: AnsibleSettings, cfg_path: Path, local_temp: Path | None = None) -> dict[str, str]:
     """Environment of the ansible-playbook process (pure: unit-tested)."""
     venv_bin = str(Path(sys.executable).parent)
     env = {
@@ -327,13 +388,67 @@ def runner_env(settings: AnsibleSettings, cfg_path: Path) -> dict[str, str]:
         # ssh args (known_hosts file, accept-new) decide instead
         "ANSIBLE_HOST_KEY_CHECKING": "True",
     }
+    if local_temp is not None:
+        env["ANSIBLE_LOCAL_TEMP"] = str(local_temp)
+        # Python's own temp files of ansible-playbook too: in memory, and a short path, because
+        # mitogen binds a unix socket there (108 bytes at most) and hangs when it cannot
+        env["TMPDIR"] = str(local_temp)
     return env
+
+
+def _inventory_hosts(group: Any, found: dict[str, Any]) -> None:
+    """Collect {host name: host vars} of a YAML inventory group and its children."""
+    if not isinstance(group, Mapping):
+        return
+    for name, host_vars in (group.get("hosts") or {}).items():
+        merged = found.setdefault(str(name), {})
+        if isinstance(host_vars, Mapping):
+            merged.update(host_vars)
+    for child in (group.get("children") or {}).values():
+        _inventory_hosts(child, found)
+
+
+def check_inventory_addresses(inventory: Path, allowed_networks: Sequence[str]) -> None:
+    """HostError unless every host of the YAML `inventory` is a host address on `allowed_networks`.
+
+    A host's address is its `ansible_host`, else its name. The network and broadcast
+    addresses and the network's first address (the bridge's own: the controller) are not
+    host addresses; neither is a DNS name, which could resolve anywhere. The network rule
+    (DESIGN.md): traffic goes only to hosts the project created itself.
+    """
+    import yaml
+
+    networks = [ipaddress.IPv4Network(n) for n in allowed_networks]
+    described = ", ".join(str(n) for n in networks) or "none"
+    try:
+        data = yaml.safe_load(inventory.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise HostError(f"{inventory}: cannot read the inventory to check its host addresses: {exc}") from None
+    hosts: dict[str, Any] = {}
+    for top in (data or {}).values() if isinstance(data, Mapping) else ():
+        _inventory_hosts(top, hosts)
+    for name, host_vars in sorted(hosts.items()):
+        address = str(host_vars.get("ansible_host") or name)
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            ip = None
+        if ip is None or not any(
+            ip in net and ip not in (net.network_address, net.broadcast_address, net.network_address + 1)
+            for net in networks
+        ):
+            raise HostError(
+                f"{inventory}: host {name} has address {address}, which is not a host address on the "
+                f"project's own bridge ({described}); refusing to connect (nothing was run)"
+            )
 
 
 def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | None = None) -> PlaybookResult:
     """Run `run.playbook` with ansible-runner; return the summary (failures are in the result).
 
-    Raises AnsibleError only when Ansible could not run at all (bad playbook path, runner crash).
+    Raises AnsibleError only when Ansible could not run at all (bad playbook path, runner crash),
+    and HostError before anything runs when `run.allowed_networks` is given and a host of the
+    inventory is not on one of them.
     """
     import ansible_runner  # imported late: it is slow to import and not every verb needs it
 
@@ -341,6 +456,8 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
         raise AnsibleError(f"playbook not found: {run.playbook}")
     if not run.inventory.is_file():
         raise AnsibleError(f"inventory not found: {run.inventory} (run `orchestrate up` or `provision` first)")
+    if run.allowed_networks is not None:
+        check_inventory_addresses(run.inventory, run.allowed_networks)
     settings = AnsibleSettings.tuned(mitogen=run.mitogen) if run.tuned else AnsibleSettings.stock()
     run_dir = run.runs_dir / run.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -348,15 +465,18 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     cfg_path.write_text(ansible_cfg_text(settings, roles_path=run.project_dir / "roles"))
     if settings.control_path_dir:
         Path(settings.control_path_dir).mkdir(mode=0o700, exist_ok=True)
-    collector = EventCollector(on_event)
     started = time.monotonic()
-    with secret_vars_file(run.secret_vars) as secrets_path:
+    if Path("/dev/shm").is_dir():
+        remove_orphans()
+    with secret_vars_file(run.secret_vars) as secrets_path, local_temp_dir() as local_temp:
+        collector = EventCollector(on_event, on_start=(lambda: secrets_path.unlink(missing_ok=True))
+                                   if secrets_path is not None else None)
         kwargs: dict[str, Any] = {
             "private_data_dir": str(run_dir),
             "project_dir": str(run.project_dir),
             "playbook": str(run.playbook),
             "inventory": str(run.inventory),
-            "envvars": runner_env(settings, cfg_path),
+            "envvars": runner_env(settings, cfg_path, local_temp),
             "extravars": dict(run.extra_vars),
             "event_handler": collector,
             "quiet": True,

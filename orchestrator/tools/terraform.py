@@ -7,8 +7,10 @@ python-terraform is not used: it is broken on Terraform >= 0.15 (see DESIGN.md).
   TF_INPUT=0, so nothing depends on ~/.terraformrc and nothing ever waits for input;
 - uses `-json` where terraform has it: the event stream drives a progress callback and
   terraform's error diagnostics are collected and raised verbatim in a TerraformError (or a
-  StateLockError when the state lock is held by someone else);
-- has a timeout.
+  StateLockError when the state lock is held by someone else, a StalePlanError when another
+  run changed the state between our plan and our apply);
+- has a timeout per kind of command (`Timeouts`; environment files set them under
+  `terraform.timeouts`); a command past it is stopped and raises TerraformTimeout.
 
 The argv of every command is built by a pure function (`init_argv`, `plan_argv`, ...).
 """
@@ -19,13 +21,14 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import CommandError, StateLockError, TerraformError
+from orchestrator.errors import CommandError, CommandTimeout, ExitStatus, StateLockError, TerraformError
 from orchestrator.tools.process import CommandResult, run_command
 
 TERRAFORM = "terraform"
@@ -38,12 +41,30 @@ PLAN_NO_CHANGES = 0
 PLAN_CHANGES = 2
 
 _LOCK_ERROR_RE = re.compile(r"error acquiring the state lock", re.IGNORECASE)
+_STALE_PLAN_RE = re.compile(r"saved plan is stale", re.IGNORECASE)
 _LOCK_FIELD_RE = re.compile(r"^\s*(ID|Path|Operation|Who|Version|Created|Info):\s*(.*?)\s*$", re.MULTILINE)
+
+
+class StalePlanError(TerraformError):
+    """The saved plan no longer matches the state: another run applied after our plan (exit 75).
+
+    Nothing was applied; planning again (against the new state) is the remedy, like waiting
+    for a held state lock, so it shares that exit code.
+    """
+
+    exit_status = ExitStatus.LOCK_BUSY
+
+
+class TerraformTimeout(TerraformError):
+    """A terraform command ran past its timeout and was stopped."""
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds each kind of terraform call may take before it is killed."""
+    """Seconds each kind of terraform call may take before it is stopped.
+
+    Environment files override them under `terraform.timeouts` (durations such as 90m).
+    """
 
     init: float = 300
     plan: float = 900
@@ -183,6 +204,10 @@ class Diagnostic:
     def is_lock_error(self) -> bool:
         return bool(_LOCK_ERROR_RE.search(self.summary))
 
+    @property
+    def is_stale_plan(self) -> bool:
+        return bool(_STALE_PLAN_RE.search(self.summary))
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -308,16 +333,28 @@ def lock_error_message(action: str, env_name: str, diagnostics: Sequence[Diagnos
     info = lock_info(text)
     held = []
     if info.get("Who"):
-        held.append(f"held by {info['Who']}")
+        held.append(f"by {info['Who']}")
     if info.get("Operation"):
-        held.append(f"operation {info['Operation']}")
+        # "OperationTypeApply" -> "apply"
+        held.append(f"for {info['Operation'].removeprefix('OperationType').lower() or info['Operation']}")
     if info.get("Created"):
         held.append(f"since {info['Created']}")
     if info.get("ID"):
         held.append(f"lock ID {info['ID']}")
     details = f" ({', '.join(held)})" if held else ""
-    return (f"terraform {action} for {env_name} refused: the state is locked by another run{details}; "
-            "try again when it has finished")
+    return (f"terraform {action} for {env_name} refused: the Terraform state lock is held by another run"
+            f"{details}; nothing was changed, try again when it has finished")
+
+
+def is_stale_plan(diagnostics: Iterable[Diagnostic], stderr: str = "") -> bool:
+    """Whether an apply failed because the state changed after the plan file was made."""
+    return any(d.is_stale_plan for d in diagnostics) or bool(_STALE_PLAN_RE.search(stderr))
+
+
+def stale_plan_message(action: str, env_name: str) -> str:
+    """One line for terraform's "Saved plan is stale"."""
+    return (f"terraform {action} for {env_name} refused: the saved plan is stale, another run changed the "
+            "Terraform state after this plan was made; nothing was applied")
 
 
 def failure_message(action: str, env_name: str, diagnostics: Sequence[Diagnostic], fallback: str) -> str:
@@ -450,6 +487,7 @@ class Terraform:
         env_name: str,
         state_dir: Path,
         timeouts: Timeouts | None = None,
+        timeouts_source: str | None = None,
         extra_env: Mapping[str, str] | None = None,
         mirror: Path | None = PLUGIN_MIRROR,
         plugin_cache: Path | None = None,
@@ -459,6 +497,8 @@ class Terraform:
         self.env_name = env_name
         self.state_dir = state_dir
         self.timeouts = timeouts or Timeouts()
+        #: where the timeouts are configured (named in a timeout's message), e.g. the environment file
+        self.timeouts_source = timeouts_source
         self.extra_env = dict(extra_env or {})
         self.mirror = mirror if mirror is not None and mirror.is_dir() else None
         self.plugin_cache = plugin_cache or default_plugin_cache(state_dir)
@@ -472,12 +512,7 @@ class Terraform:
 
     def environment(self) -> dict[str, str]:
         """Write the CLI config file (when it changed) and return the per-call environment."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.plugin_cache.mkdir(parents=True, exist_ok=True)
-        text = cli_config_text(self.mirror)
-        if not self.cli_config.exists() or self.cli_config.read_text() != text:
-            self.cli_config.write_text(text)
-        return {**terraform_env(self.cli_config, self.plugin_cache), **self.extra_env}
+        return {**prepare_environment(self.cli_config, self.plugin_cache, self.mirror), **self.extra_env}
 
     def _run_json(self, action: str, argv: list[str], *, timeout: float, ok_codes: Sequence[int] = (0,),
                   on_progress: ProgressCallback | None = None) -> tuple[CommandResult, EventLog]:
@@ -493,7 +528,10 @@ class Terraform:
         try:
             result = run_command(argv, cwd=self.working_dir, env=self.environment(), timeout=timeout,
                                  check=False, on_stdout=on_stdout)
-        except CommandError as exc:  # not found or timed out
+        except CommandTimeout as exc:
+            raise timeout_error(action, self.env_name, timeout, self.timeouts_source,
+                                working_dir=self.working_dir) from exc
+        except CommandError as exc:  # not found
             raise TerraformError(f"terraform {action} for {self.env_name} failed: {exc.message}") from exc
         self.elapsed += result.duration
         if ok_codes is not None and result.returncode not in ok_codes:
@@ -501,11 +539,18 @@ class Terraform:
         return result
 
     def _raise(self, action: str, diagnostics: Sequence[Diagnostic], text: str) -> None:
+        if is_stale_plan(diagnostics, text):
+            raise StalePlanError(
+                stale_plan_message(action, self.env_name),
+                hint=f"plan again against the current state (`orchestrate provision {self.env_name}`) "
+                     "and review what is left to change",
+            )
         if is_lock_error(diagnostics, text):
+            lock_id = lock_info("\n".join(d.detail for d in diagnostics if d.is_lock_error) or text).get("ID")
             raise StateLockError(
                 lock_error_message(action, self.env_name, diagnostics, text),
                 hint="if no other run is going on, the lock is stale: "
-                     "`terraform force-unlock LOCK_ID` in " + str(self.working_dir),
+                     f"`terraform force-unlock {lock_id or 'LOCK_ID'}` in {self.working_dir}",
             )
         raise TerraformError(failure_message(action, self.env_name, diagnostics, _strip_cli_noise(text)))
 
@@ -598,9 +643,49 @@ def _strip_cli_noise(text: str) -> str:
     return "\n".join(line for line in lines if line).strip()
 
 
-def fmt_check(directory: Path) -> list[str]:
-    """Files under `directory` that `terraform fmt` would change (empty when clean)."""
-    result = run_command(fmt_check_argv(directory), timeout=Timeouts().fmt, check=False)
+def prepare_environment(cli_config: Path, plugin_cache: Path, mirror: Path | None) -> dict[str, str]:
+    """Write the CLI config file `cli_config` (when it changed) and return the per-call environment."""
+    cli_config.parent.mkdir(parents=True, exist_ok=True)
+    plugin_cache.mkdir(parents=True, exist_ok=True)
+    text = cli_config_text(mirror)
+    if not cli_config.exists() or cli_config.read_text() != text:
+        cli_config.write_text(text)
+    return terraform_env(cli_config, plugin_cache)
+
+
+def timeout_error(action: str, env_name: str, timeout: float, source: str | None, *,
+                  working_dir: Path | None = None) -> TerraformTimeout:
+    """The error of a terraform command stopped at its timeout, naming the setting to raise."""
+    where = f" in {source}" if source else " in the environment file"
+    hint = None
+    if action in {"plan", "apply", "destroy"} and working_dir is not None:
+        hint = ("terraform was stopped; if it could not release the state lock, check that no other run is "
+                f"going on and run `terraform force-unlock LOCK_ID` in {working_dir}")
+    return TerraformTimeout(
+        f"terraform {action} for {env_name} timed out after {timeout:g} s and was stopped "
+        f"(the limit is terraform.timeouts.{action}{where})",
+        hint=hint,
+    )
+
+
+def fmt_check(directory: Path, *, timeout: float | None = None, mirror: Path | None = PLUGIN_MIRROR) -> list[str]:
+    """Files under `directory` that `terraform fmt` would change (empty when clean).
+
+    Like every other call it runs with the orchestrator's own CLI config and TF_IN_AUTOMATION
+    (written to a scratch directory: there is no environment state dir here).
+    """
+    limit = Timeouts().fmt if timeout is None else timeout
+    mirror = mirror if mirror is not None and mirror.is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="orchestrate-tf-") as scratch:
+        env = prepare_environment(Path(scratch) / "terraformrc", default_plugin_cache(Path(scratch)), mirror)
+        try:
+            # no cwd: terraform prints the file names relative to the caller's directory
+            result = run_command(fmt_check_argv(directory), env=env, timeout=limit, check=False)
+        except CommandTimeout as exc:
+            raise TerraformTimeout(f"terraform fmt -check {directory} timed out after {limit:g} s and was stopped") \
+                from exc
+        except CommandError as exc:
+            raise TerraformError(f"terraform fmt failed: {exc.message}") from exc
     if result.returncode not in (0, 3):
         raise TerraformError(f"terraform fmt failed: {_strip_cli_noise(result.stderr)}")
     return [line.strip() for line in result.stdout.splitlines() if line.strip()]

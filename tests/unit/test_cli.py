@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from orchestrator import __version__
@@ -73,3 +74,58 @@ def test_console_script_runs() -> None:
     exe = Path(sys.executable).parent / "orchestrate"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
     assert "validate" in out.stdout
+
+
+def _leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every runnable verb (sub-verbs of groups such as `heal serve`), as argv prefixes."""
+    ctx = click.Context(group)
+    found: list[tuple[str, ...]] = []
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
+        if isinstance(command, click.Group):
+            found += _leaf_commands(command, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+def test_every_verb_takes_json() -> None:
+    verbs = _leaf_commands(cli)
+    assert len(verbs) >= 25 and ("validate",) in verbs and ("destroy",) in verbs
+    missing = []
+    for verb in verbs:
+        result = CliRunner().invoke(cli, [*verb, "--help"])
+        assert result.exit_code == 0, (verb, result.output)
+        if "--json" not in result.output:
+            missing.append(" ".join(verb))
+    assert missing == []
+
+
+#: a complete environment file with one bad value, and the one line it must give
+MALFORMED = Path(__file__).parent / "config_corpus" / "04_bad_subnet.yml"
+EXPECTED = MALFORMED.read_text().splitlines()[0].removeprefix("# expect: ")
+
+
+def _malformed_project(tmp_path: Path) -> Path:
+    env_dir = tmp_path / "inventories" / "corpus"
+    env_dir.mkdir(parents=True)
+    (env_dir / "environment.yml").write_text(MALFORMED.read_text())
+    return tmp_path
+
+
+def test_errors_have_no_traceback_without_debug(tmp_path: Path) -> None:
+    project = _malformed_project(tmp_path)
+    result = CliRunner().invoke(cli, ["--project-dir", str(project), "validate", "corpus"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: {EXPECTED}"]
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    project = _malformed_project(tmp_path)
+    result = CliRunner().invoke(cli, ["--debug", "--project-dir", str(project), "validate", "corpus"])
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "orchestrator.errors.ConfigError" in result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: {EXPECTED}"

@@ -20,6 +20,7 @@ from orchestrator.audit import AuditLog
 from orchestrator.config import Project
 from orchestrator.errors import LockBusy, UsageError
 from orchestrator.heal import (
+    REFUSED_AUDIT_INTERVAL,
     Alert,
     HealPolicy,
     HealServer,
@@ -291,7 +292,27 @@ def test_requests_without_the_token_are_refused() -> None:
         assert denied.value.code == 401
         assert server.wait_idle(5)
     assert remediator.calls == []
-    assert audit.entries == []
+    # the two refusals from one client within a minute: one audit entry, no decision
+    assert audit.outcomes() == ["unauthorized"]
+    assert audit.entries[0]["details"]["client"] == "127.0.0.1"
+    assert audit.entries[0]["details"]["path"] == "/alerts"
+    assert server.summary()["counts"]["unauthorized"] == 2
+
+
+def test_refusals_are_audited_once_per_client_per_interval() -> None:
+    now = [1000.0]
+    audit = MemoryAudit()
+    server = HealServer(policy=policy(throttle=1.0, max_remediations=3, window=600),
+                        remediator=CountingRemediator(), audit=audit, lock=FreeLock(), token=TOKEN,
+                        listeners=[("127.0.0.1", 0)], clock=lambda: now[0])
+    for _ in range(50):
+        server.refuse("10.213.10.20", "/alerts")
+    server.refuse("10.213.10.21", "/alerts")
+    now[0] += REFUSED_AUDIT_INTERVAL + 1
+    server.refuse("10.213.10.20", "/alerts")
+    clients = [(e["details"]["client"], e["details"]["not_recorded_before"]) for e in audit.entries]
+    assert clients == [("10.213.10.20", 0), ("10.213.10.21", 0), ("10.213.10.20", 49)]
+    assert server.summary()["counts"]["unauthorized"] == 52
 
 
 def test_alert_is_remediated_and_the_chain_recorded() -> None:

@@ -108,3 +108,18 @@ def test_resume_refusals(project: Path) -> None:
         run.fail("x")
     code, out = invoke(project, "resume", run.id)
     assert code == 2 and "cannot be resumed (its command takes no --resume)" in out
+
+
+def test_resume_of_a_run_that_died_after_its_last_step(project: Path) -> None:
+    with Journal.open(project / ".orchestrate" / "dev") as journal:
+        run = journal.start_run("fake-up", ["fake-up", "dev"], steps=STEPS)
+        for name in STEPS:
+            with run.step(name):
+                pass
+        run.interrupt("killed")  # every step done, the completion never written
+    code, out = invoke(project, "resume", run.id, "--json")
+    assert code == 0, out
+    assert "after its last step (only its completion is left)" in out
+    assert executed == []  # nothing ran again
+    runs = json.loads(invoke(project, "runs", "dev", "--json")[1])["runs"]
+    assert (runs[0]["id"], runs[0]["state"]) == (run.id, "completed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from orchestrator.tools.ansible import (
     TaskResult,
     _scrub_command_record,
     ansible_cfg_text,
+    local_temp_dir,
+    remove_orphans,
     runner_env,
     secret_vars_file,
 )
@@ -109,6 +112,20 @@ def test_tuned_settings_differ_from_stock_where_speed_is_won(tmp_path: Path) -> 
     env = runner_env(AnsibleSettings.tuned(), tmp_path / "ansible.cfg")
     assert env["ANSIBLE_CONFIG"] == str(tmp_path / "ansible.cfg")
     assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True"
+    assert "ANSIBLE_LOCAL_TEMP" not in env
+    stock_env = runner_env(AnsibleSettings.stock(), tmp_path / "c", tmp_path / "t")
+    assert stock_env["ANSIBLE_LOCAL_TEMP"] == stock_env["TMPDIR"] == str(tmp_path / "t")
+
+
+def test_ansibles_local_temp_is_memory_backed_and_removed_after_the_run() -> None:
+    with local_temp_dir() as path:
+        assert path.is_dir() and path.name.startswith("orch-ansible-")
+        # mitogen binds a unix socket below TMPDIR: its path must stay well under 108 bytes
+        assert len(str(path / "mitogen_unix_abcdefgh" / "mitogen_unix_abcdefgh.sock")) < 100
+        if Path("/dev/shm").is_dir():
+            assert path.parent == Path("/dev/shm")
+        (path / "AnsiballZ_payload.py").write_text("module arguments")
+    assert not path.exists()
 
 
 def test_secret_vars_live_in_a_private_file_only_during_the_run() -> None:
@@ -116,9 +133,38 @@ def test_secret_vars_live_in_a_private_file_only_during_the_run() -> None:
         assert path is not None
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert json.loads(path.read_text())["rust_service_secret_env"]["HELLO_SECRET"] == "s3cr3t"
+        # named after this process, so that a later run can remove it if this one is killed
+        assert path.name.startswith(f"orch-secrets-{os.getpid()}-")
+        if Path("/dev/shm").is_dir():
+            assert path.parent == Path("/dev/shm")
     assert not path.exists()
     with secret_vars_file({}) as nothing:
         assert nothing is None
+
+
+def test_the_secrets_file_goes_when_the_playbook_starts() -> None:
+    gone: list[str] = []
+    collector = EventCollector(on_start=lambda: gone.append("unlinked"))
+    collector({"event": "verbose", "stdout": "[WARNING]: an inventory warning, before the vars are read"})
+    assert gone == []
+    collector({"event": "playbook_on_start", "event_data": {}})
+    collector({"event": "playbook_on_play_start", "event_data": {}})
+    assert gone == ["unlinked"]
+
+
+def test_files_of_runs_whose_process_died_are_removed(tmp_path: Path) -> None:
+    dead = 4_000_000  # above the kernel's pid_max: never alive
+    stale_secret = tmp_path / f"orch-secrets-{dead}-abc.json"
+    stale_secret.write_text("{}")
+    stale_temp = tmp_path / f"orch-ansible-{dead}-xyz"
+    (stale_temp / "sub").mkdir(parents=True)
+    live = tmp_path / f"orch-ansible-{os.getpid()}-def"
+    live.mkdir()
+    unrelated = tmp_path / "orch-other-123-x"
+    unrelated.mkdir()
+    assert sorted(remove_orphans(tmp_path)) == sorted([stale_secret, stale_temp])
+    assert not stale_secret.exists() and not stale_temp.exists()
+    assert live.is_dir() and unrelated.is_dir()
 
 
 def test_the_command_record_loses_the_process_environment(tmp_path: Path) -> None:

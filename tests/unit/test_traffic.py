@@ -27,14 +27,20 @@ from orchestrator.traffic import (
     TrafficError,
     TrafficState,
     _prometheus_decision,
+    check_split,
     colors,
+    has_lb_host,
     helper_argv,
+    host_strategy,
     load_gate,
     monitoring_host,
+    note_host_deploy,
+    pick_strategy,
     prometheus_gate,
     prometheus_queries,
     promql_servers,
     read_state,
+    resolve_strategy,
     served_share,
     service_queries,
     split_weights,
@@ -294,3 +300,84 @@ def test_role_template_renders_a_config_haproxy_accepts(tmp_path: Path) -> None:
     broken = tmp_path / "broken.cfg"
     broken.write_text(text.replace("balance roundrobin", "balance nosuchalgorithm"))
     assert subprocess.run(["haproxy", "-c", "-f", str(broken)], capture_output=True, check=False).returncode != 0
+
+
+@pytest.mark.parametrize(("requested", "lb", "ran"), [
+    ("canary", True, "canary-traffic"), ("canary", False, "canary-hosts"),
+    ("canary-hosts", True, "canary-hosts"), ("canary-traffic", True, "canary-traffic"),
+    ("blue-green", True, "blue-green"), ("rolling", True, "rolling"), ("rolling", False, "rolling"),
+])
+def test_canary_means_traffic_weight_behind_a_load_balancer(requested: str, lb: bool, ran: str) -> None:
+    assert pick_strategy(requested, lb=lb) == ran
+    assert host_strategy(pick_strategy(requested, lb=lb)) == ("canary" if ran == "canary-hosts" else "rolling")
+
+
+def test_pick_strategy_lists_the_valid_ones() -> None:
+    with pytest.raises(UsageError, match="not one of rolling, canary, canary-hosts, canary-traffic, blue-green"):
+        pick_strategy("bluegreen", lb=True)
+
+
+def test_resolve_strategy_reads_the_inventory_and_the_environment(project_copy: Path) -> None:
+    loaded = Project(project_copy).load("dev")
+    connection = ConnectionSettings(user="root", private_key=Path("/k"))
+    inventory = loaded.state_dir / "inventory.yml"
+    assert not has_lb_host(loaded)  # no inventory yet
+    write_inventory(inventory, build_inventory("dev", _hosts(2), connection))
+    assert not has_lb_host(loaded)
+    assert resolve_strategy(loaded, "canary") == "canary-hosts"
+    assert resolve_strategy(loaded, None) == "rolling"  # dev's rollout.strategy
+    with pytest.raises(UsageError, match=r"no host in group lb: set terraform\.vars\.lb_count: 1"):
+        resolve_strategy(loaded, "blue-green")
+    write_inventory(inventory, build_inventory("dev", [*_hosts(2), Host("p-lb-1", "10.0.0.20", ("lb",))], connection))
+    assert has_lb_host(loaded)
+    assert resolve_strategy(loaded, "canary") == "canary-traffic"
+    _env_with(project_copy, {"strategy": "canary"})
+    assert resolve_strategy(Project(project_copy).load("dev"), None) == "canary-traffic"
+    _env_with(project_copy, {"strategy": "canary-hosts"})
+    again = Project(project_copy).load("dev")
+    assert resolve_strategy(again, None) == "canary-hosts" and again.env.rollout.host_strategy == "canary"
+    for name in ("blue-green", "canary-traffic"):
+        _env_with(project_copy, {"strategy": name})
+        traffic = Project(project_copy).load("dev")
+        assert resolve_strategy(traffic, None) == name
+        # orchestrator.deploy (host level) deploys each colour of a traffic release as rolling
+        assert traffic.env.rollout.host_strategy == "rolling"
+
+
+def test_a_host_level_deploy_leaves_no_colour_to_switch_back_to(project_copy: Path) -> None:
+    loaded = Project(project_copy).load("dev")
+    note_host_deploy(loaded, "0.3.0-0123456789ab")
+    assert not (loaded.state_dir / "traffic.json").exists()  # no LB state: nothing written
+    write_state(loaded, TrafficState(weights={"a": 0, "b": 100}, active="green", previous="blue",
+                                     releases={"green": "0.2.0-0123456789ab"}))
+    note_host_deploy(loaded, "0.3.0-0123456789ab")
+    state = read_state(loaded)
+    assert state.previous is None and state.weights == {"a": 0, "b": 100}
+    assert state.releases == {"blue": "0.3.0-0123456789ab", "green": "0.3.0-0123456789ab"}
+
+
+def test_check_split_after_blue_green_wants_the_serving_hosts_on_the_new_release() -> None:
+    releases = {"a-1": "v2", "a-2": "v1", "a-3": "v2", "a-4": "v1"}
+    weights = {"a-1": 100, "a-2": 0, "a-3": 100, "a-4": 0}
+    problem, detail = check_split(releases, weights, "v2")
+    assert problem is None
+    assert detail == {"release": "v2", "serving": {"a-1": "v2", "a-3": "v2"}, "idle": {"a-2": "v1", "a-4": "v1"}}
+    # the new release is on the idle hosts only: traffic never moved
+    problem, _ = check_split(releases, {"a-1": 0, "a-2": 100, "a-3": 0, "a-4": 100}, "v2")
+    assert problem == "the hosts that get traffic are on v1, expected v2"
+    # a split colour, or an idle host without a release
+    assert "idle hosts are on a-2: v1, a-4: v3" in str(check_split({**releases, "a-4": "v3"}, weights, "v2")[0])
+    assert "a-4: no release" in str(check_split({**releases, "a-4": None}, weights, "v2")[0])
+    assert check_split(releases, dict.fromkeys(weights, 0), None)[0] == (
+        "no app host gets traffic from the load balancer (every weight is 0)")
+    assert check_split(releases, {"a-1": 100}, None)[0] == "not in the load balancer's backend: a-2, a-3, a-4"
+    # every host serves (a rolling deploy behind the LB): one release fleet-wide, as without an LB
+    assert check_split(releases, dict.fromkeys(weights, 100), None)[0] == "the hosts that get traffic are on v1, v2"
+    assert check_split(dict.fromkeys(releases, "v2"), dict.fromkeys(weights, 100), "v2")[0] is None
+
+
+def test_up_configures_the_lb_between_deploy_and_monitoring() -> None:
+    from orchestrator.pipeline import STEPS, _Stages
+
+    assert STEPS.index("deploy") < STEPS.index("lb") < STEPS.index("monitoring")
+    assert all(callable(getattr(_Stages, name)) for name in STEPS)

@@ -23,12 +23,14 @@ description:
   - C(state=rollback) does the same towards the previous release or the named I(release_id);
     nothing is copied.
   - C(state=status) only reads (current, previous, unit state, one health probe).
+  - C(state=cleanup) removes release directories beyond I(keep_releases), never the current or
+    previous one; a deploy runs it once every host passed its gate (C(present) removes nothing).
   - When the requested release is already current and healthy, nothing changes.
 options:
   state:
     description: What to do.
     type: str
-    choices: [present, rollback, status]
+    choices: [present, rollback, status, cleanup]
     default: present
   service:
     description: Name of the service, its unit and its binary.
@@ -68,14 +70,23 @@ options:
     type: bool
     default: false
   keep_releases:
-    description: Release directories to keep (the current and previous ones are never removed). 0 keeps all.
+    description:
+      - Release directories to keep with I(state=cleanup) or I(state=rollback). 0 keeps all.
+      - The current and previous ones are never removed.
     type: int
     default: 0
+  previous_id:
+    description:
+      - With I(state=rollback), the release the C(previous) symlink names after a successful switch
+        (undoing a failed rollout: the host's previous of before it). Default the release switched away from.
+    type: str
+    default: ""
 author: orchestrate
 """
 
 RETURN = r"""
 release_before: {description: Release current before this call (null on a first deploy), type: str}
+previous_before: {description: Release the previous symlink named before this call, type: str}
 release: {description: Release current after this call, type: str}
 previous_release: {description: Release the previous symlink names after this call, type: str}
 switched: {description: Whether current now names another release than before, type: bool}
@@ -192,6 +203,15 @@ def releases_to_remove(releases, keep, protected):
 
 
 # --- systemd and health ----------------------------------------------------------------------
+
+
+def remove_old_releases(base, keep, result):
+    """Remove release directories beyond `keep` (never the current or the previous one)."""
+    protected = {r for r in (link_target(base, CURRENT), link_target(base, PREVIOUS)) if r}
+    for release in releases_to_remove(list_releases(base), keep, protected):
+        shutil.rmtree(os.path.join(base, RELEASES, release), ignore_errors=True)
+        result["removed"].append(release)
+        result["changed"] = True
 
 
 def run(argv, timeout=30):
@@ -318,7 +338,7 @@ def switch_and_gate(module, base, gate, target, before, result):
 def main():
     module = AnsibleModule(
         argument_spec={
-            "state": {"type": "str", "choices": ["present", "rollback", "status"], "default": "present"},
+            "state": {"type": "str", "choices": ["present", "rollback", "status", "cleanup"], "default": "present"},
             "service": {"type": "str", "required": True},
             "base_dir": {"type": "path"},
             "release_id": {"type": "str"},
@@ -330,6 +350,7 @@ def main():
             "health_interval": {"type": "float", "default": 0.25},
             "restart": {"type": "bool", "default": False},
             "keep_releases": {"type": "int", "default": 0},
+            "previous_id": {"type": "str", "default": ""},
         },
         required_if=[("state", "present", ["release_id", "sha256"])],
         supports_check_mode=False,
@@ -339,8 +360,11 @@ def main():
     base = params["base_dir"] or f"/opt/{service}"
     gate = Gate(params)
     before = link_target(base, CURRENT)
+    previous_before = link_target(base, PREVIOUS)
     result = {
-        "changed": False, "release_before": before, "release": before, "switched": False,
+        "state": params["state"],
+        "changed": False, "release_before": before, "previous_before": previous_before, "release": before,
+        "switched": False,
         "rolled_back": False, "restored_healthy": None, "healthy": None, "evidence": {}, "removed": [],
         "timings": {"started": time.time()},
     }
@@ -348,6 +372,14 @@ def main():
     if params["state"] == "status":
         result.update(previous_release=link_target(base, PREVIOUS), unit=unit_state(service),
                       healthy=gate.probe_now(), releases=list_releases(base))
+        module.exit_json(**result)
+
+    if params["state"] == "cleanup":
+        # After the whole rollout passed its gates (deploy.yml's last play): a rollout that fails
+        # on a later host puts this one back on its old current *and* previous, so nothing may
+        # be removed before then.
+        remove_old_releases(base, params["keep_releases"], result)
+        result.update(previous_release=link_target(base, PREVIOUS), unit=unit_state(service))
         module.exit_json(**result)
 
     if params["state"] == "present":
@@ -390,11 +422,19 @@ def main():
             module.fail_json(msg=f"release {target} failed its health gate; {before or 'no release'} {restored}",
                              **result)
 
-    protected = {r for r in (link_target(base, CURRENT), link_target(base, PREVIOUS), target) if r}
-    for release in releases_to_remove(list_releases(base), params["keep_releases"], protected):
-        shutil.rmtree(os.path.join(base, RELEASES, release), ignore_errors=True)
-        result["removed"].append(release)
-        result["changed"] = True
+    restore_previous = params["previous_id"]
+    if params["state"] == "rollback" and restore_previous and restore_previous != target:
+        # Undoing a failed rollout: the host gets back its `previous` of before the rollout too,
+        # not the release that just failed (which a later `rollback` would otherwise switch to).
+        if os.path.isfile(os.path.join(base, RELEASES, restore_previous, service)):
+            if link_target(base, PREVIOUS) != restore_previous:
+                switch_link(base, PREVIOUS, restore_previous)
+                result["changed"] = True
+        else:
+            remove_link(base, PREVIOUS)
+            result["changed"] = True
+    if params["state"] == "rollback":
+        remove_old_releases(base, params["keep_releases"], result)
     result.update(previous_release=link_target(base, PREVIOUS), unit=unit_state(service))
     module.exit_json(**result)
 

@@ -1,12 +1,19 @@
 # A small fleet in one VPC: N application instances, one monitoring instance and optionally an
-# HAProxy load balancer in public subnets, SSH from the admin CIDR only, the service port from
-# inside the VPC, and the exporter ports from the monitoring host only.
+# HAProxy load balancer in public subnets. Ingress, by source (nothing else reaches any port):
+# - the admin CIDR (operators and the orchestrate controller): SSH everywhere, the service port
+#   (blue-green smoke load on the idle colour) and Prometheus' API (the traffic gates' queries);
+# - the load balancer: the service port (client traffic, HAProxy health checks);
+# - the monitoring host: the service port (/metrics scrapes) and the exporter ports;
+# - the clients (lb_ingress_cidrs): HTTP on the load balancer only.
+# Alertmanager and the node exporter of the monitoring host are used over loopback only.
 
 locals {
   # Ports the monitoring host scrapes besides the service port's /metrics.
   node_exporter_port    = 9100
   haproxy_exporter_port = 8405
-  tags                  = merge(var.tags, { "orchestrate:fleet" = var.name })
+  # Prometheus on the monitoring host (roles/prometheus prometheus_listen_address).
+  prometheus_port = 9090
+  tags            = merge(var.tags, { "orchestrate:fleet" = var.name })
 }
 
 data "aws_availability_zones" "available" {
@@ -59,7 +66,7 @@ resource "aws_route_table_association" "this" {
 # Rules are inline so that a rule added behind Terraform's back shows up as drift of the group.
 resource "aws_security_group" "monitoring" {
   name        = "${var.name}-monitoring"
-  description = "Monitoring host of ${var.name}: SSH from the admin CIDR, Prometheus and Alertmanager from the VPC"
+  description = "Monitoring host of ${var.name}: SSH and Prometheus from the admin CIDR"
   vpc_id      = aws_vpc.this.id
 
   ingress {
@@ -71,11 +78,11 @@ resource "aws_security_group" "monitoring" {
   }
 
   ingress {
-    description = "Prometheus and Alertmanager from inside the VPC"
-    from_port   = 9090
-    to_port     = 9093
+    description = "Prometheus API from the admin CIDR (canary and blue-green gates of the controller)"
+    from_port   = local.prometheus_port
+    to_port     = local.prometheus_port
     protocol    = "tcp"
-    cidr_blocks = [var.vpc_cidr]
+    cidr_blocks = [var.admin_cidr]
   }
 
   egress {
@@ -91,7 +98,7 @@ resource "aws_security_group" "monitoring" {
 
 resource "aws_security_group" "app" {
   name        = "${var.name}-app"
-  description = "Application hosts of ${var.name}: SSH from the admin CIDR, service from the VPC, metrics from monitoring"
+  description = "Application hosts of ${var.name}: SSH from the admin CIDR, service from LB, monitoring and admin CIDR"
   vpc_id      = aws_vpc.this.id
 
   ingress {
@@ -103,11 +110,19 @@ resource "aws_security_group" "app" {
   }
 
   ingress {
-    description = "Service port (and its /metrics) from inside the VPC"
+    description     = "Service port from the load balancer (traffic) and the monitoring host (/metrics)"
+    from_port       = var.service_port
+    to_port         = var.service_port
+    protocol        = "tcp"
+    security_groups = concat([aws_security_group.monitoring.id], aws_security_group.lb[*].id)
+  }
+
+  ingress {
+    description = "Service port from the admin CIDR (smoke load of the controller on an idle colour)"
     from_port   = var.service_port
     to_port     = var.service_port
     protocol    = "tcp"
-    cidr_blocks = [var.vpc_cidr]
+    cidr_blocks = [var.admin_cidr]
   }
 
   ingress {
@@ -194,7 +209,7 @@ resource "aws_security_group" "lb" {
   }
 
   ingress {
-    description     = "HAProxy and node exporters from the monitoring host only"
+    description     = "HAProxy exporter from the monitoring host only"
     from_port       = local.haproxy_exporter_port
     to_port         = local.haproxy_exporter_port
     protocol        = "tcp"

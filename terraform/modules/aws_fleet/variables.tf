@@ -42,12 +42,12 @@ variable "subnet_cidrs" {
 }
 
 variable "admin_cidr" {
-  description = "IPv4 CIDR allowed to reach SSH (22) on every host, such as 203.0.113.0/24."
+  description = "IPv4 CIDR of the operators and the orchestrate controller, such as 203.0.113.0/24: reaches SSH (22) on every host, the service port of the app hosts and Prometheus (9090)."
   type        = string
 
   validation {
     condition     = can(cidrnetmask(var.admin_cidr))
-    error_message = "The admin_cidr must be an IPv4 CIDR such as 203.0.113.0/24 (0.0.0.0/0 opens SSH to everyone)."
+    error_message = "The admin_cidr must be an IPv4 CIDR such as 203.0.113.0/24 (0.0.0.0/0 opens SSH and Prometheus to everyone)."
   }
 }
 
@@ -95,7 +95,7 @@ variable "ami_id" {
 }
 
 variable "service_port" {
-  description = "TCP port the service listens on (and serves /metrics on), reachable from inside the VPC."
+  description = "TCP port the service listens on (and serves /metrics on), reachable from the load balancer, the monitoring host and the admin CIDR."
   type        = number
   default     = 8080
 

@@ -6,10 +6,18 @@ with `orchestrate deploy`, and drives `orchestrate backup|backups|restore` as a 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import secrets
+import shutil
+import signal
+import stat
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -189,16 +197,128 @@ def fnv1a_64(data: bytes) -> str:
     return f"{value:016x}"
 
 
-def test_a_planted_secret_reaches_only_the_environment_file(fleet_factory, hello_binary: Path) -> None:
+#: strace annotates each fd with what it is (-y): a path for files, pipe:[..]/socket:[..] otherwise
+TRACED_WRITE = re.compile(r"^\d+\s+(?:write|pwrite64|writev|pwritev2?)\(\d+<([^>]*)>")
+
+
+@dataclass(frozen=True)
+class TracedRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+
+def sandboxed(fleet, sandbox: Path, *args: str) -> TracedRun:
+    """`orchestrate ARGS` with HOME and TMPDIR in `sandbox`, every write(2) it and its children make
+    logged by strace (-y: the fd's path; the first 4 KiB of each buffer) to sandbox/<verb>.strace.
+
+    strace waits for every process it traces, and SSH's ControlPersist master outlives the command
+    by a minute (writing only to its sockets): once the command has exited, the processes strace
+    still traces (all started by the command) are stopped, so that strace ends and its log is whole.
+    """
+    env = {**os.environ, PASSWORD_FILE_ENV: str(fleet.project_dir / "inventories" / "dev" / ".vault-password-dev"),
+           "HOME": str(sandbox / "home"), "TMPDIR": str(sandbox / "tmp")}
+    trace, out, err, pid_file = (sandbox / f"{args[0]}.{kind}" for kind in ("strace", "stdout", "stderr", "pid"))
+    argv = ["strace", "-f", "-q", "-y", "--seccomp-bpf", "-s", "4096", "-o", str(trace),
+            "-e", "trace=write,pwrite64,writev,pwritev,pwritev2",
+            # the command's pid (strace forks probes of its own first): sh records it, then execs
+            "sh", "-c", 'echo $$ > "$0" && exec "$@"', str(pid_file),
+            str(ORCHESTRATE), "--project-dir", str(fleet.project_dir), *args]
+    started = time.monotonic()
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        tracer = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env)
+    try:
+        main = ""
+        while not main and tracer.poll() is None:
+            main = pid_file.read_text().strip() if pid_file.exists() else ""
+            time.sleep(0.01)
+        while main and Path(f"/proc/{main}").exists() and tracer.poll() is None:
+            assert time.monotonic() - started < 600, f"orchestrate {args[0]} still runs after 600 s"
+            time.sleep(0.1)
+        duration = time.monotonic() - started
+        for pid in traced_by(tracer.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        tracer.wait(timeout=30)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    exited = re.search(rf"^{main}\s+\+\+\+ exited with (\d+) \+\+\+$", trace.read_text(errors="replace"), re.MULTILINE)
+    assert exited, f"strace did not see orchestrate {args[0]} (pid {main or '?'}) exit"
+    return TracedRun(int(exited.group(1)), out.read_text(), err.read_text(), duration)
+
+
+def traced_by(tracer: int) -> list[int]:
+    """Processes whose TracerPid is `tracer`."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            if re.search(rf"^TracerPid:\s+{tracer}$", status.read_text(), re.MULTILINE):
+                found.append(int(status.parent.name))
+    return found
+
+
+def controller_files(root: Path, *, newer_than: float | None = None) -> list[Path]:
+    """Regular files under `root` (changed since `newer_than` when given), not following symlinks.
+
+    Skipped: local hosts' disks (`.orchestrate/ENV/hosts/`: overlay dirs holding the hosts' own
+    files) and mount points (a host's merged root).
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [n for n in dirnames if not (n == "hosts" and here.parent.name == ".orchestrate")
+                       and not os.path.ismount(here / n)]
+        for name in filenames:
+            path = here / name
+            try:
+                info = path.lstat()
+            except FileNotFoundError:  # another process's temporary file
+                continue
+            if stat.S_ISREG(info.st_mode) and (newer_than is None or max(info.st_mtime, info.st_ctime) >= newer_than):
+                found.append(path)
+    return found
+
+
+def holds(path: Path, needle: bytes) -> bool:
+    """Whether the file contains `needle` (read in chunks: some files are large)."""
+    tail = b""
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                if needle in tail + chunk:
+                    return True
+                tail = chunk[-len(needle):]
+    except FileNotFoundError:
+        return False
+    return False
+
+
+def test_a_planted_secret_reaches_only_the_environment_file(fleet_factory, hello_binary: Path,
+                                                            tmp_path: Path) -> None:
     fleet = fleet_factory(app_count=1)
     planted = "planted-" + secrets.token_hex(12)
+    needle = planted.encode()
     vault = fleet.project_dir / "inventories" / "dev" / "secrets.yml"
     password = (fleet.project_dir / "inventories" / "dev" / ".vault-password-dev").read_text().splitlines()[0]
     vault.write_text(encrypt_text(f"HELLO_SECRET: {planted}\n", password))
     assert planted not in vault.read_text()
+    assert shutil.which("strace"), "this test needs strace (Debian package strace)"
 
-    deploy(fleet, hello_binary)
-    take_backup(fleet)  # backups must not carry it to the controller either
+    # The runs get their own HOME and TMPDIR (Ansible's ~/.ansible/tmp, Python's tempfile) so that
+    # every file they write is in a place searched below.
+    sandbox = tmp_path / "sandbox"
+    for part in ("home", "tmp"):
+        (sandbox / part).mkdir(parents=True)
+    stamp = time.time() - 1  # ctime/mtime resolution
+    deploy_run = sandboxed(fleet, sandbox, "deploy", "dev", "--release", str(hello_binary), "--skip-backup",
+                           "--json")
+    assert deploy_run.returncode == 0, deploy_run.stderr[-3000:]
+    backup_run = sandboxed(fleet, sandbox, "backup", "dev", "--json")  # backups must not carry it either
+    assert backup_run.returncode == 0, backup_run.stderr[-3000:]
+
     host = fleet.group("app")[0]
     env_file = fleet.ssh(host, "stat -c '%a %U' /etc/hello/hello.env && cat /etc/hello/hello.env").stdout
     assert env_file.splitlines()[0] == "600 root"
@@ -206,30 +326,49 @@ def test_a_planted_secret_reaches_only_the_environment_file(fleet_factory, hello
     config_hash = fleet.ssh(host, "curl -s http://127.0.0.1:8080/config-hash").stdout.strip()
     assert config_hash == fnv1a_64(planted.encode())
 
-    # The local hosts' disks live under .orchestrate/ENV/hosts/<host>/ (overlay upper, work
-    # and merged dirs): those files are the host's, not the controller's. Everything else
-    # under .orchestrate/ is the controller's and is searched.
-    orchestrate_dir = fleet.project_dir / ".orchestrate"
-    hosts_dir = fleet.state_dir / "hosts"
-    found_on_host = []
-    searched = []
-    leaked = []
-    for path in orchestrate_dir.rglob("*"):
-        if path.is_symlink() or not path.is_file():
-            continue
-        data = path.read_bytes()
-        if path.is_relative_to(hosts_dir):
-            if planted.encode() in data:
-                found_on_host.append(path)
-            continue
-        searched.append(path)
-        if planted.encode() in data:
-            leaked.append(path)
+    # Not in what the commands printed ...
+    for run in (deploy_run, backup_run):
+        assert planted not in run.stdout and planted not in run.stderr
+    # ... nor in any file on the controller the runs may have written: the sandboxes, the whole
+    # project dir, /dev/shm, and whatever changed under /tmp and /var/tmp since the stamp. The
+    # local hosts' disks live under .orchestrate/ENV/hosts/<host>/ (overlay upper, work and
+    # merged dirs): those files are the host's, not the controller's.
+    traces = sorted(sandbox.glob("*.strace"))
+    searched = {p for p in controller_files(sandbox) if p not in traces}
+    searched |= set(controller_files(fleet.project_dir))
+    searched |= set(controller_files(Path("/dev/shm")))
+    for scratch in (Path("/tmp"), Path("/var/tmp")):
+        searched |= {p for p in controller_files(scratch, newer_than=stamp) if p not in traces}
+    leaked = sorted(p for p in searched if holds(p, needle))
     assert leaked == []
-    # the search covered the run dirs (ansible-runner artifacts, env/, command) and the backups
+    # ... nor in a file that existed only for a while during the runs (a rendered template in
+    # Ansible's local tmp, say): strace saw every write to a file; writes to pipes and sockets
+    # (the SSH connections) and the secrets' own file in memory (/dev/shm, deleted once the
+    # playbook started) are expected.
+    writes = [(m.group(1), planted in line) for trace in traces
+              for line in trace.read_text(errors="replace").splitlines() if (m := TRACED_WRITE.match(line))]
+    with_secret = sorted({path for path, secret in writes if secret and path.startswith("/")})
+    assert [p for p in with_secret if not p.startswith("/dev/shm/orch-secrets-")] == []
+    assert with_secret and not [p for p in with_secret if Path(p).exists()], "the secrets' file is deleted"
+
+    # The search was not vacuous: Ansible really wrote (short-lived) files into its local temp
+    # dir (in memory, /dev/shm/orch-ansible-*, its TMPDIR too, removed after each run),
+    # the run dirs (ansible-runner artifacts) and the backup are among the searched files, strace
+    # saw the secret leave for the host, and the host's own env file and backup (outside the
+    # search) do hold the value.
+    written_to = {path for path, _ in writes}
+    local_temp = {p for p in written_to if p.startswith("/dev/shm/orch-ansible-")}
+    assert local_temp, "Ansible's local temp dir was not used"
+    assert not [p for p in local_temp if Path(p).exists()], "Ansible's local temp dir is removed after the run"
     assert any("/runs/" in str(p) and "/artifacts/" in str(p) for p in searched)
     assert any("/backups/" in str(p) for p in searched)
-    # and would have found the value: it is in the host's env file and its host-only backup
+    assert any(secret and not path.startswith("/") for path, secret in writes), "strace saw no write of the secret"
+    hosts_dir = fleet.state_dir / "hosts"
+    found_on_host = []  # the overlays' upper dirs hold what the host wrote (merged/ is its mounted root)
+    for dirpath, dirnames, filenames in os.walk(hosts_dir):
+        dirnames[:] = [n for n in dirnames if not os.path.ismount(Path(dirpath) / n)]
+        found_on_host += [Path(dirpath) / n for n in filenames if holds(Path(dirpath) / n, needle)]
     assert any(str(p).endswith("etc/hello/hello.env") for p in found_on_host)
     assert any(str(p).endswith("config.env") for p in found_on_host)
-    assert not [p for p in Path("/dev/shm").glob("orch-secrets-*") if planted.encode() in p.read_bytes()]
+    print(f"searched {len(searched)} files, {len(writes)} traced writes; "
+          f"deploy {deploy_run.duration:.1f} s, backup {backup_run.duration:.1f} s")

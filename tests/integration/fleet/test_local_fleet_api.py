@@ -33,6 +33,14 @@ def test_fixture_fleet_is_reachable_and_ensure_is_idempotent(fleet_factory: Any)
         assert fleet_env.ssh(host, "hostname").stdout.strip() == host.name
         address = fleet_env.ssh(host, "ip -4 -o addr show dev host0").stdout
         assert f"{host.address}/24" in address
+    # every host has a host key of its own (generated per host, never the image's), and the
+    # known_hosts the fleet wrote holds exactly those keys
+    host_keys = {h.name: fleet_env.ssh(h, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
+                 for h in fleet_env.hosts}
+    assert len(set(host_keys.values())) == len(fleet_env.hosts) == 3
+    known = {line.split()[0]: line.split()[2] for line in fleet_env.known_hosts.read_text().splitlines() if line}
+    assert {h.address: host_keys[h.name] for h in fleet_env.hosts} == {
+        h.address: known[h.address] for h in fleet_env.hosts}
     mon = fleet_env.group("monitoring")[0]
     enabled = fleet_env.ssh(mon, "systemctl is-enabled prometheus prometheus-alertmanager haproxy", check=False)
     assert enabled.stdout.split() == ["disabled", "disabled", "disabled"]

@@ -47,15 +47,33 @@ def test_bootstrap_refuses_a_local_environment(aws_project: Path, run_orchestrat
     assert "has target 'local'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_init_is_offline_from_the_mirror_and_skipped_when_current(aws_project: Path, run_orchestrate: Any) -> None:
+def test_init_is_offline_from_the_mirror_and_skipped_when_current(
+    aws_project: Path, run_orchestrate: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirrored = PLUGIN_MIRROR / "registry.terraform.io" / "hashicorp" / "aws"
+    if not mirrored.is_dir():
+        pytest.skip(f"no provider mirror at {mirrored} on this machine: init would need the registry, "
+                    "which tests must not reach")
     assert run_orchestrate(aws_project, "bootstrap", "prod").returncode == 0
     tf = terraform_for(Project(aws_project).load("prod"))
+    # Any request to the registry (or anywhere off this machine) goes to a dead proxy and fails
+    # the init; loopback (the moto S3 backend) is never proxied.
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("CHECKPOINT_DISABLE", "1")
     assert tf.init() is True
-    if PLUGIN_MIRROR.is_dir():
-        assert "filesystem_mirror" in tf.cli_config.read_text()
+    config = tf.cli_config.read_text()
+    assert "filesystem_mirror" in config and f'path    = "{PLUGIN_MIRROR}"' in config
+    assert 'exclude = ["registry.terraform.io/*/*"]' in config  # never direct from the registry
+    assert tf.environment()["TF_CLI_CONFIG_FILE"] == str(tf.cli_config)
     lock = (tf.working_dir / ".terraform.lock.hcl").read_text()
     assert 'provider "registry.terraform.io/hashicorp/aws"' in lock
-    assert (tf.working_dir / ".terraform" / "providers" / "registry.terraform.io" / "hashicorp" / "aws").is_dir()
+    installed = tf.working_dir / ".terraform" / "providers" / "registry.terraform.io" / "hashicorp" / "aws"
+    # what terraform installed and locked is what the mirror holds
+    assert sorted(p.name for p in installed.iterdir()) == sorted(p.name for p in mirrored.iterdir())
+    assert f'version     = "{sorted(p.name for p in mirrored.iterdir())[-1]}"' in lock
     assert tf.init() is False  # nothing changed: the stamp matches
     assert tf.validate() == []  # the rendered root and the aws_fleet module: no errors, no warnings
     tf2 = terraform_for(Project(aws_project).load("prod"))

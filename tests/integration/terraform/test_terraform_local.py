@@ -45,7 +45,15 @@ def test_provision_boots_the_fleet_writes_the_inventory_and_heals_a_stopped_host
     assert json.loads(second.stdout)["changes"] is False
     assert fleet.state(names[0]) == "running"
 
-    gone = run_orchestrate(project, "destroy", "dev", "--json")
+    # No terminal (stdin is /dev/null) and no --yes: refused, one line, nothing destroyed.
+    refused = run_orchestrate(project, "destroy", "dev", "--json")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        "error: destroy of environment 'dev' needs confirmation, and there is no terminal to ask on; "
+        "pass --yes to confirm (nothing was changed)"]
+    assert [fleet.state(n) for n in names] == ["running"] * 3 and fleet_env.inventory.exists()
+
+    gone = run_orchestrate(project, "destroy", "dev", "--yes", "--json")
     assert gone.returncode == 0, gone.stderr
     assert [fleet.state(n) for n in names] == ["missing"] * 3
     assert not fleet_env.inventory.exists()

@@ -1,4 +1,5 @@
-"""The prod fleet on moto, end to end: plan, provision, inventory, re-plan, drift, state lock, destroy.
+"""The prod fleet on moto, end to end: plan, provision, inventory, security groups, re-plan, drift,
+two concurrent applies on the S3 state lock (with live progress), destroy.
 
 One applied stack is shared by the tests of this module (a full apply takes ~30 s); they run
 in file order and only the last one (the concurrent destroy) tears it down.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +20,17 @@ from typing import Any
 import pytest
 import yaml
 
+from orchestrator.config import Project
+from orchestrator.errors import OrchestratorError, StateLockError
+from orchestrator.provision import terraform_for
+from orchestrator.tools.terraform import StalePlanError
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BUCKET = "orchestrate-prod-state"
 STATE_KEY = "prod/terraform.tfstate"
+ADMIN_CIDR = "203.0.113.0/24"  # inventories/prod/environment.yml terraform.vars.admin_cidr
+SERVICE_PORT = 8080
 
 
 @dataclass
@@ -98,6 +108,64 @@ def test_provision_writes_the_inventory_from_the_outputs(applied: Stack, aws: An
     assert sorted(h["name"] for h in data["hosts"]) == sorted(instances)
 
 
+def listed_hosts(project: Path, run_orchestrate: Any) -> dict[str, tuple[str, list[str], str]]:
+    """`orchestrate hosts prod --json`: {name: (address, groups, state)}."""
+    result = run_orchestrate(project, "hosts", "prod", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["env"] == "prod"
+    return {h["name"]: (h["address"], h["groups"], h["state"]) for h in data["hosts"]}
+
+
+def test_hosts_lists_the_inventory_with_each_instance_state(applied: Stack, aws: Any,
+                                                            run_orchestrate: Any) -> None:
+    instances = {tag(i, "Name"): i for i in fleet_instances(aws)}
+    assert listed_hosts(applied.project, run_orchestrate) == {
+        name: (i["PublicIpAddress"], [tag(i, "orchestrate:groups")], "running") for name, i in instances.items()}
+
+
+def ingress_rules(aws: Any) -> dict[str, set[tuple[str, int, int, str]]]:
+    """{group name: {(protocol, from, to, source)}} of the prod fleet; a source group as `sg:NAME`."""
+    groups = aws("ec2").describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["orchestrate-prod-*"]}])["SecurityGroups"]
+    names = {g["GroupId"]: g["GroupName"].removeprefix("orchestrate-prod-") for g in groups}
+    rules: dict[str, set[tuple[str, int, int, str]]] = {}
+    for group in groups:
+        found = rules.setdefault(names[group["GroupId"]], set())
+        for perm in group["IpPermissions"]:
+            key = (perm["IpProtocol"], perm.get("FromPort", -1), perm.get("ToPort", -1))
+            found.update((*key, r["CidrIp"]) for r in perm.get("IpRanges", []))
+            found.update((*key, r["CidrIpv6"]) for r in perm.get("Ipv6Ranges", []))
+            found.update((*key, f"sg:{names.get(pair['GroupId'], pair['GroupId'])}")
+                         for pair in perm.get("UserIdGroupPairs", []))
+    return rules
+
+
+def test_security_groups_open_only_what_the_fleet_needs(applied: Stack, aws: Any) -> None:
+    rules = ingress_rules(aws)
+    assert sorted(rules) == ["app", "lb", "monitoring"]
+    ssh, node_exporter = ("tcp", 22, 22), ("tcp", 9100, 9100)
+    service = ("tcp", SERVICE_PORT, SERVICE_PORT)
+    # SSH only from the admin CIDR, on every host
+    for name, found in rules.items():
+        assert {r[3] for r in found if r[1] <= 22 <= r[2]} == {ADMIN_CIDR}, name
+    # node exporter only from the monitoring host's group (which scrapes it)
+    assert {r[3] for group in ("app", "lb") for r in rules[group] if r[:3] == node_exporter} == {"sg:monitoring"}
+    assert rules["app"] == {
+        (*ssh, ADMIN_CIDR),
+        (*service, "sg:lb"),  # client traffic through HAProxy
+        (*service, "sg:monitoring"),  # Prometheus scrapes /metrics on the service port
+        (*service, ADMIN_CIDR),  # the controller's blue-green smoke load on the idle colour
+        (*node_exporter, "sg:monitoring"),
+    }
+    assert rules["monitoring"] == {(*ssh, ADMIN_CIDR), ("tcp", 9090, 9090, ADMIN_CIDR)}  # gates query Prometheus
+    assert rules["lb"] == {(*ssh, ADMIN_CIDR), ("tcp", 80, 80, "0.0.0.0/0"), ("tcp", 8405, 8405, "sg:monitoring"),
+                           (*node_exporter, "sg:monitoring")}
+    # nothing is open to the whole VPC or the internet, except the load balancer's HTTP port
+    everywhere = [(g, r) for g, found in rules.items() for r in found if r[3] in {"0.0.0.0/0", "10.40.0.0/16"}]
+    assert everywhere == [("lb", ("tcp", 80, 80, "0.0.0.0/0"))]
+
+
 def test_second_plan_finds_nothing_to_change(applied: Stack, run_orchestrate: Any) -> None:
     result = run_orchestrate(applied.project, "plan", "prod", "--json")
     assert result.returncode == 0, result.stderr
@@ -138,6 +206,137 @@ def test_a_rule_added_behind_terraforms_back_is_drift(applied: Stack, aws: Any, 
     assert "ingress" in drift[0]["attributes"]
 
 
+def lock_operation(aws: Any) -> str | None:
+    """The Operation of the S3 state lock object (use_lockfile), or None when nobody holds it."""
+    s3 = aws("s3")
+    try:
+        body = s3.get_object(Bucket=BUCKET, Key=STATE_KEY + ".tflock")["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+    try:
+        return str(json.loads(body).get("Operation", ""))
+    except ValueError:
+        return ""
+
+
+@dataclass
+class Contention:
+    """Two operators' runs against one S3 state: see the `contended` fixture."""
+
+    first: subprocess.CompletedProcess[str]
+    second: subprocess.CompletedProcess[str]
+    locked_apply: BaseException
+    stale_apply: BaseException
+    replan: subprocess.CompletedProcess[str]
+    app_instances: int
+
+
+@pytest.fixture(scope="module")
+def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
+              tmp_path_factory: pytest.TempPathFactory) -> Contention:
+    """A real change applied by `provision --yes` while another checkout (only the bucket is shared,
+    like a second operator) tries to apply: with `provision`, and with a plan file it saved before
+    the first run started (the race where both planned first).
+    """
+    other = tmp_path_factory.mktemp("contended") / "other-checkout"
+    for part in ("inventories", "terraform"):
+        shutil.copytree(applied.project / part, other / part)
+    other_tf = terraform_for(Project(other).load("prod"))
+    other_tf.init()
+    saved = other_tf.plan(other_tf.working_dir / "plan.tfplan").plan_file  # against the state before the change
+
+    env_file = applied.project / "inventories" / "prod" / "environment.yml"
+    env_file.write_text(env_file.read_text().replace("app_count: 3\n", "app_count: 4\n", 1))
+    first = spawn(applied.project, "provision", "prod", "--yes")  # human output: the progress lines
+    deadline = time.monotonic() + 120
+    while (operation := lock_operation(aws)) != "OperationTypeApply":
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, f"the first provision never applied (lock: {operation})"
+        time.sleep(0.1)
+
+    # The first run now holds the lock for its apply (provider load + a new instance: >10 s).
+    second = spawn(other, "provision", "prod", "--yes")
+    try:
+        other_tf.apply(saved)
+    except OrchestratorError as exc:
+        locked_apply: BaseException = exc
+    else:
+        pytest.fail("the saved plan was applied while another apply held the state lock")
+    second_out, second_err = second.communicate(timeout=300)
+    out, err = first.communicate(timeout=600)
+    try:
+        other_tf.apply(saved)  # the lock is free now, but the state moved on
+    except OrchestratorError as exc:
+        stale_apply: BaseException = exc
+    else:
+        pytest.fail("a plan made before another apply was applied after it")
+    return Contention(
+        first=subprocess.CompletedProcess(first.args, first.returncode, out, err),
+        second=subprocess.CompletedProcess(second.args, second.returncode, second_out, second_err),
+        locked_apply=locked_apply,
+        stale_apply=stale_apply,
+        replan=run_orchestrate(applied.project, "plan", "prod", "--json"),
+        app_instances=sum(tag(i, "orchestrate:groups") == "app" for i in fleet_instances(aws)),
+    )
+
+
+def test_concurrent_applies_are_refused_by_the_state_lock(contended: Contention) -> None:
+    assert contended.first.returncode == 0, contended.first.stderr
+    # the other checkout's provision: refused (its plan step meets the apply's lock), one line, exit 75
+    second = contended.second
+    assert second.returncode == 75, second.stderr
+    assert "Traceback" not in second.stderr
+    error_lines = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, second.stderr
+    assert error_lines[0].startswith(
+        "error: terraform plan for prod refused: the Terraform state lock is held by another run (by ")
+    assert ", for apply, since " in error_lines[0] and "lock ID " in error_lines[0]
+    assert error_lines[0].endswith("; nothing was changed, try again when it has finished")
+    # the plan file saved before the first run: refused by the lock while it applies...
+    assert isinstance(contended.locked_apply, StateLockError), contended.locked_apply
+    assert str(contended.locked_apply).startswith(
+        "terraform apply for prod refused: the Terraform state lock is held by another run (by ")
+    # ...and as stale once it has finished: nothing of it is applied
+    assert isinstance(contended.stale_apply, StalePlanError), contended.stale_apply
+    assert contended.stale_apply.exit_status == 75
+    assert str(contended.stale_apply) == (
+        "terraform apply for prod refused: the saved plan is stale, another run changed the Terraform state "
+        "after this plan was made; nothing was applied")
+    # the state is consistent: the first run's change is there, and nothing is left to do
+    assert contended.app_instances == 4
+    assert contended.replan.returncode == 0, contended.replan.stderr
+    assert json.loads(contended.replan.stdout)["changes"] is False
+
+
+def test_provision_shows_live_progress_per_resource(contended: Contention) -> None:
+    # ProgressPrinter on stderr: "  ADDRESS: creating…", then "  ADDRESS: created (Ns)"
+    err = contended.first.stderr
+    start = re.search(r"^  module\.fleet\.aws_instance\.app\[3\]: creating…$", err, re.MULTILINE)
+    done = re.search(r"^  module\.fleet\.aws_instance\.app\[3\]: created \((\d+)s\)$", err, re.MULTILINE)
+    assert start is not None and done is not None, err
+    assert start.start() < done.start()
+    assert int(done.group(1)) <= 600
+    # the rule added behind Terraform's back (drift test) is removed: an update, with its time
+    assert re.search(r"^  module\.fleet\.aws_security_group\.app: updated \(\d+s\)$", err, re.MULTILINE), err
+    # resources the plan leaves alone are not listed
+    assert "aws_vpc.this: " not in err
+
+
+def test_hosts_reports_a_stopped_instance(applied: Stack, aws: Any, run_orchestrate: Any) -> None:
+    # (late in the module: a stopped and started instance gets a new public address, which the
+    # Terraform outputs then differ in; the next test destroys the fleet anyway)
+    instances = {tag(i, "Name"): i for i in fleet_instances(aws)}
+    victim = sorted(n for n in instances if tag(instances[n], "orchestrate:groups") == "app")[0]
+    ec2 = aws("ec2")
+    ec2.stop_instances(InstanceIds=[instances[victim]["InstanceId"]])
+    try:
+        states = {name: state for name, (_, _, state) in listed_hosts(applied.project, run_orchestrate).items()}
+        assert states == {name: "stopped" if name == victim else "running" for name in instances}
+    finally:
+        ec2.start_instances(InstanceIds=[instances[victim]["InstanceId"]])
+    assert {state for _, _, state in listed_hosts(applied.project, run_orchestrate).values()} == {"running"}
+
+
 def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any, run_orchestrate: Any,
                                                        spawn: Any, tmp_path: Path) -> None:
     # A destroy holds the S3 state lock for its whole run (~20 s). A provision started meanwhile
@@ -162,13 +361,15 @@ def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any,
     assert second.returncode == 75, second.stderr
     error_lines = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1
-    assert error_lines[0].startswith("error: terraform plan for prod refused: the state is locked by another run (")
-    assert "held by " in error_lines[0] and "lock ID " in error_lines[0]
+    assert error_lines[0].startswith(
+        "error: terraform plan for prod refused: the Terraform state lock is held by another run (by ")
+    assert ", for " in error_lines[0] and "lock ID " in error_lines[0]
     assert "Traceback" not in second.stderr
     assert same.returncode == 75, same.stderr
     assert "Traceback" not in same.stderr
 
     assert destroyer.returncode == 0, err
-    assert json.loads(out)["destroyed"] == 16  # 5 instances, 3 security groups, network, key pair
+    # 6 instances (app_count 4 since the concurrent applies), 3 security groups, network, key pair
+    assert json.loads(out)["destroyed"] == 17
     assert fleet_instances(aws) == []
     assert not (applied.project / ".orchestrate" / "prod" / "inventory.yml").exists()

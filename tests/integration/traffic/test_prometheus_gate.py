@@ -23,10 +23,11 @@ from .test_lb import _colour_names, _version_on, describe, load, orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
-#: fewer steps than the LB tests: the Prometheus path is the same at every step
+#: every default step (10, 25, 50, 75, 100), each held 2 s: enough requests per step at ~50 requests/s
+DEFAULT_STEPS = [10, 25, 50, 75, 100]
 GATED_OVERRIDES: dict[str, Any] = {
     **TRAFFIC_OVERRIDES,
-    "rollout": {**TRAFFIC_OVERRIDES["rollout"], "traffic_steps": [10, 50, 100]},
+    "rollout": {**TRAFFIC_OVERRIDES["rollout"], "traffic_steps": DEFAULT_STEPS, "step_hold": "2s"},
     "monitoring": {"enabled": True, "scrape_interval": "1s", "evaluation_interval": "1s"},
 }
 
@@ -52,12 +53,25 @@ def _gates(fleet: Any) -> list[Any]:
         return [e for e in audit.entries() if e.command == "canary-traffic gate"]
 
 
-def test_good_release_promoted_on_prometheus_decisions(gated_fleet: Any, traffic_builds: Any) -> None:
+def _journal_decisions(fleet: Any) -> list[dict[str, Any]]:
+    """The gate decisions of the newest run's deploy step, as the journal keeps them."""
+    journal = Journal.open(fleet.state_dir, env=fleet.env_name)
+    try:
+        step = journal.runs(with_steps=True)[0].steps[0]
+    finally:
+        journal.close()
+    return list(step.detail["decisions"])
+
+
+def test_good_release_promoted_through_every_default_step_on_prometheus(gated_fleet: Any,
+                                                                        traffic_builds: Any) -> None:
     fleet = gated_fleet
     groups = _colour_names(fleet)
+    assert fleet.loaded.env.rollout.traffic_steps == DEFAULT_STEPS
+    # `canary` is the canary by traffic weight: this environment has a load-balancer host
     with load(fleet, 120) as gen:
         code, result, err, seconds = orchestrate(fleet, "deploy", "--release", str(traffic_builds.v3),
-                                                 "--strategy", "canary-traffic")
+                                                 "--strategy", "canary")
         done = gen.now()
         time.sleep(2)
         gen.stop()
@@ -65,8 +79,9 @@ def test_good_release_promoted_on_prometheus_decisions(gated_fleet: Any, traffic
     report = gen.report
     assert report.failed == 0, describe(report)
     assert result["state"] == "promoted" and result["active"] == "green", result
+    assert result["strategy"] == "canary-traffic" and result["requested_strategy"] == "canary", result
     decisions = result["decisions"]
-    assert [d["step"] for d in decisions] == [10, 50, 100]
+    assert [d["step"] for d in decisions] == DEFAULT_STEPS
     for d in decisions:
         assert d["source"] == "prometheus" and d["go"], d
         assert d["requests"] > 0 and d["failed"] == 0 and d["error_ratio"] == 0, d
@@ -79,10 +94,16 @@ def test_good_release_promoted_on_prometheus_decisions(gated_fleet: Any, traffic
     assert decisions[0]["requests"] < decisions[-1]["requests"], decisions
     assert {s.served_by for s in report.samples if s.started > done + 0.5} == groups["green"]
     assert {_version_on(fleet, n) for n in groups["green"]} == {"0.3.0"}
-    gates = _gates(fleet)
-    assert len(gates) == 3 and all(e.outcome == "go" and e.details["source"] == "prometheus" for e in gates)
-    assert all(e.details["queries"] and e.details["values"] for e in gates)
-    print(f"canary through 3 Prometheus gates: {seconds:.1f} s")
+    # each decision, with its PromQL and the values Prometheus answered, in the audit log and the journal
+    gates = list(reversed(_gates(fleet)))  # oldest first
+    assert [e.details["step"] for e in gates] == DEFAULT_STEPS
+    assert all(e.outcome == "go" and e.details["source"] == "prometheus" for e in gates)
+    assert [(e.details["queries"], e.details["values"]) for e in gates] == [
+        (d["queries"], d["values"]) for d in decisions]
+    journalled = _journal_decisions(fleet)
+    assert [(d["step"], d["source"], d["queries"], d["values"]) for d in journalled] == [
+        (d["step"], d["source"], d["queries"], d["values"]) for d in decisions]
+    print(f"canary through {len(DEFAULT_STEPS)} Prometheus gates: {seconds:.1f} s")
 
 
 def test_flaky_release_rolled_back_at_first_step_by_prometheus(gated_fleet: Any, traffic_builds: Any) -> None:
@@ -111,11 +132,7 @@ def test_flaky_release_rolled_back_at_first_step_by_prometheus(gated_fleet: Any,
     last = _gates(fleet)[0]  # newest first
     assert last.outcome == "rollback" and last.details["source"] == "prometheus"
     assert last.details["queries"]["error_ratio"] == decision["queries"]["error_ratio"]
-    journal = Journal.open(fleet.state_dir, env=fleet.env_name)
-    try:
-        recorded = journal.runs(with_steps=True)[0].steps[0].detail["decisions"][0]
-    finally:
-        journal.close()
+    recorded = _journal_decisions(fleet)[0]
     assert recorded["source"] == "prometheus" and recorded["values"] == decision["values"], recorded
     print(f"flaky canary rolled back by Prometheus: {seconds:.1f} s")
 

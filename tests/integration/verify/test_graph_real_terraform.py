@@ -4,6 +4,7 @@ aws_fleet (on a moto server)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,28 @@ def test_graph_agrees_with_terraform_graph(fixture_root: Path) -> None:
     built = g.resource_graph(plan).graph
     ours = built.subgraph(n for n, kind in built.nodes(data="kind") if kind == "resource")
     assert set(nx.transitive_closure_dag(ours).edges) == set(nx.transitive_closure_dag(theirs).edges)
+
+
+DESTROY_FIXTURE = Path(__file__).resolve().parents[2] / "unit" / "models" / "plan-destroy.dot"
+
+
+def _destroy_edges(destroy: g.DestroyGraph) -> set[tuple[str, str]]:
+    return {(a, b) for a in destroy.nodes for b in destroy.nodes if a != b and destroy.destroyed_before(a, b)}
+
+
+def test_destroy_order_agrees_with_terraforms_destroy_graph(fixture_root: Path) -> None:
+    """After a real apply (terraform_data only: nothing outside the root), terraform's own
+    destroy graph destroys every dependent before its dependency, and the unit tests' fixture
+    is still what terraform draws."""
+    plan = _plan_json(fixture_root)
+    assert _terraform(fixture_root, "graph", "-type=plan-destroy").count("(destroy)") == 0  # no state yet
+    _terraform(fixture_root, "apply", "-input=false", "-no-color", "-auto-approve", "fixture.tfplan")
+    destroy = g.parse_destroy_graph(_terraform(fixture_root, "graph", "-type=plan-destroy"))
+    report = g.check_plan(plan, terraform_destroy=destroy)
+    assert report.ok, report.problems
+    assert report.terraform_destroy is not None
+    assert report.terraform_destroy.edges_checked == 9 and report.terraform_destroy.not_in_state == []
+    assert _destroy_edges(destroy) == _destroy_edges(g.parse_destroy_graph(DESTROY_FIXTURE.read_text()))
 
 
 def test_terraform_refuses_what_the_graph_check_reports(fixture_root: Path) -> None:
@@ -103,3 +126,17 @@ def test_graph_of_the_aws_fleet_from_a_real_plan_on_moto(aws_env: str, project_c
     assert verify.returncode == 0, verify.stdout
     (check,) = json.loads(verify.stdout)["checks"]
     assert check["status"] == "ok" and "plan.tfplan" in check["detail"]
+    assert "destroy order not compared with terraform's destroy graph: no resources in the state" in check["detail"]
+
+    # once applied (the pre-flight graph check passed first), the destroy order is compared with
+    # terraform's own destroy graph of the environment's root
+    provisioned = orchestrate(project_copy, "provision", "prod", "--yes", "--json")
+    assert provisioned.returncode == 0, provisioned.stderr
+    assert json.loads(provisioned.stdout)["preflight"] == ["references", "acyclic"]
+    verify = orchestrate(project_copy, "verify", "prod", "--check", "resource-graph", "--json")
+    assert verify.returncode == 0, verify.stdout
+    (check,) = json.loads(verify.stdout)["checks"]
+    compared = re.search(r"terraform destroys dependents first on all (\d+) dependency edge\(s\) among (\d+) "
+                         r"resource\(s\) \(graph -type=plan-destroy in \.orchestrate/prod/terraform\)", check["detail"])
+    assert compared is not None, check["detail"]
+    assert int(compared.group(1)) >= 6 and int(compared.group(2)) >= 5, check["detail"]

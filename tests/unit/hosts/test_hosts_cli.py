@@ -9,6 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
+from orchestrator.config import Project
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -19,17 +20,26 @@ def _project(tmp_path: Path) -> Path:
     return project
 
 
+def _dev_has_lb(project: Path) -> bool:
+    fleet_vars = Project(project).load("dev").env.terraform.vars
+    return getattr(fleet_vars, "lb_count", 0) == 1
+
+
 def test_hosts_json_lists_planned_hosts_as_missing(tmp_path: Path) -> None:
     project = _project(tmp_path)
     result = CliRunner().invoke(cli, ["--project-dir", str(project), "hosts", "dev", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["env"] == "dev"
+    assert list(payload) == ["env", "bridge", "subnet", "hosts"]
+    assert (payload["env"], payload["bridge"], payload["subnet"]) == ("dev", "orch-dev", "10.213.10.0/24")
+    assert all(list(h) == ["name", "address", "groups", "state"] for h in payload["hosts"])
+    lb = [("dev-lb-1", "10.213.10.14", ["lb"], "missing")] if _dev_has_lb(project) else []
     assert [(h["name"], h["address"], h["groups"], h["state"]) for h in payload["hosts"]] == [
         ("dev-app-1", "10.213.10.10", ["app"], "missing"),
         ("dev-app-2", "10.213.10.11", ["app"], "missing"),
         ("dev-app-3", "10.213.10.12", ["app"], "missing"),
         ("dev-mon-1", "10.213.10.13", ["monitoring"], "missing"),
+        *lb,
     ]
 
 
@@ -45,16 +55,34 @@ def test_recorded_host_without_launcher_is_stopped(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--project-dir", str(project), "hosts", "dev", "--json"])
     assert result.exit_code == 0, result.output
     states = {h["name"]: h["state"] for h in json.loads(result.stdout)["hosts"]}
-    assert states == {"dev-app-1": "missing", "dev-app-2": "stopped", "dev-app-3": "missing", "dev-mon-1": "missing"}
+    lb = {"dev-lb-1": "missing"} if _dev_has_lb(project) else {}
+    assert states == {"dev-app-1": "missing", "dev-app-2": "stopped", "dev-app-3": "missing", "dev-mon-1": "missing",
+                      **lb}
 
 
-def test_hosts_refuses_aws_environments_with_exit_2(tmp_path: Path) -> None:
+def test_hosts_of_an_aws_environment_without_an_inventory_is_bad_input(tmp_path: Path) -> None:
     project = _project(tmp_path)
     result = CliRunner().invoke(cli, ["--project-dir", str(project), "hosts", "prod", "--json"])
     assert result.exit_code == 2
-    assert "not available for target 'aws'" in result.output
+    assert "prod has no inventory yet" in result.output and "orchestrate provision prod" in result.output
 
 
 def test_hosts_unknown_env_is_bad_input(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--project-dir", str(_project(tmp_path)), "hosts", "nope"])
     assert result.exit_code == 2
+
+
+def test_hosts_json_shows_the_default_bridge_and_subnet_chosen_for_the_env(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    env_file = project / "inventories" / "staging" / "environment.yml"
+    env_file.write_text("".join(line for line in env_file.read_text().splitlines(keepends=True)
+                                if not line.strip().startswith(("bridge:", "subnet:"))))
+    result = CliRunner().invoke(cli, ["--project-dir", str(project), "hosts", "staging", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    kept = json.loads((project / ".orchestrate" / "staging" / "network.json").read_text())
+    assert payload["bridge"] == "orch-stg" and payload["subnet"] == kept["subnet"]
+    prefix = payload["subnet"].rsplit(".", 1)[0]
+    assert [h["address"] for h in payload["hosts"]][:2] == [f"{prefix}.10", f"{prefix}.11"]
+    again = CliRunner().invoke(cli, ["--project-dir", str(project), "hosts", "staging", "--json"])
+    assert json.loads(again.stdout)["subnet"] == payload["subnet"]

@@ -92,12 +92,70 @@ def test_check_plan_passes_and_destroy_order_is_reverse_topological(plan: dict[s
     report = g.check_plan(plan)
     assert report.ok, report.problems
     assert report.resources == 7
+    assert report.terraform_destroy is None  # no terraform destroy graph given: nothing compared
     order = report.destroy_order
     assert order.index("terraform_data.backup") < order.index("terraform_data.dns")
     assert order.index("module.fleet.terraform_data.host") < order.index("terraform_data.network")
     assert order[-1] == "terraform_data.network"
-    graph = g.resource_graph(plan).graph
-    assert g.check_destroy_order(graph, g.destroy_order(graph)) == []
+
+
+# --- against terraform's own destroy graph (plan-destroy.dot: terraform 1.11 after an apply) ----
+
+DESTROY_DOT = Path(__file__).resolve().parent / "plan-destroy.dot"
+DNS = '"[root] terraform_data.dns (destroy)"'
+BACKUP = '"[root] terraform_data.backup (destroy)"'
+
+
+def test_terraforms_destroy_graph_is_read_with_its_direction() -> None:
+    destroy = g.parse_destroy_graph(DESTROY_DOT.read_text())
+    assert set(destroy.nodes) == {
+        "terraform_data.network", "terraform_data.firewall", "terraform_data.dns", "terraform_data.backup",
+        "module.fleet.terraform_data.host", "module.fleet.terraform_data.this",
+        "module.fleet.module.disk.terraform_data.disk",
+    }
+    # "network (destroy)" -> "firewall (destroy)": network's destroy waits for firewall's
+    assert destroy.destroyed_before("terraform_data.firewall", "terraform_data.network")
+    assert not destroy.destroyed_before("terraform_data.network", "terraform_data.firewall")
+    # transitively: backup -> dns -> host -> firewall -> network
+    assert destroy.destroyed_before("terraform_data.backup", "terraform_data.network")
+
+
+def test_the_dag_agrees_with_terraforms_destroy_graph(plan: dict[str, Any]) -> None:
+    report = g.check_plan(plan, terraform_destroy=g.parse_destroy_graph(DESTROY_DOT.read_text()))
+    assert report.ok, report.problems
+    comparison = report.terraform_destroy
+    assert comparison is not None
+    assert comparison.edges_checked == g.resource_graph(plan).graph.subgraph(
+        n for n, kind in g.resource_graph(plan).graph.nodes(data="kind") if kind == "resource").number_of_edges()
+    assert comparison.resources_compared == 7 and comparison.not_in_state == []
+
+
+def test_terraform_destroying_a_dependency_first_is_a_mismatch_naming_both(plan: dict[str, Any]) -> None:
+    # terraform would destroy dns first, then backup, although backup depends on dns
+    dot = DESTROY_DOT.read_text().replace(f"{DNS} -> {BACKUP}", f"{BACKUP} -> {DNS}")
+    report = g.check_plan(plan, terraform_destroy=g.parse_destroy_graph(dot))
+    assert not report.ok
+    assert [str(p) for p in report.problems] == [
+        "terraform_data.backup: depends on terraform_data.dns, but terraform destroys terraform_data.dns before "
+        "terraform_data.backup (terraform graph -type=plan-destroy)"]
+    assert report.problems[0].check == "destroy-order"
+
+
+def test_an_ordering_terraform_does_not_have_is_a_mismatch(plan: dict[str, Any]) -> None:
+    dot = DESTROY_DOT.read_text().replace(f"{DNS} -> {BACKUP}", "")
+    comparison = g.check_destroy_against_terraform(g.resource_graph(plan).graph, g.parse_destroy_graph(dot),
+                                                   source="fixture")
+    assert [str(p) for p in comparison.problems] == [
+        "terraform_data.backup: depends on terraform_data.dns, but terraform's destroy graph does not order "
+        "terraform_data.backup before terraform_data.dns (fixture)"]
+
+
+def test_resources_not_in_state_are_listed_not_compared(plan: dict[str, Any]) -> None:
+    dot = "\n".join(line for line in DESTROY_DOT.read_text().splitlines() if "terraform_data.backup" not in line)
+    comparison = g.check_destroy_against_terraform(g.resource_graph(plan).graph, g.parse_destroy_graph(dot))
+    assert comparison.problems == []
+    assert comparison.not_in_state == ["terraform_data.backup"]
+    assert comparison.resources_compared == 6
 
 
 def test_a_wrong_destroy_order_is_reported(plan: dict[str, Any]) -> None:

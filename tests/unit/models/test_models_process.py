@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given
@@ -22,6 +22,7 @@ from orchestrator.models.process import (
     ModelViolation,
     Outcome,
     Step,
+    already_passed,
     batch_count,
     explore,
     is_allowed,
@@ -33,6 +34,8 @@ from orchestrator.models.process import (
 )
 
 S = HostState
+#: user property read by tests/conftest.py's terminal summary
+EXHAUSTIVE_PATHS_PROPERTY = "exhaustive_model_paths"
 STATES = list(HostState)
 
 
@@ -49,8 +52,39 @@ def test_illegal_transition_is_refused_with_a_clear_message() -> None:
         validate_transition("idle", "verified", host="dev-app-1")
     message = str(caught.value)
     assert "host dev-app-1: illegal transition idle -> verified" in message
-    assert "allowed next states are: backed_up, failed" in message
+    assert "allowed next states are: backed_up, failed, rolled_back" in message
     assert caught.value.exit_status is ExitStatus.FAILED
+
+
+def test_a_host_skips_no_forward_step_and_the_rollback_verb_goes_straight_to_rolled_back() -> None:
+    # `orchestrate rollback`: the target is already on the host, nothing is staged
+    assert is_allowed(S.IDLE, S.ROLLED_BACK) and is_allowed(S.IDLE, S.FAILED)
+    # a deploy cannot stage, switch or verify a host that was not backed up in the run
+    for target in (S.STAGED, S.SWITCHED, S.VERIFIED):
+        with pytest.raises(IllegalTransition, match=f"illegal transition idle -> {target.value}"):
+            validate_transition(S.IDLE, target)
+    assert not is_allowed(S.BACKED_UP, S.SWITCHED) and not is_allowed(S.STAGED, S.VERIFIED)
+
+
+def test_the_deploy_algorithm_does_not_need_idle_to_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge is for the rollback verb only: without it every deploy path is still legal."""
+    import orchestrator.models.process as process
+
+    narrower = {**TRANSITIONS, S.IDLE: frozenset({S.BACKED_UP, S.FAILED})}
+    monkeypatch.setattr(process, "TRANSITIONS", narrower)
+    assert not is_allowed(S.IDLE, S.ROLLED_BACK)
+    for batches in ([["h1"]], [["h1"], ["h2"]], [["h1", "h2"]]):
+        assert explore(batches, limits=Limits(max_faults=2, max_crashes=1)).paths > 1
+
+
+@pytest.mark.parametrize(("current", "observed", "passed"), [
+    (S.VERIFIED, S.STAGED, True), (S.STAGED, S.STAGED, True), (S.SWITCHED, S.BACKED_UP, True),
+    (S.BACKED_UP, S.STAGED, False), (S.IDLE, S.VERIFIED, False),
+    # an aborting host has passed nothing: a forward observation is a transition (and illegal)
+    (S.FAILED, S.STAGED, False), (S.ROLLED_BACK, S.VERIFIED, False), (S.VERIFIED, S.FAILED, False),
+])
+def test_already_passed_is_the_forward_path_order(current: HostState, observed: HostState, passed: bool) -> None:
+    assert already_passed(current, observed) is passed
 
 
 def test_final_state_and_unknown_state_are_refused() -> None:
@@ -153,9 +187,13 @@ def test_tiny_models_have_exactly_the_paths_counted_by_hand() -> None:
 
 
 @pytest.mark.slow
-def test_exhaustive_exploration_of_every_rollout_up_to_four_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+def test_exhaustive_exploration_of_every_rollout_up_to_four_hosts(
+        record_property: Callable[[str, object], None]) -> None:
     """Every batching of 1..4 hosts, every failure point (2 per path) and controller deaths
-    (2 per path, at any journal write): the invariants hold on every path."""
+    (2 per path, at any journal write): the invariants hold on every path.
+
+    The path count goes into the test report's user properties, which travel from xdist
+    workers to the controller; tests/conftest.py prints it in the terminal summary."""
     limits = Limits(max_faults=2, max_crashes=2)
     started = time.monotonic()
     total = bound = configs = 0
@@ -167,9 +205,9 @@ def test_exhaustive_exploration_of_every_rollout_up_to_four_hosts(capsys: pytest
         total += result.paths
         bound += path_lower_bound(batches, limits)
         configs += 1
-    with capsys.disabled():  # the count belongs in every test log, not only with -s
-        print(f"\nexhaustive deploy model: {configs} rollouts of 1-4 hosts, {total} paths checked "
-              f"(lower bound {bound}) in {time.monotonic() - started:.1f} s")
+    record_property(EXHAUSTIVE_PATHS_PROPERTY, {
+        "paths": total, "rollouts": configs, "hosts": "1-4", "lower_bound": bound,
+        "seconds": round(time.monotonic() - started, 1)})
     assert configs == 13  # 1 + 2 + 4 + 6 distinct batchings of 1, 2, 3, 4 hosts
     assert total > bound
 

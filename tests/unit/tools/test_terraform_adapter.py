@@ -1,13 +1,24 @@
-"""Unit tests of the terraform adapter's pure parts: argv, CLI config, event stream, plan JSON."""
+"""Unit tests of the terraform adapter: argv, env, CLI config, event stream, plan JSON, timeouts.
+
+The pure parts are called directly; the process handling (environment of every call, timeouts)
+runs a fake `terraform` script put first on PATH, since it tests the adapter, not terraform.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from orchestrator.errors import StateLockError, TerraformError
+from orchestrator.config import Project
+from orchestrator.errors import ConfigError, StateLockError, TerraformError
+from orchestrator.provision import terraform_for
 from orchestrator.tools import terraform as tf
 
 LOCK_DETAIL = (
@@ -66,6 +77,113 @@ def test_environment_is_non_interactive_and_names_the_cli_config() -> None:
     assert env["TF_IN_AUTOMATION"] == "1" and env["TF_INPUT"] == "0"
 
 
+# --- real subprocesses of a fake `terraform` on PATH (the adapter's process handling) ---------
+
+FAKE_TERRAFORM = """#!{python}
+import json, os, sys, time
+record = os.environ["FAKE_TF_RECORD"]
+config = os.environ.get("TF_CLI_CONFIG_FILE", "")
+with open(record, "a") as out:
+    out.write(json.dumps({{
+        "argv": sys.argv[1:],
+        "pid": os.getpid(),
+        "env": {{k: os.environ.get(k) for k in ("TF_CLI_CONFIG_FILE", "TF_IN_AUTOMATION", "TF_INPUT",
+                                                "TF_PLUGIN_CACHE_DIR")}},
+        "cli_config": open(config).read() if config and os.path.exists(config) else None,
+    }}) + "\\n")
+time.sleep(float(os.environ.get("FAKE_TF_SLEEP", "0")))
+print("{{}}")
+"""
+
+
+@pytest.fixture
+def fake_terraform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `terraform` first on PATH that records its argv and environment; returns the record file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "terraform"
+    script.write_text(FAKE_TERRAFORM.format(python=sys.executable))
+    script.chmod(0o755)
+    record = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_TF_RECORD", str(record))
+    monkeypatch.delenv("TF_CLI_CONFIG_FILE", raising=False)
+    monkeypatch.delenv("TF_IN_AUTOMATION", raising=False)
+    return record
+
+
+def calls(record: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def test_every_call_gets_the_cli_config_and_automation_env_also_fmt(fake_terraform: Path, tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    adapter = tf.Terraform(root, env_name="prod", state_dir=tmp_path / "state", plugin_cache=tmp_path / "cache",
+                           mirror=mirror)
+    assert adapter.output() == {}
+    assert tf.fmt_check(root, mirror=mirror) == ["{}"]  # the fake prints "{}" as the one unformatted file
+    output_call, fmt_call = calls(fake_terraform)
+    assert output_call["argv"] == tf.output_argv()[1:]
+    assert fmt_call["argv"] == tf.fmt_check_argv(root)[1:]
+    for call in (output_call, fmt_call):
+        assert call["env"]["TF_IN_AUTOMATION"] == "1" and call["env"]["TF_INPUT"] == "0"
+        assert call["env"]["TF_CLI_CONFIG_FILE"], call
+        assert call["cli_config"] == tf.cli_config_text(mirror)  # the file existed during the call
+    assert output_call["env"]["TF_CLI_CONFIG_FILE"] == str(tmp_path / "state" / "terraformrc")
+    # fmt has no environment state dir: its CLI config lived in a scratch dir, removed afterwards
+    assert not Path(fmt_call["env"]["TF_CLI_CONFIG_FILE"]).exists()
+
+
+def test_a_command_past_its_timeout_is_stopped_and_named(fake_terraform: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_TF_SLEEP", "60")
+    adapter = tf.Terraform(tmp_path, env_name="prod", state_dir=tmp_path / "state", plugin_cache=tmp_path / "cache",
+                           timeouts=tf.Timeouts(plan=0.5), timeouts_source="inventories/prod/environment.yml")
+    started = time.monotonic()
+    with pytest.raises(tf.TerraformTimeout) as stopped:
+        adapter.plan(tmp_path / "plan.tfplan")
+    assert time.monotonic() - started < 10
+    assert isinstance(stopped.value, TerraformError) and stopped.value.exit_status == 1
+    assert str(stopped.value) == ("terraform plan for prod timed out after 0.5 s and was stopped "
+                                  "(the limit is terraform.timeouts.plan in inventories/prod/environment.yml)")
+    assert stopped.value.hint is not None and "force-unlock" in stopped.value.hint
+    (call,) = calls(fake_terraform)
+    with pytest.raises(ProcessLookupError):  # the fake terraform was killed, not left running
+        os.kill(call["pid"], 0)
+
+
+def test_environment_file_timeouts_reach_the_adapter(project_copy: Path) -> None:
+    env_file = project_copy / "inventories" / "prod" / "environment.yml"
+    data = yaml.safe_load(env_file.read_text())
+    data["terraform"]["timeouts"] = {"apply": "2h", "plan": 90}
+    env_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    adapter = terraform_for(Project(project_copy).load("prod"))
+    assert adapter.timeouts.apply == 7200 and adapter.timeouts.plan == 90
+    assert adapter.timeouts.init == tf.Timeouts().init  # unset: the default
+    assert adapter.timeouts_source == "inventories/prod/environment.yml"
+    assert terraform_for(Project(project_copy).load("dev")).timeouts == tf.Timeouts()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("forever", "'forever' is not a duration"),
+    ("0s", "'0s' must be longer than 0s"),
+])
+def test_a_bad_timeout_names_the_file_line_and_field(project_copy: Path, value: str, expected: str) -> None:
+    env_file = project_copy / "inventories" / "prod" / "environment.yml"
+    text = env_file.read_text().replace("terraform:\n", f"terraform:\n  timeouts:\n    apply: {value}\n", 1)
+    env_file.write_text(text)
+    line = text.splitlines().index(f"    apply: {value}") + 1
+    with pytest.raises(ConfigError) as bad:
+        Project(project_copy).load("prod")
+    assert bad.value.exit_status == 2
+    assert str(bad.value).startswith(f"inventories/prod/environment.yml:{line}: terraform.timeouts.apply: ")
+    assert expected in str(bad.value)
+    assert "\n" not in str(bad.value)
+
+
 def test_event_log_collects_diagnostics_planned_changes_and_summary() -> None:
     seen: list[tf.ProgressEvent] = []
     log = tf.EventLog(on_progress=seen.append)
@@ -115,7 +233,9 @@ def test_lock_error_is_detected_and_names_who_holds_it() -> None:
     assert info["Who"] == "root@vm" and info["Operation"] == "OperationTypeApply"
     message = tf.lock_error_message("apply", "prod", [diag])
     assert "\n" not in message
-    assert "held by root@vm" in message and "lock ID 190f44f1-a186-5198-9656-ae1f1933042f" in message
+    assert message.startswith("terraform apply for prod refused: the Terraform state lock is held by another run (")
+    assert "(by root@vm, for apply, since 2026-11-23" in message
+    assert "lock ID 190f44f1-a186-5198-9656-ae1f1933042f" in message
 
 
 def test_raise_maps_lock_errors_to_state_lock_error(tmp_path: Path) -> None:
@@ -124,10 +244,27 @@ def test_raise_maps_lock_errors_to_state_lock_error(tmp_path: Path) -> None:
     with pytest.raises(StateLockError) as locked:
         adapter._raise("plan", [lock], "")
     assert locked.value.exit_status == 75
+    assert locked.value.hint is not None
+    assert "`terraform force-unlock 190f44f1-a186-5198-9656-ae1f1933042f` in " in locked.value.hint
     with pytest.raises(TerraformError) as failed:
         adapter._raise("plan", [tf.Diagnostic(severity="error", summary="Unsupported argument")], "")
     assert not isinstance(failed.value, StateLockError)
     assert "terraform plan for prod failed: Unsupported argument" in str(failed.value)
+
+
+def test_a_stale_saved_plan_is_refused_with_one_clear_line(tmp_path: Path) -> None:
+    # terraform's words when another run applied between our plan and our apply
+    adapter = tf.Terraform(tmp_path, env_name="prod", state_dir=tmp_path, plugin_cache=tmp_path / "cache")
+    stale = tf.Diagnostic(severity="error", summary="Saved plan is stale",
+                          detail="The given plan file can no longer be applied because the state was changed by "
+                                 "another operation after the plan was created.")
+    assert tf.is_stale_plan([stale]) and not tf.is_stale_plan([tf.Diagnostic(severity="error", summary="x")])
+    with pytest.raises(tf.StalePlanError) as refused:
+        adapter._raise("apply", [stale], "")
+    assert refused.value.exit_status == 75
+    assert str(refused.value) == ("terraform apply for prod refused: the saved plan is stale, another run changed "
+                                  "the Terraform state after this plan was made; nothing was applied")
+    assert refused.value.hint is not None and "orchestrate provision prod" in refused.value.hint
 
 
 @pytest.mark.parametrize(

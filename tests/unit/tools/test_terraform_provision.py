@@ -27,10 +27,37 @@ def test_protected_env_needs_a_terminal_or_yes(project_copy: Path) -> None:
     assert prod.env.protected and not dev.env.protected
     assert needs_confirmation(prod, action="provision", yes=False, interactive=True) is True
     assert needs_confirmation(prod, action="provision", yes=True, interactive=False) is False
-    assert needs_confirmation(dev, action="destroy", yes=False, interactive=False) is False
+    assert needs_confirmation(dev, action="provision", yes=False, interactive=False) is False
     with pytest.raises(UsageError, match="'prod' is protected: destroy needs confirmation") as refused:
         needs_confirmation(prod, action="destroy", yes=False, interactive=False)
     assert refused.value.exit_status == 2
+
+
+def test_destroy_needs_a_terminal_or_yes_on_every_environment(project_copy: Path) -> None:
+    dev = Project(project_copy).load("dev")
+    assert not dev.env.protected
+    assert needs_confirmation(dev, action="destroy", yes=False, interactive=True, always=True) is True
+    assert needs_confirmation(dev, action="destroy", yes=True, interactive=False, always=True) is False
+    with pytest.raises(UsageError) as refused:
+        needs_confirmation(dev, action="destroy", yes=False, interactive=False, always=True)
+    assert refused.value.exit_status == 2
+    assert refused.value.message == (
+        "destroy of environment 'dev' needs confirmation, and there is no terminal to ask on; "
+        "pass --yes to confirm (nothing was changed)")
+
+
+def test_destroy_without_yes_and_without_a_terminal_exits_2_before_touching_anything(project_copy: Path) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    result = CliRunner().invoke(cli, ["--project-dir", str(project_copy), "destroy", "dev"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        "error: destroy of environment 'dev' needs confirmation, and there is no terminal to ask on; "
+        "pass --yes to confirm (nothing was changed)"]
+    # refused before the lock, the journal or terraform: no state was created
+    assert not (project_copy / ".orchestrate" / "dev").exists()
 
 
 def test_inventory_from_outputs_has_groups_addresses_and_the_connection(project_copy: Path) -> None:

@@ -1,0 +1,342 @@
+"""Health gates, canary order, the hardened unit, sha256 checks and release retention on real hosts.
+
+One fleet of two app hosts (rolling batches of one host, keep_releases 2) is shared by the tests
+of this module; they run in file order and each starts from the releases the previous one left,
+as an operator's environment would. Every check asks the hosts: over HTTP from the controller or
+over SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.deploy import DeployRequest, ReleaseRunError, deploy, release_vars, role_vars, strategy_vars
+from orchestrator.hosts.local import fleet_for
+from orchestrator.release import find_cargo, prepare_release, release_id, sha256_file
+from orchestrator.tools.ansible import PlaybookRun, run_playbook
+from orchestrator.tools.process import run_command
+
+# fixtures of tests/integration/conftest.py: module_unbooted_project -> FleetEnv; hello_builds -> Builds
+FleetEnv = Any
+Builds = Any
+pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
+
+ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "hello-service"
+PORT = 8080
+UNIT = "/etc/systemd/system/hello.service"
+GATE_TASK = "Switch to the release and pass the health gate"
+OVERRIDES = {
+    # a short gate keeps the failing releases quick; dev's 10 s is for real starts
+    "service": {"health": {"timeout": "3s", "interval": "100ms"}, "keep_releases": 2},
+    "rollout": {"batch_size": 1},
+}
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(module_unbooted_project: Any) -> FleetEnv:
+    """Two booted app hosts shared by the module (destroyed with the module's factory)."""
+    made = module_unbooted_project(app_count=2, overrides=OVERRIDES)
+    local, specs = fleet_for(made.loaded)
+    made.hosts = specs
+    local.ensure_all(specs)
+    made.write_inventory()
+    return made
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Builds of this module on top of hello_builds."""
+
+    flaky: Path
+    """0.2.5 built with the `flaky` feature: unlike the other builds, it reads HELLO_FAIL_PERCENT
+    and refuses to start when the value is not a percentage."""
+
+
+@pytest.fixture(scope="module")
+def extra_builds(tmp_path_factory: pytest.TempPathFactory) -> Extra:
+    project = tmp_path_factory.mktemp("gates") / "flaky"
+    project.mkdir()
+    for name in ("Cargo.toml", "Cargo.lock", "src"):
+        source = EXAMPLE / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, project / name)
+    for path in (project / "Cargo.toml", project / "Cargo.lock"):
+        path.write_text(path.read_text().replace('version = "0.1.0"', 'version = "0.2.5"'))
+    run_command([str(find_cargo()), "build", "--release", "--offline", "--features", "flaky",
+                 "--manifest-path", str(project / "Cargo.toml")], cwd=project, timeout=1200)
+    return Extra(flaky=project / "target" / "release" / "hello-service")
+
+
+def relabeled(base: Path, binary: Path, version: str) -> Path:
+    """A copy of `binary` in a project dir whose Cargo.toml says `version`: same bytes, another
+    release id (orchestrator.release.version_for_binary reads the manifest two dirs above)."""
+    target = base / version / "target" / "release" / "hello-service"
+    target.parent.mkdir(parents=True)
+    (base / version / "Cargo.toml").write_text(f'[package]\nname = "hello-service"\nversion = "{version}"\n')
+    shutil.copy2(binary, target)
+    return target
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def orchestrate(fleet: FleetEnv, *args: str) -> tuple[int, dict[str, Any], str]:
+    """Run `orchestrate --project-dir P VERB ENV ... --json`; return (exit code, JSON, stderr)."""
+    env = dict(os.environ)
+    env["ORCHESTRATE_VAULT_PASSWORD_FILE"] = str(
+        fleet.project_dir / "inventories" / fleet.env_name / f".vault-password-{fleet.env_name}")
+    verb, *rest = args
+    proc = subprocess.run(
+        [ORCHESTRATE, "--project-dir", str(fleet.project_dir), verb, fleet.env_name, *rest, "--json"],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )
+    try:
+        data = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except json.JSONDecodeError:
+        pytest.fail(f"not JSON on stdout: {proc.stdout!r}\nstderr: {proc.stderr}")
+    return proc.returncode, data, proc.stderr
+
+
+def http_get(fleet: FleetEnv, address: str, path: str) -> tuple[int, str]:
+    url = f"http://{fleet.network.assert_own_address(address)}:{PORT}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def versions(fleet: FleetEnv) -> dict[str, str]:
+    """`version` from /version of every app host."""
+    found = {}
+    for host in fleet.group("app"):
+        status, body = http_get(fleet, host.address, "/version")
+        assert status == 200, f"{host.name}: /version answered {status}"
+        found[host.name] = json.loads(body)["version"]
+    return found
+
+
+def all_healthy(fleet: FleetEnv) -> bool:
+    return all(http_get(fleet, h.address, "/healthz")[0] == 200 for h in fleet.group("app"))
+
+
+def links(fleet: FleetEnv, host: Any) -> tuple[str, str, list[str]]:
+    """(current, previous, sorted release dirs) on `host`."""
+    out = fleet.ssh(host, "readlink /opt/hello/current; readlink /opt/hello/previous || echo -; "
+                          "echo; ls -1 /opt/hello/releases").stdout
+    head, _, tail = out.partition("\n\n")
+    current, previous = (line.rsplit("/", 1)[-1] for line in head.splitlines())
+    return current, previous, sorted(tail.split())
+
+
+def main_pid(fleet: FleetEnv, host: Any) -> str:
+    return fleet.ssh(host, "systemctl show -p MainPID --value hello.service").stdout.strip()
+
+
+def job_events(fleet: FleetEnv, run_id: str) -> list[dict[str, Any]]:
+    """ansible-runner's events of a run, in the order they happened."""
+    folder = fleet.state_dir / "runs" / run_id / "artifacts" / run_id / "job_events"
+    events = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    return sorted(events, key=lambda e: int(e["counter"]))
+
+
+def deploy_playbook(fleet: FleetEnv, binary: Path, **overrides: Any) -> Any:
+    """playbooks/deploy.yml with the variables `orchestrate deploy` passes, plus `overrides`."""
+    loaded = fleet.loaded
+    release = prepare_release(loaded, binary)
+    names = [h.name for h in fleet.group("app")]
+    extra = {**role_vars(loaded, None), **release_vars(release), **strategy_vars(loaded, "rolling", names),
+             **overrides}
+    return run_playbook(PlaybookRun(
+        playbook=fleet.project_dir / "playbooks" / "deploy.yml", inventory=fleet.inventory,
+        project_dir=fleet.project_dir, runs_dir=fleet.state_dir / "runs", extra_vars=extra,
+        limit=names[0], mitogen=True,
+    ))
+
+
+# --- the tests (in order: each starts from what the one before left) -----------------------------
+
+
+def test_the_installed_unit_is_hardened_and_a_unit_failing_verify_is_refused(
+        fleet: FleetEnv, hello_builds: Builds) -> None:
+    code, _, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v1.binary), "--skip-backup")
+    assert code == 0, err
+    first = fleet.group("app")[0]
+    props = fleet.ssh(first, "systemctl show hello.service -p User -p NoNewPrivileges -p ProtectSystem "
+                             "-p ReadWritePaths -p Restart -p EnvironmentFiles").stdout
+    shown = dict(line.split("=", 1) for line in props.splitlines())
+    assert shown["User"] == "hello"
+    assert shown["NoNewPrivileges"] == "yes"
+    assert shown["ProtectSystem"] == "strict"
+    assert shown["ReadWritePaths"] == "/var/lib/hello"
+    assert shown["Restart"] == "on-failure"
+    assert shown["EnvironmentFiles"].startswith("/etc/hello/hello.env ")
+    # a dedicated system user without a login shell runs the process
+    passwd = fleet.ssh(first, "getent passwd hello").stdout.strip().split(":")
+    assert int(passwd[2]) < 1000 and passwd[6] == "/usr/sbin/nologin"
+    assert fleet.ssh(first, f"ps -o user= -p {main_pid(fleet, first)}").stdout.strip() == "hello"
+    # with a release in place the installed unit verifies without a single complaint
+    verify = fleet.ssh(first, f"systemd-analyze verify {UNIT} 2>&1", check=False)
+    assert (verify.returncode, verify.stdout.strip()) == (0, "")
+
+    # the role's own deploy with a unit that systemd refuses (ExecStart becomes a relative path)
+    unit_before = fleet.ssh(first, f"sha256sum {UNIT}").stdout.split()[0]
+    pid_before = main_pid(fleet, first)
+    result = deploy_playbook(fleet, hello_builds.v2.binary, rust_service_base_dir="opt/hello")
+    assert not result.ok
+    (failure,) = result.failures
+    assert (failure.host, failure.task) == (first.name, "Install the systemd unit")
+    assert "failed to validate" in failure.message
+    (unit_task,) = [r for r in result.results if r.task == "Install the systemd unit"]
+    assert "Neither a valid executable name nor an absolute path" in unit_task.result["stderr"]
+    # nothing after it ran: the old unit, the old process and v1 are in place
+    assert not result.results_of("rust_release")
+    assert fleet.ssh(first, f"sha256sum {UNIT}").stdout.split()[0] == unit_before
+    assert main_pid(fleet, first) == pid_before
+    assert versions(fleet) == dict.fromkeys([h.name for h in fleet.group("app")], "0.1.0")
+
+
+def test_a_good_canary_goes_first_then_the_rest(fleet: FleetEnv, hello_builds: Builds) -> None:
+    canary, rest = fleet.group("app")
+    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v2.binary), "--skip-backup",
+                                    "--strategy", "canary")
+    assert code == 0, err
+    # `canary` without a load balancer is the host-level canary (reported as canary-hosts)
+    assert result["state"] == "deployed" and result["strategy"] in ("canary", "canary-hosts")
+    v2 = hello_builds.v2.release_id
+    assert {h["name"]: h["release"] for h in result["hosts"]} == {canary.name: v2, rest.name: v2}
+    assert versions(fleet) == {canary.name: "0.2.0", rest.name: "0.2.0"}
+
+    # the run's events: the canary passed its gate before the first task ran on the rest
+    events = job_events(fleet, result["run_id"])
+    gate_ok = {e["event_data"]["host"]: e for e in events
+               if e["event"] == "runner_on_ok" and e["event_data"].get("task") == GATE_TASK}
+    assert gate_ok[canary.name]["event_data"]["play"] == "Deploy to the canary hosts"
+    assert gate_ok[rest.name]["event_data"]["play"] == "Deploy to the app hosts in batches"
+    first_on_rest = next(e for e in events if e["event"] == "runner_on_start"
+                         and e["event_data"].get("host") == rest.name)
+    assert int(gate_ok[canary.name]["counter"]) < int(first_on_rest["counter"])
+    # and the hosts agree: the canary served v2 before v2 was switched in on the rest
+    stamps = {h.name: json.loads(fleet.ssh(h, f"cat /opt/hello/releases/{v2}/RELEASE").stdout)["deployed_at"]
+              for h in (canary, rest)}
+    canary_started = fleet.ssh(canary, "date -d \"$(cat /var/lib/hello/started_at)\" +%s.%N").stdout
+    assert stamps[canary.name] < float(canary_started) < stamps[rest.name]
+
+
+def test_a_later_batch_failing_its_gate_puts_the_earlier_batch_back(
+        fleet: FleetEnv, hello_builds: Builds, extra_builds: Extra) -> None:
+    first, second = fleet.group("app")
+    v2 = hello_builds.v2.release_id
+    assert versions(fleet) == {first.name: "0.2.0", second.name: "0.2.0"}
+    before = {h.name: links(fleet, h) for h in (first, second)}
+    # A setting local to the second host that v2 ignores but the flaky build reads and refuses
+    # (exit 2 at start): the new release cannot start there, the old one can.
+    dropin = "/etc/systemd/system/hello.service.d"
+    fleet.ssh(second, f"mkdir -p {dropin} && printf '[Service]\\nEnvironment=HELLO_FAIL_PERCENT=150\\n' "
+                      f"> {dropin}/local.conf && systemctl daemon-reload")
+    try:
+        code, result, err = orchestrate(fleet, "deploy", "--release", str(extra_builds.flaky), "--skip-backup")
+    finally:
+        fleet.ssh(second, f"rm -rf {dropin} && systemctl daemon-reload")
+    assert code == 3, err
+    assert result["state"] == "rolled_back"
+    flaky = release_id("0.2.5", sha256_file(extra_builds.flaky))
+    by_host = {h["name"]: h for h in result["hosts"]}
+    # the first batch passed on the first host; the second host failed its gate and switched back
+    assert by_host[first.name]["switched"] and by_host[first.name]["release"] == flaky
+    assert by_host[second.name]["failed"] and by_host[second.name]["rolled_back"]
+    assert by_host[second.name]["release"] == v2
+    assert result["restored_hosts"] == {first.name: v2}
+    assert result["restore"]["rc"] == 0
+    assert versions(fleet) == {first.name: "0.2.0", second.name: "0.2.0"}
+    assert all_healthy(fleet)
+    assert links(fleet, first)[0] == links(fleet, second)[0] == v2
+    # the restored host gets its previous of before the rollout back too (not the failed release,
+    # which a later `orchestrate rollback` would switch to), and the rollout that stopped removed
+    # none of the releases the hosts had (keep 2: the restore itself drops the failed one again)
+    assert links(fleet, first)[:2] == before[first.name][:2]
+    assert links(fleet, second)[:2] == before[second.name][:2]
+    assert links(fleet, first)[2] == before[first.name][2]
+    # evidence of the host that failed, and only of it
+    evidence = Path(result["evidence_dir"])
+    assert sorted(p.name for p in evidence.iterdir()) == [second.name]
+    assert "hello.service is" in (evidence / second.name / "health.txt").read_text()
+    assert "HELLO_FAIL_PERCENT: '150' is not a percentage" in (evidence / second.name / "journal.txt").read_text()
+    assert "hello.service" in (evidence / second.name / "status.txt").read_text()
+
+
+def test_a_binary_whose_sha256_differs_is_refused_on_the_host(fleet: FleetEnv, hello_builds: Builds) -> None:
+    first, second = fleet.group("app")
+    before = {h.name: (links(fleet, h)[:2], main_pid(fleet, h)) for h in (first, second)}
+    v1 = hello_builds.v1.release_id
+    loaded = fleet.loaded
+    staged = loaded.state_dir / "artifacts" / v1 / "hello"
+
+    def corrupt_the_staged_binary() -> None:
+        # after the controller hashed and staged it, before it is shipped
+        data = bytearray(staged.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        staged.write_bytes(bytes(data))
+
+    with pytest.raises(ReleaseRunError) as caught:
+        deploy(loaded, DeployRequest(release_path=hello_builds.v1.binary), before_ship=corrupt_the_staged_binary)
+    run = caught.value.run
+    failed = [h for h in run.hosts if h.failed]
+    assert [h.name for h in failed] == [first.name]
+    assert "does not match the release's" in failed[0].message and not failed[0].switched
+    assert run.restored_hosts == {} and run.restore is None
+    # the corrupt copy is on the first host, was never switched in; the second host was not touched
+    good = sha256_file(hello_builds.v1.binary)
+    on_host = {h.name: fleet.ssh(h, f"sha256sum /opt/hello/releases/{v1}/hello").stdout.split()[0]
+               for h in (first, second)}
+    assert on_host == {first.name: sha256_file(staged), second.name: good} and sha256_file(staged) != good
+    assert set(run.run.hosts) == {first.name}, "the rollout stopped before the second batch"
+    assert {h.name: (links(fleet, h)[:2], main_pid(fleet, h)) for h in (first, second)} == before
+    assert versions(fleet) == {first.name: "0.2.0", second.name: "0.2.0"}
+    assert all_healthy(fleet)
+
+
+def test_keep_two_releases_never_removes_current_or_previous(
+        fleet: FleetEnv, hello_builds: Builds, tmp_path: Path) -> None:
+    app = fleet.group("app")
+    r3 = relabeled(tmp_path, hello_builds.v2.binary, "0.3.0")  # serves /version 0.2.0
+    r4 = relabeled(tmp_path, hello_builds.v1.binary, "0.4.0")  # serves /version 0.1.0
+    id3, id4 = release_id("0.3.0", sha256_file(r3)), release_id("0.4.0", sha256_file(r4))
+    v1 = hello_builds.v1.release_id
+
+    for binary in (r3, r4):
+        code, _, err = orchestrate(fleet, "deploy", "--release", str(binary), "--skip-backup")
+        assert code == 0, err
+    for host in app:  # everything older went, the last two stay
+        assert links(fleet, host) == (id4, id3, sorted([id3, id4]))
+
+    code, _, err = orchestrate(fleet, "rollback")
+    assert code == 0, err
+    # previous (id3 after the next deploy) is now the oldest release on the host: it must stay
+    code, _, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v1.binary), "--skip-backup")
+    assert code == 0, err
+    for host in app:
+        assert links(fleet, host) == (v1, id3, sorted([v1, id3]))
+    assert versions(fleet) == dict.fromkeys([h.name for h in app], "0.1.0")
+
+    code, status, err = orchestrate(fleet, "rollback")
+    assert code == 0, err
+    assert versions(fleet) == dict.fromkeys([h.name for h in app], "0.2.0")
+    code, status, err = orchestrate(fleet, "status")
+    assert code == 0, err
+    assert status["release"] == id3
+    assert all(h["previous_release"] == v1 and h["healthy"] for h in status["hosts"])

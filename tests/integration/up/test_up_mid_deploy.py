@@ -1,0 +1,95 @@
+"""SIGKILL `orchestrate up` in the middle of a rolling Ansible deploy, then `orchestrate resume`.
+
+Three app hosts, one per batch, so the deploy has a genuine middle: the kill lands once the first
+host has switched to the new release and passed its gate (seen in ansible-runner's job events),
+while the others still serve the old one. Every process of the run dies at once (ansible-playbook
+and its ssh connections too, not only the `orchestrate` process group).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from orchestrator.pipeline import STEPS
+
+from .helpers import (
+    FAST,
+    assert_fleet_on,
+    cli_argv,
+    cli_env,
+    fleet_versions,
+    job_events,
+    journal_step_state,
+    kill_run,
+    run_cli,
+    run_detail,
+    run_dirs,
+    runs,
+    up,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
+
+
+def _switched_hosts(events: list[dict[str, Any]]) -> set[str]:
+    """Hosts whose rust_release task in deploy.yml finished ok (switched and passed the gate)."""
+    return {
+        str(e["event_data"]["host"]) for e in events
+        if e.get("event") == "runner_on_ok"
+        and (e.get("event_data") or {}).get("task_action") == "rust_release"
+        and str((e.get("event_data") or {}).get("playbook", "")).endswith("deploy.yml")
+    }
+
+
+def test_crash_in_the_middle_of_a_rolling_deploy_then_resume(unbooted_project: Any, hello_builds: Any) -> None:
+    fleet = unbooted_project(app_count=3, monitoring_count=0,
+                             overrides={**FAST, "rollout": {"strategy": "rolling", "batch_size": 1}})
+    first = up(fleet, hello_builds.v1.binary)
+    assert first.returncode == 0, first.stderr
+    assert_fleet_on(fleet, "0.1.0")
+
+    before_runs = {r["id"] for r in runs(fleet)}
+    before_playbooks = run_dirs(fleet.state_dir)
+    proc = subprocess.Popen(cli_argv(fleet, "up", fleet.env_name, "--release", str(hello_builds.v2.binary), "--json"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(fleet),
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        switched: set[str] = set()
+        while not switched:
+            assert proc.poll() is None, "up ended before any host switched"
+            assert time.monotonic() < deadline, "no host switched within 300 s"
+            time.sleep(0.02)
+            switched = _switched_hosts(job_events(fleet.state_dir, before_playbooks))
+        assert journal_step_state(fleet, "deploy") == "running"
+        killed = kill_run(proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert len(killed) > 2, killed  # orchestrate, ansible-playbook and more: the whole run died
+
+    # right after the kill: every host answers 200 on a release that passed its gate, and the
+    # rollout really was half way (the first batch on the new release, a later one on the old)
+    found = fleet_versions(fleet)
+    assert all(status == 200 for status, _ in found.values()), found
+    versions = [version for _, version in found.values()]
+    assert "0.2.0" in versions and "0.1.0" in versions, found
+    (run_id,) = {r["id"] for r in runs(fleet)} - before_runs
+    run = run_detail(fleet, run_id)
+    assert run["state"] == "interrupted"
+    assert {s["name"]: s["state"] for s in run["steps"]}["deploy"] == "running"
+
+    resumed = run_cli(fleet, "resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    assert result["resumed_at"] == "deploy" and result["release"] == hello_builds.v2.release_id
+    run = run_detail(fleet, run_id)
+    assert run["state"] == "completed" and run["attempts"] == 2
+    assert [s["state"] for s in run["steps"]] == ["completed"] * len(STEPS)
+    assert_fleet_on(fleet, "0.2.0")

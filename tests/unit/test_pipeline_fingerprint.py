@@ -1,0 +1,78 @@
+"""The fingerprint that decides whether `up` is a no-op: each input it covers turns the no-op off."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import LoadedEnvironment, Project
+from orchestrator.pipeline import fingerprint
+from orchestrator.render import render_environment
+
+RELEASE = "0.1.0-aaaaaaaaaaaa"
+
+
+def rendered(project: Path) -> LoadedEnvironment:
+    loaded = Project(project).load("dev")
+    render_environment(loaded)  # what `up` does before it compares
+    return loaded
+
+
+def append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def edit_env(project: Path, pattern: str, replacement: str) -> None:
+    path = project / "inventories/dev/environment.yml"
+    text, count = re.subn(pattern, replacement, path.read_text(), count=1, flags=re.MULTILINE)
+    assert count == 1, pattern
+    path.write_text(text)
+
+
+CHANGES: dict[str, Callable[[Path], None]] = {
+    "role task file": lambda p: append(p / "roles/rust_service/tasks/main.yml", "\n# changed\n"),
+    "role module": lambda p: append(p / "roles/rust_service/library/rust_release.py", "\n# changed\n"),
+    "role defaults": lambda p: append(p / "roles/rust_service/defaults/main.yml", "\n# changed\n"),
+    "new role file": lambda p: (p / "roles/rust_service/templates/extra.j2").write_text("x\n"),
+    "playbook": lambda p: append(p / "playbooks/deploy.yml", "\n# changed\n"),
+    "environment file: service config": lambda p: edit_env(p, r"HELLO_GREETING: .*$", "HELLO_GREETING: hi"),
+    "environment file: rollout": lambda p: edit_env(p, r"batch_size: 100%$", "batch_size: 1"),
+    "terraform input: app_count": lambda p: edit_env(p, r"app_count: 3$", "app_count: 2"),
+    "terraform module": lambda p: append(p / "terraform/modules/local_fleet/variables.tf", "\n# changed\n"),
+    "secrets file": lambda p: append(p / "inventories/dev/secrets.yml", "\n"),
+}
+
+
+def test_unchanged_project_keeps_its_fingerprint(project_copy: Path) -> None:
+    before = fingerprint(rendered(project_copy), RELEASE)
+    # state and caches beside the inputs are not inputs
+    (project_copy / "roles/rust_service/library/__pycache__").mkdir(exist_ok=True)
+    (project_copy / "roles/rust_service/library/__pycache__/rust_release.cpython-311.pyc").write_bytes(b"\0")
+    (project_copy / ".orchestrate/dev/journal.db").write_bytes(b"x")
+    assert fingerprint(rendered(project_copy), RELEASE) == before
+    assert len(before) == 64
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_changed_input_turns_the_noop_off(project_copy: Path, change: str) -> None:
+    before = fingerprint(rendered(project_copy), RELEASE)
+    CHANGES[change](project_copy)
+    assert fingerprint(rendered(project_copy), RELEASE) != before
+
+
+def test_the_rendered_terraform_inputs_are_covered(project_copy: Path) -> None:
+    # the rendered root itself, not only the files it is rendered from (e.g. an endpoint override)
+    loaded = rendered(project_copy)
+    before = fingerprint(loaded, RELEASE)
+    tfvars = loaded.state_dir / "terraform" / "terraform.tfvars.json"
+    tfvars.write_text(tfvars.read_text().replace('"app_count": 3', '"app_count": 4'))
+    assert fingerprint(loaded, RELEASE) != before
+
+
+def test_another_release_turns_the_noop_off(project_copy: Path) -> None:
+    loaded = rendered(project_copy)
+    assert fingerprint(loaded, RELEASE) != fingerprint(loaded, "0.2.0-aaaaaaaaaaaa")
+    assert fingerprint(loaded, RELEASE) != fingerprint(loaded, None)
