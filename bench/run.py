@@ -10,24 +10,26 @@
                    on every one (bench/boot_hosts.py): < 5 s
   deploy-overhead  `orchestrate deploy --skip-backup` against raw `ansible-playbook` run with the
                    argv an orchestrate run recorded (same inventory, playbook, extra vars,
-                   ansible.cfg), 5 hosts, interleaved pairs, every run a release change: < 5 %
+                   ansible.cfg), 5 and 20 hosts, interleaved pairs, every run a release change: < 5 %
   up               first `orchestrate up` of 3 hosts, then the no-op one: < first / 4 and < 5 s
   rollback         failed health gate -> previous release healthy on all 5 hosts: < 3 s
   heal             service killed -> healthy again through monitoring + heal webhook: < 15 s
   traffic          under load through HAProxy (bench/traffic.py): the blue-green switch back (about 1 s,
                    no request lost) and the failed requests while a bad canary is rolled back (at the
                    first step)
+  plan-overhead    `orchestrate plan prod` against raw `terraform plan` on moto (plan_overhead.py): < 5 %
   deploy           `orchestrate deploy --skip-backup` (a release change) to 5, 20 and 50 hosts, tuned against
                    stock Ansible settings: tuned <= stock / 2, 50 hosts < 60 s; and the peak
                    memory of the orchestrate process during the tuned 50-host deploy (no goal)
-  plan-overhead    `orchestrate plan prod` against raw `terraform plan` on moto (plan_overhead.py): < 5 %
   memory           only the peak memory (when `deploy` is not selected: one tuned 50-host deploy)
 
 --quick is a smoke run with small fleets and single repetitions (its figures are not the ones
-the goals speak of). Every fleet is a throwaway copy of the project with its own bridge and a
-reserved subnet (tests/integration/conftest.py's factory). Runs as root. Progress goes to stderr;
-the table to stdout; the JSON (date, machine, load average at the start, every figure) to
-bench/results/summary.json unless --json says otherwise. It is rewritten after every figure, so
+the goals speak of). Before each figure the run waits (up to 2 min) for the load average to fall
+below half the CPUs, so that one figure's teardown does not bill the next. Every fleet is a
+throwaway copy of the project with its own bridge and a reserved subnet (tests/integration/
+conftest.py's factory). Runs as root. Progress goes to stderr; the table to stdout; the JSON
+(date, machine, load average at the start, every figure) to bench/results/summary.json unless
+--json says otherwise. It is rewritten after every figure, so
 an interrupted run keeps what it measured.
 """
 
@@ -179,11 +181,16 @@ def _recorded_command(fleet: common.FleetEnv, run_id: str) -> dict[str, Any]:
 
 
 def fig_deploy_overhead(settings: Settings) -> list[Row]:
+    sizes: list[int] = settings.pick([5, 20], [2])
+    pairs: dict[int, int] = settings.pick({5: 5, 20: 3}, {2: 1})
+    return [_deploy_overhead(settings, size, pairs[size]) for size in sizes]
+
+
+def _deploy_overhead(settings: Settings, size: int, pairs: int) -> Row:
     from orchestrator.secrets import SECRETS_VAR, load_secrets
 
     b = settings.builds()
-    size, pairs = settings.pick(5, 2), settings.pick(5, 1)
-    with Fleets("deploy-overhead") as fleets:
+    with Fleets(f"deploy-overhead{size}") as fleets:
         fleet = fleets.boot(app_count=size)
         expect_state(deploy_cli(fleet, b.v1), "deployed")  # first contact, not timed
         second = expect_state(deploy_cli(fleet, b.v2), "deployed")
@@ -208,7 +215,7 @@ def fig_deploy_overhead(settings: Settings) -> list[Row]:
                 raw.append(time.perf_counter() - started)
                 if proc.returncode != 0:
                     raise RuntimeError(f"raw ansible-playbook exited {proc.returncode}: {proc.stdout[-1500:]}")
-                log(f"deploy-overhead pair {index + 1}/{pairs}: orchestrate deploy {ours[-1]:.2f} s, "
+                log(f"deploy-overhead {size} hosts, pair {index + 1}/{pairs}: orchestrate deploy {ours[-1]:.2f} s, "
                     f"ansible-playbook {raw[-1]:.2f} s")
             # the raw run really switched the hosts: deploying v1 again is a change, not a no-op
             expect_state(deploy_cli(fleet, b.v1), "deployed")
@@ -218,8 +225,9 @@ def fig_deploy_overhead(settings: Settings) -> list[Row]:
     data = {"hosts": size, "pairs": pairs, "orchestrate_deploy_s": ours, "ansible_playbook_s": raw,
             "orchestrate_median_s": our_median, "ansible_median_s": raw_median, "overhead_percent": percent,
             "paired_diff_s": paired}
-    return [Row("deploy-overhead", f"wrapper overhead: orchestrate deploy vs ansible-playbook, {size} hosts",
-                f"{percent:+.1f}% ({our_median:.2f} s vs {raw_median:.2f} s)", "< 5%", verdict(percent < 5.0), data)]
+    return Row(f"deploy-overhead-{size}", f"wrapper overhead: orchestrate deploy vs ansible-playbook, {size} hosts",
+               f"{percent:+.1f}% ({our_median:.2f} s vs {raw_median:.2f} s; {paired:+.2f} s per run)", "< 5%",
+               verdict(percent < 5.0), data)
 
 
 # --- first up against no-op up ----------------------------------------------------------------------------
@@ -459,10 +467,19 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "rollback": fig_rollback,
     "heal": fig_heal,
     "traffic": fig_traffic,
-    "deploy": fig_deploy,
     "plan-overhead": fig_plan_overhead,
+    "deploy": fig_deploy,
     "memory": fig_memory,
 }
+
+
+def settle(limit: float = 120.0) -> float:
+    """Wait until the 1-minute load average is below half the CPUs (at most `limit` s); the wait."""
+    started = time.monotonic()
+    threshold = (os.cpu_count() or 1) * 0.5
+    while os.getloadavg()[0] > threshold and time.monotonic() - started < limit:
+        time.sleep(2)
+    return time.monotonic() - started
 
 
 def print_table(rows: list[Row]) -> None:
@@ -507,7 +524,9 @@ def main() -> int:
     }
     started = time.monotonic()
     rows: list[Row] = []
-    for name in names:
+    for index, name in enumerate(names):
+        if index:
+            settle()  # the previous figure's teardown (hosts, terraform, moto) must not bill this one
         log(f"measuring {name} (load average {', '.join(map(str, common.load_average()))}) ...")
         load_before = common.load_average()
         figure_started = time.monotonic()

@@ -9,12 +9,7 @@ over SSH.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +22,14 @@ from orchestrator.release import find_cargo, prepare_release, release_id, sha256
 from orchestrator.tools.ansible import PlaybookRun, run_playbook
 from orchestrator.tools.process import run_command
 
+from .helpers import http_get, orchestrate, versions
+
 # fixtures of tests/integration/conftest.py: module_unbooted_project -> FleetEnv; hello_builds -> Builds
 FleetEnv = Any
 Builds = Any
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
-ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "hello-service"
-PORT = 8080
 UNIT = "/etc/systemd/system/hello.service"
 GATE_TASK = "Switch to the release and pass the health gate"
 OVERRIDES = {
@@ -92,42 +87,6 @@ def relabeled(base: Path, binary: Path, version: str) -> Path:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def orchestrate(fleet: FleetEnv, *args: str) -> tuple[int, dict[str, Any], str]:
-    """Run `orchestrate --project-dir P VERB ENV ... --json`; return (exit code, JSON, stderr)."""
-    env = dict(os.environ)
-    env["ORCHESTRATE_VAULT_PASSWORD_FILE"] = str(
-        fleet.project_dir / "inventories" / fleet.env_name / f".vault-password-{fleet.env_name}")
-    verb, *rest = args
-    proc = subprocess.run(
-        [ORCHESTRATE, "--project-dir", str(fleet.project_dir), verb, fleet.env_name, *rest, "--json"],
-        capture_output=True, text=True, timeout=600, env=env, check=False,
-    )
-    try:
-        data = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    except json.JSONDecodeError:
-        pytest.fail(f"not JSON on stdout: {proc.stdout!r}\nstderr: {proc.stderr}")
-    return proc.returncode, data, proc.stderr
-
-
-def http_get(fleet: FleetEnv, address: str, path: str) -> tuple[int, str]:
-    url = f"http://{fleet.network.assert_own_address(address)}:{PORT}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def versions(fleet: FleetEnv) -> dict[str, str]:
-    """`version` from /version of every app host."""
-    found = {}
-    for host in fleet.group("app"):
-        status, body = http_get(fleet, host.address, "/version")
-        assert status == 200, f"{host.name}: /version answered {status}"
-        found[host.name] = json.loads(body)["version"]
-    return found
 
 
 def all_healthy(fleet: FleetEnv) -> bool:

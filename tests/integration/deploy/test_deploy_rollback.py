@@ -6,63 +6,20 @@ each app host's address) or over SSH (release directories).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .helpers import http_get, orchestrate, versions
 
 # fixtures (tests/integration/conftest.py: fleet_factory -> FleetEnv; ./conftest.py: hello_builds)
 FleetEnv = Any
 Builds = Any
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
-ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
-PORT = 8080
 # a short gate keeps the broken release's failure quick; dev's 10 s is for real starts
 FAST_GATE = {"service": {"health": {"timeout": "3s", "interval": "100ms"}}}
-
-
-def orchestrate(fleet: FleetEnv, *args: str) -> tuple[int, dict[str, Any], str]:
-    """Run `orchestrate --project-dir P VERB ENV ... --json`; return (exit code, JSON, stderr)."""
-    env = dict(os.environ)
-    password = fleet.project_dir / "inventories" / fleet.env_name / f".vault-password-{fleet.env_name}"
-    if password.exists():
-        env["ORCHESTRATE_VAULT_PASSWORD_FILE"] = str(password)
-    verb, *rest = args
-    proc = subprocess.run(
-        [ORCHESTRATE, "--project-dir", str(fleet.project_dir), verb, fleet.env_name, *rest, "--json"],
-        capture_output=True, text=True, timeout=600, env=env, check=False,
-    )
-    try:
-        data = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    except json.JSONDecodeError:
-        pytest.fail(f"not JSON on stdout: {proc.stdout!r}\nstderr: {proc.stderr}")
-    return proc.returncode, data, proc.stderr
-
-
-def http_get(fleet: FleetEnv, address: str, path: str) -> tuple[int, str]:
-    url = f"http://{fleet.network.assert_own_address(address)}:{PORT}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def versions(fleet: FleetEnv) -> dict[str, str]:
-    """`version` from /version of every app host."""
-    found = {}
-    for host in fleet.group("app"):
-        status, body = http_get(fleet, host.address, "/version")
-        assert status == 200, f"{host.name}: /version answered {status}"
-        found[host.name] = json.loads(body)["version"]
-    return found
 
 
 def releases_on(fleet: FleetEnv, host_name: str) -> list[str]:
