@@ -17,7 +17,6 @@ from typing import Any
 from orchestrator.config import LoadedEnvironment, TerraformLocal
 from orchestrator.errors import ExitStatus, OrchestratorError, TerraformError, UsageError
 from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
-from orchestrator.models import graph as graph_model
 from orchestrator.render import render_environment
 from orchestrator.tools.terraform import (
     Drift,
@@ -212,6 +211,8 @@ def preflight_graph(plan_json: Mapping[str, Any], plan_file: Path) -> list[str]:
     """The cheap graph checks of orchestrator.models.graph on a plan's JSON: every reference
     resolves and the resource graph has no cycle. PreflightFailed naming each problem; else the
     names of the checks that passed."""
+    from orchestrator.models import graph as graph_model  # networkx: only when a plan is applied
+
     report = graph_model.check_plan(plan_json)
     if not report.ok:
         raise PreflightFailed(
