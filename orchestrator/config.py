@@ -632,6 +632,11 @@ def _check_semantics(loaded: LoadedEnvironment, display: str, dir_name: str) -> 
         if app_count < 2:
             fail(f"{env.rollout.strategy} needs at least 2 app hosts (two colours); terraform.vars.app_count is "
                  f"{app_count}", "rollout", "strategy")
+    if env.rollout.canary_load > 0 and env.target != "local":
+        # the load generator reaches only loopback and the project's own bridge; cloud load
+        # balancers get their traffic from users
+        fail(f"synthetic canary load is for local environments (target is {env.target!r}): set it to 0 "
+             "and let real traffic judge the canary", "rollout", "canary_load")
     if isinstance(env.rollout.batch_size, int) and env.rollout.batch_size > app_count:
         fail(f"{env.rollout.batch_size} is more than the {app_count} app hosts", "rollout", "batch_size")
     if isinstance(env.terraform, TerraformLocal) and env.terraform.vars.subnet:

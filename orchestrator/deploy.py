@@ -98,6 +98,8 @@ class ReleaseRun:
     evidence_dir: Path | None = None
     release: Release | None = None
     strategy: str | None = None
+    notes: list[str] = field(default_factory=list)
+    """Things an operator should know that did not make the run fail (e.g. cleanup left releases)."""
 
     @property
     def changed(self) -> int:
@@ -113,6 +115,7 @@ class ReleaseRun:
             "changed": self.changed,
             "hosts": [h.as_dict() for h in self.hosts],
             "restored_hosts": self.restored_hosts,
+            "notes": self.notes,
             "evidence_dir": str(evidence) if evidence is not None else None,
             "run": self.run.as_dict(),
             "restore": self.restore.as_dict() if self.restore is not None else None,
@@ -227,7 +230,7 @@ def outcomes(results: list[TaskResult], addresses: Mapping[str, str]) -> list[Ho
     for result in results:
         # the role's other phases call the module too (status, the cleanup after a rollout); a
         # skipped call says nothing
-        if result.status != "skipped" and result.result.get("state") != "cleanup":
+        if result.status != "skipped" and result.task != CLEANUP_TASK and result.result.get("state") != "cleanup":
             last[result.host] = result
     found = []
     for host, result in sorted(last.items()):
@@ -255,13 +258,18 @@ def to_restore(hosts: list[HostOutcome], target: str | None) -> dict[str, str]:
     }
 
 
+#: rust_release's previous_id meaning "no previous release": the link is removed
+NO_PREVIOUS = "-"
+
+
 def previous_to_restore(hosts: list[HostOutcome], restore: Mapping[str, str]) -> dict[str, str]:
-    """For the hosts of `restore`: the release their `previous` named before the run.
+    """For the hosts of `restore`: the release their `previous` named before the run (NO_PREVIOUS
+    for none).
 
     Without it a restored host's `previous` would name the release that just failed, and a
     later `orchestrate rollback` would switch the host to it.
     """
-    return {h.name: h.previous_before for h in hosts if h.name in restore and h.previous_before}
+    return {h.name: h.previous_before or NO_PREVIOUS for h in hosts if h.name in restore}
 
 
 def _opt(value: object) -> str | None:
@@ -278,6 +286,8 @@ TransitionSink = Callable[[str, str, str | None, dict[str, Any]], None]
 #: rust_release call that switches, restarts and gates (release.yml)
 STAGE_TASK_PREFIX = "Copy the release binary to the host"
 RELEASE_TASK = "Switch to the release and pass the health gate"
+#: deploy.yml's last play, after every host passed its gate: housekeeping, never the outcome
+CLEANUP_TASK = "Remove releases beyond the ones to keep"
 
 Phase = Literal["deploy", "restore", "rollback"]
 """Which playbook run drives the moves: deploy.yml, the fleet restore after a failed deploy, or
@@ -341,9 +351,12 @@ class HostTransitions:
             process_model.validate_transition(current, to_state, host=host)
             self.sink(host, to_state.value, self.release, detail)
         except OrchestratorError as exc:
-            self.refused = TransitionRefused(f"host transition refused: {exc.message}",
-                                             hint="the run journal records only moves the deployment state "
-                                                  "machine allows (orchestrator/models/process.py)")
+            illegal = isinstance(exc, process_model.IllegalTransition) or "illegal transition" in exc.message
+            hint = ("the run journal records only moves the deployment state machine allows "
+                    "(orchestrator/models/process.py)" if illegal else
+                    "the run journal could not record it; `orchestrate runs ENV RUN_ID` shows what it holds")
+            self.refused = TransitionRefused(f"host transition {'refused' if illegal else 'not recorded'}: "
+                                             f"{exc.message}", hint=hint)
             raise self.refused from exc
         self.states[host] = to_state.value
         return True
@@ -390,6 +403,8 @@ class HostTransitions:
         """The move one task outcome means (pure mapping; raises TransitionRefused)."""
         S = process_model.HostState
         where = {"task": event.task}
+        if event.task == CLEANUP_TASK:
+            return  # removing old releases after the rollout passed: not a move of the deploy
         if event.status in {"failed", "unreachable"}:
             self.move(event.host, S.FAILED, **where, status=event.status, message=event.message)
         elif event.status not in {"ok", "changed"}:
@@ -422,12 +437,17 @@ class HostTransitions:
 
 
 def _checked(transitions: HostTransitions | None, conclude: Callable[[], ReleaseRun]) -> ReleaseRun:
-    """`conclude()`, except that a host transition refused meanwhile is raised instead."""
+    """`conclude()`, except that a host transition refused meanwhile is raised instead.
+
+    When the run itself failed, its own error stands (its exit code is the contract: 3 after a
+    restored gate failure) and the refusal is added to its hint.
+    """
     try:
         run = conclude()
     except OrchestratorError as exc:
-        if transitions is not None:
-            transitions.check(exc)
+        if transitions is not None and transitions.refused is not None:
+            also = f"the journal also refused a host transition: {transitions.refused.message}"
+            exc.hint = f"{exc.hint}; {also}" if exc.hint else also
         raise
     if transitions is not None:
         transitions.check()
@@ -549,8 +569,13 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
         transitions.after_run(action, found)
     run = ReleaseRun(env=loaded.name, action=action, run_id=result.run_id, state="deployed", target=target,
                      hosts=found, run=result, evidence_dir=evidence_dir, release=release, strategy=strategy)
-    if result.ok:
+    cleanup_failures = [f for f in result.failures if f.task == CLEANUP_TASK]
+    if result.ok or (cleanup_failures and len(cleanup_failures) == len(result.failures)
+                     and not any(h.failed for h in found)):
+        # every host passed its gate; a host whose old releases could not be removed afterwards
+        # (unreachable for a moment, a disk error) keeps them until the next deploy
         run.state = "deployed" if any(h.changed for h in found) else "unchanged"
+        run.notes = [f"old releases not removed on {f.host}: {f.message}" for f in cleanup_failures]
         return run
 
     run.state = "failed"

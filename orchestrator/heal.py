@@ -612,6 +612,9 @@ class HealServer:
             if last is not None and now - last < REFUSED_AUDIT_INTERVAL:
                 self._refused[client] = (last, suppressed + 1)
                 return
+            if len(self._refused) >= 1024:  # many clients: forget the ones whose interval is over
+                self._refused = {c: v for c, v in self._refused.items()
+                                 if v[0] is not None and now - v[0] < REFUSED_AUDIT_INTERVAL}
             self._refused[client] = (now, 0)
         try:
             self.audit.record(command=AUDIT_COMMAND, outcome="unauthorized",

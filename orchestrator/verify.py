@@ -605,10 +605,15 @@ def terraform_destroy_graph(ctx: VerifyContext) -> tuple[graph_model.DestroyGrap
                        f"{ctx.env_name}` first")
     else:
         result = run_command(list(DESTROY_GRAPH_ARGV), cwd=root, env=terraform.environment(),
-                             timeout=TIMEOUT_VALIDATE)
-        destroy = graph_model.parse_destroy_graph(result.stdout)
+                             timeout=TIMEOUT_VALIDATE, check=False)
         source = f"{' '.join(DESTROY_GRAPH_ARGV[1:])} in {ctx.rel(root)}"
-        found = (destroy, source) if destroy.nodes else (None, f"no resources in the state ({source})")
+        if result.returncode != 0:
+            # e.g. an S3 backend without credentials here: the comparison is not made, and says why
+            reason = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            found = None, f"{source} exited {result.returncode}: {reason[0][:200]}"
+        else:
+            destroy = graph_model.parse_destroy_graph(result.stdout)
+            found = (destroy, source) if destroy.nodes else (None, f"no resources in the state ({source})")
     ctx.cache["destroy-graph"] = found
     return found
 

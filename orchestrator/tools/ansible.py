@@ -14,6 +14,7 @@ tasks marked `no_log` are censored by Ansible before any event reaches us.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -340,6 +341,13 @@ def secret_vars_file(secret_vars: Mapping[str, Any]) -> Iterator[Path | None]:
         path.unlink(missing_ok=True)
 
 
+def _forget(path: Path) -> None:
+    """Remove the secrets file once ansible-playbook has read it (the exit of the block removes
+    it anyway; a failure here must not stop the run)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def remove_orphans(directory: Path = Path("/dev/shm")) -> list[Path]:
     """Remove the in-memory files and temp dirs of runs whose process is gone (a SIGKILLed
     `orchestrate` cannot clean up after itself); return what was removed."""
@@ -355,7 +363,10 @@ def remove_orphans(directory: Path = Path("/dev/shm")) -> list[Path]:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # another user's file in the sticky /dev/shm: theirs to remove
+                continue
         removed.append(path)
     return removed
 
@@ -469,7 +480,7 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     if Path("/dev/shm").is_dir():
         remove_orphans()
     with secret_vars_file(run.secret_vars) as secrets_path, local_temp_dir() as local_temp:
-        collector = EventCollector(on_event, on_start=(lambda: secrets_path.unlink(missing_ok=True))
+        collector = EventCollector(on_event, on_start=functools.partial(_forget, secrets_path)
                                    if secrets_path is not None else None)
         kwargs: dict[str, Any] = {
             "private_data_dir": str(run_dir),

@@ -54,6 +54,8 @@ def run_command(
     on_stderr: LineCallback | None = None,
     input_text: str | None = None,
     ok_codes: Sequence[int] = (0,),
+    stop_signal: int = signal.SIGTERM,
+    stop_grace: float = 5.0,
 ) -> CommandResult:
     """Run `argv` and return its result.
 
@@ -61,7 +63,8 @@ def run_command(
     of "" is passed through as empty. Output lines go to `on_stdout`/`on_stderr` as they
     arrive. With `check`, a return code outside `ok_codes` raises CommandError carrying
     the code, `shlex.join(argv)` and the output tail. A command running past `timeout`
-    seconds is killed (its whole process group) and raises CommandTimeout.
+    seconds is stopped (its whole process group: `stop_signal`, then SIGKILL after
+    `stop_grace` seconds) and raises CommandTimeout.
     """
     args = [os.fspath(a) for a in argv]
     full_env = dict(os.environ)
@@ -113,7 +116,7 @@ def run_command(
     try:
         returncode = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        _kill_group(proc, stop_signal, stop_grace)
         for reader in readers:
             reader.join(timeout=5)
         output = "".join(out_lines) + "".join(err_lines)
@@ -124,7 +127,7 @@ def run_command(
             output_tail=tail(output),
         ) from None
     except KeyboardInterrupt:
-        _kill_group(proc)
+        _kill_group(proc, stop_signal, stop_grace)
         raise
     for reader in readers:
         reader.join(timeout=30)
@@ -186,14 +189,14 @@ def start_detached(
     return proc.pid
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    """Terminate the process group, escalating to SIGKILL after a grace period."""
+def _kill_group(proc: subprocess.Popen[str], stop_signal: int = signal.SIGTERM, grace: float = 5.0) -> None:
+    """Stop the process group with `stop_signal`, escalating to SIGKILL after `grace` seconds."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, stop_signal)
     except ProcessLookupError:
         return
     try:
-        proc.wait(timeout=5)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

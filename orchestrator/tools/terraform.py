@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,6 +36,8 @@ TERRAFORM = "terraform"
 PLUGIN_MIRROR = Path("/opt/tf-plugins")
 SHARED_PLUGIN_CACHE = Path("/var/cache/orchestrate/terraform-plugins")
 INIT_STAMP = ".orchestrate-init.sha256"
+#: seconds terraform gets after SIGINT (past its time limit) before it is killed
+TERRAFORM_STOP_GRACE = 60.0
 
 #: `terraform plan -detailed-exitcode`: 0 no changes, 1 error, 2 changes present
 PLAN_NO_CHANGES = 0
@@ -526,8 +529,11 @@ class Terraform:
     def _run(self, action: str, argv: list[str], *, timeout: float, ok_codes: Sequence[int] | None = (0,),
              on_stdout: Callable[[str], None] | None = None) -> CommandResult:
         try:
+            # past its limit terraform gets SIGINT, its own graceful stop (it finishes the calls in
+            # flight, writes the state and releases the lock), and a minute for it before SIGKILL
             result = run_command(argv, cwd=self.working_dir, env=self.environment(), timeout=timeout,
-                                 check=False, on_stdout=on_stdout)
+                                 check=False, on_stdout=on_stdout, stop_signal=signal.SIGINT,
+                                 stop_grace=TERRAFORM_STOP_GRACE)
         except CommandTimeout as exc:
             raise timeout_error(action, self.env_name, timeout, self.timeouts_source,
                                 working_dir=self.working_dir) from exc

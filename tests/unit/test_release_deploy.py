@@ -11,12 +11,25 @@ from typing import Any
 import pytest
 
 from orchestrator.config import Project
-from orchestrator.deploy import outcomes, role_vars, strategy_vars, to_restore
+from orchestrator.deploy import (
+    CLEANUP_TASK,
+    NO_PREVIOUS,
+    RELEASE_TASK,
+    ReleaseRunError,
+    _conclude,
+    outcomes,
+    previous_to_restore,
+    role_vars,
+    strategy_vars,
+    to_restore,
+)
 from orchestrator.errors import UsageError
 from orchestrator.tools.ansible import (
     AnsibleSettings,
     EventCollector,
+    Failure,
     HostEvent,
+    PlaybookResult,
     TaskResult,
     _scrub_command_record,
     ansible_cfg_text,
@@ -75,6 +88,46 @@ def test_outcomes_and_the_hosts_to_put_back() -> None:
     assert found["c"].release == "v2-bbbbbbbbbbbb", "a skipped call must not hide the real one"
     # only a host that moved to the new release in this run goes back; c was on it already
     assert to_restore(list(found.values()), "v2-bbbbbbbbbbbb") == {"a": "v1-aaaaaaaaaaaa"}
+
+
+GOOD = {"release_before": "v1-aaaaaaaaaaaa", "previous_before": None, "release": "v2-bbbbbbbbbbbb",
+        "switched": True, "changed": True, "healthy": True}
+
+
+def test_the_cleanup_after_the_rollout_never_decides_a_host_outcome() -> None:
+    results = [
+        TaskResult("a", RELEASE_TASK, "rust_release", "changed", GOOD),
+        # unreachable during the cleanup play: no module result at all
+        TaskResult("a", CLEANUP_TASK, "rust_release", "unreachable", {"msg": "ssh: connection timed out"}),
+        TaskResult("b", RELEASE_TASK, "rust_release", "changed", {**GOOD, "previous_before": "v0-cccccccccccc"}),
+        TaskResult("b", CLEANUP_TASK, "rust_release", "ok", {"state": "cleanup", "removed": ["v0-x"]}),
+    ]
+    found = {h.name: h for h in outcomes(results, {})}
+    assert found["a"].switched and not found["a"].failed
+    assert found["b"].switched and found["b"].previous_before == "v0-cccccccccccc"
+    # a restore gives each host its previous of before the run back, or none
+    assert previous_to_restore(list(found.values()), {"a": "v1", "b": "v1"}) == {"a": NO_PREVIOUS,
+                                                                                "b": "v0-cccccccccccc"}
+
+
+def test_a_run_whose_only_failure_is_the_cleanup_is_deployed_with_a_note(project_copy: Path) -> None:
+    loaded = Project(project_copy).load("dev")
+    result = PlaybookResult(
+        run_id="r1", run_dir=project_copy, playbook="deploy.yml", rc=4, status="failed", duration=1.0,
+        results=[TaskResult("a", RELEASE_TASK, "rust_release", "changed", GOOD),
+                 TaskResult("a", CLEANUP_TASK, "rust_release", "unreachable", {"msg": "timed out"})],
+        failures=[Failure("a", CLEANUP_TASK, "timed out")])
+    run = _conclude(loaded, "deploy", result, "v2-bbbbbbbbbbbb", [], tuned=True, evidence_dir=project_copy / "ev")
+    assert run.state == "deployed" and run.restore is None and run.restored_hosts == {}
+    assert run.notes == ["old releases not removed on a: timed out"]
+    # any other failure is a failed run (here no host switched, so there is nothing to restore)
+    copy_failed = PlaybookResult(
+        run_id="r2", run_dir=project_copy, playbook="deploy.yml", rc=2, status="failed", duration=1.0,
+        failures=[Failure("b", "Copy the release binary to the host", "No space left on device"),
+                  Failure("a", CLEANUP_TASK, "timed out")])
+    with pytest.raises(ReleaseRunError, match="No space left on device"):
+        _conclude(loaded, "deploy", copy_failed, "v2-bbbbbbbbbbbb", [], tuned=True,
+                  evidence_dir=project_copy / "ev")
 
 
 def test_the_collector_counts_reports_failures_and_hides_no_log_content() -> None:

@@ -78,7 +78,8 @@ options:
   previous_id:
     description:
       - With I(state=rollback), the release the C(previous) symlink names after a successful switch
-        (undoing a failed rollout: the host's previous of before it). Default the release switched away from.
+        (undoing a failed rollout: the host's previous of before it; C(-) for none). Default the release
+        switched away from.
     type: str
     default: ""
 author: orchestrate
@@ -113,6 +114,8 @@ from ansible.module_utils.basic import AnsibleModule
 RELEASES = "releases"
 CURRENT = "current"
 PREVIOUS = "previous"
+#: previous_id meaning "no previous release" (the link is removed)
+NO_PREVIOUS = "-"
 RELEASE_FILE = "RELEASE"
 
 
@@ -425,12 +428,13 @@ def main():
     restore_previous = params["previous_id"]
     if params["state"] == "rollback" and restore_previous and restore_previous != target:
         # Undoing a failed rollout: the host gets back its `previous` of before the rollout too,
-        # not the release that just failed (which a later `rollback` would otherwise switch to).
-        if os.path.isfile(os.path.join(base, RELEASES, restore_previous, service)):
+        # not the release that just failed (which a later `rollback` would otherwise switch to);
+        # "-": it had none.
+        if restore_previous != NO_PREVIOUS and os.path.isfile(os.path.join(base, RELEASES, restore_previous, service)):
             if link_target(base, PREVIOUS) != restore_previous:
                 switch_link(base, PREVIOUS, restore_previous)
                 result["changed"] = True
-        else:
+        elif link_target(base, PREVIOUS) is not None:
             remove_link(base, PREVIOUS)
             result["changed"] = True
     if params["state"] == "rollback":

@@ -209,9 +209,12 @@ def test_a_journal_refusal_during_the_playbook_is_kept_and_raised_after_it(tmp_p
         def gate_failed() -> ReleaseRun:
             raise HealthGateFailed("r1 failed its health gate on app-2")
 
-        with pytest.raises(TransitionRefused, match="the run itself: r1 failed its health gate on app-2") as caught:
+        # the run's own failure stands (exit 3 is the contract), the refusal goes into its hint
+        with pytest.raises(HealthGateFailed, match="r1 failed its health gate on app-2") as caught:
             _checked(tracker, gate_failed)
-        assert isinstance(caught.value.__cause__, HealthGateFailed)
+        assert caught.value.hint is not None
+        assert "the journal also refused a host transition" in caught.value.hint
+        assert "illegal transition of host app-1: staged -> switched" in caught.value.hint
 
 
 def test_transitions_land_in_the_journal_and_continue_from_it(tmp_path: Path) -> None:

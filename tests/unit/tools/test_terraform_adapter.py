@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,14 @@ with open(record, "a") as out:
                                                 "TF_PLUGIN_CACHE_DIR")}},
         "cli_config": open(config).read() if config and os.path.exists(config) else None,
     }}) + "\\n")
+def stopped(signum, frame):
+    # terraform's graceful stop: note which signal asked for it, then exit as terraform would
+    with open(record + ".signal", "w") as out:
+        out.write(str(signum))
+    sys.exit(1)
+import signal
+signal.signal(signal.SIGINT, stopped)
+signal.signal(signal.SIGTERM, stopped)
 time.sleep(float(os.environ.get("FAKE_TF_SLEEP", "0")))
 print("{{}}")
 """
@@ -151,8 +160,10 @@ def test_a_command_past_its_timeout_is_stopped_and_named(fake_terraform: Path, t
                                   "(the limit is terraform.timeouts.plan in inventories/prod/environment.yml)")
     assert stopped.value.hint is not None and "force-unlock" in stopped.value.hint
     (call,) = calls(fake_terraform)
-    with pytest.raises(ProcessLookupError):  # the fake terraform was killed, not left running
+    with pytest.raises(ProcessLookupError):  # the fake terraform was stopped, not left running
         os.kill(call["pid"], 0)
+    # asked to stop as terraform wants it (SIGINT: finish what is in flight, write the state)
+    assert Path(f"{fake_terraform}.signal").read_text() == str(int(signal.SIGINT))
 
 
 def test_environment_file_timeouts_reach_the_adapter(project_copy: Path) -> None:
