@@ -80,6 +80,25 @@ def status_of(url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
+#: systemd's own Restart= off for the rest of the host's boot, so only the healing loop can bring it back
+NO_RESTART = ("mkdir -p /run/systemd/system/hello.service.d && "
+              "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/hello.service.d/no-restart.conf && "
+              "systemctl daemon-reload")
+
+
+def seconds_until_back(url: str, killed: float, limit: float = 120.0) -> float | None:
+    """Seconds from `killed` (time.monotonic()) until `url` answered something else than 200 and
+    then 200 again; None when that did not happen within `limit` seconds."""
+    down = False
+    while time.monotonic() - killed < limit:
+        if status_of(url) != 200:
+            down = True
+        elif down:
+            return time.monotonic() - killed
+        time.sleep(0.1)
+    return None
+
+
 def make_project(base: Path, tag: str, heal_port: int, rounds: int) -> Path:
     project = base / "project"
     for part in ("inventories", "terraform", "roles", "playbooks"):
@@ -161,24 +180,13 @@ def main() -> int:
             for index in range(args.rounds):
                 victim = apps[index % len(apps)]
                 wait_quiet(monitor.address)
-                ssh(project, known_hosts, victim.address,
-                    "mkdir -p /run/systemd/system/hello.service.d && "
-                    "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/hello.service.d/no-restart.conf && "
-                    "systemctl daemon-reload")
+                ssh(project, known_hosts, victim.address, NO_RESTART)
                 url = f"http://{victim.address}:{loaded.env.service.port}{loaded.env.service.health.path}"
                 killed = time.monotonic()
                 ssh(project, known_hosts, victim.address, "systemctl kill -s KILL hello.service")
-                down = False
-                while time.monotonic() - killed < 120:
-                    code = status_of(url)
-                    if code != 200:
-                        down = True
-                    elif down:
-                        break
-                    time.sleep(0.1)
-                else:
+                elapsed = seconds_until_back(url, killed)
+                if elapsed is None:
                     raise SystemExit(f"round {index + 1}: {victim.name} did not come back within 120 s")
-                elapsed = time.monotonic() - killed
                 timings.append(elapsed)
                 print(f"round {index + 1}: {victim.name} killed -> healthy in {elapsed:.2f} s", flush=True)
         finally:

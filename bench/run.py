@@ -323,24 +323,14 @@ def fig_heal(settings: Settings) -> list[Row]:
             for index in range(rounds):
                 victim = apps[index % len(apps)]
                 heal_speed.wait_quiet(fleet.network.assert_own_address(monitor.address))
-                # systemd's own Restart= off, so only the healing loop can bring it back
-                fleet.ssh(victim, "mkdir -p /run/systemd/system/hello.service.d && "
-                          "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/hello.service.d/no-restart.conf"
-                          " && systemctl daemon-reload")
+                fleet.ssh(victim, heal_speed.NO_RESTART)
                 url = f"http://{fleet.network.assert_own_address(victim.address)}:{service.port}{service.health.path}"
                 killed = time.monotonic()
                 fleet.ssh(victim, f"systemctl kill -s KILL {service.name}.service")
-                down = False
-                while time.monotonic() - killed < 120:
-                    code = heal_speed.status_of(url)
-                    if code != 200:
-                        down = True
-                    elif down:
-                        break
-                    time.sleep(0.1)
-                else:
+                elapsed = heal_speed.seconds_until_back(url, killed)
+                if elapsed is None:
                     raise RuntimeError(f"round {index + 1}: {victim.name} did not come back within 120 s")
-                timings.append(time.monotonic() - killed)
+                timings.append(elapsed)
                 log(f"heal round {index + 1}/{rounds}: {victim.name} killed -> healthy in {timings[-1]:.2f} s")
         finally:
             if serve.poll() is None:

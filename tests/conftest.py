@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import settings
@@ -23,6 +26,16 @@ def copy_project(dest: Path) -> Path:
         if src.exists():
             shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
     return dest
+
+
+def load_file_module(path: Path, name: str) -> ModuleType:
+    """Import a Python file that is not on the package path (a role's module, a host-side helper)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

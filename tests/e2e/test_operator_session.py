@@ -15,8 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,6 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
 ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
-PORT = 8080
 #: the contract keys (more may be added, none renamed)
 HOST_KEYS = {"name", "address", "groups", "state"}
 STATUS_HOST_KEYS = {"name", "address", "release", "previous_release", "unit", "healthy"}
@@ -52,13 +49,6 @@ class Session:
         assert isinstance(data, dict)
         return data
 
-
-def http_get(address: str, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://{address}:{PORT}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_operator_session(unbooted_project: Any, hello_builds: Any) -> None:
@@ -94,9 +84,9 @@ def test_operator_session(unbooted_project: Any, hello_builds: Any) -> None:
 
     def serving(release: str) -> None:
         for host in apps:
-            code, body = http_get(fleet.network.assert_own_address(host["address"]), "/healthz")
+            code, body = fleet.http_get(host["address"], "/healthz")
             assert code == 200, f"{host['name']}: /healthz {code} {body!r}"
-            code, body = http_get(host["address"], "/version")
+            code, body = fleet.http_get(host["address"], "/version")
             assert code == 200 and json.loads(body)["version"] == release.split("-")[0], body
 
     first = status()

@@ -38,6 +38,8 @@ import os
 import secrets
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,8 @@ REPO = Path(__file__).resolve().parents[2]
 PROJECT_PARTS = ("inventories", "terraform", "roles", "playbooks", "molecule")
 #: where fixture projects and their hosts live (removed at teardown)
 FLEETS_BASE = Path("/var/tmp/orchestrate-tests")
+#: the example service's port in the shipped environments
+SERVICE_PORT = 8080
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,6 +136,16 @@ class FleetEnv:
     def ssh(self, host: HostSpec, command: str, *, check: bool = True, timeout: float = 60) -> CommandResult:
         """Run a shell command on `host` as root over SSH."""
         return run_command(self.ssh_argv(host, command), check=check, timeout=timeout)
+
+    def http_get(self, address: str, path: str, *, port: int = SERVICE_PORT) -> tuple[int, str]:
+        """GET `path` of the service on `address` (checked against the fleet's own bridge first):
+        (status, body); an HTTP error status is returned, not raised."""
+        url = f"http://{self.network.assert_own_address(address)}:{port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def write_inventory(self) -> Path:
         connection = ConnectionSettings(user="root", private_key=ensure_ssh_key(self.project_dir),

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -48,6 +46,7 @@ from orchestrator.traffic import (
     stat_gate,
     write_state,
 )
+from tests.conftest import load_file_module
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -256,13 +255,7 @@ def test_traffic_fields_defaults_and_validation(project_copy: Path) -> None:
 
 
 def _helper() -> ModuleType:
-    path = REPO / "roles" / "haproxy" / "files" / "orchestrate-haproxy.py"
-    spec = importlib.util.spec_from_file_location("orchestrate_haproxy", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["orchestrate_haproxy"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(REPO / "roles" / "haproxy" / "files" / "orchestrate-haproxy.py", "orchestrate_haproxy")
 
 
 def test_helper_persists_weights_only_of_the_named_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ import pytest
 
 FleetEnv = Any
 ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
-PORT = 8080
 
 
 def orchestrate(fleet: FleetEnv, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -36,21 +33,12 @@ def orchestrate(fleet: FleetEnv, *args: str) -> tuple[int, dict[str, Any], str]:
     return proc.returncode, data, proc.stderr
 
 
-def http_get(fleet: FleetEnv, address: str, path: str) -> tuple[int, str]:
-    """GET `path` of the service on `address` (checked against the fleet's own bridge first)."""
-    url = f"http://{fleet.network.assert_own_address(address)}:{PORT}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
 
 def versions(fleet: FleetEnv) -> dict[str, str]:
     """`version` from /version of every app host."""
     found = {}
     for host in fleet.group("app"):
-        status, body = http_get(fleet, host.address, "/version")
+        status, body = fleet.http_get(host.address, "/version")
         assert status == 200, f"{host.name}: /version answered {status}"
         found[host.name] = json.loads(body)["version"]
     return found

@@ -22,7 +22,7 @@ from orchestrator.release import find_cargo, prepare_release, release_id, sha256
 from orchestrator.tools.ansible import PlaybookRun, run_playbook
 from orchestrator.tools.process import run_command
 
-from .helpers import http_get, orchestrate, versions
+from .helpers import orchestrate, versions
 
 # fixtures of tests/integration/conftest.py: module_unbooted_project -> FleetEnv; hello_builds -> Builds
 FleetEnv = Any
@@ -90,7 +90,7 @@ def relabeled(base: Path, binary: Path, version: str) -> Path:
 
 
 def all_healthy(fleet: FleetEnv) -> bool:
-    return all(http_get(fleet, h.address, "/healthz")[0] == 200 for h in fleet.group("app"))
+    return all(fleet.http_get(h.address, "/healthz")[0] == 200 for h in fleet.group("app"))
 
 
 def links(fleet: FleetEnv, host: Any) -> tuple[str, str, list[str]]:

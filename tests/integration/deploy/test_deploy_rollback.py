@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import http_get, orchestrate, versions
+from .helpers import orchestrate, versions
 
 # fixtures (tests/integration/conftest.py: fleet_factory -> FleetEnv; ./conftest.py: hello_builds)
 FleetEnv = Any
@@ -68,7 +68,7 @@ def test_deploy_redeploy_failed_gate_and_rollback(fleet_factory: Any, hello_buil
     assert result["state"] == "rolled_back"
     assert versions(fleet) == dict.fromkeys(app, "0.2.0")
     for host in fleet.group("app"):
-        assert http_get(fleet, host.address, "/healthz")[0] == 200
+        assert fleet.http_get(host.address, "/healthz")[0] == 200
         evidence = Path(result["evidence_dir"]) / host.name
         health = (evidence / "health.txt").read_text()
         assert "-> 500" in health and "broken" in health

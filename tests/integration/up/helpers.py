@@ -13,14 +13,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 FleetEnv = Any
 ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
-PORT = 8080
 FAST = {"service": {"health": {"timeout": "5s", "interval": "100ms"}}}
 
 
@@ -79,21 +76,13 @@ def app_addresses(fleet: FleetEnv) -> list[str]:
     return [h["address"] for h in inventory["hosts"] if "app" in h["groups"]]
 
 
-def get(fleet: FleetEnv, address: str, path: str) -> tuple[int, str]:
-    url = f"http://{fleet.network.assert_own_address(address)}:{PORT}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
 
 def fleet_versions(fleet: FleetEnv) -> dict[str, tuple[int, str]]:
     """address -> (/healthz status, version from /version)."""
     found = {}
     for address in app_addresses(fleet):
-        health, _ = get(fleet, address, "/healthz")
-        _, body = get(fleet, address, "/version")
+        health, _ = fleet.http_get(address, "/healthz")
+        _, body = fleet.http_get(address, "/version")
         found[address] = (health, json.loads(body)["version"])
     return found
 

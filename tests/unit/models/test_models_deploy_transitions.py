@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,17 @@ def backed_up(tracker: HostTransitions) -> None:
     tracker.backed_up("20261123T181500Z", [(h, "0.1.0-aaaaaaaaaaaa") for h in HOSTS])
 
 
-def test_a_good_deploy_moves_every_host_along_the_forward_path() -> None:
-    moves: Moves = []
+def backed_up_deploy(moves: Moves) -> tuple[HostTransitions, Callable[[HostEvent], None]]:
+    """A tracker of a deploy of HOSTS after their backup, and its event sink."""
     tracker = recorder(moves)
     backed_up(tracker)
     tracker.require(HOSTS, "deploy")
-    handle = tracker.events("deploy")
+    return tracker, tracker.events("deploy")
+
+
+def test_a_good_deploy_moves_every_host_along_the_forward_path() -> None:
+    moves: Moves = []
+    tracker, handle = backed_up_deploy(moves)
     for host in HOSTS:
         handle(HostEvent(host, SETUP_TASK, "changed"))
         handle(HostEvent(host, "Create the release directory", "skipped"))
@@ -76,10 +82,7 @@ def test_a_good_deploy_moves_every_host_along_the_forward_path() -> None:
 
 def test_a_failed_gate_is_failed_then_rolled_back_by_the_module_result() -> None:
     moves: Moves = []
-    tracker = recorder(moves)
-    backed_up(tracker)
-    tracker.require(HOSTS, "deploy")
-    handle = tracker.events("deploy")
+    tracker, handle = backed_up_deploy(moves)
     for host in HOSTS:
         handle(HostEvent(host, COPY_TASK, "ok"))
     handle(HostEvent("app-1", RELEASE_TASK, "ok"))
@@ -98,10 +101,7 @@ def test_a_failed_gate_is_failed_then_rolled_back_by_the_module_result() -> None
 
 def test_a_host_that_could_not_restore_itself_stays_failed() -> None:
     moves: Moves = []
-    tracker = recorder(moves)
-    backed_up(tracker)
-    tracker.require(HOSTS, "deploy")
-    handle = tracker.events("deploy")
+    tracker, handle = backed_up_deploy(moves)
     handle(HostEvent("app-1", COPY_TASK, "changed"))
     handle(HostEvent("app-1", RELEASE_TASK, "failed", "restored but NOT healthy"))
     handle(HostEvent("app-2", SETUP_TASK, "unreachable", "ssh: connect timed out"))

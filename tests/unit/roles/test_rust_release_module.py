@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import threading
@@ -13,16 +12,14 @@ from types import ModuleType
 
 import pytest
 
+from tests.conftest import load_file_module
+
 MODULE_PATH = Path(__file__).resolve().parents[3] / "roles" / "rust_service" / "library" / "rust_release.py"
 
 
 @pytest.fixture(scope="module")
 def mod() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rust_release", MODULE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(MODULE_PATH, "rust_release")
 
 
 def _release(base: Path, rid: str, deployed_at: float | None = None) -> None:
