@@ -205,6 +205,11 @@ def broken_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_release(tmp_path_factory.mktemp("hello-target-broken"), features=["broken"])
 
 
+@pytest.fixture(scope="session")
+def panic_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_release(tmp_path_factory.mktemp("hello-target-panic"), features=["panic"])
+
+
 @pytest.fixture
 def service(hello_binary: Path, tmp_path: Path) -> Iterator[Service]:
     running = start_service(hello_binary, tmp_path)
@@ -358,6 +363,23 @@ def test_broken_build_fails_its_health_check(broken_binary: Path, tmp_path: Path
         assert json.loads(body)["version"] == "0.1.0"
     finally:
         stop(running)
+
+
+def test_panic_build_crashes_after_binding_with_the_cause_on_stderr(panic_binary: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(panic_binary), "--bind", "127.0.0.1", "--port", "0", "--data-dir", str(tmp_path / "data")],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_BACKTRACE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    # 101 is Rust's status for a panic that reaches main.
+    assert result.returncode == 101, result.stderr
+    assert "panicked at" in result.stderr
+    assert "built with the panic feature: crashing on purpose after binding 127.0.0.1:0" in result.stderr
+    # The start did not succeed, so it left no start time.
+    assert not (tmp_path / "data" / "started_at").exists()
 
 
 def test_help_and_usage_errors(hello_binary: Path) -> None:

@@ -88,6 +88,9 @@ fn run(config: &Config) -> Result<(), String> {
     let address = SocketAddr::new(config.bind, config.port);
     let listener =
         TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    if cfg!(feature = "panic") {
+        panic!("built with the panic feature: crashing on purpose after binding {address}");
+    }
     // Written only once listening, so the file marks starts that succeeded.
     write_started_at(&config.data_dir, start_time)?;
 
