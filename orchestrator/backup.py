@@ -13,7 +13,6 @@ before any host is touched: a corrupt backup is refused naming the file whose sh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -25,7 +24,8 @@ from typing import Any, Literal
 
 from orchestrator.config import LoadedEnvironment, parse_duration
 from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.inventory import allowed_networks, hosts_from_inventory, load_inventory
+from orchestrator.files import sha256_file
+from orchestrator.inventory import allowed_networks, app_hosts
 from orchestrator.tools.ansible import HostEvent, PlaybookRun
 from orchestrator.tools.ansible import run_playbook as run_ansible
 
@@ -89,14 +89,6 @@ def render_manifest(digests: Mapping[str, str]) -> str:
     """`sha256sum`-format text for {file name: sha256}, sorted by name."""
     return "".join(f"{digests[name]}  {name}\n" for name in sorted(digests))
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the file at `path`."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_problems(directory: Path, required: Iterable[str] = (ARCHIVE,)) -> list[str]:
@@ -180,7 +172,7 @@ class BackupInfo:
 
 def backups_dir(loaded: LoadedEnvironment) -> Path:
     """`.orchestrate/<env>/backups/` of the environment."""
-    return loaded.state_dir / "backups"
+    return loaded.paths.backups
 
 
 def _created_from_id(backup_id: str) -> str:
@@ -299,22 +291,6 @@ class RestoreResult:
                 "hosts": [{"host": h, "release_id": self.release_ids.get(h, "")} for h in self.hosts]}
 
 
-def app_hosts(loaded: LoadedEnvironment) -> list[str]:
-    """Names of the app hosts in the environment's inventory; UsageError when there is none."""
-    path = inventory_path(loaded)
-    if not path.is_file():
-        raise UsageError(f"no inventory for {loaded.name} at {path}: provision the environment first "
-                         f"(`orchestrate up {loaded.name}`)")
-    hosts = [h.name for h in hosts_from_inventory(load_inventory(path)) if "app" in h.groups]
-    if not hosts:
-        raise UsageError(f"{path}: the inventory has no app hosts")
-    return hosts
-
-
-def inventory_path(loaded: LoadedEnvironment) -> Path:
-    """`.orchestrate/<env>/inventory.yml`."""
-    return loaded.state_dir / "inventory.yml"
-
 
 def role_vars(loaded: LoadedEnvironment, backup_id: str, *, keep: int = DEFAULT_KEEP,
               source: Source = "host") -> dict[str, Any]:
@@ -352,7 +328,7 @@ def create_backup(
     """
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 backup")
-    hosts = app_hosts(loaded)
+    hosts = [h.name for h in app_hosts(loaded)]
     backup_id = check_backup_id(backup_id or new_backup_id())
     target = backups_dir(loaded) / backup_id
     if target.exists():
@@ -393,7 +369,7 @@ def restore_backup(
     differs from its manifest.
     """
     check_backup_id(backup_id)
-    hosts = app_hosts(loaded)
+    hosts = [h.name for h in app_hosts(loaded)]
     if source == "controller":
         verify_controller_copy(loaded, backup_id, hosts)
     (runner or run_playbook)(loaded, "restore.yml", role_vars(loaded, backup_id, source=source), on_event)
@@ -423,9 +399,9 @@ def run_playbook(loaded: LoadedEnvironment, playbook: str, extra_vars: dict[str,
     """
     run = PlaybookRun(
         playbook=loaded.project_dir / "playbooks" / playbook,
-        inventory=inventory_path(loaded),
+        inventory=loaded.paths.inventory,
         project_dir=loaded.project_dir,
-        runs_dir=loaded.state_dir / "runs",
+        runs_dir=loaded.paths.runs,
         extra_vars=extra_vars,
         timeout=PLAYBOOK_TIMEOUT,
         allowed_networks=allowed_networks(loaded),

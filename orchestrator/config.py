@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import ConfigError, UsageError
+from orchestrator.paths import EnvPaths
 
 ENVIRONMENT_FILE = "environment.yml"
 INVENTORIES_DIR = "inventories"
@@ -448,9 +449,14 @@ class LoadedEnvironment:
         return self.env.name
 
     @property
+    def paths(self) -> EnvPaths:
+        """Where this environment's generated state lives (orchestrator.paths)."""
+        return EnvPaths(self.project_dir, self.env.name)
+
+    @property
     def state_dir(self) -> Path:
         """Generated state for this environment: .orchestrate/<env>/."""
-        return self.project_dir / ".orchestrate" / self.env.name
+        return self.paths.root
 
     def line_of(self, *field: str | int) -> int | None:
         return _line_for(self.lines, field)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from orchestrator.config import LoadedEnvironment, parse_duration
 from orchestrator.errors import AnsibleError, HealthGateFailed, OrchestratorError, UsageError
-from orchestrator.inventory import Host, allowed_networks, hosts_from_inventory, load_inventory
+from orchestrator.inventory import Host, allowed_networks, app_hosts
 from orchestrator.models import process as process_model
 from orchestrator.release import Release, is_release_id, prepare_release
 from orchestrator.secrets import SECRETS_VAR
@@ -32,7 +32,6 @@ EventSink = Callable[[HostEvent], None]
 LineSink = Callable[[str], None]
 
 MODULE = "rust_release"
-INVENTORY_FILE = "inventory.yml"
 
 
 # --- requests and results ---------------------------------------------------------------------
@@ -457,21 +456,6 @@ def _checked(transitions: HostTransitions | None, conclude: Callable[[], Release
 # --- the operations ------------------------------------------------------------------------------
 
 
-def inventory_path(loaded: LoadedEnvironment) -> Path:
-    """The environment's inventory, written by provisioning."""
-    return loaded.state_dir / INVENTORY_FILE
-
-
-def app_hosts(loaded: LoadedEnvironment) -> list[Host]:
-    """The app hosts of the environment's inventory, sorted by name (Ansible's order)."""
-    path = inventory_path(loaded)
-    if not path.exists():
-        raise UsageError(f"{loaded.name} has no inventory yet ({path}): run `orchestrate up {loaded.name}` first")
-    hosts = [h for h in hosts_from_inventory(load_inventory(path)) if "app" in h.groups]
-    if not hosts:
-        raise UsageError(f"{path}: no hosts in group app")
-    return hosts
-
 
 def _playbook(loaded: LoadedEnvironment, name: str) -> Path:
     return loaded.project_dir / "playbooks" / name
@@ -482,8 +466,8 @@ def _run(loaded: LoadedEnvironment, playbook: str, extra_vars: Mapping[str, Any]
          on_event: EventSink | None = None, limit: str | None = None) -> PlaybookResult:
     return run_playbook(
         PlaybookRun(
-            playbook=_playbook(loaded, playbook), inventory=inventory_path(loaded),
-            project_dir=loaded.project_dir, runs_dir=loaded.state_dir / "runs",
+            playbook=_playbook(loaded, playbook), inventory=loaded.paths.inventory,
+            project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
             extra_vars=dict(extra_vars), secret_vars=dict(secret_vars or {}), tuned=tuned, run_id=run_id,
             limit=limit, allowed_networks=allowed_networks(loaded),
             # deploy/rollback/status are tested under mitogen (DESIGN.md: the biggest lever after
@@ -520,7 +504,7 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     if transitions is not None:
         transitions.require([h.name for h in hosts], "deploy")
     run_id = new_run_id()
-    evidence_dir = loaded.state_dir / "evidence" / run_id
+    evidence_dir = loaded.paths.evidence(run_id)
     extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **rollout}
     secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
     result = _run(loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id,
@@ -544,7 +528,7 @@ def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = 
         transitions.release = to
         transitions.require([h.name for h in hosts], "rollback")
     run_id = new_run_id()
-    evidence_dir = loaded.state_dir / "evidence" / run_id
+    evidence_dir = loaded.paths.evidence(run_id)
     extra = {**role_vars(loaded, evidence_dir), "rollback_to": to or ""}
     result = _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id,
                   on_event=transitions.events("rollback", on_event) if transitions is not None else on_event)

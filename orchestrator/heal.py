@@ -38,14 +38,12 @@ from orchestrator import deploy
 from orchestrator.audit import AuditLog
 from orchestrator.config import Environment, LoadedEnvironment, parse_duration
 from orchestrator.errors import LockBusy, OrchestratorError, UsageError
-from orchestrator.inventory import allowed_networks
+from orchestrator.inventory import allowed_networks, fleet_hosts
 from orchestrator.lock import EnvironmentLock as _ProjectEnvironmentLock
 from orchestrator.monitoring import (
     REMEDIATIONS,
     bridge_gateway,
     ensure_heal_token,
-    fleet_hosts,
-    inventory_path,
     read_heal_token,
 )
 from orchestrator.tools import ansible
@@ -758,15 +756,15 @@ class PlaybookRemediator:
             app_hosts = {h.name for h in fleet_hosts(self.loaded) if "app" in h.groups}
             if alert.host not in app_hosts:
                 return RemediationResult(ok=False, detail=f"host {alert.host!r} is not an app host of "
-                                                          f"{inventory_path(self.loaded)}")
+                                                          f"{self.loaded.paths.inventory}")
             limit = alert.host
         run_id = f"{ansible.new_run_id()}-heal-{action}"
-        evidence_dir = self.loaded.state_dir / "evidence" / run_id
+        evidence_dir = self.loaded.paths.evidence(run_id)
         extra = {**deploy.role_vars(self.loaded, evidence_dir), "remediate_host": alert.host or "app",
                  "remediate_alert": alert.name, "rollback_to": ""}
         result = ansible.run_playbook(ansible.PlaybookRun(
-            playbook=self.playbook(action), inventory=inventory_path(self.loaded),
-            project_dir=self.loaded.project_dir, runs_dir=self.loaded.state_dir / "runs",
+            playbook=self.playbook(action), inventory=self.loaded.paths.inventory,
+            project_dir=self.loaded.project_dir, runs_dir=self.loaded.paths.runs,
             extra_vars=extra, limit=limit, tuned=self.tuned, run_id=run_id,
             allowed_networks=allowed_networks(self.loaded),
         ))
@@ -826,7 +824,7 @@ def build_server(
 
 def state_path(loaded: LoadedEnvironment) -> Path:
     """.orchestrate/<env>/heal.json: pid and addresses of the running `heal serve` (for `make down`)."""
-    return loaded.state_dir / "heal.json"
+    return loaded.paths.heal_state
 
 
 def write_state(loaded: LoadedEnvironment, addresses: Sequence[tuple[str, int]]) -> Path:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from orchestrator.config import LoadedEnvironment, TerraformLocal
+from orchestrator.errors import UsageError
 
 #: groups every inventory has, even when empty, so playbooks can target them unconditionally
 STANDARD_GROUPS = ("app", "monitoring", "lb")
@@ -114,3 +115,22 @@ def allowed_networks(loaded: LoadedEnvironment) -> tuple[str, ...] | None:
     if isinstance(loaded.env.terraform, TerraformLocal):
         return (loaded.env.terraform.vars.subnet,)
     return None
+
+
+def fleet_hosts(loaded: LoadedEnvironment) -> list[Host]:
+    """Hosts of the environment's inventory, or [] before the fleet has been provisioned."""
+    return hosts_from_inventory(load_inventory(loaded.paths.inventory))
+
+
+def app_hosts(loaded: LoadedEnvironment) -> list[Host]:
+    """The app hosts of the environment's inventory, sorted by name (Ansible's order).
+
+    UsageError, before anything is touched, when the environment has no inventory yet or no app host.
+    """
+    path = loaded.paths.inventory
+    if not path.exists():
+        raise UsageError(f"{loaded.name} has no inventory yet ({path}): run `orchestrate up {loaded.name}` first")
+    hosts = [h for h in hosts_from_inventory(load_inventory(path)) if "app" in h.groups]
+    if not hosts:
+        raise UsageError(f"{path}: no hosts in group app")
+    return hosts

@@ -47,6 +47,7 @@ from typing import Any
 
 from orchestrator.audit import AuditLog
 from orchestrator.errors import LockBusy, OrchestratorError
+from orchestrator.files import atomic_write
 from orchestrator.journal import (
     Journal,
     ProcessIdentity,
@@ -380,7 +381,7 @@ class EnvironmentLock:
             token=self._token,
             run_id=self.run_id,
         )
-        _atomic_write(self.holder_path, json.dumps(holder.to_dict(), indent=2) + "\n")
+        atomic_write(self.holder_path, json.dumps(holder.to_dict(), indent=2) + "\n")
 
     def _start_heartbeat(self) -> None:
         if self.heartbeat is None:
@@ -457,20 +458,6 @@ class EnvironmentLock:
     def _now_iso(self) -> str:
         return isoformat(self._now())
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # --- the one way an entry point runs something on an environment ------------------------------

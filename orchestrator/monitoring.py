@@ -33,7 +33,7 @@ import yaml
 
 from orchestrator.config import Environment, LoadedEnvironment, TerraformLocal, parse_duration
 from orchestrator.errors import AnsibleError, CommandError, OrchestratorError, UsageError
-from orchestrator.inventory import Host, allowed_networks, hosts_from_inventory, load_inventory
+from orchestrator.inventory import Host, allowed_networks, fleet_hosts
 from orchestrator.render import render_template
 from orchestrator.tools.ansible import PlaybookResult, PlaybookRun, new_run_id, run_playbook
 from orchestrator.tools.process import run_command
@@ -452,17 +452,8 @@ def heal_webhook_url(env: Environment) -> str:
 
 def monitoring_dir(loaded: LoadedEnvironment) -> Path:
     """.orchestrate/<env>/monitoring/."""
-    return loaded.state_dir / MONITORING_DIR
+    return loaded.paths.monitoring
 
-
-def inventory_path(loaded: LoadedEnvironment) -> Path:
-    """Where the fleet's Ansible inventory is written (.orchestrate/<env>/inventory.yml)."""
-    return loaded.state_dir / "inventory.yml"
-
-
-def fleet_hosts(loaded: LoadedEnvironment) -> list[Host]:
-    """Hosts of the environment's inventory, or [] before the fleet has been provisioned."""
-    return hosts_from_inventory(load_inventory(inventory_path(loaded)))
 
 
 def _group_wait(env: Environment) -> str:
@@ -622,14 +613,14 @@ def deploy_monitoring(loaded: LoadedEnvironment, *, tuned: bool = True) -> Monit
     every file is validated there (promtool/amtool) before it replaces the old one. Raises
     UsageError before provisioning (no inventory) and AnsibleError naming the failed hosts.
     """
-    inventory = inventory_path(loaded)
+    inventory = loaded.paths.inventory
     if not inventory.is_file():
         raise UsageError(f"{loaded.name} has no inventory yet ({inventory}): run `orchestrate up {loaded.name}` first")
     ensure_heal_token(loaded)
     files = render_monitoring(loaded)
     result = run_playbook(PlaybookRun(
         playbook=loaded.project_dir / "playbooks" / "monitoring.yml", inventory=inventory,
-        project_dir=loaded.project_dir, runs_dir=loaded.state_dir / "runs",
+        project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
         extra_vars=playbook_extra_vars(loaded), tuned=tuned, run_id=f"{new_run_id()}-monitoring",
         allowed_networks=allowed_networks(loaded),
     ))

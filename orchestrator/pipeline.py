@@ -110,7 +110,7 @@ def fingerprint(loaded: LoadedEnvironment, release_id: str | None) -> str:
         base = root / name
         if base.is_dir():
             files += [p for p in base.rglob("*") if ".terraform" not in p.parts]
-    rendered = loaded.state_dir / "terraform"
+    rendered = loaded.paths.terraform
     files += [rendered / "main.tf", rendered / "terraform.tfvars.json"]
     secrets = loaded.path.parent / "secrets.yml"
     if secrets.exists():
@@ -141,13 +141,13 @@ def peek_release_id(path: Path) -> str:
 
     Used only to decide whether a run would change anything; a real deploy still tests.
     """
+    from orchestrator.files import sha256_file
     from orchestrator.release import (
         cargo_argv,
         cargo_version,
         executables_from_messages,
         find_cargo,
         release_id,
-        sha256_file,
         version_for_binary,
     )
     from orchestrator.tools.process import run_command
@@ -213,7 +213,7 @@ class _Stages:
     def inventory(self, step: StepHandle) -> None:
         from orchestrator.inventory import hosts_from_inventory, load_inventory
 
-        path = self.loaded.state_dir / "inventory.yml"
+        path = self.loaded.paths.inventory
         hosts = hosts_from_inventory(load_inventory(path))
         if not any("app" in h.groups for h in hosts):
             raise OrchestratorError(f"{path}: no host in group app after provisioning")
@@ -222,7 +222,7 @@ class _Stages:
     def monitoring(self, step: StepHandle) -> None:
         from orchestrator.inventory import hosts_from_inventory, load_inventory
 
-        hosts = hosts_from_inventory(load_inventory(self.loaded.state_dir / "inventory.yml"))
+        hosts = hosts_from_inventory(load_inventory(self.loaded.paths.inventory))
         if not self.loaded.env.monitoring.enabled or not any("monitoring" in h.groups for h in hosts):
             step.detail["skipped"] = "monitoring disabled or no monitoring host"
             return
@@ -339,7 +339,7 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     stages.fingerprint = fingerprint(stages.loaded, stages.release_id)
     if _recorded_fingerprint(previous) != stages.fingerprint:
         return False
-    inventory = stages.loaded.state_dir / "inventory.yml"
+    inventory = stages.loaded.paths.inventory
     if not inventory.exists():
         return False
     if stages.loaded.env.target == "local":

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.config import LoadedEnvironment, TerraformLocal
 from orchestrator.errors import ExitStatus, OrchestratorError, TerraformError, UsageError
+from orchestrator.files import sha256_file
 from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
 from orchestrator.render import render_environment
 from orchestrator.tools.terraform import (
@@ -26,13 +27,10 @@ from orchestrator.tools.terraform import (
     Terraform,
     Timeouts,
     drift_from_plan_json,
-    file_sha256,
 )
 
 PLAN_FILE = "plan.tfplan"
 DRIFT_PLAN_FILE = "drift.tfplan"
-INVENTORY_FILE = "inventory.yml"
-KNOWN_HOSTS_FILE = "known_hosts"
 
 
 @dataclass(frozen=True)
@@ -153,7 +151,7 @@ def plan(loaded: LoadedEnvironment, *, on_progress: ProgressCallback | None = No
     tf.init(on_progress=on_progress)
     plan_file = tf.working_dir / PLAN_FILE
     result: PlanResult = tf.plan(plan_file, on_progress=on_progress)
-    digest = file_sha256(plan_file)
+    digest = sha256_file(plan_file)
     plan_file.with_name(PLAN_FILE + ".sha256").write_text(f"{digest}  {PLAN_FILE}\n")
     return PlanOutcome(env=loaded.name, changes=result.changes, summary=result.summary, plan_file=plan_file,
                        plan_sha256=digest, terraform_seconds=tf.elapsed)
@@ -181,7 +179,7 @@ def provision(
         preflight = preflight_graph(tf.show_plan(reviewed.plan_file), reviewed.plan_file)
         if confirm is not None and not confirm(reviewed):
             return ProvisionOutcome(plan=reviewed, applied=False, preflight=preflight)
-        if file_sha256(reviewed.plan_file) != reviewed.plan_sha256:
+        if sha256_file(reviewed.plan_file) != reviewed.plan_sha256:
             raise TerraformError(f"plan file {reviewed.plan_file} changed after review; run provision again")
         tf.apply(reviewed.plan_file, on_progress=on_progress)
     outputs = tf.output()
@@ -245,9 +243,9 @@ def write_inventory_from_outputs(loaded: LoadedEnvironment, outputs: Mapping[str
     connection = ConnectionSettings(
         user=str(outputs.get("ssh_user") or "root"),
         private_key=ssh_key_path(loaded.project_dir),
-        known_hosts=loaded.state_dir / KNOWN_HOSTS_FILE,
+        known_hosts=loaded.paths.known_hosts,
     )
-    path = write_inventory(loaded.state_dir / INVENTORY_FILE, build_inventory(loaded.name, hosts, connection))
+    path = write_inventory(loaded.paths.inventory, build_inventory(loaded.name, hosts, connection))
     return path, hosts
 
 
@@ -269,8 +267,8 @@ def destroy(loaded: LoadedEnvironment, *, on_progress: ProgressCallback | None =
     tf = terraform_for(loaded)
     tf.init(on_progress=on_progress)
     log = tf.destroy(on_progress=on_progress)
-    for name in (INVENTORY_FILE, KNOWN_HOSTS_FILE):
-        (loaded.state_dir / name).unlink(missing_ok=True)
+    for path in (loaded.paths.inventory, loaded.paths.known_hosts):
+        path.unlink(missing_ok=True)
     for name in (PLAN_FILE, PLAN_FILE + ".sha256", DRIFT_PLAN_FILE):
         (tf.working_dir / name).unlink(missing_ok=True)
     return DestroyOutcome(env=loaded.name, destroyed=int(log.change_summary.get("remove", 0)))

@@ -12,7 +12,6 @@ service's name) next to a `RELEASE` file (json: id, version, sha256, source).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Any
 
 from orchestrator.config import LoadedEnvironment
 from orchestrator.errors import CommandError, OrchestratorError, UsageError
+from orchestrator.files import sha256_file
 from orchestrator.tools.process import run_command, which
 
 #: how long one cargo step may take on a 2-core machine
@@ -55,14 +55,6 @@ class Release:
         return {"id": self.id, "version": self.version, "sha256": self.sha256,
                 "binary": str(self.binary), "source": str(self.source)}
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the file at `path`."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def release_id(version: str, sha256: str) -> str:
@@ -187,7 +179,7 @@ def prepare_release(loaded: LoadedEnvironment, path: Path, *, on_output: LineSin
 
 def stage(loaded: LoadedEnvironment, binary: Path, release: Release) -> Release:
     """Copy `binary` to .orchestrate/<env>/artifacts/<id>/<service> (mode 0755) with a RELEASE file."""
-    target_dir = loaded.state_dir / "artifacts" / release.id
+    target_dir = loaded.paths.artifact(release.id)
     target = target_dir / loaded.env.service.name
     target_dir.mkdir(parents=True, exist_ok=True)
     if not (target.exists() and sha256_file(target) == release.sha256):

@@ -66,7 +66,7 @@ def terraform_variables(loaded: LoadedEnvironment) -> dict[str, Any]:
         if not (variables["bridge"] and variables["subnet"]):
             raise ConfigError("local fleet without bridge or subnet; load it with Project.load",
                               field="terraform.vars")
-        variables["state_dir"] = str(loaded.state_dir / "hosts")
+        variables["state_dir"] = str(loaded.paths.hosts)
         variables["python"] = sys.executable
         variables["project_dir"] = str(loaded.project_dir)
     else:
@@ -107,7 +107,7 @@ def hcl_type(value: Any, where: str = "") -> str:
 def render_environment(loaded: LoadedEnvironment) -> RenderResult:
     """Write the Terraform root of `loaded` under .orchestrate/<env>/terraform/."""
     env = loaded.env
-    terraform_dir = loaded.state_dir / "terraform"
+    terraform_dir = loaded.paths.terraform
     terraform_dir.mkdir(parents=True, exist_ok=True)
     variables = terraform_variables(loaded)
     context: dict[str, Any] = {

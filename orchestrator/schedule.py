@@ -156,7 +156,7 @@ def build_entry(
         env=env.name,
         expression=expr,
         argv=argv,
-        log_path=loaded.state_dir / "cron.log",
+        log_path=loaded.paths.cron_log,
         file_name=cron_file_name(project, env.name),
         path_env=path_env,
         environment=environment,

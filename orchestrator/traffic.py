@@ -51,16 +51,14 @@ from orchestrator.deploy import (
     DeployRequest,
     HostTransitions,
     ReleaseRun,
-    app_hosts,
     deploy,
-    inventory_path,
     previous_to_restore,
     role_vars,
     status,
 )
 from orchestrator.errors import HealthGateFailed, OrchestratorError, UsageError
 from orchestrator.hosts.local import FleetNetwork
-from orchestrator.inventory import Host, allowed_networks, hosts_from_inventory, load_inventory
+from orchestrator.inventory import Host, allowed_networks, app_hosts, hosts_from_inventory, load_inventory
 from orchestrator.loadgen import LoadGenerator, LoadReport, LoadSpec
 from orchestrator.monitoring import HAPROXY_JOB, SERVICE_JOB
 from orchestrator.tools.ansible import HostEvent, PlaybookResult, PlaybookRun, new_run_id, run_playbook
@@ -376,7 +374,7 @@ def ssh_argv(inventory: Mapping[str, Any], address: str, remote: list[str]) -> l
 
 
 def state_path(loaded: LoadedEnvironment) -> Path:
-    return loaded.state_dir / STATE_FILE
+    return loaded.paths.traffic
 
 
 def read_state(loaded: LoadedEnvironment) -> TrafficState:
@@ -426,7 +424,7 @@ def network(loaded: LoadedEnvironment) -> FleetNetwork | None:
 
 def lb_host(loaded: LoadedEnvironment) -> Host:
     """The environment's load-balancer host (the first of group lb)."""
-    path = inventory_path(loaded)
+    path = loaded.paths.inventory
     if not path.exists():
         raise UsageError(f"{loaded.name} has no inventory yet ({path}): run `orchestrate up {loaded.name}` first")
     found = [h for h in hosts_from_inventory(load_inventory(path)) if "lb" in h.groups]
@@ -463,8 +461,8 @@ def configure_lb(loaded: LoadedEnvironment, *, on_event: EventSink | None = None
     hosts = app_hosts(loaded)
     weights = backend_weights(loaded, hosts)
     result = run_playbook(PlaybookRun(
-        playbook=loaded.project_dir / "playbooks" / "lb.yml", inventory=inventory_path(loaded),
-        project_dir=loaded.project_dir, runs_dir=loaded.state_dir / "runs",
+        playbook=loaded.project_dir / "playbooks" / "lb.yml", inventory=loaded.paths.inventory,
+        project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
         extra_vars=lb_vars(loaded, weights), tuned=tuned, run_id=new_run_id() + "-lb",
         allowed_networks=allowed_networks(loaded),
     ), on_event=on_event)
@@ -484,7 +482,7 @@ class LoadBalancer:
         self.backend = loaded.env.service.name
         self.host = lb_host(loaded)
         self.address = _network_check(loaded)(self.host.address)
-        self.inventory = load_inventory(inventory_path(loaded))
+        self.inventory = load_inventory(loaded.paths.inventory)
 
     def _call(self, remote: list[str]) -> dict[str, Any]:
         Path(f"/tmp/orch-cp-{os.getuid()}").mkdir(mode=0o700, exist_ok=True)
@@ -577,7 +575,7 @@ def monitoring_host(loaded: LoadedEnvironment) -> Host | None:
     """The monitoring host the gates query (first of group monitoring), when monitoring is enabled."""
     if not loaded.env.monitoring.enabled:
         return None
-    path = inventory_path(loaded)
+    path = loaded.paths.inventory
     if not path.exists():
         return None
     found = [h for h in hosts_from_inventory(load_inventory(path)) if "monitoring" in h.groups]
@@ -701,8 +699,8 @@ def _restore_idle(loaded: LoadedEnvironment, result: TrafficRelease, on_event: E
         return None
     result.restored_hosts = restore
     result.restore = run_playbook(PlaybookRun(
-        playbook=loaded.project_dir / "playbooks" / "rollback.yml", inventory=inventory_path(loaded),
-        project_dir=loaded.project_dir, runs_dir=loaded.state_dir / "runs",
+        playbook=loaded.project_dir / "playbooks" / "rollback.yml", inventory=loaded.paths.inventory,
+        project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
         extra_vars={**role_vars(loaded, None), "rollback_targets": restore,
                     "rollback_previous": previous_to_restore(run.hosts, restore),
                     "rollback_hosts": ",".join(sorted(restore))},
@@ -921,7 +919,7 @@ def host_strategy(strategy: RanStrategy) -> Literal["rolling", "canary"]:
 
 def has_lb_host(loaded: LoadedEnvironment) -> bool:
     """Whether the environment's inventory has a host in group lb (False before provisioning)."""
-    path = inventory_path(loaded)
+    path = loaded.paths.inventory
     return path.exists() and any("lb" in h.groups for h in hosts_from_inventory(load_inventory(path)))
 
 

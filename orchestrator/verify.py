@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from orchestrator import paths
 from orchestrator.config import LoadedEnvironment, Project
 from orchestrator.errors import CommandError, OrchestratorError, TerraformError, UsageError
 from orchestrator.inventory import hosts_from_inventory, load_inventory
@@ -299,7 +300,7 @@ def _workspace(ctx: VerifyContext) -> _Workspace:
         return ctx._workspace
     loaded = ctx.env
     rendered = render_environment(loaded)
-    directory = loaded.state_dir / "verify" / "terraform"
+    directory = loaded.paths.verify / "terraform"
     directory.mkdir(parents=True, exist_ok=True)
     module_dir = _module_dir(ctx)
     for path in rendered.files:
@@ -314,7 +315,7 @@ def _workspace(ctx: VerifyContext) -> _Workspace:
     (directory / BACKEND_OVERRIDE).write_text(
         "# Written by orchestrate verify: the scratch copy never touches the environment's backend.\n"
         'terraform {\n  backend "local" {\n    path = "verify.tfstate"\n  }\n}\n')
-    terraform = Terraform(directory, env_name=loaded.name, state_dir=loaded.state_dir / "verify",
+    terraform = Terraform(directory, env_name=loaded.name, state_dir=loaded.paths.verify,
                           module_dirs=[module_dir])
     terraform.init()
     workspace = _Workspace(directory, terraform, module_dir)
@@ -431,7 +432,7 @@ def _content_key(ctx: VerifyContext, purpose: str, paths: Sequence[Path]) -> str
 def _cache_dir(ctx: VerifyContext) -> Path:
     # Ansible results do not depend on the environment: clean results are remembered per
     # content for every environment of the project (generated state, git-ignored).
-    return ctx.project_dir / ".orchestrate" / "verify-cache"
+    return paths.verify_cache(ctx.project_dir)
 
 
 def _remembered(ctx: VerifyContext, name: str, key: str) -> str:
@@ -533,7 +534,7 @@ def check_heal_policy(ctx: VerifyContext) -> Outcome:
 
 def saved_plan_json(loaded: LoadedEnvironment) -> Path | None:
     """.orchestrate/ENV/terraform/plan.json when present and not older than the saved plan file."""
-    directory = loaded.state_dir / "terraform"
+    directory = loaded.paths.terraform
     saved = directory / SAVED_PLAN_JSON
     plan_file = directory / SAVED_PLAN_FILE
     if saved.is_file() and (not plan_file.exists() or saved.stat().st_mtime >= plan_file.stat().st_mtime):
@@ -557,7 +558,7 @@ def environment_plan(ctx: VerifyContext, *, remote_plan: bool = False) -> tuple[
     loaded = ctx.env
     found: tuple[dict[str, Any], str] | None = None
     saved = saved_plan_json(loaded)
-    plan_file = loaded.state_dir / "terraform" / SAVED_PLAN_FILE
+    plan_file = loaded.paths.terraform / SAVED_PLAN_FILE
     if saved is not None:
         found = json.loads(saved.read_text()), ctx.rel(saved)
     elif plan_file.is_file():
@@ -647,7 +648,7 @@ def environment_graph(project_dir: Path, env_name: str) -> GraphOutcome:
     plan, source = found
     build = graph_model.resource_graph(plan)
     groups: dict[str, list[str]] = {}
-    inventory = ctx.env.state_dir / "inventory.yml"
+    inventory = ctx.env.paths.inventory
     for host in hosts_from_inventory(load_inventory(inventory)):
         for group in host.groups:
             groups.setdefault(group, []).append(host.name)

@@ -16,10 +16,10 @@ from orchestrator.deploy import (
     HostTransitions,
     ReleaseRun,
     ReleaseRunError,
-    app_hosts,
     deploy,
 )
 from orchestrator.errors import ExitStatus, UsageError
+from orchestrator.inventory import app_hosts
 from orchestrator.lock import locked_run
 from orchestrator.secrets import load_secrets
 from orchestrator.tools.ansible import HostEvent

@@ -52,10 +52,9 @@ def command(app: AppContext, env_name: str) -> None:
 def _cloud_hosts(loaded: LoadedEnvironment) -> list[HostStatus]:
     """The hosts Terraform's outputs name (the inventory), with each instance's state from EC2."""
     from orchestrator.aws import instance_states
-    from orchestrator.deploy import inventory_path
     from orchestrator.inventory import hosts_from_inventory, load_inventory
 
-    path = inventory_path(loaded)
+    path = loaded.paths.inventory
     if not path.exists():
         raise UsageError(f"{loaded.name} has no inventory yet ({path}): run `orchestrate provision {loaded.name}`")
     states = instance_states(loaded)

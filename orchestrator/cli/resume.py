@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from orchestrator import paths
 from orchestrator.cli._common import AppContext, verb
 from orchestrator.errors import ExitStatus, UsageError
 from orchestrator.journal import Journal, locate_run
@@ -22,7 +23,7 @@ from orchestrator.journal import Journal, locate_run
 @verb
 def command(app: AppContext, run_id: str, lock_wait: float | None) -> int:
     """Continue run RUN_ID (see `orchestrate runs ENV`) from its first step not completed."""
-    state_root = app.project_dir / ".orchestrate"
+    state_root = paths.state_root(app.project_dir)
     state_dir = locate_run(state_root, run_id)
     if state_dir is None:
         raise UsageError(f"no run {run_id} in the journal of any environment under {state_root}",

@@ -10,6 +10,7 @@ from rich.table import Column, Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.journal import JOURNAL_FILE, Journal, JournalError, RunRecord, parse_time
+from orchestrator.paths import EnvPaths
 
 STATE_STYLE = {"running": "cyan", "completed": "green", "failed": "red", "interrupted": "yellow",
                "pending": "dim", "skipped": "dim"}
@@ -23,7 +24,7 @@ def state_dir_of(app: AppContext, env_name: str) -> Path:
     """
     if env_name not in app.project.environment_names():
         app.load(env_name)  # raises the UsageError that lists the known environments
-    return app.project_dir / ".orchestrate" / env_name
+    return EnvPaths(app.project_dir, env_name).root
 
 
 def short_time(text: str | None) -> str:

@@ -23,7 +23,6 @@ This module never prints; failures raise HostError.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -34,14 +33,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from orchestrator import paths
 from orchestrator.errors import CommandError, HostError
+from orchestrator.files import file_lock, sha256_file
 from orchestrator.hosts.supervisor import STOP_REQUESTED, cgroup_dirs
+from orchestrator.paths import EnvPaths, state_root
 from orchestrator.tools.process import run_command, start_detached, tail
 
 if TYPE_CHECKING:
@@ -247,26 +249,6 @@ def debootstrap_argv(recipe: ImageRecipe, target: Path, mirror: str) -> list[str
         mirror,
     ]
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive fcntl lock on `path` (created if needed), released on exit or process death."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -636,7 +618,7 @@ def reserved_subnets(project_dir: Path, env_name: str) -> list[ipaddress.IPv4Net
             declared = yaml.safe_load(env_file.read_text())["terraform"]["vars"].get("subnet")
             if declared:
                 found.append(ipaddress.IPv4Network(str(declared)))
-    for kept in sorted((project_dir / ".orchestrate").glob(f"*/{NETWORK_FILE}")):
+    for kept in sorted(state_root(project_dir).glob(f"*/{NETWORK_FILE}")):
         if kept.parent.name != env_name and (net := _subnet_of_file(kept)) is not None:
             found.append(net)
     return found
@@ -654,7 +636,7 @@ def resolve_network(project_dir: Path, env_name: str, *, host_prefix: str, bridg
     bridge = bridge or default_bridge_name(host_prefix)
     if subnet:
         return FleetNetwork(bridge, subnet)
-    state_dir = project_dir / ".orchestrate" / env_name
+    state_dir = EnvPaths(project_dir, env_name).root
     kept = _subnet_of_file(state_dir / NETWORK_FILE)
     if kept is None:
         kept = next((net for record in sorted((state_dir / "hosts").glob("*/host.json"))
@@ -870,7 +852,7 @@ def _mounted(path: Path) -> bool:
 
 def ssh_key_path(project_dir: Path) -> Path:
     """The project's SSH private key: PROJECT/.orchestrate/ssh/id_ed25519."""
-    return project_dir / ".orchestrate" / "ssh" / "id_ed25519"
+    return paths.ssh_key(project_dir)
 
 
 def ensure_ssh_key(project_dir: Path) -> Path:
@@ -1360,7 +1342,7 @@ def fleet_for(loaded: LoadedEnvironment) -> tuple[LocalFleet, list[HostSpec]]:
         raise HostError(f"environment {loaded.name} is not a local fleet (target {loaded.env.target})")
     v = terraform.vars
     network = FleetNetwork(v.bridge, v.subnet)
-    fleet = LocalFleet(network, loaded.state_dir / "hosts", loaded.project_dir, loaded.state_dir / "known_hosts")
+    fleet = LocalFleet(network, loaded.paths.hosts, loaded.project_dir, loaded.paths.known_hosts)
     specs = plan_hosts(
         v.host_prefix, network, app_count=v.app_count, monitoring_count=v.monitoring_count, lb_count=v.lb_count
     )

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import CommandError, OrchestratorError
+from orchestrator.files import file_lock
 from orchestrator.hosts.local import (
     LOCK_DIR,
     FleetNetwork,
@@ -46,7 +47,6 @@ from orchestrator.hosts.local import (
     collect_garbage,
     delete_bridge_if_unused,
     ensure_ssh_key,
-    file_lock,
 )
 from orchestrator.tools.process import run_command
 
@@ -271,7 +271,8 @@ def build(project: Path, service: str, features: Sequence[str] = ()) -> dict[str
     The binary is staged as BUILDS_DIR/<source hash>/<id>/<service> (the name the rust_service
     role expects) and built only when that cache entry is missing.
     """
-    from orchestrator.release import cargo_version, find_cargo, release_id, sha256_file
+    from orchestrator.files import sha256_file
+    from orchestrator.release import cargo_version, find_cargo, release_id
 
     project = project.resolve()
     key = source_hash(project, features)

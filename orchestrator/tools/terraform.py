@@ -458,14 +458,6 @@ def drift_from_plan_json(plan: Mapping[str, Any]) -> list[Drift]:
     return found
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 # --- the adapter ----------------------------------------------------------------------------
 

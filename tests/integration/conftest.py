@@ -49,6 +49,7 @@ import pytest
 import yaml
 
 from orchestrator.config import LoadedEnvironment, Project
+from orchestrator.files import sha256_file
 from orchestrator.hosts.local import (
     FleetNetwork,
     HostSpec,
@@ -62,7 +63,7 @@ from orchestrator.hosts.local import (
 # subnet reservations are shared with the Molecule scenarios' hosts (same files, same lock)
 from orchestrator.hosts.molecule import release_subnet, reserve_subnet
 from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
-from orchestrator.release import find_cargo, release_id, sha256_file
+from orchestrator.release import find_cargo, release_id
 from orchestrator.tools.process import CommandResult, run_command
 
 REPO = Path(__file__).resolve().parents[2]

@@ -148,7 +148,7 @@ def test_verify_controller_copy_names_host_and_file(loaded: LoadedEnvironment) -
 
 
 def write_inventory(loaded: LoadedEnvironment, hosts: list[str]) -> None:
-    path = bk.inventory_path(loaded)
+    path = loaded.paths.inventory
     path.parent.mkdir(parents=True, exist_ok=True)
     app = {name: {"ansible_host": f"10.213.10.{i + 10}"} for i, name in enumerate(hosts)}
     path.write_text(json.dumps({"all": {"children": {"app": {"hosts": app}, "monitoring": {"hosts": {}}}}}))
@@ -193,7 +193,7 @@ def test_create_backup_fails_when_a_host_copy_is_missing(loaded: LoadedEnvironme
 
 
 def test_backup_without_inventory_is_a_usage_error(loaded: LoadedEnvironment) -> None:
-    with pytest.raises(UsageError, match="no inventory for dev"):
+    with pytest.raises(UsageError, match="dev has no inventory yet"):
         bk.create_backup(loaded)
 
 

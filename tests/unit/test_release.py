@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.config import Project
 from orchestrator.errors import ExitStatus, UsageError
+from orchestrator.files import sha256_file
 from orchestrator.release import (
     DEFAULT_VERSION,
     cargo_argv,
@@ -19,7 +20,6 @@ from orchestrator.release import (
     is_release_id,
     prepare_release,
     release_id,
-    sha256_file,
     version_for_binary,
 )
 

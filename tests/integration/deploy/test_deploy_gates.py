@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from orchestrator.deploy import DeployRequest, ReleaseRunError, deploy, release_vars, role_vars, strategy_vars
+from orchestrator.files import sha256_file
 from orchestrator.hosts.local import fleet_for
-from orchestrator.release import find_cargo, prepare_release, release_id, sha256_file
+from orchestrator.release import find_cargo, prepare_release, release_id
 from orchestrator.tools.ansible import PlaybookRun, run_playbook
 from orchestrator.tools.process import run_command
 

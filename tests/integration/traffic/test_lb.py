@@ -127,7 +127,7 @@ def test_lb_balances_reloads_without_loss_and_weight_zero_drains(traffic_fleet: 
 
 
 def _colour_names(fleet: Any) -> dict[str, set[str]]:
-    from orchestrator.deploy import app_hosts
+    from orchestrator.inventory import app_hosts
 
     return {c: {h.name for h in hs} for c, hs in colors(app_hosts(fleet.loaded)).items()}
 

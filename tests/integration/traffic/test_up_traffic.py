@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.deploy import app_hosts
+from orchestrator.inventory import app_hosts
 from orchestrator.pipeline import STEPS
 from orchestrator.traffic import read_state
 

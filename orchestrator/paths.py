@@ -1,0 +1,112 @@
+"""Where generated state lives: the one place that knows the layout under `.orchestrate/`.
+
+    .orchestrate/                      (in the project directory, git-ignored)
+      ssh/id_ed25519                   the project's SSH key, shared by its environments
+      verify-cache/                    results of slow static checks, keyed by content
+      <env>/
+        inventory.yml  known_hosts     written by provisioning from Terraform's outputs
+        network.json                   a local fleet's bridge and subnet, chosen once
+        terraform/                     the rendered root, plan files and plan JSON
+        journal.db  audit.db           run journal and audit log
+        lock  lock.json                the environment lock and its holder
+        runs/<id>/                     ansible-runner's private data dirs
+        evidence/<run id>/<host>/      what a failed health gate left behind
+        artifacts/<release id>/        staged releases
+        backups/<backup id>/           controller copies of backups
+        traffic.json                   the load balancer's split (a cache of HAProxy's state)
+        monitoring/                    rendered Prometheus and Alertmanager files
+        heal.json  heal.token          the running heal server and its webhook token
+        hosts/<name>/                  a local fleet's host overlays
+
+Modules take what they need from `EnvPaths`; none spells these names itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the project's state directory, beside inventories/
+STATE_DIR = ".orchestrate"
+
+
+def state_root(project_dir: Path) -> Path:
+    """`.orchestrate/` of the project (every environment's state, the SSH key, caches)."""
+    return project_dir / STATE_DIR
+
+
+def ssh_key(project_dir: Path) -> Path:
+    """The project's private SSH key (the public one beside it, `.pub`)."""
+    return state_root(project_dir) / "ssh" / "id_ed25519"
+
+
+def verify_cache(project_dir: Path) -> Path:
+    """Results of slow static checks, keyed by the content they checked."""
+    return state_root(project_dir) / "verify-cache"
+
+
+@dataclass(frozen=True)
+class EnvPaths:
+    """The generated state of one environment."""
+
+    project_dir: Path
+    env: str
+
+    @property
+    def root(self) -> Path:
+        return state_root(self.project_dir) / self.env
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory.yml"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    @property
+    def network(self) -> Path:
+        return self.root / "network.json"
+
+    @property
+    def terraform(self) -> Path:
+        return self.root / "terraform"
+
+    @property
+    def runs(self) -> Path:
+        """ansible-runner's private data dirs, one per playbook run."""
+        return self.root / "runs"
+
+    def evidence(self, run_id: str) -> Path:
+        return self.root / "evidence" / run_id
+
+    def artifact(self, release_id: str) -> Path:
+        return self.root / "artifacts" / release_id
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "backups"
+
+    @property
+    def traffic(self) -> Path:
+        return self.root / "traffic.json"
+
+    @property
+    def monitoring(self) -> Path:
+        return self.root / "monitoring"
+
+    @property
+    def heal_state(self) -> Path:
+        return self.root / "heal.json"
+
+    @property
+    def hosts(self) -> Path:
+        return self.root / "hosts"
+
+    @property
+    def verify(self) -> Path:
+        return self.root / "verify"
+
+    @property
+    def cron_log(self) -> Path:
+        return self.root / "cron.log"
