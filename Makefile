@@ -34,7 +34,7 @@ deps: debs venv
 
 # the local hosts' image (debootstrap once, cached under /var/cache/orchestrate)
 image: deps
-	$(BIN)/python -m orchestrator.hosts build-image
+	$(BIN)/python -m orchestrator.fleet.local build-image
 
 debs: $(DEB_STAMP)
 $(DEB_STAMP):

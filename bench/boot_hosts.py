@@ -18,8 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.hosts.local import FleetNetwork, ImageStore, LocalFleet, plan_hosts
-from orchestrator.hosts.supervisor import cgroup_dirs
+from orchestrator.fleet.local.fleet import LocalFleet, plan_hosts
+from orchestrator.fleet.local.image import ImageStore
+from orchestrator.fleet.local.network import FleetNetwork
+from orchestrator.fleet.local.supervisor import cgroup_dirs
 from orchestrator.tools.process import run_command
 
 

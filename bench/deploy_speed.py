@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.deploy import DeployRequest, deploy  # noqa: E402
+from orchestrator.release.hosts import DeployRequest, deploy  # noqa: E402
 from tests.integration.conftest import _build, _copy, _Factory  # noqa: E402 - the tests' fleet helpers
 
 

@@ -34,9 +34,12 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import Project
-from orchestrator.hosts.local import ImageStore, delete_bridge_if_unused, ensure_ssh_key, fleet_for
-from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+from orchestrator.config.loader import Project
+from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+from orchestrator.fleet.local.image import ImageStore
+from orchestrator.fleet.local.keys import ensure_ssh_key
+from orchestrator.fleet.local.network import delete_bridge_if_unused
+from orchestrator.fleet.local.terraform import fleet_for
 from orchestrator.tools.process import run_command
 
 REPO = Path(__file__).resolve().parent.parent

@@ -87,8 +87,8 @@ def main() -> int:
 
         # The raw run gets the same CLI config and plugin cache the adapter uses, so the only
         # difference is the orchestrator itself (render, init check, -json parsing, summary).
-        from orchestrator.config import Project
-        from orchestrator.provision import terraform_for
+        from orchestrator.config.loader import Project
+        from orchestrator.fleet.provision import terraform_for
 
         tf = terraform_for(Project(project).load("prod"))
         os.environ.update(tf.environment())

@@ -22,7 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.deploy import DeployRequest, GateFailedRestored, deploy, rollback  # noqa: E402
+from orchestrator.release.hosts import DeployRequest, deploy, rollback  # noqa: E402
+from orchestrator.release.results import GateFailedRestored  # noqa: E402
 from tests.integration.conftest import _build, _copy, _Factory  # noqa: E402 - the tests' fleet helpers
 
 

@@ -90,8 +90,8 @@ def verdict(ok: bool) -> str:
 def fig_inventory(settings: Settings) -> list[Row]:
     import yaml
 
-    from orchestrator.config import Project
-    from orchestrator.provision import write_inventory_from_outputs
+    from orchestrator.config.loader import Project
+    from orchestrator.fleet.provision import write_inventory_from_outputs
 
     count, runs = 10_000, settings.pick(5, 2)
     hosts = []
@@ -187,7 +187,7 @@ def fig_deploy_overhead(settings: Settings) -> list[Row]:
 
 
 def _deploy_overhead(settings: Settings, size: int, pairs: int) -> Row:
-    from orchestrator.secrets import SECRETS_VAR, load_secrets
+    from orchestrator.config.secrets import SECRETS_VAR, load_secrets
 
     b = settings.builds()
     with Fleets(f"deploy-overhead{size}") as fleets:
@@ -259,7 +259,8 @@ def fig_up(settings: Settings) -> list[Row]:
 
 
 def fig_rollback(settings: Settings) -> list[Row]:
-    from orchestrator.deploy import DeployRequest, GateFailedRestored, deploy, rollback
+    from orchestrator.release.hosts import DeployRequest, deploy, rollback
+    from orchestrator.release.results import GateFailedRestored
 
     b = settings.builds()
     size, repeat = settings.pick(5, 2), settings.pick(3, 1)

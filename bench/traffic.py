@@ -28,18 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.deploy import DeployRequest, deploy  # noqa: E402
-from orchestrator.loadgen import LoadGenerator, LoadSpec  # noqa: E402
-from orchestrator.traffic import (  # noqa: E402
-    TrafficGateFailed,
-    TrafficRequest,
-    blue_green,
-    canary_traffic,
-    configure_lb,
-    lb_url,
-    network,
-    switch_back,
-)
+from orchestrator.fleet.guard import own_network
+from orchestrator.release.hosts import DeployRequest, deploy  # noqa: E402
+from orchestrator.release.traffic import TrafficGateFailed, TrafficRequest, blue_green, canary_traffic, switch_back  # noqa: E402
+from orchestrator.traffic.lb import configure_lb, lb_url
+from orchestrator.traffic.loadgen import LoadGenerator, LoadSpec  # noqa: E402
 from tests.integration.conftest import _Factory  # noqa: E402 - the tests' fleet helper
 from tests.integration.traffic.conftest import TRAFFIC_OVERRIDES, _build  # noqa: E402
 
@@ -66,7 +59,7 @@ def main() -> int:
                             concurrency=4, rate=args.rate)
             socket_times: list[float] = []
             call_times: list[float] = []
-            with LoadGenerator(spec, network=network(loaded)) as gen:
+            with LoadGenerator(spec, network=own_network(loaded)) as gen:
                 time.sleep(1)
                 for _ in range(args.repeat):
                     blue_green(loaded, TrafficRequest(deploy=DeployRequest(release_path=v2), strategy="blue-green"))

@@ -109,3 +109,7 @@ class ChangesPending(OrchestratorError):
     """A plan or drift check found changes (exit 4); not a failure of the tool."""
 
     exit_status = ExitStatus.CHANGES
+
+
+class ReleaseError(OrchestratorError):
+    """The release could not be built, tested or staged (exit 1): nothing was deployed."""

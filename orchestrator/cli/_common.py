@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from orchestrator.config import LoadedEnvironment, Project
+from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.errors import ExitStatus, OrchestratorError
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 import click
 from rich.table import Column, Table
 
-from orchestrator.audit import AUDIT_FILE, AuditEntry, AuditLog
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.runs import short_time, state_dir_of
-from orchestrator.config import parse_duration
+from orchestrator.config.schema import parse_duration
 from orchestrator.errors import UsageError
-from orchestrator.journal import parse_time, utcnow
+from orchestrator.runs.audit import AUDIT_FILE, AuditEntry, AuditLog
+from orchestrator.runs.identity import parse_time, utcnow
 
 
 def parse_since(text: str) -> datetime:

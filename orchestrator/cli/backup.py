@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import click
 
-from orchestrator.backup import DEFAULT_KEEP, BackupResult, create_backup
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.lock import locked_run
+from orchestrator.release.backup import DEFAULT_KEEP, BackupResult, create_backup
+from orchestrator.runs.session import locked_run
 from orchestrator.tools.ansible import HostEvent
 
 lock_wait_option = click.option(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from orchestrator.backup import list_backups
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.backup import human_size
+from orchestrator.release.backup import list_backups
 
 
 @click.command("backups")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.aws import bootstrap_state_bucket
 from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.fleet.aws import bootstrap_state_bucket
 
 
 @click.command("bootstrap")

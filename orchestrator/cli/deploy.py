@@ -8,22 +8,17 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from orchestrator.backup import create_backup
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.deploy import (
-    DeployRequest,
-    GateFailedRestored,
-    HostTransitions,
-    ReleaseRun,
-    ReleaseRunError,
-    deploy,
-)
+from orchestrator.config.secrets import load_secrets
 from orchestrator.errors import ExitStatus, UsageError
-from orchestrator.inventory import app_hosts
-from orchestrator.lock import locked_run
-from orchestrator.secrets import load_secrets
+from orchestrator.fleet.inventory import app_hosts
+from orchestrator.release.backup import create_backup
+from orchestrator.release.hosts import DeployRequest, deploy
+from orchestrator.release.results import GateFailedRestored, ReleaseRun, ReleaseRunError
+from orchestrator.release.strategies import host_strategy, is_traffic, note_host_deploy, resolve_strategy
+from orchestrator.release.transitions import HostTransitions
+from orchestrator.runs.session import locked_run
 from orchestrator.tools.ansible import HostEvent
-from orchestrator.traffic import host_strategy, is_traffic, note_host_deploy, resolve_strategy
 
 lock_wait_option = click.option(
     "--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",

@@ -7,7 +7,7 @@ import click
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli._terraform import ProgressPrinter
 from orchestrator.errors import ExitStatus
-from orchestrator.provision import drift
+from orchestrator.fleet.provision import drift
 
 
 @click.command("drift")

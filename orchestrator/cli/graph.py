@@ -10,7 +10,7 @@ import click
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.errors import ExitStatus
 from orchestrator.models.graph import FORMATS, DestroyComparison, to_json
-from orchestrator.verify import environment_graph
+from orchestrator.verify.graph import environment_graph
 
 
 @click.command("graph")

@@ -10,7 +10,7 @@ import click
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.errors import UsageError
-from orchestrator.heal import build_server, clear_state, write_state
+from orchestrator.heal.remediate import build_server, clear_state, write_state
 
 
 @click.group("heal")

@@ -8,9 +8,10 @@ import click
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.config import LoadedEnvironment
+from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import UsageError
-from orchestrator.hosts.local import HostState, HostStatus, fleet_for
+from orchestrator.fleet.local.fleet import HostState, HostStatus
+from orchestrator.fleet.local.terraform import fleet_for
 
 
 def _table(title: str, hosts: list[HostStatus]) -> Table:
@@ -51,8 +52,8 @@ def command(app: AppContext, env_name: str) -> None:
 
 def _cloud_hosts(loaded: LoadedEnvironment) -> list[HostStatus]:
     """The hosts Terraform's outputs name (the inventory), with each instance's state from EC2."""
-    from orchestrator.aws import instance_states
-    from orchestrator.inventory import hosts_from_inventory, load_inventory
+    from orchestrator.fleet.aws import instance_states
+    from orchestrator.fleet.inventory import hosts_from_inventory, load_inventory
 
     path = loaded.paths.inventory
     if not path.exists():

@@ -6,7 +6,8 @@ import click
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.errors import ExitStatus
-from orchestrator.monitoring import deploy_monitoring, ensure_heal_token, render_monitoring, verify_monitoring
+from orchestrator.monitoring.checks import verify_monitoring
+from orchestrator.monitoring.files import deploy_monitoring, ensure_heal_token, render_monitoring
 
 
 @click.group("monitoring")
@@ -46,7 +47,7 @@ def render(app: AppContext, env_name: str) -> None:
 def deploy(app: AppContext, env_name: str, lock_wait: float) -> None:
     """Render the monitoring files and apply them: node exporter on every host, Prometheus and
     Alertmanager on the monitoring host (validated there before reload)."""
-    from orchestrator.lock import EnvironmentLock
+    from orchestrator.runs.lock import EnvironmentLock
 
     loaded = app.load(env_name)
     with EnvironmentLock(loaded.state_dir, command=f"orchestrate monitoring deploy {env_name}", env=env_name,

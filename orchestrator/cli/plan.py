@@ -7,7 +7,7 @@ import click
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli._terraform import ProgressPrinter, summary_table
 from orchestrator.errors import ExitStatus
-from orchestrator.provision import plan
+from orchestrator.fleet.provision import plan
 
 
 @click.command("plan")

@@ -7,8 +7,8 @@ import click
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli._terraform import ProgressPrinter, lock_wait_option, summary_table
 from orchestrator.errors import ExitStatus
-from orchestrator.lock import locked_run
-from orchestrator.provision import PlanOutcome, ProvisionOutcome, needs_confirmation, provision
+from orchestrator.fleet.provision import PlanOutcome, ProvisionOutcome, needs_confirmation, provision
+from orchestrator.runs.session import locked_run
 
 
 @click.command("provision")

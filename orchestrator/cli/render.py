@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.render import render_environment
+from orchestrator.fleet.render import render_environment
 
 
 @click.command("render")

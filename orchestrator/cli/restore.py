@@ -6,11 +6,11 @@ from typing import cast
 
 import click
 
-from orchestrator.backup import Source, check_backup_id, restore_backup
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.backup import lock_wait_option, progress_sink
 from orchestrator.errors import ExitStatus, UsageError
-from orchestrator.lock import locked_run
+from orchestrator.release.backup import Source, check_backup_id, restore_backup
+from orchestrator.runs.session import locked_run
 
 
 @click.command("restore")

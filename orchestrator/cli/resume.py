@@ -3,7 +3,7 @@
 The run's own command does the work: `resume` finds the environment whose journal holds the run,
 checks that it can be resumed (saying why not), and re-invokes the recorded command line with
 `--resume RUN_ID` appended. A verb is resumable when it takes a `--resume` option and passes it
-to `orchestrator.lock.locked_run(resume=...)`, which re-checks under the environment lock.
+to `orchestrator.runs.session.locked_run(resume=...)`, which re-checks under the environment lock.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import click
 from orchestrator import paths
 from orchestrator.cli._common import AppContext, verb
 from orchestrator.errors import ExitStatus, UsageError
-from orchestrator.journal import Journal, locate_run
+from orchestrator.runs.journal import Journal, locate_run
 
 
 @click.command("resume")

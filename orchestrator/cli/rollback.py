@@ -6,10 +6,12 @@ import click
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.deploy import finish, lock_wait_option, progress
-from orchestrator.deploy import HostTransitions, ReleaseRun, rollback
 from orchestrator.errors import ExitStatus, UsageError
-from orchestrator.lock import locked_run
-from orchestrator.release import is_release_id
+from orchestrator.release.artifact import is_release_id
+from orchestrator.release.hosts import rollback
+from orchestrator.release.results import ReleaseRun
+from orchestrator.release.transitions import HostTransitions
+from orchestrator.runs.session import locked_run
 
 
 @click.command("rollback")
@@ -32,7 +34,7 @@ def command(app: AppContext, env_name: str, to: str | None, yes: bool, lock_wait
         if not app.interactive:
             raise UsageError(f"{env_name} is protected: pass --yes to roll back without a terminal")
         click.confirm(f"Roll back protected environment {env_name}?", abort=True, err=True)
-    from orchestrator.traffic import switch_back_pending
+    from orchestrator.release.traffic import switch_back_pending
 
     if to is None and switch_back_pending(loaded):
         from orchestrator.cli.traffic import run_switch_back

@@ -9,8 +9,10 @@ import click
 from rich.table import Column, Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.journal import JOURNAL_FILE, Journal, JournalError, RunRecord, parse_time
 from orchestrator.paths import EnvPaths
+from orchestrator.runs.identity import parse_time
+from orchestrator.runs.journal import JOURNAL_FILE, Journal, JournalError
+from orchestrator.runs.records import RunRecord
 
 STATE_STYLE = {"running": "cyan", "completed": "green", "failed": "red", "interrupted": "yellow",
                "pending": "dim", "skipped": "dim"}

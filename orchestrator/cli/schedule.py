@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.schedule import (
+from orchestrator.pipeline.schedule import (
     CRON_DIR,
     DEFAULT_LOCK_WAIT,
     build_entry,

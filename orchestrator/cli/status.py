@@ -6,8 +6,8 @@ import click
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.deploy import status
 from orchestrator.errors import ExitStatus
+from orchestrator.release.hosts import status
 
 
 @click.command("status")

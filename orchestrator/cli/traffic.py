@@ -14,25 +14,20 @@ from typing import Any
 import click
 from rich.table import Table
 
-from orchestrator.backup import create_backup
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.deploy import lock_wait_option
-from orchestrator.config import LoadedEnvironment
-from orchestrator.deploy import DeployRequest, GateFailedRestored, HostTransitions, ReleaseRunError
+from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import ExitStatus
-from orchestrator.lock import locked_run
-from orchestrator.traffic import (
-    GateDecision,
-    LoadBalancer,
-    TrafficGateFailed,
-    TrafficRelease,
-    TrafficRequest,
-    TrafficStrategy,
-    configure_lb,
-    read_state,
-    switch_back,
-    traffic_release,
-)
+from orchestrator.release.backup import create_backup
+from orchestrator.release.hosts import DeployRequest
+from orchestrator.release.results import GateFailedRestored, ReleaseRunError
+from orchestrator.release.strategies import TrafficStrategy
+from orchestrator.release.traffic import TrafficGateFailed, TrafficRelease, TrafficRequest, switch_back, traffic_release
+from orchestrator.release.transitions import HostTransitions
+from orchestrator.runs.session import locked_run
+from orchestrator.traffic.gates import GateDecision
+from orchestrator.traffic.lb import LoadBalancer, configure_lb
+from orchestrator.traffic.state import read_state
 
 
 def _render(app: AppContext, result: TrafficRelease) -> None:

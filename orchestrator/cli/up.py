@@ -11,7 +11,7 @@ from rich.table import Table
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli._terraform import ProgressPrinter, summary_table
 from orchestrator.cli.deploy import progress
-from orchestrator.pipeline import UpRequest, UpResult, up
+from orchestrator.pipeline.up import UpRequest, UpResult, up
 
 
 def _status_table(status: dict[str, Any]) -> Table:

@@ -8,7 +8,8 @@ from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.errors import ExitStatus
-from orchestrator.verify import CheckResult, VerifyReport, check_names, run_verify
+from orchestrator.verify.core import CheckResult, VerifyReport
+from orchestrator.verify.runner import check_names, run_verify
 
 _STYLE = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
 

@@ -1,5 +1,5 @@
 """Fixtures for integration tests that need real local hosts (systemd-nspawn, booted through
-orchestrator.hosts.local — the Python API, not terraform, because it is faster).
+orchestrator.fleet.local — the Python API, not terraform, because it is faster).
 
 Use:
 
@@ -20,12 +20,12 @@ read-only tests that can share hosts) both:
      and an unused 10.214.X.0/24 subnet (checked against `ip -4 route` and reserved against
      other test processes), the requested host counts, and any `overrides` (deep-merged);
   3. boot the hosts, wait until systemd runs and sshd answers on each;
-  4. write .orchestrate/ENV/inventory.yml with orchestrator.inventory (the same format
+  4. write .orchestrate/ENV/inventory.yml with orchestrator.fleet.inventory (the same format
      `orchestrate provision` writes), the project key and the env's known_hosts file (it
      already holds every host's key: the hosts' keys are generated on the controller);
   5. destroy every host, the bridge, the reservation and the dir at teardown, also when the
      test failed. Hosts left by killed runs (their dir deleted) are collected when a factory
-     starts (`python -m orchestrator.hosts gc` does the same by hand).
+     starts (`python -m orchestrator.fleet.local gc` does the same by hand).
 
 The image is built on first use (~60 s, cached in /var/cache/orchestrate/images afterwards).
 `unbooted_project(...)` does steps 1-2 only (for tests that provision through terraform) and
@@ -48,22 +48,18 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.config import LoadedEnvironment, Project
+from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.files import sha256_file
-from orchestrator.hosts.local import (
-    FleetNetwork,
-    HostSpec,
-    LocalFleet,
-    collect_garbage,
-    delete_bridge_if_unused,
-    ensure_ssh_key,
-    fleet_for,
-)
+from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+from orchestrator.fleet.local.fleet import HostSpec, LocalFleet, collect_garbage
+from orchestrator.fleet.local.keys import ensure_ssh_key
+from orchestrator.fleet.local.network import FleetNetwork, delete_bridge_if_unused
+from orchestrator.fleet.local.terraform import fleet_for
 
 # subnet reservations are shared with the Molecule scenarios' hosts (same files, same lock)
-from orchestrator.hosts.molecule import release_subnet, reserve_subnet
-from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
-from orchestrator.release import find_cargo, release_id
+from tests.support.molecule_hosts import release_subnet, reserve_subnet
+from orchestrator.release.artifact import release_id
+from orchestrator.tools.cargo import find_cargo
 from orchestrator.tools.process import CommandResult, run_command
 
 REPO = Path(__file__).resolve().parents[2]

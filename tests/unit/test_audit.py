@@ -1,4 +1,4 @@
-"""Unit tests of orchestrator.audit and of the `runs` and `audit` verbs."""
+"""Unit tests of orchestrator.runs.audit and of the `runs` and `audit` verbs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.audit import AuditError, AuditLog
 from orchestrator.cli import cli
-from orchestrator.journal import Journal, ProcessIdentity, utcnow
+from orchestrator.runs.audit import AuditError, AuditLog
+from orchestrator.runs.identity import ProcessIdentity, utcnow
+from orchestrator.runs.journal import Journal
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Pure logic of orchestrator.backup: ids, manifests, retention, the controller's copies."""
+"""Pure logic of orchestrator.release.backup: ids, manifests, retention, the controller's copies."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator import backup as bk
-from orchestrator.config import LoadedEnvironment, Project
+from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.errors import ExitStatus, UsageError
+from orchestrator.release import backup as bk
 
 
 def sha(data: bytes) -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Project, TerraformAws, TerraformLocal, parse_duration
+from orchestrator.config.loader import Project
+from orchestrator.config.schema import TerraformAws, TerraformLocal, parse_duration
 from orchestrator.errors import ConfigError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def test_line_of_points_at_the_field() -> None:
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    from orchestrator.config import load_environment_file
+    from orchestrator.config.loader import load_environment_file
 
     with pytest.raises(ConfigError, match="file not found"):
         load_environment_file(tmp_path / "nope.yml", tmp_path)

@@ -16,26 +16,21 @@ from typing import Any
 
 import pytest
 
-from orchestrator.audit import AuditLog
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import LockBusy, UsageError
-from orchestrator.heal import (
+from orchestrator.heal.policy import Alert, HealPolicy, PolicySettings, Verdict, WebhookError, parse_webhook
+from orchestrator.heal.remediate import ProjectLock
+from orchestrator.heal.server import (
     REFUSED_AUDIT_INTERVAL,
-    Alert,
-    HealPolicy,
     HealServer,
     HealSettings,
-    PolicySettings,
-    ProjectLock,
     RemediationResult,
-    Verdict,
-    WebhookError,
     check_bind_address,
     default_listeners,
     parse_listen,
-    parse_webhook,
 )
-from orchestrator.lock import EnvironmentLock as ProjectEnvironmentLock
+from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.lock import EnvironmentLock as ProjectEnvironmentLock
 
 TOKEN = "unit-test-token-0123456789"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -493,19 +488,20 @@ def test_serve_once_for_records_decisions_and_prints_a_summary(project_copy: Pat
 
 def test_rollback_is_not_repeated_back_onto_the_release_it_left(project_copy: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator import deploy
-    from orchestrator.heal import PlaybookRemediator
+    from orchestrator.heal import remediate
+    from orchestrator.heal.remediate import PlaybookRemediator
+    from orchestrator.release import results
     from orchestrator.tools import ansible
 
     loaded = Project(project_copy).load("dev")
     fleet = {"release": "0.2.0-bbbbbbbbbbbb", "previous": "0.1.0-aaaaaaaaaaaa"}
     runs: list[dict[str, Any]] = []
 
-    def fake_status(loaded: Any, *, tuned: bool = True) -> deploy.FleetStatus:
-        hosts = [deploy.HostStatus(name=f"dev-app-{i}", address=f"10.213.10.{10 + i}", release=fleet["release"],
+    def fake_status(loaded: Any, *, tuned: bool = True) -> results.FleetStatus:
+        hosts = [results.HostStatus(name=f"dev-app-{i}", address=f"10.213.10.{10 + i}", release=fleet["release"],
                                    previous_release=fleet["previous"], unit="active", healthy=True)
                  for i in (1, 2)]
-        return deploy.FleetStatus(env="dev", hosts=hosts, duration=0.1)
+        return results.FleetStatus(env="dev", hosts=hosts, duration=0.1)
 
     def fake_run(run: ansible.PlaybookRun, **_: Any) -> ansible.PlaybookResult:
         runs.append({"playbook": run.playbook.name, "limit": run.limit, "extra": dict(run.extra_vars)})
@@ -514,7 +510,7 @@ def test_rollback_is_not_repeated_back_onto_the_release_it_left(project_copy: Pa
         return ansible.PlaybookResult(run_id=run.run_id, run_dir=run.runs_dir, playbook=run.playbook.name, rc=0,
                                       status="successful", duration=1.0)
 
-    monkeypatch.setattr(deploy, "status", fake_status)
+    monkeypatch.setattr(remediate, "status", fake_status)
     monkeypatch.setattr(ansible, "run_playbook", fake_run)
     remediator = PlaybookRemediator(loaded)
     bad = alert("HighErrorRate", remediation="rollback")
@@ -530,8 +526,8 @@ def test_rollback_is_not_repeated_back_onto_the_release_it_left(project_copy: Pa
 
 def test_restart_only_targets_an_app_host_of_the_inventory(project_copy: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.heal import PlaybookRemediator
-    from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+    from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+    from orchestrator.heal.remediate import PlaybookRemediator
     from orchestrator.tools import ansible
 
     loaded = Project(project_copy).load("dev")

@@ -1,4 +1,4 @@
-"""Unit tests of orchestrator.journal: runs, steps, resume points, host transitions."""
+"""Unit tests of orchestrator.runs.journal: runs, steps, resume points, host transitions."""
 
 from __future__ import annotations
 
@@ -10,18 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ExitStatus
-from orchestrator.journal import (
-    Journal,
-    JournalError,
-    NotResumable,
-    ProcessIdentity,
-    ResumeRefusal,
-    locate_run,
-    new_run_id,
-    parse_time,
-    pid_alive,
-    process_start_ticks,
-)
+from orchestrator.runs.identity import ProcessIdentity, new_run_id, parse_time, pid_alive, process_start_ticks
+from orchestrator.runs.journal import Journal, JournalError, NotResumable, ResumeRefusal, locate_run
 
 STEPS = ["render", "provision", "inventory", "deploy", "verify"]
 
@@ -337,7 +327,7 @@ def test_another_process_cannot_drive_a_run(state_dir: Path, journal: Journal) -
     me = ProcessIdentity.current()
     intruder = Journal(state_dir / "journal.db", env="dev",
                        identity=ProcessIdentity(me.user, me.host, 1, process_start_ticks(1)))
-    from orchestrator.journal import Run
+    from orchestrator.runs.journal import Run
 
     with pytest.raises(JournalError, match="belongs to"), Run(intruder, run.id).step("a"):
         pass

@@ -18,15 +18,9 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from orchestrator.journal import (
-    Journal,
-    JournalError,
-    NotResumable,
-    ProcessIdentity,
-    Run,
-    process_start_ticks,
-)
 from orchestrator.models.process import is_allowed
+from orchestrator.runs.identity import ProcessIdentity, process_start_ticks
+from orchestrator.runs.journal import Journal, JournalError, NotResumable, Run
 
 STEPS = ["render", "provision", "deploy", "verify"]
 HOSTS = ["app-1", "app-2"]

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.journal import Journal, ProcessIdentity
-from orchestrator.lock import locked_run
+from orchestrator.runs.identity import ProcessIdentity
+from orchestrator.runs.journal import Journal
+from orchestrator.runs.session import locked_run
 
 STEPS = ["render", "provision", "deploy"]
 executed: list[str] = []

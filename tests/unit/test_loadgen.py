@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from orchestrator.errors import UsageError
-from orchestrator.hosts.local import FleetNetwork
-from orchestrator.loadgen import LoadGenerator, LoadSpec, check_target
+from orchestrator.fleet.local.network import FleetNetwork
+from orchestrator.traffic.loadgen import LoadGenerator, LoadSpec, check_target
 
 
 class _Handler(BaseHTTPRequestHandler):

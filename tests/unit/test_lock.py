@@ -1,4 +1,4 @@
-"""Unit tests of orchestrator.lock: busy, waiting, stale-lock takeover, leases, heartbeat."""
+"""Unit tests of orchestrator.runs.lock: busy, waiting, stale-lock takeover, leases, heartbeat."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit import AuditLog
 from orchestrator.errors import ExitStatus, LockBusy
-from orchestrator.journal import ProcessIdentity
-from orchestrator.lock import EnvironmentLock, EnvironmentLocked, Holder, LockLost, read_holder
+from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.identity import ProcessIdentity
+from orchestrator.runs.lock import EnvironmentLock, EnvironmentLocked, Holder, LockLost, read_holder
 
 
 @pytest.fixture
@@ -188,8 +188,8 @@ def test_damaged_holder_record_is_ignored(state_dir: Path) -> None:
 
 
 def test_locked_run_journals_audits_and_releases(state_dir: Path) -> None:
-    from orchestrator.journal import Journal
-    from orchestrator.lock import locked_run
+    from orchestrator.runs.journal import Journal
+    from orchestrator.runs.session import locked_run
 
     with locked_run(state_dir, command="up", argv=["up", "dev"], steps=["render", "deploy"],
                     release="1.0.0-abc", wait=0) as session:
@@ -227,7 +227,7 @@ def test_locked_run_journals_audits_and_releases(state_dir: Path) -> None:
 
 
 def test_locked_run_busy_is_audited(state_dir: Path) -> None:
-    from orchestrator.lock import locked_run
+    from orchestrator.runs.session import locked_run
 
     with (
         EnvironmentLock(state_dir, command="orchestrate up dev"),

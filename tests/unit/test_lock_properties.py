@@ -16,9 +16,9 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from orchestrator.audit import AuditLog
-from orchestrator.journal import ProcessIdentity
-from orchestrator.lock import EnvironmentLock, EnvironmentLocked
+from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.identity import ProcessIdentity
+from orchestrator.runs.lock import EnvironmentLock, EnvironmentLocked
 
 HOSTS = ["alpha", "alpha", "beta", "beta"]
 LEASE = 30.0

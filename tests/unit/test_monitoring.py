@@ -8,24 +8,26 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import Project, parse_duration
-from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
-from orchestrator.monitoring import (
+from orchestrator.config.loader import Project
+from orchestrator.config.schema import parse_duration
+from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+from orchestrator.monitoring.checks import amtool_route_argv, check_heal_policy
+from orchestrator.monitoring.files import (
     ALERTMANAGER_FILE,
     PROMETHEUS_FILE,
-    RULES_FILE,
-    RULES_TEST_FILE,
     MonitoringLayout,
-    alert_rules,
-    amtool_route_argv,
-    check_heal_policy,
     ensure_heal_token,
-    format_duration,
     heal_webhook_url,
-    rate_window,
     read_heal_token,
     render_monitoring,
     render_monitoring_texts,
+)
+from orchestrator.monitoring.rules import (
+    RULES_FILE,
+    RULES_TEST_FILE,
+    alert_rules,
+    format_duration,
+    rate_window,
     route_cases,
     rules_test_document,
 )

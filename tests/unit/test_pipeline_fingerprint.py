@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import LoadedEnvironment, Project
-from orchestrator.pipeline import fingerprint
-from orchestrator.render import render_environment
+from orchestrator.config.loader import LoadedEnvironment, Project
+from orchestrator.fleet.render import render_environment
+from orchestrator.pipeline.fingerprint import fingerprint
 
 RELEASE = "0.1.0-aaaaaaaaaaaa"
 

@@ -1,6 +1,6 @@
 """`up` resumed late in a run: what the passed-over steps found comes from the journal.
 
-The fleet is a stand-in here (orchestrator.deploy.status is replaced): these tests are about what
+The fleet is a stand-in here (orchestrator.release.hosts.status is replaced): these tests are about what
 the pipeline compares the fleet with, not about asking hosts (tests/integration/up does that).
 """
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator import deploy as deploy_module
-from orchestrator.config import LoadedEnvironment, Project
-from orchestrator.deploy import FleetStatus, HostStatus
-from orchestrator.journal import Journal
-from orchestrator.pipeline import END, STEPS, UpRequest, VerifyFailed, up
+from orchestrator.config.loader import LoadedEnvironment, Project
+from orchestrator.pipeline.up import END, STEPS, UpRequest, VerifyFailed, up
+from orchestrator.release import hosts as deploy_module
+from orchestrator.release.results import FleetStatus, HostStatus
+from orchestrator.runs.journal import Journal
 
 RELEASE = "0.2.0-aaaaaaaaaaaa"
 OTHER = "0.1.0-bbbbbbbbbbbb"

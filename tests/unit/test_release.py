@@ -9,19 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import ExitStatus, UsageError
 from orchestrator.files import sha256_file
-from orchestrator.release import (
-    DEFAULT_VERSION,
-    cargo_argv,
-    cargo_version,
-    executables_from_messages,
-    is_release_id,
-    prepare_release,
-    release_id,
-    version_for_binary,
-)
+from orchestrator.release.artifact import is_release_id, prepare_release, release_id, version_for_binary
+from orchestrator.tools.cargo import DEFAULT_VERSION, cargo_argv, cargo_version, executables_from_messages
 
 
 def _binary(path: Path, content: bytes = b"#!/bin/sh\necho hi\n") -> Path:

@@ -10,20 +10,18 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import Project
-from orchestrator.deploy import (
+from orchestrator.config.loader import Project
+from orchestrator.errors import UsageError
+from orchestrator.release.hosts import _conclude, role_vars, strategy_vars
+from orchestrator.release.results import (
     CLEANUP_TASK,
     NO_PREVIOUS,
     RELEASE_TASK,
     ReleaseRunError,
-    _conclude,
     outcomes,
     previous_to_restore,
-    role_vars,
-    strategy_vars,
     to_restore,
 )
-from orchestrator.errors import UsageError
 from orchestrator.tools.ansible import (
     AnsibleSettings,
     EventCollector,

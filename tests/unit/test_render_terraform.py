@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import ConfigError
-from orchestrator.render import AWS_ENDPOINT_ENV, AWS_SERVICES, hcl_type, render_environment, terraform_variables
+from orchestrator.fleet.render import AWS_ENDPOINT_ENV, AWS_SERVICES, hcl_type, render_environment, terraform_variables
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import UsageError
-from orchestrator.schedule import build_entry, install, password_file_option, uninstall
+from orchestrator.pipeline.schedule import build_entry, install, password_file_option, uninstall
 from tests.conftest import copy_project
 
 

@@ -1,4 +1,4 @@
-"""orchestrator.secrets: vault round trip, password sources, validation, the vars file."""
+"""orchestrator.config.secrets: vault round trip, password sources, validation, the vars file."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import secrets as sec
-from orchestrator.config import LoadedEnvironment, Project
+from orchestrator.config import secrets as sec
+from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.errors import ConfigError, ExitStatus, UsageError
 
 DEV_PASSWORD_FILE = Path("inventories/dev/.vault-password-dev")

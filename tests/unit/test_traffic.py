@@ -15,35 +15,30 @@ import jinja2
 import pytest
 import yaml
 
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import ConfigError, UsageError
-from orchestrator.inventory import ConnectionSettings, Host, build_inventory, write_inventory
-from orchestrator.loadgen import LoadReport, Sample
-from orchestrator.traffic import (
-    HELPER,
+from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+from orchestrator.release.strategies import host_strategy, note_host_deploy, pick_strategy, resolve_strategy
+from orchestrator.traffic.gates import (
     Prometheus,
-    TrafficError,
-    TrafficState,
     _prometheus_decision,
-    check_split,
-    colors,
-    has_lb_host,
-    helper_argv,
-    host_strategy,
     load_gate,
     monitoring_host,
-    note_host_deploy,
-    pick_strategy,
     prometheus_gate,
     prometheus_queries,
     promql_servers,
-    read_state,
-    resolve_strategy,
-    served_share,
     service_queries,
-    split_weights,
-    ssh_argv,
     stat_gate,
+)
+from orchestrator.traffic.lb import HELPER, check_split, has_lb_host, helper_argv, ssh_argv
+from orchestrator.traffic.loadgen import LoadReport, Sample
+from orchestrator.traffic.state import (
+    TrafficError,
+    TrafficState,
+    colors,
+    read_state,
+    served_share,
+    split_weights,
     write_state,
 )
 from tests.conftest import load_file_module
@@ -333,7 +328,7 @@ def test_resolve_strategy_reads_the_inventory_and_the_environment(project_copy: 
         _env_with(project_copy, {"strategy": name})
         traffic = Project(project_copy).load("dev")
         assert resolve_strategy(traffic, None) == name
-        # orchestrator.deploy (host level) deploys each colour of a traffic release as rolling
+        # orchestrator.release.hosts (host level) deploys each colour of a traffic release as rolling
         assert traffic.env.rollout.host_strategy == "rolling"
 
 
@@ -370,7 +365,7 @@ def test_check_split_after_blue_green_wants_the_serving_hosts_on_the_new_release
 
 
 def test_up_configures_the_lb_between_deploy_and_monitoring() -> None:
-    from orchestrator.pipeline import STEPS, _Stages
+    from orchestrator.pipeline.up import STEPS, _Stages
 
     assert STEPS.index("deploy") < STEPS.index("lb") < STEPS.index("monitoring")
     assert all(callable(getattr(_Stages, name)) for name in STEPS)

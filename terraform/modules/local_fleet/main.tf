@@ -1,7 +1,7 @@
 # One terraform_data per host. The host itself (overlay, nspawn container, bridge) is made and
-# removed by `python -m orchestrator.hosts`, called without a shell from the provisioners.
+# removed by `python -m orchestrator.fleet.local`, called without a shell from the provisioners.
 # A host whose process died is not a change terraform can see: `orchestrate provision`
-# restores such hosts after apply (orchestrator.hosts.local.ensure_fleet_from_outputs).
+# restores such hosts after apply (orchestrator.fleet.local.terraform.ensure_fleet_from_outputs).
 
 locals {
   roles = concat(
@@ -10,7 +10,7 @@ locals {
     [for i in range(var.lb_count) : { name = "${var.host_prefix}-lb-${i + 1}", group = "lb" }],
   )
 
-  # Same order and addresses as orchestrator.hosts.local.plan_hosts: .10 upward.
+  # Same order and addresses as orchestrator.fleet.local.fleet.plan_hosts: .10 upward.
   hosts = [
     for index, role in local.roles : {
       name        = role.name
@@ -40,13 +40,13 @@ resource "terraform_data" "host" {
   input = each.value
 
   provisioner "local-exec" {
-    interpreter = [self.input.python, "-m", "orchestrator.hosts", "create"]
+    interpreter = [self.input.python, "-m", "orchestrator.fleet.local", "create"]
     command     = jsonencode(self.input)
   }
 
   provisioner "local-exec" {
     when        = destroy
-    interpreter = [self.input.python, "-m", "orchestrator.hosts", "destroy"]
+    interpreter = [self.input.python, "-m", "orchestrator.fleet.local", "destroy"]
     command     = jsonencode(self.input)
   }
 }

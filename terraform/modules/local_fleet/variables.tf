@@ -42,7 +42,7 @@ variable "lb_count" {
 }
 
 variable "bridge" {
-  description = "Name of the Linux bridge the project owns; created with the subnet's first address, deleted with the last host. orchestrate always passes it: the env file's value, else orch-HOST_PREFIX (orchestrator.hosts.local.default_bridge_name)."
+  description = "Name of the Linux bridge the project owns; created with the subnet's first address, deleted with the last host. orchestrate always passes it: the env file's value, else orch-HOST_PREFIX (orchestrator.fleet.local.network.default_bridge_name)."
   type        = string
 
   validation {
@@ -52,7 +52,7 @@ variable "bridge" {
 }
 
 variable "subnet" {
-  description = "Private IPv4 subnet of the bridge, /16 to /28; hosts get .10 upward. orchestrate always passes it: the env file's value, else a /24 of 10.213.0.0/16 that no route of the machine uses, chosen once and kept in .orchestrate/ENV/network.json (orchestrator.hosts.local.resolve_network)."
+  description = "Private IPv4 subnet of the bridge, /16 to /28; hosts get .10 upward. orchestrate always passes it: the env file's value, else a /24 of 10.213.0.0/16 that no route of the machine uses, chosen once and kept in .orchestrate/ENV/network.json (orchestrator.fleet.local.network.resolve_network)."
   type        = string
 
   validation {

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.release import build_project
-from orchestrator.secrets import PASSWORD_FILE_ENV, encrypt_text
+from orchestrator.config.secrets import PASSWORD_FILE_ENV, encrypt_text
+from orchestrator.tools.cargo import build_project
 from orchestrator.tools.process import CommandResult, run_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]

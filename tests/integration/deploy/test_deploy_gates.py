@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator.deploy import DeployRequest, ReleaseRunError, deploy, release_vars, role_vars, strategy_vars
 from orchestrator.files import sha256_file
-from orchestrator.hosts.local import fleet_for
-from orchestrator.release import find_cargo, prepare_release, release_id
+from orchestrator.fleet.local.terraform import fleet_for
+from orchestrator.release.artifact import prepare_release, release_id
+from orchestrator.release.hosts import DeployRequest, deploy, release_vars, role_vars, strategy_vars
+from orchestrator.release.results import ReleaseRunError
 from orchestrator.tools.ansible import PlaybookRun, run_playbook
+from orchestrator.tools.cargo import find_cargo
 from orchestrator.tools.process import run_command
 
 from .helpers import orchestrate, versions
@@ -79,7 +81,7 @@ def extra_builds(tmp_path_factory: pytest.TempPathFactory) -> Extra:
 
 def relabeled(base: Path, binary: Path, version: str) -> Path:
     """A copy of `binary` in a project dir whose Cargo.toml says `version`: same bytes, another
-    release id (orchestrator.release.version_for_binary reads the manifest two dirs above)."""
+    release id (orchestrator.release.artifact.version_for_binary reads the manifest two dirs above)."""
     target = base / version / "target" / "release" / "hello-service"
     target.parent.mkdir(parents=True)
     (base / version / "Cargo.toml").write_text(f'[package]\nname = "hello-service"\nversion = "{version}"\n')

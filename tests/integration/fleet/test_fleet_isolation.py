@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.hosts.supervisor import CGROUP_HIERARCHIES, CGROUP_PARENT, CGROUP_ROOT
+from orchestrator.fleet.local.supervisor import CGROUP_HIERARCHIES, CGROUP_PARENT, CGROUP_ROOT
 from orchestrator.tools.process import CommandResult, run_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts]

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import HostError
-from orchestrator.hosts.local import FleetNetwork, HostSpec, container_leader, plan_hosts
+from orchestrator.fleet.local.fleet import HostSpec, plan_hosts
+from orchestrator.fleet.local.network import FleetNetwork
+from orchestrator.fleet.local.processes import container_leader
 from orchestrator.tools.process import run_command
 
 REPO = Path(__file__).resolve().parents[3]

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.hosts.local import plan_hosts
-from orchestrator.hosts.supervisor import CGROUP_HIERARCHIES, CGROUP_PARENT, CGROUP_ROOT
+from orchestrator.fleet.local.fleet import plan_hosts
+from orchestrator.fleet.local.supervisor import CGROUP_HIERARCHIES, CGROUP_PARENT, CGROUP_ROOT
 from orchestrator.tools.process import CommandResult, run_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]

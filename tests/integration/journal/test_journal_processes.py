@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit import AuditLog
-from orchestrator.journal import Journal, parse_time, pid_alive, process_start_ticks
-from orchestrator.lock import EnvironmentLock, EnvironmentLocked
+from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.identity import parse_time, pid_alive, process_start_ticks
+from orchestrator.runs.journal import Journal
+from orchestrator.runs.lock import EnvironmentLock, EnvironmentLocked
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from orchestrator.errors import LockBusy
-from orchestrator.journal import Journal
-from orchestrator.lock import EnvironmentLock
+from orchestrator.runs.journal import Journal
+from orchestrator.runs.lock import EnvironmentLock
 
 STEPS = ["render", "provision", "inventory", "deploy", "verify"]
 

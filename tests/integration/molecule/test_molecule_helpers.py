@@ -1,4 +1,4 @@
-"""The pure parts of orchestrator.hosts.molecule (no hosts, no root): parsing, reservations,
+"""The pure parts of tests.support.molecule_hosts (no hosts, no root): parsing, reservations,
 the build cache key. The scenarios themselves run in test_molecule_scenarios.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.hosts.molecule import (
+from tests.support.molecule_hosts import (
     SUBNET_QUIET_SECONDS,
     MoleculeHostError,
     Platform,

@@ -1,7 +1,7 @@
 """Every Molecule scenario under molecule/ runs `molecule test` on real local hosts.
 
 The scenarios boot their own systemd-nspawn hosts (molecule/resources/create.yml calls
-orchestrator.hosts.molecule), so these tests only start `molecule test -s NAME` and judge the
+tests/support/molecule_hosts.py), so these tests only start `molecule test -s NAME` and judge the
 outcome: exit status 0, and each step of the scenario's test sequence reported successful.
 
 They run concurrently (ORCHESTRATE_MOLECULE_WORKERS at a time, default 4: all of them): much of

@@ -11,19 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.audit import AuditLog
-from orchestrator.config import Project
-from orchestrator.heal import (
-    Alert,
-    HealPolicy,
-    HealServer,
-    HealSettings,
-    PolicySettings,
-    ProjectLock,
-    RemediationResult,
-)
-from orchestrator.inventory import Host
-from orchestrator.monitoring import (
+from orchestrator.config.loader import Project
+from orchestrator.fleet.inventory import Host
+from orchestrator.heal.policy import Alert, HealPolicy, PolicySettings
+from orchestrator.heal.remediate import ProjectLock
+from orchestrator.heal.server import HealServer, HealSettings, RemediationResult
+from orchestrator.monitoring.files import (
     PROMETHEUS_FILE,
     MonitoringLayout,
     ensure_heal_token,
@@ -31,6 +24,7 @@ from orchestrator.monitoring import (
     render_monitoring_texts,
     write_monitoring,
 )
+from orchestrator.runs.audit import AuditLog
 
 from .conftest import Processes, free_port, http_get, prometheus_query, start_target, wait_http
 

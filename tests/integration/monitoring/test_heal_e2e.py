@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.audit import AuditLog
+from orchestrator.runs.audit import AuditLog
 
 from .conftest import free_port, http_get, wait_http
 

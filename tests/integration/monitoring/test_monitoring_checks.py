@@ -8,22 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import Project
-from orchestrator.inventory import Host
-from orchestrator.monitoring import (
-    ALERTMANAGER_FILE,
-    RULES_FILE,
-    RULES_TEST_FILE,
-    MonitoringLayout,
-    RouteCase,
-    check_rules,
-    render_monitoring_texts,
-    route_cases,
-    test_routes,
-    test_rules,
-    verify_monitoring,
-    write_monitoring,
-)
+from orchestrator.config.loader import Project
+from orchestrator.fleet.inventory import Host
+from orchestrator.monitoring.checks import check_rules, test_routes, test_rules, verify_monitoring
+from orchestrator.monitoring.files import ALERTMANAGER_FILE, MonitoringLayout, render_monitoring_texts, write_monitoring
+from orchestrator.monitoring.rules import RULES_FILE, RULES_TEST_FILE, RouteCase, route_cases
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.render import AWS_ENDPOINT_ENV
+from orchestrator.fleet.render import AWS_ENDPOINT_ENV
 
 VENV_BIN = Path(sys.executable).parent
 ORCHESTRATE = VENV_BIN / "orchestrate"

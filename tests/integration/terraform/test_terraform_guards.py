@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.config import Project
-from orchestrator.provision import terraform_for
+from orchestrator.config.loader import Project
+from orchestrator.fleet.provision import terraform_for
 from orchestrator.tools.terraform import PLUGIN_MIRROR
 
 pytestmark = [pytest.mark.integration]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Project
-from orchestrator.render import AWS_ENDPOINT_ENV, render_environment
+from orchestrator.config.loader import Project
+from orchestrator.fleet.render import AWS_ENDPOINT_ENV, render_environment
 from orchestrator.tools.terraform import fmt_check
 
 

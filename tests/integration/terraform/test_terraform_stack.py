@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import OrchestratorError, StateLockError
-from orchestrator.provision import terraform_for
+from orchestrator.fleet.provision import terraform_for
 from orchestrator.tools.terraform import StalePlanError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.release import find_cargo
+from orchestrator.tools.cargo import find_cargo
 from orchestrator.tools.process import run_command
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "hello-service"

@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator.audit import AuditLog
-from orchestrator.deploy import DeployRequest, deploy
-from orchestrator.journal import Journal
-from orchestrator.loadgen import LoadGenerator, LoadReport, LoadSpec
-from orchestrator.traffic import LoadBalancer, colors, configure_lb, lb_url, network, read_state
+from orchestrator.fleet.guard import own_network
+from orchestrator.release.hosts import DeployRequest, deploy
+from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.journal import Journal
+from orchestrator.traffic.lb import LoadBalancer, configure_lb, lb_url
+from orchestrator.traffic.loadgen import LoadGenerator, LoadReport, LoadSpec
+from orchestrator.traffic.state import colors, read_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
@@ -52,7 +54,7 @@ def orchestrate(fleet: Any, *args: str) -> tuple[int, dict[str, Any], str, float
 def load(fleet: Any, seconds: float) -> LoadGenerator:
     spec = LoadSpec(url=lb_url(fleet.loaded), requests=int(RATE * seconds), duration=seconds,
                     concurrency=4, rate=RATE)
-    return LoadGenerator(spec, network=network(fleet.loaded))
+    return LoadGenerator(spec, network=own_network(fleet.loaded))
 
 
 def describe(report: LoadReport) -> str:
@@ -127,7 +129,7 @@ def test_lb_balances_reloads_without_loss_and_weight_zero_drains(traffic_fleet: 
 
 
 def _colour_names(fleet: Any) -> dict[str, set[str]]:
-    from orchestrator.inventory import app_hosts
+    from orchestrator.fleet.inventory import app_hosts
 
     return {c: {h.name for h in hs} for c, hs in colors(app_hosts(fleet.loaded)).items()}
 

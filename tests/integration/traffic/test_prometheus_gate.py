@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator.audit import AuditLog
-from orchestrator.deploy import DeployRequest, deploy
-from orchestrator.journal import Journal
-from orchestrator.monitoring import deploy_monitoring
-from orchestrator.traffic import Prometheus, configure_lb, monitoring_host
+from orchestrator.monitoring.files import deploy_monitoring
+from orchestrator.release.hosts import DeployRequest, deploy
+from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.journal import Journal
+from orchestrator.traffic.gates import Prometheus, monitoring_host
+from orchestrator.traffic.lb import configure_lb
 
 from .conftest import TRAFFIC_OVERRIDES
 from .test_lb import _colour_names, _version_on, describe, load, orchestrate

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.inventory import app_hosts
-from orchestrator.pipeline import STEPS
-from orchestrator.traffic import read_state
+from orchestrator.fleet.inventory import app_hosts
+from orchestrator.pipeline.up import STEPS
+from orchestrator.traffic.state import read_state
 
 from .conftest import TRAFFIC_OVERRIDES
 from .test_lb import _colour_names, describe, load, orchestrate

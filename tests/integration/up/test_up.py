@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.pipeline import CRASH_BEFORE_ENV, STEPS
+from orchestrator.pipeline.up import CRASH_BEFORE_ENV, STEPS
 
 from .helpers import (
     FAST,
@@ -82,7 +82,7 @@ def test_first_up_then_noop(up_fleet: FleetEnv, hello_builds: Any) -> None:
 
     # a host whose process died is not a no-op: up brings it back
     victim = up_fleet.loaded
-    from orchestrator.hosts.local import fleet_for
+    from orchestrator.fleet.local.terraform import fleet_for
 
     local, specs = fleet_for(victim)
     local.stop(specs[0].name)

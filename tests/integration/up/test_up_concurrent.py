@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.pipeline import STEPS
+from orchestrator.pipeline.up import STEPS
 
 from .helpers import FAST, assert_fleet_on, cli_argv, cli_env, newest_run, run_detail, runs
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.pipeline import STEPS
+from orchestrator.pipeline.up import STEPS
 
 from .helpers import (
     FAST,

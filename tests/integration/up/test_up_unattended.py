@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.hosts.local import fleet_for
-from orchestrator.pipeline import CRASH_BEFORE_ENV, END, STEPS
+from orchestrator.fleet.local.terraform import fleet_for
+from orchestrator.pipeline.up import CRASH_BEFORE_ENV, END, STEPS
 
 from .helpers import (
     FAST,

@@ -18,13 +18,13 @@ import pytest
 from click.testing import CliRunner
 from verify_support import PLANS
 
-from orchestrator import provision as provision_module
 from orchestrator.cli import cli
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import ExitStatus
-from orchestrator.journal import Journal
-from orchestrator.pipeline import UpRequest, up
-from orchestrator.provision import PreflightFailed, preflight_graph
+from orchestrator.fleet import provision as provision_module
+from orchestrator.fleet.provision import PreflightFailed, preflight_graph
+from orchestrator.pipeline.up import UpRequest, up
+from orchestrator.runs.journal import Journal
 from orchestrator.tools.terraform import Terraform
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from verify_support import PLANS, REPO, orchestrate
 
-from orchestrator import monitoring
 from orchestrator.cli import cli
-from orchestrator.config import Project
-from orchestrator.verify import check_names
+from orchestrator.config.loader import Project
+from orchestrator.monitoring import rules as monitoring
+from orchestrator.verify.runner import check_names
 
 pytestmark = pytest.mark.integration
 

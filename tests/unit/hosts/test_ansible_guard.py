@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import HostError
-from orchestrator.inventory import ConnectionSettings, Host, allowed_networks, build_inventory, write_inventory
+from orchestrator.fleet.inventory import ConnectionSettings, Host, allowed_networks, build_inventory, write_inventory
 from orchestrator.tools.ansible import PlaybookRun, check_inventory_addresses, run_playbook
 
 SUBNET = "10.213.10.0/24"

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 
 REPO = Path(__file__).resolve().parents[3]
 

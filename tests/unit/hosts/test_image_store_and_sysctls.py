@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.hosts import local
-from orchestrator.hosts.local import (
+from orchestrator.fleet.local.image import RECIPE, ImageRecipe, ImageStore
+from orchestrator.fleet.local.network import (
     INOTIFY_HOST_THRESHOLD,
     INOTIFY_LIMITS,
-    ImageRecipe,
-    ImageStore,
     raise_inotify_limits,
     raise_inotify_limits_for,
 )
@@ -110,7 +108,7 @@ def test_an_unpack_without_its_marker_is_redone_from_the_cache(tmp_path: Path, b
 
 def test_a_changed_recipe_builds_a_new_image_beside_the_old_one(tmp_path: Path, builds: list[str]) -> None:
     store = _store(tmp_path)
-    old, new = ImageRecipe(), ImageRecipe(packages=(*local.RECIPE, "strace"))
+    old, new = ImageRecipe(), ImageRecipe(packages=(*RECIPE, "strace"))
     assert old.hash != new.hash
     _pack(store, old, "ID=debian\nBUILD=old\n")
     old_rootfs = store.ensure(old, mirror=MIRROR)

@@ -1,4 +1,4 @@
-"""Pure logic of orchestrator.hosts.local: addresses, the guard, the recipe hash, the image cache."""
+"""Pure logic of orchestrator.fleet.local: addresses, the guard, the recipe hash, the image cache."""
 
 from __future__ import annotations
 
@@ -10,23 +10,20 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import HostError
-from orchestrator.hosts.local import (
+from orchestrator.fleet.local.fleet import HostSpec, network_file, plan_hosts
+from orchestrator.fleet.local.image import (
     RECIPE,
-    FleetNetwork,
-    HostSpec,
     ImageRecipe,
     ImageStore,
-    TerraformHost,
-    _hosts_from_outputs,
     debootstrap_argv,
-    known_hosts_without,
     mirror_from_list,
     mirror_from_sources,
-    network_file,
-    plan_hosts,
     prune_images,
 )
-from orchestrator.hosts.supervisor import nspawn_argv
+from orchestrator.fleet.local.keys import known_hosts_without
+from orchestrator.fleet.local.network import FleetNetwork
+from orchestrator.fleet.local.supervisor import nspawn_argv
+from orchestrator.fleet.local.terraform import TerraformHost, _hosts_from_outputs
 
 NET = FleetNetwork("orch-dev", "10.213.10.0/24")
 

@@ -10,20 +10,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import LocalFleetVars, Project, TerraformLocal
+from orchestrator.config.loader import Project
+from orchestrator.config.schema import LocalFleetVars, TerraformLocal
 from orchestrator.errors import HostError
-from orchestrator.hosts import local
-from orchestrator.hosts.local import (
+from orchestrator.fleet.inventory import allowed_networks
+from orchestrator.fleet.local import network as network_module
+from orchestrator.fleet.local.network import (
     DEFAULT_SUBNET_POOL,
     NETWORK_FILE,
     choose_subnet,
     default_bridge_name,
-    fleet_for,
     parse_routes,
+    reserved_subnets,
     resolve_network,
 )
-from orchestrator.inventory import allowed_networks
-from orchestrator.render import render_environment
+from orchestrator.fleet.local.terraform import fleet_for
+from orchestrator.fleet.render import render_environment
 
 Net = ipaddress.IPv4Network
 IFNAME = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
@@ -106,7 +108,7 @@ def test_a_full_pool_is_an_error_that_says_what_to_set() -> None:
 def routes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[ipaddress.IPv4Network, str]]:
     """The machine's route table as the chooser sees it (a list the test may change)."""
     table: list[tuple[ipaddress.IPv4Network, str]] = []
-    monkeypatch.setattr(local, "machine_routes", lambda: list(table))
+    monkeypatch.setattr(network_module, "machine_routes", lambda: list(table))
     return table
 
 
@@ -168,7 +170,7 @@ def test_other_environments_subnets_are_reserved_while_their_bridges_are_down(pr
     _project_without_network(project_copy, "staging")
     (project_copy / ".orchestrate" / "qa").mkdir(parents=True)
     (project_copy / ".orchestrate" / "qa" / NETWORK_FILE).write_text(json.dumps({"subnet": "10.213.99.0/24"}))
-    reserved = local.reserved_subnets(project_copy, "staging")
+    reserved = reserved_subnets(project_copy, "staging")
     assert Net("10.213.10.0/24") in reserved  # dev's, from its env file
     assert Net("10.213.99.0/24") in reserved  # a default another env was given
     assert all(not n.subnet_of(Net("10.213.20.0/24")) for n in reserved)  # never its own

@@ -1,5 +1,5 @@
 """From a real deploy's host events and results to the deployment state machine's transitions
-(orchestrator.deploy.HostTransitions), and journal refusals that must surface."""
+(orchestrator.release.transitions.HostTransitions), and journal refusals that must surface."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.deploy import (
-    RELEASE_TASK,
-    HostOutcome,
-    HostTransitions,
-    ReleaseRun,
-    TransitionRefused,
-    _checked,
-)
 from orchestrator.errors import HealthGateFailed
-from orchestrator.journal import Journal, JournalError
 from orchestrator.models.process import HostState
+from orchestrator.release.results import RELEASE_TASK, HostOutcome, ReleaseRun
+from orchestrator.release.transitions import HostTransitions, TransitionRefused, _checked
+from orchestrator.runs.journal import Journal, JournalError
 from orchestrator.tools.ansible import HostEvent
 
 COPY_TASK = "Copy the release binary to the host as {{ rust_service_release_id }}"

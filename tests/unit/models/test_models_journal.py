@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.journal import Journal, JournalError
 from orchestrator.models.process import (
     HostState,
     Outcome,
@@ -20,6 +19,7 @@ from orchestrator.models.process import (
     plan_batches,
     result_state,
 )
+from orchestrator.runs.journal import Journal, JournalError
 
 
 def _drive(state_dir: Path, hosts: list[str], batch_size: int | str, failing: set[tuple[str, Step]]) -> Outcome:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import ConfigError, StateLockError, TerraformError
-from orchestrator.provision import terraform_for
+from orchestrator.fleet.provision import terraform_for
 from orchestrator.tools import terraform as tf
 
 LOCK_DETAIL = (

@@ -1,4 +1,4 @@
-"""Pure parts of orchestrator.provision: the confirmation rule and the inventory from outputs."""
+"""Pure parts of orchestrator.fleet.provision: the confirmation rule and the inventory from outputs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import Project
+from orchestrator.config.loader import Project
 from orchestrator.errors import TerraformError, UsageError
-from orchestrator.provision import hosts_from_outputs, needs_confirmation, write_inventory_from_outputs
+from orchestrator.fleet.provision import hosts_from_outputs, needs_confirmation, write_inventory_from_outputs
 
 OUTPUTS = {
     "ssh_user": "admin",

@@ -1,0 +1,136 @@
+"""Rendering of per-environment files with jinja2 (StrictUndefined).
+
+`render_environment` writes the environment's Terraform root module under
+`.orchestrate/<env>/terraform/`: versions, backend, provider configuration and the call of
+the fleet module, with the environment's variables in `terraform.tfvars.json`.
+Nothing rendered here ever contains a credential: those come from the environment at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.schema import TerraformAws, TerraformLocal
+from orchestrator.errors import ConfigError
+
+AWS_ENDPOINT_ENV = "ORCHESTRATE_AWS_ENDPOINT"
+
+#: AWS services the aws_fleet module and the S3 backend talk to; all get the endpoint override
+AWS_SERVICES = ("ec2", "iam", "s3", "sts")
+
+_jinja = jinja2.Environment(
+    loader=jinja2.PackageLoader("orchestrator", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,  # noqa: S701 - HCL and YAML, not HTML
+)
+_jinja.filters["tojson"] = lambda value: json.dumps(value)
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """What `render_environment` wrote."""
+
+    env: str
+    terraform_dir: Path
+    files: list[Path]
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Render package template `name` with StrictUndefined."""
+    return _jinja.get_template(name).render(**context)
+
+
+def module_source(loaded: LoadedEnvironment, terraform_dir: Path) -> str:
+    """Relative path from the rendered root to terraform/modules/<module>."""
+    module_dir = loaded.project_dir / "terraform" / "modules" / loaded.env.terraform.module
+    return os.path.relpath(module_dir, terraform_dir)
+
+
+def terraform_variables(loaded: LoadedEnvironment) -> dict[str, Any]:
+    """The module's inputs: the environment's vars plus what the orchestrator supplies."""
+    env = loaded.env
+    variables: dict[str, Any] = env.terraform.vars.model_dump()
+    if isinstance(env.terraform, TerraformLocal):
+        # bridge and subnet are never empty here: loading filled in the defaults (kept in
+        # .orchestrate/ENV/network.json), the same values hosts.local.fleet_for boots hosts with.
+        if not (variables["bridge"] and variables["subnet"]):
+            raise ConfigError("local fleet without bridge or subnet; load it with Project.load",
+                              field="terraform.vars")
+        variables["state_dir"] = str(loaded.paths.hosts)
+        variables["python"] = sys.executable
+        variables["project_dir"] = str(loaded.project_dir)
+    else:
+        # The project's key pair (shared with the local fleet): the public half goes to the
+        # instances through an aws_key_pair, the private half never leaves the controller.
+        from orchestrator.fleet.local.keys import ensure_ssh_key
+
+        public_key = ensure_ssh_key(loaded.project_dir).with_suffix(".pub")
+        variables["ssh_public_key"] = public_key.read_text().strip()
+    return variables
+
+
+def hcl_type(value: Any, where: str = "") -> str:
+    """The Terraform type constraint of a JSON value (string, number, bool, list(...), map(...))."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        items = [hcl_type(item, where) for item in value]
+        if not items:
+            return "list(any)"
+        if len(set(items)) == 1:
+            return f"list({items[0]})"
+        return "tuple([" + ", ".join(items) + "])"
+    if isinstance(value, dict):
+        members = {str(k): hcl_type(v, where) for k, v in value.items()}
+        if not members:
+            return "map(string)"
+        if len(set(members.values())) == 1:
+            return f"map({next(iter(members.values()))})"
+        return "object({" + ", ".join(f"{json.dumps(k)} = {t}" for k, t in members.items()) + "})"
+    raise ConfigError(f"cannot pass {type(value).__name__} to terraform", field=where or None)
+
+
+def render_environment(loaded: LoadedEnvironment) -> RenderResult:
+    """Write the Terraform root of `loaded` under .orchestrate/<env>/terraform/."""
+    env = loaded.env
+    terraform_dir = loaded.paths.terraform
+    terraform_dir.mkdir(parents=True, exist_ok=True)
+    variables = terraform_variables(loaded)
+    context: dict[str, Any] = {
+        "env": env,
+        "module": env.terraform.module,
+        "source": module_source(loaded, terraform_dir),
+        "variables": [{"name": name, "type": hcl_type(variables[name], name)} for name in sorted(variables)],
+        "variable_width": max((len(name) for name in variables), default=0),
+        "aws_services": AWS_SERVICES,
+        "aws_service_width": max(len(s) for s in AWS_SERVICES),
+        "aws_endpoint": os.environ.get(AWS_ENDPOINT_ENV, ""),
+        "backend": env.terraform.backend,
+        "is_aws": isinstance(env.terraform, TerraformAws),
+    }
+    files = {
+        "main.tf": render_template("terraform/main.tf.j2", **context),
+        "terraform.tfvars.json": json.dumps(variables, indent=2, sort_keys=True) + "\n",
+    }
+    written = []
+    for name, text in files.items():
+        path = terraform_dir / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        written.append(path)
+    return RenderResult(env=env.name, terraform_dir=terraform_dir, files=written)

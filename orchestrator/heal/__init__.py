@@ -1,0 +1,2 @@
+"""Self-healing: the heal policy, the webhook server Alertmanager calls, and the remediations.
+"""

@@ -1,0 +1,313 @@
+"""Prometheus and Alertmanager configuration, alert rules and their tests, and their verification.
+
+Everything is rendered from the environment file (`monitoring:`, `healing:`, `service.port`) and the
+fleet's inventory into `.orchestrate/<env>/monitoring/`:
+
+    prometheus.yml                      scrape jobs service (every app host), node (every host), haproxy
+                                        (every lb host), prometheus
+    rules/orchestrate.rules.yml         ServiceDown, HealthFailing, HighErrorRate, HostUnreachable
+    rules/orchestrate.rules.test.yml    a promtool unit test per rule, firing and not firing
+    alertmanager.yml                    remediable alerts -> the heal webhook (bearer token), others -> default
+    routes.json                         the routing cases `amtool config routes test` must confirm
+
+Each alert ships as a bundle: the rule, its promtool test, its routing case and the remediation
+playbook its `remediation` label names (playbooks/remediate-<name>.yml); `check_heal_policy`
+verifies that last link statically. Verification runs the real promtool and amtool.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.schema import Environment, TerraformLocal, parse_duration
+from orchestrator.errors import AnsibleError, OrchestratorError, UsageError
+from orchestrator.fleet.inventory import Host, allowed_networks, fleet_hosts
+from orchestrator.fleet.render import render_template
+from orchestrator.monitoring.rules import (
+    DEFAULT_RECEIVER,
+    HAPROXY_JOB,
+    HEAL_RECEIVER,
+    NODE_JOB,
+    PROMETHEUS_JOB,
+    REMEDIATIONS,
+    RULES_FILE,
+    RULES_TEST_FILE,
+    SERVICE_JOB,
+    RouteCase,
+    alert_rules,
+    format_duration,
+    receiver_for,
+    route_cases,
+    rules_document,
+    rules_test_document,
+)
+from orchestrator.tools.ansible import PlaybookResult, PlaybookRun, new_run_id, run_playbook
+
+MONITORING_DIR = "monitoring"
+
+
+PROMETHEUS_FILE = "prometheus.yml"
+
+
+ALERTMANAGER_FILE = "alertmanager.yml"
+
+
+ROUTES_FILE = "routes.json"
+
+
+HEAL_TOKEN_FILE = "heal.token"  # noqa: S105 - a file name, not a secret
+
+
+class MonitoringError(OrchestratorError):
+    """Monitoring configuration could not be rendered or failed its checks."""
+
+
+@dataclass(frozen=True)
+class MonitoringLayout:
+    """Where the rendered files live on the host that runs Prometheus, and what they talk to.
+
+    The defaults describe the monitoring host set up by roles/prometheus and roles/alertmanager;
+    tests that run Prometheus as a local process override them.
+    """
+
+    config_dir: str = "/etc/prometheus"
+    prometheus_address: str = "127.0.0.1:9090"
+    alertmanager_address: str = "127.0.0.1:9093"
+    node_exporter_port: int = 9100
+    haproxy_metrics_port: int = 8405
+    """Port of HAProxy's exporter on the LB hosts (roles/haproxy haproxy_metrics_port)."""
+    service_port: int | None = None
+    webhook_url: str | None = None
+    token_file: str | None = None
+
+    @property
+    def rules_glob(self) -> str:
+        return f"{self.config_dir}/rules/*.rules.yml"
+
+    @property
+    def effective_token_file(self) -> str:
+        return self.token_file or f"{self.config_dir}/{HEAL_TOKEN_FILE}"
+
+
+@dataclass(frozen=True)
+class MonitoringFiles:
+    """What `render_monitoring` wrote."""
+
+    env: str
+    directory: Path
+    files: list[Path]
+    app_targets: list[str]
+    webhook_url: str
+    route_cases: list[RouteCase] = field(default_factory=list)
+
+
+def bridge_gateway(env: Environment) -> str | None:
+    """The controller's address on a local fleet's bridge (first address of the subnet), else None."""
+    if isinstance(env.terraform, TerraformLocal):
+        network = ipaddress.IPv4Network(env.terraform.vars.subnet)
+        return str(network.network_address + 1)
+    return None
+
+
+def heal_webhook_url(env: Environment) -> str:
+    """Where Alertmanager posts remediable alerts.
+
+    On a local fleet Alertmanager runs in a host on the project's bridge and reaches the heal
+    server on the controller's bridge address, at the port of `healing.listen`. Elsewhere the
+    heal server is expected at `healing.listen` as seen from the monitoring host.
+    """
+    host, _, port = env.healing.listen.rpartition(":")
+    gateway = bridge_gateway(env)
+    if gateway is not None:
+        host = gateway
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/alerts"
+
+
+def monitoring_dir(loaded: LoadedEnvironment) -> Path:
+    """.orchestrate/<env>/monitoring/."""
+    return loaded.paths.monitoring
+
+
+def _group_wait(env: Environment) -> str:
+    # Dev-short intervals (measured: group_wait 0s + group_interval 1s gives kill->webhook ~2.6 s);
+    # slower environments keep Alertmanager's batching.
+    evaluation = parse_duration(env.monitoring.evaluation_interval)
+    return "0s" if evaluation <= 5 else format_duration(min(evaluation, 30.0))
+
+
+def _group_interval(env: Environment) -> str:
+    return format_duration(max(1.0, min(parse_duration(env.monitoring.evaluation_interval), 300.0)))
+
+
+def render_monitoring_texts(
+    loaded: LoadedEnvironment, hosts: Sequence[Host], layout: MonitoringLayout | None = None
+) -> dict[str, str]:
+    """The monitoring files of `loaded` as {relative path: text}; nothing is written."""
+    layout = layout or MonitoringLayout()
+    env = loaded.env
+    port = layout.service_port or env.service.port
+    app_hosts = [h for h in hosts if "app" in h.groups]
+    scrape = parse_duration(env.monitoring.scrape_interval)
+    prometheus = render_template(
+        "monitoring/prometheus.yml.j2",
+        env=env,
+        scrape_timeout=format_duration(min(scrape, 10.0)),
+        rules_glob=layout.rules_glob,
+        alertmanager=layout.alertmanager_address,
+        prometheus=layout.prometheus_address,
+        service_job=SERVICE_JOB,
+        node_job=NODE_JOB,
+        prometheus_job=PROMETHEUS_JOB,
+        app_targets=[(h.name, f"{_address(h)}:{port}") for h in app_hosts],
+        node_targets=[(h.name, f"{_address(h)}:{layout.node_exporter_port}") for h in hosts],
+        haproxy_job=HAPROXY_JOB,
+        lb_targets=[(h.name, f"{_address(h)}:{layout.haproxy_metrics_port}") for h in hosts if "lb" in h.groups],
+    )
+    alertmanager = render_template(
+        "monitoring/alertmanager.yml.j2",
+        env=env,
+        heal_receiver=HEAL_RECEIVER,
+        default_receiver=DEFAULT_RECEIVER,
+        remediable="|".join(r for r in REMEDIATIONS if receiver_for(r) == HEAL_RECEIVER),
+        webhook_url=layout.webhook_url or heal_webhook_url(env),
+        token_file=layout.effective_token_file,
+        group_wait=_group_wait(env),
+        group_interval=_group_interval(env),
+        repeat_interval=env.healing.throttle,
+        dependent_alerts="|".join(r.name for r in alert_rules(env) if r.name != "HostUnreachable"),
+    )
+    source = os.path.relpath(loaded.path, loaded.project_dir) if loaded.path.is_absolute() else loaded.path
+    header = f"# Rendered by orchestrate from {source}; do not edit.\n"
+    routes = [{"labels": c.labels, "receiver": c.receiver} for c in route_cases(env)]
+    return {
+        PROMETHEUS_FILE: prometheus,
+        ALERTMANAGER_FILE: alertmanager,
+        RULES_FILE: header + yaml.safe_dump(rules_document(env), sort_keys=False, width=200),
+        RULES_TEST_FILE: header + yaml.safe_dump(rules_test_document(env), sort_keys=False, width=200),
+        ROUTES_FILE: json.dumps(routes, indent=2) + "\n",
+    }
+
+
+def _address(host: Host) -> str:
+    # Prometheus on the monitoring host reaches app hosts on their private address.
+    address = host.private_address or host.address
+    return f"[{address}]" if ":" in address else address
+
+
+def write_monitoring(directory: Path, texts: dict[str, str]) -> list[Path]:
+    """Write `texts` under `directory` (only files whose content changed); return every path."""
+    written = []
+    for name, text in texts.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def render_monitoring(
+    loaded: LoadedEnvironment, hosts: Sequence[Host] | None = None, layout: MonitoringLayout | None = None
+) -> MonitoringFiles:
+    """Render the monitoring files of `loaded` into .orchestrate/<env>/monitoring/.
+
+    `hosts` defaults to the environment's inventory (none before provisioning: the scrape jobs
+    are then empty but the files are complete and valid).
+    """
+    layout = layout or MonitoringLayout()
+    hosts = list(hosts) if hosts is not None else fleet_hosts(loaded)
+    directory = monitoring_dir(loaded)
+    texts = render_monitoring_texts(loaded, hosts, layout)
+    files = write_monitoring(directory, texts)
+    port = layout.service_port or loaded.env.service.port
+    return MonitoringFiles(
+        env=loaded.env.name,
+        directory=directory,
+        files=files,
+        app_targets=[f"{_address(h)}:{port}" for h in hosts if "app" in h.groups],
+        webhook_url=layout.webhook_url or heal_webhook_url(loaded.env),
+        route_cases=route_cases(loaded.env),
+    )
+
+
+def ensure_heal_token(loaded: LoadedEnvironment) -> Path:
+    """The heal webhook's bearer token file .orchestrate/<env>/heal.token (0600), created once."""
+    path = loaded.state_dir / HEAL_TOKEN_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def read_heal_token(path: Path) -> str:
+    """The token in `path`, stripped; an empty or unreadable file is an error."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise MonitoringError(f"{path}: cannot read the heal token: {exc}") from None
+    if not token:
+        raise MonitoringError(f"{path}: the heal token file is empty")
+    return token
+
+
+def playbook_extra_vars(loaded: LoadedEnvironment) -> dict[str, Any]:
+    """Extra vars playbooks/monitoring.yml needs: where the rendered files and the token are."""
+    return {
+        "orchestrate_monitoring_dir": str(monitoring_dir(loaded)),
+        "orchestrate_heal_token_file": str(loaded.state_dir / HEAL_TOKEN_FILE),
+        "prometheus_retention": loaded.env.monitoring.retention,
+    }
+
+
+@dataclass(frozen=True)
+class MonitoringDeployment:
+    """What `deploy_monitoring` did: the rendered files and the playbook run."""
+
+    files: MonitoringFiles
+    run: PlaybookResult
+    """The run of playbooks/monitoring.yml."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.files.env, "directory": str(self.files.directory),
+                "app_targets": self.files.app_targets, "webhook_url": self.files.webhook_url,
+                "run": self.run.as_dict()}
+
+
+def deploy_monitoring(loaded: LoadedEnvironment, *, tuned: bool = True) -> MonitoringDeployment:
+    """Render the monitoring files and apply playbooks/monitoring.yml to the fleet.
+
+    The node exporter goes on every host, Prometheus and Alertmanager on the monitoring host;
+    every file is validated there (promtool/amtool) before it replaces the old one. Raises
+    UsageError before provisioning (no inventory) and AnsibleError naming the failed hosts.
+    """
+    inventory = loaded.paths.inventory
+    if not inventory.is_file():
+        raise UsageError(f"{loaded.name} has no inventory yet ({inventory}): run `orchestrate up {loaded.name}` first")
+    ensure_heal_token(loaded)
+    files = render_monitoring(loaded)
+    result = run_playbook(PlaybookRun(
+        playbook=loaded.project_dir / "playbooks" / "monitoring.yml", inventory=inventory,
+        project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
+        extra_vars=playbook_extra_vars(loaded), tuned=tuned, run_id=f"{new_run_id()}-monitoring",
+        allowed_networks=allowed_networks(loaded),
+    ))
+    if not result.ok:
+        raise AnsibleError(f"monitoring.yml failed: {result.summary_line() or result.status}")
+    return MonitoringDeployment(files=files, run=result)

@@ -1,0 +1,63 @@
+"""The fingerprint of an `up` run: everything its outcome depends on except the hosts themselves.
+
+Two runs with the same fingerprint on a fleet that still reports the recorded release, healthy,
+would do nothing: the second one ends early as a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.runs.journal import Journal
+from orchestrator.runs.records import RunRecord
+
+#: files under these project directories feed the fingerprint of a run
+FINGERPRINT_DIRS = ("roles", "playbooks", "terraform/modules")
+
+
+def _tree_digest(paths: Iterable[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(b"\0")
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def fingerprint(loaded: LoadedEnvironment, release_id: str | None) -> str:
+    """sha256 over everything a run's outcome depends on, except the hosts themselves."""
+    root = loaded.project_dir
+    files: list[Path] = [loaded.path]
+    for name in FINGERPRINT_DIRS:
+        base = root / name
+        if base.is_dir():
+            files += [p for p in base.rglob("*") if ".terraform" not in p.parts]
+    rendered = loaded.paths.terraform
+    files += [rendered / "main.tf", rendered / "terraform.tfvars.json"]
+    secrets = loaded.path.parent / "secrets.yml"
+    if secrets.exists():
+        files.append(secrets)  # encrypted text: a changed secret changes the fingerprint
+    digest = hashlib.sha256(_tree_digest(files, root).encode())
+    digest.update(f"\0release={release_id or ''}".encode())
+    return digest.hexdigest()
+
+
+def last_completed_up(journal: Journal) -> RunRecord | None:
+    """The newest completed `up` run of the environment."""
+    for record in journal.runs(limit=50, with_steps=True):
+        if record.command == "up" and record.state == "completed":
+            return record
+    return None
+
+
+def _recorded_fingerprint(record: RunRecord) -> str | None:
+    for step in record.steps:
+        value = (step.detail or {}).get("fingerprint")
+        if value:
+            return str(value)
+    return None

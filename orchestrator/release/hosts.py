@@ -1,0 +1,276 @@
+"""Deploy, roll back and report releases of the service on an environment's app hosts.
+
+A deploy stages the release (orchestrator.release.artifact), then runs playbooks/deploy.yml: per host,
+the role's setup tasks, the binary copy and one call of the `rust_release` module that
+switches, restarts, gates on health and switches back by itself on failure. When any host fails
+its gate the rollout stops, and every host that had already switched in this run is put back on
+the release it had before (playbooks/rollback.yml with a per-host target), so the fleet ends on
+one release. The outcome is exit 3 (HealthGateFailed) when that restore left every host healthy.
+
+With `transitions` (HostTransitions, e.g. on the run journal), every app host's moves through
+the deployment state machine (orchestrator.models.process) are recorded as they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.schema import parse_duration
+from orchestrator.config.secrets import SECRETS_VAR
+from orchestrator.errors import AnsibleError, UsageError
+from orchestrator.fleet.inventory import Host, allowed_networks, app_hosts
+from orchestrator.release.artifact import Release, is_release_id, prepare_release
+from orchestrator.release.results import (
+    CLEANUP_TASK,
+    MODULE,
+    EventSink,
+    FleetStatus,
+    GateFailedRestored,
+    HostStatus,
+    ReleaseRun,
+    ReleaseRunError,
+    _opt,
+    outcomes,
+    previous_to_restore,
+    to_restore,
+)
+from orchestrator.release.transitions import HostTransitions, _checked
+from orchestrator.tools.ansible import PlaybookResult, PlaybookRun, new_run_id, run_playbook
+
+Strategy = Literal["rolling", "canary"]
+
+
+LineSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What `orchestrate deploy` asks for."""
+
+    release_path: Path
+    strategy: Strategy | None = None
+    """None: the environment's rollout.strategy."""
+    tuned: bool = True
+    secret_vars: Mapping[str, Any] = field(default_factory=dict)
+    """The service's secret environment (NAME: value, e.g. from orchestrator.config.secrets.load_secrets):
+    it reaches only the EnvironmentFile on the hosts, never a file on the controller."""
+    build_env: Mapping[str, str] | None = None
+    limit: str | None = None
+    """Ansible host pattern the deploy is limited to (blue-green: the idle colour's hosts)."""
+
+
+def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str, Any]:
+    """Inputs of roles/rust_service from the environment (never a secret)."""
+    service = loaded.env.service
+    return {
+        "rust_service_name": service.name,
+        "rust_service_user": service.effective_user,
+        "rust_service_data_dir": service.effective_data_dir,
+        "rust_service_port": service.port,
+        "rust_service_config": dict(service.config),
+        "rust_service_health_path": service.health.path,
+        "rust_service_health_timeout": parse_duration(service.health.timeout),
+        "rust_service_health_interval": parse_duration(service.health.interval),
+        "rust_service_keep_releases": service.keep_releases,
+        "rust_service_evidence_dir": str(evidence_dir) if evidence_dir is not None else "",
+    }
+
+
+def release_vars(release: Release) -> dict[str, Any]:
+    return {
+        "rust_service_release_id": release.id,
+        "rust_service_release_version": release.version,
+        "rust_service_release_sha256": release.sha256,
+        "rust_service_release_binary": str(release.binary),
+    }
+
+
+def strategy_vars(loaded: LoadedEnvironment, strategy: Strategy, app_hosts: list[str]) -> dict[str, Any]:
+    """deploy.yml's rollout variables: canary hosts first (the first N app hosts), then batches."""
+    rollout = loaded.env.rollout
+    canary: list[str] = []
+    if strategy == "canary":
+        if len(app_hosts) < 2:
+            raise UsageError(f"canary needs at least 2 app hosts; {loaded.name} has {len(app_hosts)}")
+        canary = app_hosts[: min(rollout.canary_hosts, len(app_hosts) - 1)]
+    return {
+        "deploy_canary": canary,
+        "deploy_batch": rollout.batch_size,
+        "deploy_max_fail_percentage": rollout.max_fail_percentage,
+    }
+
+
+"""Records one host's move `(host, to_state, release, detail)`, e.g. in the run journal
+(`journal_sink`); raises (JournalError) to refuse a move the state machine does not allow."""
+
+
+"""Which playbook run drives the moves: deploy.yml, the fleet restore after a failed deploy, or
+`orchestrate rollback`."""
+
+
+def _playbook(loaded: LoadedEnvironment, name: str) -> Path:
+    return loaded.project_dir / "playbooks" / name
+
+
+def _run(loaded: LoadedEnvironment, playbook: str, extra_vars: Mapping[str, Any], *, tuned: bool,
+         run_id: str, secret_vars: Mapping[str, Any] | None = None,
+         on_event: EventSink | None = None, limit: str | None = None) -> PlaybookResult:
+    return run_playbook(
+        PlaybookRun(
+            playbook=_playbook(loaded, playbook), inventory=loaded.paths.inventory,
+            project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
+            extra_vars=dict(extra_vars), secret_vars=dict(secret_vars or {}), tuned=tuned, run_id=run_id,
+            limit=limit, allowed_networks=allowed_networks(loaded),
+            # deploy/rollback/status are tested under mitogen (DESIGN.md: the biggest lever after
+            # fewer module calls); ORCHESTRATE_ANSIBLE_MITOGEN=0 falls back to plain Ansible
+            mitogen=True,
+        ),
+        on_event=on_event,
+    )
+
+
+def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: EventSink | None = None,
+           on_output: LineSink | None = None, before_ship: Callable[[], object] | None = None,
+           transitions: HostTransitions | None = None) -> ReleaseRun:
+    """Deploy `request.release_path` to the app hosts of `loaded`, health-gated.
+
+    Returns the run when every host passed its gate (state deployed, or unchanged when the
+    release was already current everywhere). Raises GateFailedRestored (exit 3) when a gate
+    failed and every host is back and healthy on its previous release, ReleaseRunError (exit 1)
+    for anything else, UsageError / ReleaseError before any host is touched.
+
+    `transitions` records each host's moves live (`before_ship` records the backup's); a host
+    that cannot be staged in this run (no backup, run already aborted) is TransitionRefused
+    before any host changes, and a move refused during the run is raised after it.
+    """
+    hosts = app_hosts(loaded)
+    strategy: Strategy = request.strategy or loaded.env.rollout.host_strategy
+    rollout = strategy_vars(loaded, strategy, [h.name for h in hosts])
+    release = prepare_release(loaded, request.release_path, on_output=on_output,
+                              build_env=dict(request.build_env) if request.build_env else None)
+    if transitions is not None:
+        transitions.release = release.id
+    if before_ship is not None:
+        before_ship()  # e.g. the backup: only once the release was accepted, before any host changes
+    if transitions is not None:
+        transitions.require([h.name for h in hosts], "deploy")
+    run_id = new_run_id()
+    evidence_dir = loaded.paths.evidence(run_id)
+    extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **rollout}
+    secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
+    result = _run(loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id,
+                  secret_vars=secret_vars, limit=request.limit,
+                  on_event=transitions.events("deploy", on_event) if transitions is not None else on_event)
+    return _checked(transitions, lambda: _conclude(
+        loaded, "deploy", result, release.id, hosts, tuned=request.tuned, evidence_dir=evidence_dir,
+        release=release, strategy=strategy, on_event=on_event, transitions=transitions))
+
+
+def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = True,
+             on_event: EventSink | None = None, transitions: HostTransitions | None = None) -> ReleaseRun:
+    """Switch every app host to its previous release, or to release `to`, health-gated.
+
+    `transitions` records idle -> rolled_back (or failed) per host as the rollback goes.
+    """
+    if to is not None and not is_release_id(to):
+        raise UsageError(f"--to {to!r} is not a release id such as 0.2.0-0123456789ab")
+    hosts = app_hosts(loaded)
+    if transitions is not None:
+        transitions.release = to
+        transitions.require([h.name for h in hosts], "rollback")
+    run_id = new_run_id()
+    evidence_dir = loaded.paths.evidence(run_id)
+    extra = {**role_vars(loaded, evidence_dir), "rollback_to": to or ""}
+    result = _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id,
+                  on_event=transitions.events("rollback", on_event) if transitions is not None else on_event)
+    # the fleet restore after a failed rollback is not a deploy's restore: the state machine has no
+    # move for undoing a rollback (rolled_back is final), so the restore's events drive nothing
+    return _checked(transitions, lambda: _conclude(loaded, "rollback", result, to, hosts, tuned=tuned,
+                                                   evidence_dir=evidence_dir, on_event=on_event, transitions=None))
+
+
+def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], result: PlaybookResult,
+              target: str | None, hosts: list[Host], *, tuned: bool, evidence_dir: Path,
+              release: Release | None = None, strategy: str | None = None,
+              on_event: EventSink | None = None, transitions: HostTransitions | None = None) -> ReleaseRun:
+    """Turn a run into a ReleaseRun; after a failure, put switched hosts back first.
+
+    With `transitions`, the run's results add their moves and the restore's events drive
+    rolled_back (or failed) for the hosts it puts back.
+    """
+    addresses = {h.name: h.address for h in hosts}
+    found = outcomes(result.results_of(MODULE), addresses)
+    if transitions is not None:
+        transitions.after_run(action, found)
+    run = ReleaseRun(env=loaded.name, action=action, run_id=result.run_id, state="deployed", target=target,
+                     hosts=found, run=result, evidence_dir=evidence_dir, release=release, strategy=strategy)
+    cleanup_failures = [f for f in result.failures if f.task == CLEANUP_TASK]
+    if result.ok or (cleanup_failures and len(cleanup_failures) == len(result.failures)
+                     and not any(h.failed for h in found)):
+        # every host passed its gate; a host whose old releases could not be removed afterwards
+        # (unreachable for a moment, a disk error) keeps them until the next deploy
+        run.state = "deployed" if any(h.changed for h in found) else "unchanged"
+        run.notes = [f"old releases not removed on {f.host}: {f.message}" for f in cleanup_failures]
+        return run
+
+    run.state = "failed"
+    gate_failures = [h for h in found if h.failed and (h.rolled_back or h.healthy is False)]
+    restore = to_restore(found, target)
+    if restore:
+        run.restored_hosts = restore
+        extra = {**role_vars(loaded, evidence_dir), "rollback_targets": restore,
+                 "rollback_previous": previous_to_restore(found, restore),
+                 "rollback_hosts": ",".join(sorted(restore))}
+        run.restore = _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=f"{result.run_id}-restore",
+                           on_event=transitions.events("restore", on_event) if transitions is not None else on_event)
+    failures = result.summary_line() or f"ansible-playbook exited with {result.rc} ({result.status})"
+    if run.restore is not None and not run.restore.ok:
+        raise ReleaseRunError(
+            f"{action} failed and restoring the hosts that had switched failed too; the fleet may be on "
+            f"several releases: {run.restore.summary_line() or run.restore.status}",
+            run, hint=f"failures of the {action}: {failures}",
+        )
+    self_restored = all(h.rolled_back and h.healthy for h in gate_failures)
+    other_failures = [h for h in found if h.failed and h not in gate_failures]
+    unreachable = [f for f in result.failures if f.host not in {h.name for h in found}]
+    if gate_failures and self_restored and not other_failures and not unreachable:
+        run.state = "rolled_back"
+        names = ", ".join(h.name for h in gate_failures)
+        back = ", ".join(sorted({h.release for h in gate_failures if h.release}))
+        raise GateFailedRestored(
+            f"{target or 'the release'} failed its health gate on {names}; every host is back on "
+            f"{back or 'its previous release'} and healthy",
+            run, hint=f"evidence: {evidence_dir}" if evidence_dir.exists() else None,
+        )
+    raise ReleaseRunError(f"{action} failed: {failures}", run)
+
+
+def status(loaded: LoadedEnvironment, *, tuned: bool = True) -> FleetStatus:
+    """Current and previous release, unit state and health of every app host (one module call each)."""
+    hosts = app_hosts(loaded)
+    result = _run(loaded, "status.yml", role_vars(loaded, None), tuned=tuned, run_id=new_run_id() + "-status")
+    by_host = {r.host: r for r in result.results_of(MODULE) if r.status != "skipped"}
+    found = []
+    for host in hosts:
+        task = by_host.get(host.name)
+        if task is None or task.status in {"failed", "unreachable"}:
+            failure = result.last_failure(host.name)
+            found.append(HostStatus(
+                name=host.name, address=host.address, release=None, previous_release=None,
+                unit="unreachable" if task is None or task.status == "unreachable" else "unknown",
+                healthy=False, error=failure.message if failure else "no result",
+            ))
+            continue
+        res = task.result
+        found.append(HostStatus(
+            name=host.name, address=host.address, release=_opt(res.get("release")),
+            previous_release=_opt(res.get("previous_release")), unit=str(res.get("unit") or "unknown"),
+            healthy=bool(res.get("healthy")), releases=[str(r) for r in res.get("releases") or []],
+        ))
+    if not found:
+        raise AnsibleError(f"status of {loaded.name} returned nothing: {result.summary_line() or result.status}")
+    return FleetStatus(env=loaded.name, hosts=found, duration=result.duration)

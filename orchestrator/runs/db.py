@@ -1,0 +1,137 @@
+"""SQLite access shared by the journal and the audit log: WAL mode, FULL sync, immediate write
+transactions, and the journal's schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def connect(path: Path, *, timeout: float = 30.0) -> sqlite3.Connection:
+    """Open (creating) an SQLite database in WAL mode with fsync on every commit.
+
+    Autocommit mode (isolation_level=None): callers open `BEGIN IMMEDIATE` themselves so that a
+    read-check-write sequence is one atomic transaction across processes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    # WAL: readers (orchestrate runs, the heal server) never block the writer and vice versa.
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: the WAL is fsync'ed at each commit, so a committed step survives power loss too.
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class _Database:
+    """One connection, a thread lock, and transactions that commit or roll back."""
+
+    def __init__(self, path: Path, schema: str, *, timeout: float) -> None:
+        self.path = path
+        self._mutex = threading.RLock()
+        self._conn = connect(path, timeout=timeout)
+        with self.write() as conn:
+            # executescript() would COMMIT the open transaction: run the statements one by one
+            for statement in _split_sql(schema):
+                conn.execute(statement)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: takes the write lock up front, so checks and writes are atomic."""
+        with self._mutex:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several SELECTs."""
+        with self._mutex:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a schema script (no semicolons inside literals; triggers keep their body)."""
+    statements: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("--"):
+            continue
+        current.append(line)
+        upper = stripped.upper()
+        if upper.startswith("CREATE TRIGGER"):
+            depth += 1
+        if upper.startswith("END;"):
+            depth -= 1
+        if stripped.endswith(";") and depth == 0:
+            statements.append("\n".join(current))
+            current = []
+    if current:
+        statements.append("\n".join(current))
+    return statements
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    command TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'completed', 'failed', 'interrupted')),
+    started TEXT NOT NULL,
+    finished TEXT,
+    release TEXT,
+    plan_sha256 TEXT,
+    user TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER,
+    exit_code INTEGER,
+    error TEXT,
+    fixed_steps INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'completed', 'failed', 'skipped')),
+    started TEXT,
+    finished TEXT,
+    duration REAL,
+    detail TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, seq),
+    UNIQUE (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS host_transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    host TEXT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    at TEXT NOT NULL,
+    release TEXT,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS host_transitions_run_host ON host_transitions (run_id, host, id);
+"""

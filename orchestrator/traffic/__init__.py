@@ -1,0 +1,3 @@
+"""The load balancer and its traffic: HAProxy state and weights, the gates that judge a step,
+and the bounded load generator.
+"""

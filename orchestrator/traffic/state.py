@@ -1,0 +1,118 @@
+"""The traffic split of an environment: which colour serves, which is idle, the weights, and the
+release each colour runs (`.orchestrate/ENV/traffic.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.fleet.inventory import Host
+
+Color = Literal["blue", "green"]
+
+
+COLORS: tuple[Color, Color] = ("blue", "green")
+
+
+STATE_FILE = "traffic.json"
+
+
+FULL = 100
+
+
+@dataclass
+class TrafficState:
+    """The split the controller last set: weights per app host and which colour serves."""
+
+    weights: dict[str, int] = field(default_factory=dict)
+    active: Color | None = None
+    previous: Color | None = None
+    """The colour that served before the last switch (the target of a switch back)."""
+    releases: dict[str, str] = field(default_factory=dict)
+    """Release per colour, as far as traffic releases know."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "active": self.active, "previous": self.previous,
+                "releases": self.releases}
+
+
+def colors(hosts: list[Host]) -> dict[Color, list[Host]]:
+    """Blue: the app hosts at even positions in name order; green: the odd ones."""
+    ordered = sorted(hosts, key=lambda h: h.name)
+    return {"blue": ordered[0::2], "green": ordered[1::2]}
+
+
+def other(color: Color) -> Color:
+    return "green" if color == "blue" else "blue"
+
+
+def split_weights(new: list[str], old: list[str], percent: int) -> dict[str, int]:
+    """HAProxy weights (0-256) giving the `new` servers `percent`% of the requests together.
+
+    Per-server weights are scaled by the size of the other side so that the share is exact
+    whatever the colours' sizes, then reduced to fit HAProxy's range.
+    """
+    if not 0 <= percent <= FULL:
+        raise UsageError(f"{percent} is not a percentage")
+    if not new or not old:
+        raise UsageError("both colours need at least one host")
+    w_new, w_old = percent * len(old), (FULL - percent) * len(new)
+    divisor = math.gcd(w_new, w_old) or 1
+    w_new, w_old = w_new // divisor, w_old // divisor
+    top = max(w_new, w_old)
+    if top > 256:
+        w_new, w_old = round(w_new * 256 / top), round(w_old * 256 / top)
+        # rounding must not hide a side that should get some traffic
+        w_new = max(w_new, 1) if percent > 0 else 0
+        w_old = max(w_old, 1) if percent < FULL else 0
+    weights = {name: w_new for name in new}
+    weights.update({name: w_old for name in old})
+    return weights
+
+
+def served_share(weights: Mapping[str, int], names: list[str]) -> float:
+    """Share of the requests the servers `names` get under `weights` (round robin)."""
+    total = sum(weights.values())
+    return sum(weights.get(n, 0) for n in names) / total if total else 0.0
+
+
+def state_path(loaded: LoadedEnvironment) -> Path:
+    return loaded.paths.traffic
+
+
+def read_state(loaded: LoadedEnvironment) -> TrafficState:
+    path = state_path(loaded)
+    if not path.exists():
+        return TrafficState()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrafficError(f"{path}: unreadable traffic state: {exc}") from None
+    return TrafficState(weights={str(k): int(v) for k, v in (data.get("weights") or {}).items()},
+                        active=data.get("active"), previous=data.get("previous"),
+                        releases=dict(data.get("releases") or {}))
+
+
+def write_state(loaded: LoadedEnvironment, state: TrafficState) -> None:
+    path = state_path(loaded)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.as_dict(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def backend_weights(loaded: LoadedEnvironment, hosts: list[Host]) -> dict[str, int]:
+    """Weights the LB config is rendered with: the recorded split, else every app host at 100."""
+    recorded = read_state(loaded).weights
+    return {h.name: recorded.get(h.name, FULL) for h in hosts}
+
+
+class TrafficError(OrchestratorError):
+    """The load balancer could not be driven (SSH, helper, missing LB host)."""
