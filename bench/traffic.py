@@ -28,10 +28,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.fleet.guard import own_network
+from orchestrator.fleet.guard import own_network  # noqa: E402
 from orchestrator.release.hosts import DeployRequest, deploy  # noqa: E402
 from orchestrator.release.traffic import TrafficGateFailed, TrafficRequest, blue_green, canary_traffic, switch_back  # noqa: E402
-from orchestrator.traffic.lb import configure_lb, lb_url
+from orchestrator.traffic.lb import configure_lb, lb_url  # noqa: E402
 from orchestrator.traffic.loadgen import LoadGenerator, LoadSpec  # noqa: E402
 from tests.integration.conftest import _Factory  # noqa: E402 - the tests' fleet helper
 from tests.integration.traffic.conftest import TRAFFIC_OVERRIDES, _build  # noqa: E402

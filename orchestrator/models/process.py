@@ -8,8 +8,8 @@ in batches. Any failure (`failed`) aborts the rollout and every host that may al
 new release is switched back and probed (`rolled_back`). `orchestrate rollback` moves a host
 from idle straight to `rolled_back` (or `failed`). `FORWARD_PATH` is the happy path in order;
 a re-run step that observes a state a host already passed records nothing
-(orchestrator.release.transitions.HostTransitions drives this from the real deploy's events). The journal records each host's
-state after each step and refuses transitions that `TRANSITIONS` does not allow
+(orchestrator.release.transitions.HostTransitions drives this from the real deploy's events).
+The journal records each host's state after each step and refuses transitions that `TRANSITIONS` does not allow
 (`validate_transition`).
 
 `next_action(batches, journal)` is the whole controller: a pure function from the journal to

@@ -55,12 +55,12 @@ from orchestrator.fleet.local.fleet import HostSpec, LocalFleet, collect_garbage
 from orchestrator.fleet.local.keys import ensure_ssh_key
 from orchestrator.fleet.local.network import FleetNetwork, delete_bridge_if_unused
 from orchestrator.fleet.local.terraform import fleet_for
-
-# subnet reservations are shared with the Molecule scenarios' hosts (same files, same lock)
-from tests.support.molecule_hosts import release_subnet, reserve_subnet
 from orchestrator.release.artifact import release_id
 from orchestrator.tools.cargo import find_cargo
 from orchestrator.tools.process import CommandResult, run_command
+
+# subnet reservations are shared with the Molecule scenarios' hosts (same files, same lock)
+from tests.support.molecule_hosts import release_subnet, reserve_subnet
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_PARTS = ("inventories", "terraform", "roles", "playbooks", "molecule")
