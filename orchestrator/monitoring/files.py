@@ -31,7 +31,8 @@ import yaml
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import Environment, TerraformLocal, parse_duration
 from orchestrator.errors import AnsibleError, OrchestratorError, UsageError
-from orchestrator.fleet.inventory import Host, allowed_networks, fleet_hosts
+from orchestrator.fleet.inventory import Host, fleet_hosts
+from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.fleet.render import render_template
 from orchestrator.monitoring.rules import (
     DEFAULT_RECEIVER,
@@ -51,7 +52,7 @@ from orchestrator.monitoring.rules import (
     rules_document,
     rules_test_document,
 )
-from orchestrator.tools.ansible import PlaybookResult, PlaybookRun, new_run_id, run_playbook
+from orchestrator.tools.ansible import PlaybookResult
 
 MONITORING_DIR = "monitoring"
 
@@ -302,12 +303,7 @@ def deploy_monitoring(loaded: LoadedEnvironment, *, tuned: bool = True) -> Monit
         raise UsageError(f"{loaded.name} has no inventory yet ({inventory}): run `orchestrate up {loaded.name}` first")
     ensure_heal_token(loaded)
     files = render_monitoring(loaded)
-    result = run_playbook(PlaybookRun(
-        playbook=loaded.project_dir / "playbooks" / "monitoring.yml", inventory=inventory,
-        project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
-        extra_vars=playbook_extra_vars(loaded), tuned=tuned, run_id=f"{new_run_id()}-monitoring",
-        allowed_networks=allowed_networks(loaded),
-    ))
+    result = run_env_playbook(loaded, "monitoring.yml", playbook_extra_vars(loaded), tuned=tuned)
     if not result.ok:
         raise AnsibleError(f"monitoring.yml failed: {result.summary_line() or result.status}")
     return MonitoringDeployment(files=files, run=result)

@@ -26,9 +26,9 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.files import sha256_file
-from orchestrator.fleet.inventory import allowed_networks, app_hosts
-from orchestrator.tools.ansible import HostEvent, PlaybookRun
-from orchestrator.tools.ansible import run_playbook as run_ansible
+from orchestrator.fleet.inventory import app_hosts
+from orchestrator.fleet.playbooks import run_env_playbook
+from orchestrator.tools.ansible import HostEvent
 
 BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z$")
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -398,16 +398,7 @@ def run_playbook(loaded: LoadedEnvironment, playbook: str, extra_vars: dict[str,
     Raises CorruptBackup when a host refused a backup whose manifest does not match, else
     BackupError; either names each failed host and what its module said.
     """
-    run = PlaybookRun(
-        playbook=loaded.project_dir / "playbooks" / playbook,
-        inventory=loaded.paths.inventory,
-        project_dir=loaded.project_dir,
-        runs_dir=loaded.paths.runs,
-        extra_vars=extra_vars,
-        timeout=PLAYBOOK_TIMEOUT,
-        allowed_networks=allowed_networks(loaded),
-    )
-    result = run_ansible(run, on_event=on_event)
+    result = run_env_playbook(loaded, playbook, extra_vars, on_event=on_event, timeout=PLAYBOOK_TIMEOUT)
     if result.ok:
         return
     failures = {h: f.message for h in result.failed_hosts() if (f := result.last_failure(h)) is not None}

@@ -22,7 +22,8 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration
 from orchestrator.config.secrets import SECRETS_VAR
 from orchestrator.errors import AnsibleError, UsageError
-from orchestrator.fleet.inventory import Host, allowed_networks, app_hosts
+from orchestrator.fleet.inventory import Host, app_hosts
+from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.release.artifact import Release, is_release_id, prepare_release
 from orchestrator.release.results import (
     CLEANUP_TASK,
@@ -39,7 +40,7 @@ from orchestrator.release.results import (
     to_restore,
 )
 from orchestrator.release.transitions import HostTransitions, _checked
-from orchestrator.tools.ansible import PlaybookResult, PlaybookRun, new_run_id, run_playbook
+from orchestrator.tools.ansible import PlaybookResult, new_run_id
 
 Strategy = Literal["rolling", "canary"]
 
@@ -112,25 +113,13 @@ def strategy_vars(loaded: LoadedEnvironment, strategy: Strategy, app_hosts: list
 `orchestrate rollback`."""
 
 
-def _playbook(loaded: LoadedEnvironment, name: str) -> Path:
-    return loaded.project_dir / "playbooks" / name
-
-
 def _run(loaded: LoadedEnvironment, playbook: str, extra_vars: Mapping[str, Any], *, tuned: bool,
          run_id: str, secret_vars: Mapping[str, Any] | None = None,
          on_event: EventSink | None = None, limit: str | None = None) -> PlaybookResult:
-    return run_playbook(
-        PlaybookRun(
-            playbook=_playbook(loaded, playbook), inventory=loaded.paths.inventory,
-            project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
-            extra_vars=dict(extra_vars), secret_vars=dict(secret_vars or {}), tuned=tuned, run_id=run_id,
-            limit=limit, allowed_networks=allowed_networks(loaded),
-            # deploy/rollback/status are tested under mitogen (DESIGN.md: the biggest lever after
-            # fewer module calls); ORCHESTRATE_ANSIBLE_MITOGEN=0 falls back to plain Ansible
-            mitogen=True,
-        ),
-        on_event=on_event,
-    )
+    # deploy/rollback/status are tested under mitogen (fewer round trips per module call, the
+    # biggest lever after fewer module calls); ORCHESTRATE_ANSIBLE_MITOGEN=0 falls back to plain Ansible
+    return run_env_playbook(loaded, playbook, extra_vars, tuned=tuned, run_id=run_id, secret_vars=secret_vars,
+                            on_event=on_event, limit=limit, mitogen=True)
 
 
 def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: EventSink | None = None,

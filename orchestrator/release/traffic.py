@@ -41,13 +41,14 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration
 from orchestrator.errors import HealthGateFailed, UsageError
 from orchestrator.fleet.guard import own_network
-from orchestrator.fleet.inventory import allowed_networks, app_hosts
+from orchestrator.fleet.inventory import app_hosts
+from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.release.hosts import DeployRequest, deploy, role_vars, status
 from orchestrator.release.results import ReleaseRun, previous_to_restore
 from orchestrator.release.strategies import RanStrategy, TrafficStrategy, note_host_deploy
 from orchestrator.release.transitions import HostTransitions
 from orchestrator.runs.audit import AuditLog
-from orchestrator.tools.ansible import HostEvent, PlaybookResult, PlaybookRun, run_playbook
+from orchestrator.tools.ansible import HostEvent, PlaybookResult
 from orchestrator.traffic.gates import (
     GateDecision,
     Prometheus,
@@ -175,14 +176,12 @@ def _restore_idle(loaded: LoadedEnvironment, result: TrafficRelease, on_event: E
     if not restore:
         return None
     result.restored_hosts = restore
-    result.restore = run_playbook(PlaybookRun(
-        playbook=loaded.project_dir / "playbooks" / "rollback.yml", inventory=loaded.paths.inventory,
-        project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
-        extra_vars={**role_vars(loaded, None), "rollback_targets": restore,
-                    "rollback_previous": previous_to_restore(run.hosts, restore),
-                    "rollback_hosts": ",".join(sorted(restore))},
-        run_id=f"{run.run_id}-restore", mitogen=True, allowed_networks=allowed_networks(loaded),
-    ), on_event=transitions.events("restore", on_event) if transitions is not None else on_event)
+    result.restore = run_env_playbook(
+        loaded, "rollback.yml",
+        {**role_vars(loaded, None), "rollback_targets": restore,
+         "rollback_previous": previous_to_restore(run.hosts, restore), "rollback_hosts": ",".join(sorted(restore))},
+        run_id=f"{run.run_id}-restore", mitogen=True,
+        on_event=transitions.events("restore", on_event) if transitions is not None else on_event)
     if transitions is not None:
         transitions.check()
     if result.restore.ok:

@@ -16,8 +16,9 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import UsageError
 from orchestrator.fleet.guard import address_check
-from orchestrator.fleet.inventory import Host, allowed_networks, app_hosts, hosts_from_inventory, load_inventory
-from orchestrator.tools.ansible import HostEvent, PlaybookResult, PlaybookRun, new_run_id, run_playbook
+from orchestrator.fleet.inventory import Host, app_hosts, hosts_from_inventory, load_inventory
+from orchestrator.fleet.playbooks import run_env_playbook
+from orchestrator.tools.ansible import HostEvent, PlaybookResult
 from orchestrator.tools.process import run_command
 from orchestrator.traffic.state import FULL, TrafficError, backend_weights, read_state, write_state
 
@@ -94,12 +95,7 @@ def configure_lb(loaded: LoadedEnvironment, *, on_event: EventSink | None = None
     """Run playbooks/lb.yml with the recorded weights; TrafficError when it fails."""
     hosts = app_hosts(loaded)
     weights = backend_weights(loaded, hosts)
-    result = run_playbook(PlaybookRun(
-        playbook=loaded.project_dir / "playbooks" / "lb.yml", inventory=loaded.paths.inventory,
-        project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
-        extra_vars=lb_vars(loaded, weights), tuned=tuned, run_id=new_run_id() + "-lb",
-        allowed_networks=allowed_networks(loaded),
-    ), on_event=on_event)
+    result = run_env_playbook(loaded, "lb.yml", lb_vars(loaded, weights), tuned=tuned, on_event=on_event)
     if not result.ok:
         raise TrafficError(f"configuring the load balancer failed: {result.summary_line() or result.status}")
     state = read_state(loaded)
