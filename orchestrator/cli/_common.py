@@ -22,6 +22,7 @@ from rich.console import Console
 
 from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.errors import ExitStatus, OrchestratorError
+from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,6 +38,8 @@ class AppContext:
     json_output: bool = False
     stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
     stdout: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+    result_renderer: Callable[[Any], None] | None = None
+    """Shows the result an error carries (e.g. the hosts of a failed deploy) in human output."""
 
     @property
     def project(self) -> Project:
@@ -84,6 +87,10 @@ def pass_app(func: F) -> F:
 
 json_option = click.option("--json", "json_output", is_flag=True, help="Machine-readable output on stdout.")
 
+lock_wait_option = click.option(
+    "--lock-wait", type=click.FloatRange(min=0), default=DEFAULT_LOCK_WAIT, show_default=True, metavar="SECONDS",
+    help="Wait this long for the environment lock, showing who holds it (0: exit 75 at once when busy).")
+
 
 def verb(func: F) -> F:
     """Map errors raised by a verb to exit codes; add `--json` after the verb.
@@ -125,8 +132,14 @@ def verb(func: F) -> F:
 
 
 def _report(app: AppContext, exc: OrchestratorError, status: ExitStatus) -> None:
+    """One error, once: its result (when it carries one, e.g. the hosts of a failed deploy) on
+    stdout, then `error: MESSAGE` and the hint on stderr; under --json one object on stdout."""
     if app.debug:
         traceback.print_exc()
+    result = getattr(exc, "result", None)
+    as_dict = getattr(result, "as_dict", None)
+    if not app.json_output and result is not None and app.result_renderer is not None:
+        app.result_renderer(result)
     click.echo(f"error: {exc.message}", err=True)
     if exc.hint:
         click.echo(exc.hint, err=True)
@@ -134,7 +147,10 @@ def _report(app: AppContext, exc: OrchestratorError, status: ExitStatus) -> None
     if output_tail and app.debug:
         click.echo(output_tail, err=True)
     if app.json_output:
-        click.echo(json.dumps({"error": exc.message, "exit_code": int(status)}))
+        if callable(as_dict):  # the result's shape, as on success, with the error added
+            click.echo(json.dumps({**as_dict(), "error": exc.message, "exit_code": int(status)}, indent=2, default=str))
+        else:
+            click.echo(json.dumps({"error": exc.message, "exit_code": int(status)}))
 
 
 def env_argument(func: F) -> F:

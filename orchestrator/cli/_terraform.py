@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import time
 
-import click
 from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext
 from orchestrator.tools.terraform import ACTION_COLUMNS, PlanSummary, ProgressEvent
-
-lock_wait_option = click.option(
-    "--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
-    help="Wait this long for the environment lock (exit 75 when it stays busy).")
 
 _VERBS = {"create": "creating", "update": "updating", "delete": "destroying", "replace": "replacing",
           "read": "reading", "noop": "unchanged"}

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
 
-from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
+from orchestrator.cli._release import human_size, progress_sink
 from orchestrator.release.backup import DEFAULT_KEEP, BackupResult, create_backup
 from orchestrator.runs.session import locked_run
-from orchestrator.tools.ansible import HostEvent
-
-lock_wait_option = click.option(
-    "--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
-    help="Wait this long for the environment lock (exit 75 when it stays busy).")
-
-
-def human_size(size: int) -> str:
-    """`size` bytes as a short human figure (B, KiB, MiB, GiB)."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 @click.command("backup")
@@ -54,17 +38,6 @@ def command(app: AppContext, env_name: str, keep: int, lock_wait: float) -> None
 
     app.emit(result.as_dict(), human)
 
-
-def progress_sink(app: AppContext) -> Callable[[HostEvent], None]:
-    """Each host's task outcomes on stderr, as they happen (skipped tasks are not news)."""
-
-    def sink(event: HostEvent) -> None:
-        if event.status == "skipped":
-            return
-        detail = f": {event.message}" if event.message else ""
-        app.stderr.print(f"  {event.host}: {event.status:<11} {event.task}{detail}", markup=False)
-
-    return sink
 
 
 def _print_result(app: AppContext, result: BackupResult) -> None:

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.cli.backup import human_size
+from orchestrator.cli._release import human_size
 from orchestrator.release.backup import list_backups
 
 

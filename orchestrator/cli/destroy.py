@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.cli._terraform import ProgressPrinter, lock_wait_option
+from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
+from orchestrator.cli._terraform import ProgressPrinter
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet.provision import destroy, needs_confirmation
 from orchestrator.runs.session import locked_run

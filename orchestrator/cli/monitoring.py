@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
 from orchestrator.errors import ExitStatus
 from orchestrator.monitoring.checks import verify_monitoring
 from orchestrator.monitoring.files import deploy_monitoring, ensure_heal_token, render_monitoring
@@ -41,8 +41,7 @@ def render(app: AppContext, env_name: str) -> None:
 
 @command.command("deploy")
 @env_argument
-@click.option("--lock-wait", type=click.FloatRange(min=0), default=0, show_default=True, metavar="SECONDS",
-              help="Wait this long for the environment lock (exit 75 when it stays busy).")
+@lock_wait_option
 @verb
 def deploy(app: AppContext, env_name: str, lock_wait: float) -> None:
     """Render the monitoring files and apply them: node exporter on every host, Prometheus and

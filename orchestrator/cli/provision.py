@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.cli._terraform import ProgressPrinter, lock_wait_option, summary_table
+from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
+from orchestrator.cli._terraform import ProgressPrinter, summary_table
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet.provision import PlanOutcome, ProvisionOutcome, needs_confirmation, provision
 from orchestrator.runs.session import locked_run

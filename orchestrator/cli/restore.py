@@ -6,8 +6,8 @@ from typing import cast
 
 import click
 
-from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.cli.backup import lock_wait_option, progress_sink
+from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
+from orchestrator.cli._release import progress_sink
 from orchestrator.errors import ExitStatus, UsageError
 from orchestrator.release.backup import Source, check_backup_id, restore_backup
 from orchestrator.runs.session import locked_run

@@ -9,8 +9,8 @@ import click
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.cli._release import progress
 from orchestrator.cli._terraform import ProgressPrinter, summary_table
-from orchestrator.cli.deploy import progress
 from orchestrator.pipeline.up import UpRequest, UpResult, up
 
 

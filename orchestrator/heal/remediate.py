@@ -12,8 +12,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.errors import UsageError
-from orchestrator.fleet.inventory import allowed_networks, fleet_hosts
+from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.fleet.inventory import fleet_hosts
+from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.heal.policy import Alert, HealPolicy, PolicySettings
 from orchestrator.heal.server import (
     AuditSink,
@@ -25,40 +26,49 @@ from orchestrator.heal.server import (
     default_listeners,
 )
 from orchestrator.monitoring.files import ensure_heal_token, read_heal_token
-from orchestrator.release.hosts import role_vars, status
+from orchestrator.release.hosts import role_vars
+from orchestrator.release.service import ReleaseService
+from orchestrator.release.traffic import switch_back_pending
 from orchestrator.runs.audit import AuditLog
-from orchestrator.runs.lock import EnvironmentLock as _ProjectEnvironmentLock
-from orchestrator.tools import ansible
+from orchestrator.runs.journal import StepHandle
+from orchestrator.runs.session import LockedRun
+from orchestrator.tools.ansible import new_run_id
 
 
 class ProjectLock:
-    """The environment lock of orchestrator.runs.lock, as the heal server uses it."""
+    """The heal server's hold on the environment: the lock and a journalled run, taken through the
+    release service like every other command (`orchestrate runs ENV` lists each remediation)."""
 
-    def __init__(self, loaded: LoadedEnvironment) -> None:
+    def __init__(self, loaded: LoadedEnvironment, service: ReleaseService | None = None) -> None:
         self.loaded = loaded
+        self.service = service or ReleaseService(loaded)
 
     @contextlib.contextmanager
-    def hold(self, wait: float) -> Iterator[object]:
-        """Hold the environment lock for the block (LockBusy after `wait` seconds)."""
-        lock = _ProjectEnvironmentLock(self.loaded.state_dir, command=f"orchestrate heal serve {self.loaded.name}",
-                     env=self.loaded.name)
-        lock.acquire(wait)
-        try:
-            yield lock
-        finally:
-            lock.release()
+    def hold(self, wait: float, *, command: str = "remediate") -> Iterator[object]:
+        """Hold the environment lock and a run `heal` with one step, `command` (LockBusy after `wait` s)."""
+        argv = ["heal", command, self.loaded.name]
+        with self.service.session("heal", argv, steps=[command], wait=wait) as session:
+            yield session
+            run = session.run
+            if run.record().stored_state == "running" and not run.is_done(command):
+                # dropped while waiting (e.g. the alert resolved): the run says so and completes
+                run.skip(command, "no remediation ran")
 
 
 class PlaybookRemediator:
-    """Runs playbooks/remediate-<action>.yml through the ansible-runner adapter.
+    """The remediations: `restart` runs playbooks/remediate-restart.yml on the alert's host; `rollback`
+    is the release service's rollback (the switch back to the colour that served before when a
+    traffic release left one, else each app host to its previous release).
 
     `restart` is limited to the alert's host, which must be an app host of the inventory (the
     label comes from the network, even if authenticated); `rollback` concerns the environment.
+    Each runs as the one step of the run the lock's `hold` started; a failure fails that run.
     """
 
-    def __init__(self, loaded: LoadedEnvironment, *, tuned: bool = True) -> None:
+    def __init__(self, loaded: LoadedEnvironment, *, tuned: bool = True, service: ReleaseService | None = None) -> None:
         self.loaded = loaded
         self.tuned = tuned
+        self.service = service or ReleaseService(loaded)
         # Releases a rollback moved the fleet away from. A rollback leaves the bad release as the
         # hosts' `previous`, so a second rollback would bring it back: refuse that and escalate.
         self.rolled_back_from: set[str] = set()
@@ -66,41 +76,51 @@ class PlaybookRemediator:
     def playbook(self, action: str) -> Path:
         return self.loaded.project_dir / "playbooks" / f"remediate-{action}.yml"
 
-    def remediate(self, action: str, alert: Alert) -> RemediationResult:
-        """Run the remediation playbook of `action` for `alert`; failures are results, not errors."""
+    def remediate(self, action: str, alert: Alert, session: object = None) -> RemediationResult:
+        """Carry out `action` for `alert` inside `session` (a LockedRun from `ProjectLock.hold`, or
+        None: a run of its own); failures are results, not errors."""
         if action not in ("restart", "rollback"):
-            return RemediationResult(ok=False, detail=f"no playbook for remediation {action!r}")
-        limit = None
+            return RemediationResult(ok=False, detail=f"no remediation {action!r}")
+        if not isinstance(session, LockedRun):
+            with self.service.session("heal", ["heal", action, self.loaded.name], steps=[action], wait=0) as own:
+                return self.remediate(action, alert, own)
+        started = time.monotonic()
+        run = session.run
+        try:
+            with run.step(action) as step:
+                step.update(alert=alert.name, host=alert.host)
+                detail = self._restart(alert) if action == "restart" else self._rollback(step)
+        except OrchestratorError as exc:
+            run.fail(exc.message, exit_code=int(exc.exit_status))
+            return RemediationResult(ok=False, detail=exc.message, duration=time.monotonic() - started)
+        return RemediationResult(ok=True, detail=f"{detail} (run {run.id})", duration=time.monotonic() - started)
+
+    def _restart(self, alert: Alert) -> str:
+        app_hosts = {h.name for h in fleet_hosts(self.loaded) if "app" in h.groups}
+        if alert.host not in app_hosts:
+            raise UsageError(f"host {alert.host!r} is not an app host of {self.loaded.paths.inventory}")
+        run_id = f"{new_run_id()}-heal-restart"
+        extra = {**role_vars(self.loaded, self.loaded.paths.evidence(run_id)), "remediate_host": alert.host,
+                 "remediate_alert": alert.name}
+        result = run_env_playbook(self.loaded, "remediate-restart.yml", extra, limit=alert.host, tuned=self.tuned,
+                                  run_id=run_id)
+        if not result.ok:
+            raise OrchestratorError(result.summary_line() or f"{result.playbook}: {result.status}")
+        return f"{result.playbook} {result.status}"
+
+    def _rollback(self, step: StepHandle) -> str:
         leaving: set[str] = set()
-        if action == "rollback":
+        if not switch_back_pending(self.loaded):
             refusal, leaving = self._check_rollback()
             if refusal:
-                return RemediationResult(ok=False, detail=refusal)
-        if action == "restart":
-            app_hosts = {h.name for h in fleet_hosts(self.loaded) if "app" in h.groups}
-            if alert.host not in app_hosts:
-                return RemediationResult(ok=False, detail=f"host {alert.host!r} is not an app host of "
-                                                          f"{self.loaded.paths.inventory}")
-            limit = alert.host
-        run_id = f"{ansible.new_run_id()}-heal-{action}"
-        evidence_dir = self.loaded.paths.evidence(run_id)
-        extra = {**role_vars(self.loaded, evidence_dir), "remediate_host": alert.host or "app",
-                 "remediate_alert": alert.name, "rollback_to": ""}
-        result = ansible.run_playbook(ansible.PlaybookRun(
-            playbook=self.playbook(action), inventory=self.loaded.paths.inventory,
-            project_dir=self.loaded.project_dir, runs_dir=self.loaded.paths.runs,
-            extra_vars=extra, limit=limit, tuned=self.tuned, run_id=run_id,
-            allowed_networks=allowed_networks(self.loaded),
-        ))
-        if result.ok and action == "rollback":
-            self.rolled_back_from |= leaving
-        detail = result.summary_line() if not result.ok else f"{result.playbook} {result.status} (run {run_id})"
-        return RemediationResult(ok=result.ok, detail=detail or f"{result.playbook}: {result.status}",
-                                 duration=result.duration)
+                raise UsageError(refusal)
+        outcome = self.service.rollback_step(step, None, tuned=self.tuned)
+        self.rolled_back_from |= leaving
+        return f"{outcome.strategy} {outcome.state}: {outcome.release or '-'}"
 
     def _check_rollback(self) -> tuple[str, set[str]]:
         """(refusal or "", releases the rollback would leave) from the fleet's current state."""
-        fleet = status(self.loaded, tuned=self.tuned)
+        fleet = self.service.fleet_status(tuned=self.tuned)
         targets = {h.previous_release for h in fleet.hosts if h.previous_release}
         if not targets:
             return "no previous release recorded on the app hosts: nothing to roll back to", set()
@@ -129,15 +149,16 @@ def build_server(
     if not env.healing.enabled:
         raise UsageError(f"healing is disabled for {env.name} (healing.enabled: false in {loaded.path})")
     listeners = default_listeners(env, listen)
+    service = ReleaseService(loaded)
     if remediator is None:
-        remediator = PlaybookRemediator(loaded)
+        remediator = PlaybookRemediator(loaded, service=service)
     if audit is None:
         audit = AuditLog(loaded.state_dir, env=env.name)
     return HealServer(
         policy=HealPolicy(PolicySettings.from_env(env)),
         remediator=remediator,
         audit=audit,
-        lock=lock or ProjectLock(loaded),
+        lock=lock or ProjectLock(loaded, service),
         token=token_of(loaded),
         listeners=listeners[:1],
         # The bridge address exists only while the fleet's bridge does: bound when it appears.

@@ -62,7 +62,9 @@ class RemediationResult:
 class Remediator(Protocol):
     """Carries out one remediation (restart the unit on a host, roll back the environment)."""
 
-    def remediate(self, action: str, alert: Alert) -> RemediationResult: ...
+    def remediate(self, action: str, alert: Alert, session: object = None) -> RemediationResult:
+        """Act inside `session` (what the lock's `hold` yielded)."""
+        ...
 
 
 class AuditSink(Protocol):
@@ -75,8 +77,9 @@ class AuditSink(Protocol):
 class EnvironmentLock(Protocol):
     """The environment lock deploys hold; the heal server must not act while it is held."""
 
-    def hold(self, wait: float) -> contextlib.AbstractContextManager[object]:
-        """Hold the lock for the block, waiting up to `wait` seconds; LockBusy when it stays taken."""
+    def hold(self, wait: float, *, command: str = "remediate") -> contextlib.AbstractContextManager[object]:
+        """Hold the lock for the block (a run doing `command`), waiting up to `wait` seconds; LockBusy
+        when it stays taken. Yields the session the remediation acts in."""
         ...
 
 
@@ -458,7 +461,7 @@ class HealServer:
             return
         wait = self.settings.lock_wait if self.settings.on_lock == "wait" else 0.0
         try:
-            with self.lock.hold(wait):
+            with self.lock.hold(wait, command=decision.action or "remediate") as session:
                 with self._stats_lock:
                     resolved_at = self._resolved_at.get((alert.host, alert.name))
                 if resolved_at is not None and resolved_at > item.received:
@@ -468,7 +471,7 @@ class HealServer:
                 self._record("acted", alert, details)
                 started = time.monotonic()
                 try:
-                    result = self.remediator.remediate(decision.action or "", alert)
+                    result = self.remediator.remediate(decision.action or "", alert, session)
                 except OrchestratorError as exc:
                     result = RemediationResult(ok=False, detail=exc.message)
                 duration = result.duration or (time.monotonic() - started)

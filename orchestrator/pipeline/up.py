@@ -30,7 +30,7 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.render import render_environment
 from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
-from orchestrator.release.artifact import peek_release_id
+from orchestrator.release.artifact import Release, peek_release_id
 from orchestrator.runs.journal import Journal, StepHandle
 from orchestrator.runs.records import RunRecord
 from orchestrator.runs.session import locked_run
@@ -103,6 +103,8 @@ class _Stages:
     on_host_event: Callable[[Any], None] | None = None
     release_id: str | None = None
     staged_binary: Path | None = None
+    release: Release | None = None
+    """The artifact the build step staged (rebuilt from the journal when a run resumes after it)."""
     fingerprint: str | None = None
     status: dict[str, Any] | None = None
 
@@ -113,6 +115,7 @@ class _Stages:
         from orchestrator.release.artifact import prepare_release
 
         release = prepare_release(self.loaded, self.request.release_path)
+        self.release = release
         self.release_id = release.id
         self.staged_binary = release.binary
         step.detail.update(release=release.id, sha256=release.sha256, binary=str(release.binary))
@@ -176,35 +179,17 @@ class _Stages:
             step.detail["skipped"] = "no --release given: hosts keep their release"
             return
         from orchestrator.config.secrets import load_secrets
-        from orchestrator.release.hosts import DeployRequest, deploy
-        from orchestrator.release.strategies import host_strategy, is_traffic, note_host_deploy, resolve_strategy
-        from orchestrator.release.traffic import TrafficRequest, release_for_up
-        from orchestrator.release.transitions import HostTransitions
+        from orchestrator.release.artifact import prepare_release
+        from orchestrator.release.service import ReleaseService
 
-        strategy = resolve_strategy(self.loaded, None)  # rollout.strategy; `canary` by weight behind an LB
-        step.update(strategy=strategy, requested_strategy=self.loaded.env.rollout.strategy)
-        secrets = load_secrets(self.loaded)
-        request = DeployRequest(release_path=self.request.release_path, tuned=self.request.tuned,
-                                secret_vars=secrets, strategy=host_strategy(strategy))
-        if is_traffic(strategy):
-            decisions: list[dict[str, Any]] = []
-
-            def record(decision: Any) -> None:
-                decisions.append(decision.as_dict())
-                step.update(decisions=decisions)
-
-            outcome = release_for_up(self.loaded, TrafficRequest(deploy=request, strategy=strategy,
-                                                                 transitions=HostTransitions.for_run(step.run)),
-                                     release_id=self.release_id, on_event=self.on_host_event, on_decision=record,
-                                     run_id=step.run.id)
-            self.release_id = outcome.release or self.release_id
-            step.detail.update(outcome.detail)
-            return
-        # staged -> switched -> verified (or failed -> rolled_back) per host, live, from backed_up
-        run = deploy(self.loaded, request, on_event=self.on_host_event, transitions=HostTransitions.for_run(step.run))
-        note_host_deploy(self.loaded, run.target)
-        self.release_id = run.target or self.release_id
-        step.detail.update(release=run.target, state=run.state, changed=run.changed)
+        release = self.release
+        if release is None or not release.binary.is_file():
+            release = prepare_release(self.loaded, self.request.release_path)  # a resumed run's artifact is gone
+        service = ReleaseService(self.loaded, info=self.info, on_event=self.on_host_event)
+        # staged -> switched -> verified (or failed -> rolled_back) per host, live, from backed_up;
+        # `canary` is the canary by weight behind an LB, the canary hosts without one
+        outcome = service.deploy_for_up(step, release, secrets=load_secrets(self.loaded), tuned=self.request.tuned)
+        self.release_id = outcome.release or self.release_id
 
     def lb(self, step: StepHandle) -> None:
         """Configure the load balancer (backends: the app hosts, weights from traffic.json)."""
@@ -370,6 +355,10 @@ def _restore_from_journal(stages: _Stages, record: RunRecord) -> None:
     stages.release_id = record.release or build.get("release") or stages.release_id
     if build.get("binary"):
         stages.staged_binary = Path(str(build["binary"]))
+        if stages.request.release_path is not None and build.get("release") and build.get("sha256"):
+            rid = str(build["release"])
+            stages.release = Release(id=rid, version=rid.rsplit("-", 1)[0], sha256=str(build["sha256"]),
+                                     binary=stages.staged_binary, source=stages.request.release_path)
     if details.get("render", {}).get("fingerprint"):
         stages.fingerprint = str(details["render"]["fingerprint"])
 

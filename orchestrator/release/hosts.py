@@ -62,6 +62,8 @@ class DeployRequest:
     build_env: Mapping[str, str] | None = None
     limit: str | None = None
     """Ansible host pattern the deploy is limited to (blue-green: the idle colour's hosts)."""
+    prepared: Release | None = None
+    """The release already built and staged from `release_path` (not prepared a second time)."""
 
 
 def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str, Any]:
@@ -139,8 +141,8 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     hosts = app_hosts(loaded)
     strategy: Strategy = request.strategy or loaded.env.rollout.host_strategy
     rollout = strategy_vars(loaded, strategy, [h.name for h in hosts])
-    release = prepare_release(loaded, request.release_path, on_output=on_output,
-                              build_env=dict(request.build_env) if request.build_env else None)
+    release = request.prepared or prepare_release(loaded, request.release_path, on_output=on_output,
+                                                  build_env=dict(request.build_env) if request.build_env else None)
     if transitions is not None:
         transitions.release = release.id
     if before_ship is not None:

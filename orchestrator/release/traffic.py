@@ -159,7 +159,7 @@ def _prepare_idle(loaded: LoadedEnvironment, lb: LoadBalancer, request: TrafficR
     write_state(loaded, state)
     run = deploy(loaded, DeployRequest(
         release_path=request.deploy.release_path, strategy="rolling", tuned=request.deploy.tuned,
-        secret_vars=request.deploy.secret_vars, build_env=request.deploy.build_env,
+        secret_vars=request.deploy.secret_vars, build_env=request.deploy.build_env, prepared=request.deploy.prepared,
         limit=",".join(groups[idle])), on_event=on_event, transitions=request.transitions)
     lb.wait_up(groups[idle])
     return active, idle, groups, run

@@ -56,6 +56,9 @@ LOCK_FILE = "lock"
 HOLDER_FILE = "lock.json"
 
 
+#: how long a command waits for a busy lock unless told otherwise: an operator's second command
+#: waits for the first (visibly, naming the holder), but not forever; cron passes its own
+DEFAULT_LOCK_WAIT = 600.0
 DEFAULT_LEASE = 30.0
 
 

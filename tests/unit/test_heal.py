@@ -188,7 +188,7 @@ class CountingRemediator:
     delay: float = 0.0
     calls: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def remediate(self, action: str, alert: Alert) -> RemediationResult:
+    def remediate(self, action: str, alert: Alert, session: object = None) -> RemediationResult:
         time.sleep(self.delay)
         self.calls.append((action, alert.host, alert.name))
         return RemediationResult(ok=True, detail="fake remediation")
@@ -209,7 +209,7 @@ class MemoryAudit:
 
 class FreeLock:
     @contextlib.contextmanager
-    def hold(self, wait: float) -> Iterator[object]:
+    def hold(self, wait: float, *, command: str = "remediate") -> Iterator[object]:
         yield self
 
 
@@ -218,7 +218,7 @@ class BusyLock:
         self.waits: list[float] = []
 
     @contextlib.contextmanager
-    def hold(self, wait: float) -> Iterator[object]:
+    def hold(self, wait: float, *, command: str = "remediate") -> Iterator[object]:
         self.waits.append(wait)
         raise LockBusy("environment dev is locked by a deploy")
         yield self  # pragma: no cover
@@ -488,44 +488,48 @@ def test_serve_once_for_records_decisions_and_prints_a_summary(project_copy: Pat
 
 def test_rollback_is_not_repeated_back_onto_the_release_it_left(project_copy: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.heal import remediate
     from orchestrator.heal.remediate import PlaybookRemediator
     from orchestrator.release import results
-    from orchestrator.tools import ansible
+    from orchestrator.release.service import ReleaseOutcome, ReleaseService
+    from orchestrator.runs.journal import Journal
 
     loaded = Project(project_copy).load("dev")
     fleet = {"release": "0.2.0-bbbbbbbbbbbb", "previous": "0.1.0-aaaaaaaaaaaa"}
-    runs: list[dict[str, Any]] = []
+    rollbacks: list[str | None] = []
 
-    def fake_status(loaded: Any, *, tuned: bool = True) -> results.FleetStatus:
+    def fake_status(self: Any, *, tuned: bool = True) -> results.FleetStatus:
         hosts = [results.HostStatus(name=f"dev-app-{i}", address=f"10.213.10.{10 + i}", release=fleet["release"],
-                                   previous_release=fleet["previous"], unit="active", healthy=True)
+                                    previous_release=fleet["previous"], unit="active", healthy=True)
                  for i in (1, 2)]
         return results.FleetStatus(env="dev", hosts=hosts, duration=0.1)
 
-    def fake_run(run: ansible.PlaybookRun, **_: Any) -> ansible.PlaybookResult:
-        runs.append({"playbook": run.playbook.name, "limit": run.limit, "extra": dict(run.extra_vars)})
+    def fake_rollback(self: Any, step: Any, to: str | None, *, tuned: bool = True) -> ReleaseOutcome:
+        rollbacks.append(to)
         # what rust_release does on rollback: previous <-> current
         fleet["release"], fleet["previous"] = fleet["previous"], fleet["release"]
-        return ansible.PlaybookResult(run_id=run.run_id, run_dir=run.runs_dir, playbook=run.playbook.name, rc=0,
-                                      status="successful", duration=1.0)
+        return ReleaseOutcome(env="dev", action="rollback", strategy="rollback", detail={"release": fleet["release"]})
 
-    monkeypatch.setattr(remediate, "status", fake_status)
-    monkeypatch.setattr(ansible, "run_playbook", fake_run)
+    monkeypatch.setattr(ReleaseService, "fleet_status", fake_status)
+    monkeypatch.setattr(ReleaseService, "rollback_step", fake_rollback)
     remediator = PlaybookRemediator(loaded)
     bad = alert("HighErrorRate", remediation="rollback")
     first = remediator.remediate("rollback", bad)
     assert first.ok, first.detail
-    assert runs[0]["playbook"] == "remediate-rollback.yml" and runs[0]["limit"] is None
-    assert runs[0]["extra"]["rust_service_name"] == "hello"
+    assert rollbacks == [None]  # each host to its previous release
     second = remediator.remediate("rollback", bad)
     assert not second.ok
     assert "0.2.0-bbbbbbbbbbbb" in second.detail and "earlier rollback" in second.detail
-    assert len(runs) == 1  # refused without touching the hosts
+    assert rollbacks == [None]  # refused without touching the hosts
+    # each remediation is a journalled run of its own: the refused one failed
+    with Journal.open(loaded.state_dir) as journal:
+        runs = journal.runs()
+    assert [(r.command, r.state) for r in runs] == [("heal", "failed"), ("heal", "completed")]
+    assert runs[0].argv == ["heal", "rollback", "dev"]
 
 
 def test_restart_only_targets_an_app_host_of_the_inventory(project_copy: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.fleet import playbooks
     from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
     from orchestrator.heal.remediate import PlaybookRemediator
     from orchestrator.tools import ansible
@@ -541,7 +545,7 @@ def test_restart_only_targets_an_app_host_of_the_inventory(project_copy: Path,
         return ansible.PlaybookResult(run_id=run.run_id, run_dir=run.runs_dir, playbook=run.playbook.name, rc=0,
                                       status="successful", duration=1.0)
 
-    monkeypatch.setattr(ansible, "run_playbook", fake_run)
+    monkeypatch.setattr(playbooks, "run_playbook", fake_run)
     remediator = PlaybookRemediator(loaded)
     assert remediator.remediate("restart", alert(host="dev-app-1")).ok
     assert (runs[0].playbook.name, runs[0].limit) == ("remediate-restart.yml", "dev-app-1")

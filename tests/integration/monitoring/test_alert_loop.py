@@ -42,7 +42,7 @@ class RestartTarget:
     calls: list[tuple[str, str, float]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
 
-    def remediate(self, action: str, alert: Alert) -> RemediationResult:
+    def remediate(self, action: str, alert: Alert, session: object = None) -> RemediationResult:
         self.calls.append((action, alert.host, time.monotonic()))
         start_target(self.processes, "target", self.port, "service")
         self.done.set()
