@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
 from orchestrator.cli._release import progress
 from orchestrator.cli._terraform import ProgressPrinter, summary_table
 from orchestrator.pipeline.up import UpRequest, UpResult, up
@@ -28,13 +28,12 @@ def _status_table(status: dict[str, Any]) -> Table:
 @click.option("--release", "release_path", type=click.Path(path_type=Path), default=None,
               help="A built binary, or a cargo project directory (tested and built first).")
 @click.option("--yes", is_flag=True, help="Change a protected environment without asking (required without a TTY).")
-@click.option("--lock-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="Wait at most this long for the environment lock (default: wait; 0: exit 75 at once).")
+@lock_wait_option
 @click.option("--force", is_flag=True, help="Run every stage even when nothing changed.")
 @click.option("--resume", "resume", metavar="RUN_ID", default=None, hidden=True,
               help="Continue run RUN_ID (used by `orchestrate resume`).")
 @verb
-def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool, lock_wait: float | None,
+def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool, lock_wait: float,
             force: bool, resume: str | None) -> None:
     """Bring ENV to the wanted state: build -> render -> provision -> inventory -> backup
     -> deploy -> lb -> monitoring -> verify, each step journalled; `orchestrate resume RUN_ID`

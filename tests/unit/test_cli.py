@@ -129,3 +129,31 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback (most recent call last)" in result.stderr
     assert "orchestrator.errors.ConfigError" in result.stderr
     assert result.stderr.splitlines()[-1] == f"error: {EXPECTED}"
+
+
+def test_every_verb_that_takes_the_lock_waits_the_same_bounded_time() -> None:
+    """One behaviour for every verb: an operator's second command waits for the first, visibly, for
+    up to DEFAULT_LOCK_WAIT seconds (cron passes its own); `--lock-wait 0` refuses at once."""
+    from orchestrator.cli import _register_verbs, cli
+    from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
+
+    _register_verbs()
+    found: dict[str, object] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}".strip())
+            return
+        for param in command.params:
+            if "--lock-wait" in getattr(param, "opts", []):
+                found[path] = param.default
+
+    walk(cli, "")
+    # resume passes its value on to the command it continues (unset: that command's default)
+    expected = {"backup", "deploy", "destroy", "monitoring deploy", "provision", "restore", "rollback",
+                "traffic", "up"}
+    assert expected <= set(found), sorted(found)
+    assert {path: found[path] for path in expected} == dict.fromkeys(expected, DEFAULT_LOCK_WAIT)
+    assert found.get("resume") is None
+    assert 0 < DEFAULT_LOCK_WAIT <= 3600

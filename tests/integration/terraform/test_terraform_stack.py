@@ -355,7 +355,7 @@ def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any,
 
     second = run_orchestrate(other, "provision", "prod", "--yes")
     # the same checkout is refused earlier, by the environment lock on this controller
-    same = run_orchestrate(applied.project, "provision", "prod", "--yes")
+    same = run_orchestrate(applied.project, "provision", "prod", "--yes", "--lock-wait", "0")
     out, err = destroyer.communicate(timeout=300)
 
     assert second.returncode == 75, second.stderr
