@@ -706,7 +706,7 @@ class Release:
         if expected:
             actual = sha256_of(binary)
             if actual != expected:
-                self.refuse(target, IntegrityError(f"{self.binary}: sha256 {actual} differs from the release's "
+                self.refuse(target, IntegrityError(f"{binary}: sha256 {actual} does not match the release's "
                                                    f"{expected}"))
             self.result["verified"] = self.result["verified"] or "sha256"
 

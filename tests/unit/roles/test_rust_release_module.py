@@ -360,3 +360,19 @@ def test_a_failing_before_switch_hook_switches_nothing(tmp_path: Path) -> None:
     assert hook.endswith(f"nobody\n{base}/releases/{RID2}\nsvc 8080\n"), hook
     assert os.readlink(base / "current") == f"releases/{RID1}"
     assert not (base / "releases" / RID2 / "RELEASE").exists(), "a release that never served is not recorded"
+
+
+def test_a_binary_whose_sha256_differs_is_refused_before_the_switch(tmp_path: Path) -> None:
+    base = tmp_path / "opt"
+    _release(base, RID1)
+    _release(base, RID2)
+    base.joinpath("current").symlink_to(f"releases/{RID1}")
+    result = run_role_module("rust_release", {
+        "state": "present", "service": "svc", "base_dir": str(base), "release_id": RID2, "sha256": "ab" * 32,
+    }, tmp_path)
+    assert result["failed"] is True
+    # the wording the controller's tests look for
+    assert f"releases/{RID2}/svc: sha256 " in str(result["msg"])
+    assert "does not match the release's " + "ab" * 32 in str(result["msg"])
+    assert (result["release"], result["switched"], result["rolled_back"]) == (RID1, False, False)
+    assert os.readlink(base / "current") == f"releases/{RID1}"
