@@ -14,9 +14,15 @@ DOCUMENTATION = r"""
 module: rust_env_file
 short_description: Write a systemd EnvironmentFile (KEY="value" lines) without a copy on the controller
 description:
-  - Renders I(env) as sorted C(KEY="value") lines (booleans lower-cased, backslashes and double
-    quotes escaped) below I(header) and replaces I(path) atomically when the content differs.
-  - Owner, group and mode are the usual file attributes; the content is never returned or diffed.
+  - Renders I(env) as sorted C(KEY="value") lines below I(header) and replaces I(path) atomically
+    when the content differs. Inside the double quotes C(") C(\\) C(`) and C($) get a backslash,
+    the escapes systemd's EnvironmentFile parser removes, so every value reaches the service
+    byte for byte (systemd expands neither variables nor specifiers there). Booleans are
+    lower-cased.
+  - Keys must be variable names; a value holding a newline, carriage return or NUL is refused
+    with an error naming the key (never the value).
+  - Owner, group and mode are the usual file attributes; the content is never returned or diffed,
+    only the names of the keys that change (also in check mode).
 options:
   path:
     description: The environment file.
@@ -36,25 +42,14 @@ author: orchestrate
 
 RETURN = r"""
 changed: {description: Whether the content or the file attributes changed, type: bool}
+keys_changed: {description: "Names of the variables added, removed or changed (never values)", type: list}
 """
 
 import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def quote(value):
-    """The value as systemd reads it from a double-quoted EnvironmentFile assignment."""
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render(env, header):
-    """The file's content (pure: unit-tested)."""
-    lines = [header] if header else []
-    lines += [f"{key}={quote(value)}" for key, value in sorted(env.items())]
-    return "".join(line + "\n" for line in lines)
+from ansible.module_utils.rust_service_envfile import EnvFileError, keys_changed, render
 
 
 def main():
@@ -68,12 +63,19 @@ def main():
         supports_check_mode=True,
     )
     path = module.params["path"]
-    content = render(module.params["env"], module.params["header"]).encode()
+    env = module.params["env"]
+    try:
+        content = render(env, module.params["header"]).encode()
+    except EnvFileError as exc:
+        module.fail_json(msg=f"{path}: {exc}")
     try:
         with open(path, "rb") as handle:
-            changed = handle.read() != content
+            old = handle.read()
     except FileNotFoundError:
-        changed = True
+        old = None
+    changed = old != content
+    # names only: the values are secrets
+    changed_keys = keys_changed(old.decode("utf-8", "replace") if old is not None else None, env) if changed else []
     if changed and not module.check_mode:
         # mkstemp creates the file 0600: the content is never readable by others, not even briefly
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".env-")
@@ -89,8 +91,11 @@ def main():
             if os.path.exists(tmp):
                 os.unlink(tmp)
     file_args = module.load_file_common_arguments(module.params)
+    if old is None and module.check_mode:
+        # nothing to compare attributes with before the file exists
+        module.exit_json(changed=True, path=path, keys_changed=changed_keys)
     changed = module.set_fs_attributes_if_different(file_args, changed)
-    module.exit_json(changed=changed, path=path)
+    module.exit_json(changed=changed, path=path, keys_changed=changed_keys)
 
 
 if __name__ == "__main__":

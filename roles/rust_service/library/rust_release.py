@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """Switch, health-gate and roll back a release of a systemd service in one module call.
 
-The cost of a deploy is per module call per host, so the whole release path runs here:
-verify the staged binary's sha256, switch `current` atomically, restart the unit, probe its
-health, and on failure switch back, restart the previous release and probe it again.
+The cost of a deploy is per module call per host, so the whole release path runs here: unpack
+a bundle, verify the release (its signed manifest, or the binary's sha256), run the hooks,
+switch `current` atomically, restart the unit, probe its health, and on failure switch back,
+restart the previous release and probe it again.
 """
 
 from __future__ import annotations
@@ -13,19 +14,30 @@ DOCUMENTATION = r"""
 module: rust_release
 short_description: Health-gated switch, rollback and status of a release directory layout
 description:
-  - Manages C(BASE/releases/<id>/<service>), C(BASE/current) and C(BASE/previous) symlinks for a
-    systemd service whose C(ExecStart) runs C(BASE/current/<service>).
-  - C(state=present) verifies the binary of I(release_id) against I(sha256), records the release
-    that was current as C(previous), switches C(current) atomically (symlink to a temporary name,
-    then rename over), restarts the unit and probes its health (unit active and HTTP 200 on
-    I(health_path) within I(health_timeout)). On failure it switches back, restarts and probes the
-    previous release and fails with the evidence (health response, journal tail, unit status).
-  - C(state=rollback) does the same towards the previous release or the named I(release_id);
-    nothing is copied.
+  - Manages C(BASE/releases/<id>/), C(BASE/current) and C(BASE/previous) symlinks for a systemd
+    service whose C(ExecStart) runs C(BASE/current/<binary>).
+  - C(state=present) unpacks I(archive) into C(releases/<id>/) when that directory is missing
+    (members checked first, unpacked beside it and renamed into place), writes I(manifest) and
+    I(signature) into it when given, and verifies the release; then it runs the
+    C(before_switch) hook, records the release that was current as C(previous), switches
+    C(current) atomically (symlink to a temporary name, then rename over), restarts the unit,
+    probes its health (unit active and HTTP 200 on I(health_path) within I(health_timeout)) and
+    runs the C(after_switch) hook. On a failed gate or C(after_switch) hook it switches back,
+    restarts and probes the previous release and fails with the evidence; a failed
+    C(before_switch) hook fails before anything is switched.
+  - Verification, before every switch (C(present), C(rollback) and the I(previous_id) target)
+    when I(allowed_signers) is set - C(ssh-keygen -Y verify) of C(MANIFEST.sig) over C(MANIFEST),
+    the manifest's id equal to the release id, every listed file's sha256 equal, no unlisted
+    file (C(MANIFEST), C(MANIFEST.sig) and C(RELEASE) at the top level are not listed). Without
+    I(allowed_signers), C(present) checks the sha256 of the binary only. A release that fails is
+    not switched to; the module fails naming the file, with evidence C(integrity).
+  - C(state=rollback) switches to the previous release or the named I(release_id); nothing is
+    copied and no hook runs.
   - C(state=status) only reads (current, previous, unit state, one health probe).
-  - C(state=cleanup) removes release directories beyond I(keep_releases), never the current or
-    previous one; a deploy runs it once every host passed its gate (C(present) removes nothing).
-  - When the requested release is already current and healthy, nothing changes.
+  - C(state=cleanup) removes release directories (and their bundles) beyond I(keep_releases),
+    never the current or previous one; a deploy runs it once every host passed its gate.
+  - When the requested release is already current and healthy, nothing changes and no hook runs.
+  - Check mode changes nothing and reports what would change (C(release), C(would_run_hooks)).
 options:
   state:
     description: What to do.
@@ -33,9 +45,12 @@ options:
     choices: [present, rollback, status, cleanup]
     default: present
   service:
-    description: Name of the service, its unit and its binary.
+    description: Name of the service and its unit.
     type: str
     required: true
+  binary:
+    description: Executable inside the release directory. Defaults to I(service).
+    type: str
   base_dir:
     description: Directory holding releases/, current and previous. Defaults to /opt/<service>.
     type: path
@@ -43,12 +58,48 @@ options:
     description: Release to switch to (required for present; for rollback, default the previous one).
     type: str
   sha256:
-    description: Expected sha256 of the binary (present only).
+    description: Expected sha256 of the binary (present only; inside the bundle for a bundle).
     type: str
   version:
     description: Version recorded in the release's RELEASE file.
     type: str
     default: "0.0.0"
+  archive:
+    description: A .tar.gz bundle on the host, unpacked into C(releases/<id>/) when that is missing (present only).
+    type: path
+  manifest:
+    description: Text of the release's signed MANIFEST, written into the release directory (present only).
+    type: str
+    default: ""
+  signature:
+    description: Text of MANIFEST.sig (C(ssh-keygen -Y sign -n orchestrate-release) output).
+    type: str
+    default: ""
+  allowed_signers:
+    description: OpenSSH allowed signers file; when set, every switch requires a valid signed manifest.
+    type: path
+  hooks:
+    description:
+      - C(before_switch) and C(after_switch) argv lists, run as I(user) in the new release directory,
+        with placeholders C({port}) C({data_dir}) C({config_dir}) C({release_dir}) C({name}) expanded.
+    type: dict
+    default: {}
+  hook_timeout:
+    description: Seconds a hook may run before it is killed (and counts as failed).
+    type: float
+    default: 300
+  user:
+    description: User the hooks run as. Defaults to I(service).
+    type: str
+  data_dir:
+    description: The service's data directory (the C({data_dir}) placeholder). Defaults to /var/lib/<service>.
+    type: path
+  config_dir:
+    description: The service's configuration directory (C({config_dir})). Defaults to /etc/<service>.
+    type: path
+  env_file:
+    description: The service's EnvironmentFile, whose variables the hooks get too. Defaults to config_dir/<service>.env.
+    type: path
   port:
     description: Port the service listens on (probed on 127.0.0.1).
     type: int
@@ -88,35 +139,57 @@ author: orchestrate
 RETURN = r"""
 release_before: {description: Release current before this call (null on a first deploy), type: str}
 previous_before: {description: Release the previous symlink named before this call, type: str}
-release: {description: Release current after this call, type: str}
+release: {description: "Release current after this call (in check mode: the one it would switch to)", type: str}
 previous_release: {description: Release the previous symlink names after this call, type: str}
 switched: {description: Whether current now names another release than before, type: bool}
-rolled_back: {description: The new release failed its gate and the one before was restored, type: bool}
+rolled_back: {description: "The new release failed its gate or a hook and the one before serves (again)", type: bool}
 restored_healthy: {description: After a rollback, whether the restored release passed its gate, type: bool}
 unit: {description: systemctl is-active of the unit after the call, type: str}
 healthy: {description: Whether the unit is active and the health path answered 200, type: bool}
-evidence: {description: "health, journal and status text captured when a gate failed", type: dict}
+evidence: {description: "health, journal, status, hook or integrity text captured when a switch failed", type: dict}
 removed: {description: Release directories removed by cleanup, type: list}
 timings: {description: "epoch seconds of gate_failed and restored (for the rollback benchmark)", type: dict}
+verified: {description: "How the release was verified: manifest (signed), sha256 (the binary) or null", type: str}
+unpacked: {description: Whether the bundle was unpacked into the release directory by this call, type: bool}
+hooks_run: {description: Names of the hooks that ran (in order), type: list}
+would_run_hooks: {description: "In check mode, the hooks a real run would run; [] otherwise", type: list}
 """
 
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.rust_service_bundle import (
+    MANIFEST,
+    SIGNATURE,
+    BundleError,
+    IntegrityError,
+    unpack,
+    verify_release,
+)
+from ansible.module_utils.rust_service_cmdline import CommandLineError, check_file_name, expand_argv
+from ansible.module_utils.rust_service_envfile import parse as parse_env_file
 
 RELEASES = "releases"
+BUNDLES = "bundles"
 CURRENT = "current"
 PREVIOUS = "previous"
 #: previous_id meaning "no previous release" (the link is removed)
 NO_PREVIOUS = "-"
 RELEASE_FILE = "RELEASE"
+HOOKS = ("before_switch", "after_switch")
+#: characters of a hook's output kept as evidence (its end)
+OUTPUT_TAIL = 4000
+HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 # --- layout (pure filesystem logic, unit-tested on tmp dirs) ---------------------------------
@@ -184,16 +257,38 @@ def read_release_file(base, release_id):
     return data if isinstance(data, dict) else {}
 
 
+def write_file_atomic(base, path, data, mode=0o644):
+    """Replace `path` with `data` in one rename; the temporary file lives in BASE, not beside
+    `path`, so that a crash never leaves a stray file in a (signed) release directory."""
+    fd, tmp = tempfile.mkstemp(dir=base, prefix=".write-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_release_file(base, release_id, version, sha256):
     """Record id, version, sha256 and deployed_at; deployed_at is refreshed on every switch to it."""
-    path = os.path.join(base, RELEASES, release_id, RELEASE_FILE)
     data = {"id": release_id, "version": version, "sha256": sha256, "deployed_at": time.time()}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_file_atomic(base, os.path.join(base, RELEASES, release_id, RELEASE_FILE),
+                      (json.dumps(data) + "\n").encode())
+
+
+def write_if_different(base, path, text):
+    """Write `text` to `path` unless it already holds exactly that; whether it wrote."""
+    data = text.encode("utf-8")
+    try:
+        with open(path, "rb") as handle:
+            if handle.read() == data:
+                return False
+    except FileNotFoundError:
+        pass
+    write_file_atomic(base, path, data)
+    return True
 
 
 def releases_to_remove(releases, keep, protected):
@@ -205,16 +300,132 @@ def releases_to_remove(releases, keep, protected):
     return removable[:excess]
 
 
-# --- systemd and health ----------------------------------------------------------------------
+def stale_entries(base):
+    """Leftovers to remove: interrupted unpacks in releases/ and bundles whose release is gone."""
+    found = []
+    root = os.path.join(base, RELEASES)
+    if os.path.isdir(root):
+        found += [os.path.join(root, n) for n in os.listdir(root) if n.startswith(".") and ".unpack-" in n]
+    bundles = os.path.join(base, BUNDLES)
+    if os.path.isdir(bundles):
+        found += [os.path.join(bundles, n) for n in os.listdir(bundles) if not os.path.isdir(os.path.join(root, n))]
+    return sorted(found)
 
 
-def remove_old_releases(base, keep, result):
-    """Remove release directories beyond `keep` (never the current or the previous one)."""
+def remove_old_releases(base, keep, result, check_mode=False):
+    """Remove release directories (and their bundles) beyond `keep`, never the current or the
+    previous one, and the leftovers of interrupted unpacks."""
     protected = {r for r in (link_target(base, CURRENT), link_target(base, PREVIOUS)) if r}
     for release in releases_to_remove(list_releases(base), keep, protected):
-        shutil.rmtree(os.path.join(base, RELEASES, release), ignore_errors=True)
+        if not check_mode:
+            shutil.rmtree(os.path.join(base, RELEASES, release), ignore_errors=True)
+            shutil.rmtree(os.path.join(base, BUNDLES, release), ignore_errors=True)
         result["removed"].append(release)
         result["changed"] = True
+    if not check_mode:
+        for path in stale_entries(base):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- hooks -----------------------------------------------------------------------------------
+
+
+def placeholder_values(params, service, release_dir):
+    """The placeholders of a hook: {release_dir} is the new release's own directory."""
+    return {"port": params["port"], "data_dir": params["data_dir"] or f"/var/lib/{service}",
+            "config_dir": params["config_dir"] or f"/etc/{service}", "release_dir": release_dir,
+            "name": service}
+
+
+def hook_argvs(hooks, values):
+    """{name: argv} of the configured hooks, expanded; CommandLineError for a bad one."""
+    if not isinstance(hooks, dict):
+        raise CommandLineError("hooks: expected a mapping with before_switch and/or after_switch")
+    unknown = sorted(set(hooks) - set(HOOKS))
+    if unknown:
+        raise CommandLineError(f"hooks: unknown {', '.join(unknown)}; valid: {', '.join(HOOKS)}")
+    found = {}
+    for name in HOOKS:
+        argv = hooks.get(name)
+        if argv in (None, []):
+            continue
+        expanded = expand_argv(argv, values, f"hooks.{name}")
+        if not expanded[0]:
+            raise CommandLineError(f"hooks.{name}[0]: the program is empty")
+        found[name] = expanded
+    return found
+
+
+def hook_command(user, argv):
+    """The argv running `argv` as `user` without a shell (runuser from util-linux)."""
+    return ["runuser", "-u", user, "--", *argv] if user else list(argv)
+
+
+def hook_environment(env_file):
+    """A clean environment for the hooks plus the service's own variables (its EnvironmentFile)."""
+    env = {"PATH": HOOK_PATH, "LANG": "C.UTF-8"}
+    if env_file:
+        try:
+            with open(env_file, encoding="utf-8", errors="replace") as handle:
+                env.update(parse_env_file(handle.read()))
+        except FileNotFoundError:
+            pass
+    return env
+
+
+def run_hook(name, argv, user, cwd, env, timeout):
+    """Run one hook; return {name, argv, rc, timed_out, seconds, output} (output: its tail).
+
+    The hook runs in a session of its own, so that a timeout kills it and everything it started.
+    """
+    started = time.monotonic()
+    outcome = {"name": name, "argv": list(argv), "rc": None, "timed_out": False, "output": ""}
+    try:
+        proc = subprocess.Popen(hook_command(user, argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        outcome.update(output=f"cannot start: {exc}", seconds=round(time.monotonic() - started, 3))
+        return outcome
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        outcome["timed_out"] = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            output, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a descendant left the session and holds the pipe
+            proc.kill()
+            output = b""
+    outcome["rc"] = None if outcome["timed_out"] else proc.returncode
+    outcome["output"] = (output or b"").decode("utf-8", "replace")[-OUTPUT_TAIL:]
+    outcome["seconds"] = round(time.monotonic() - started, 3)
+    return outcome
+
+
+def hook_failed(outcome):
+    return outcome["timed_out"] or outcome["rc"] != 0
+
+
+def hook_summary(outcome, timeout):
+    """`exit 3`, `timed out after 300s` or `did not start`."""
+    if outcome["timed_out"]:
+        return f"timed out after {timeout:g}s"
+    if outcome["rc"] is None:
+        return "did not start"
+    return f"exit {outcome['rc']}"
+
+
+def hook_evidence(outcome, timeout):
+    """The evidence text of a failed hook: its argv, how it ended and the tail of its output."""
+    return (f"hook {outcome['name']}: {json.dumps(outcome['argv'], ensure_ascii=False)}\n"
+            f"result: {hook_summary(outcome, timeout)} after {outcome.get('seconds', 0)}s\n"
+            f"output (last {OUTPUT_TAIL} characters):\n{outcome['output']}")
+
+
+# --- systemd and health ----------------------------------------------------------------------
 
 
 def run(argv, timeout=30):
@@ -306,19 +517,29 @@ def ensure_enabled(service):
     return True
 
 
-def switch_and_gate(module, base, gate, target, before, result):
-    """Switch current to `target`, restart, probe; on failure restore `before`. Fills `result`."""
+def switch_and_gate(base, gate, target, before, result, after=None):
+    """Switch current to `target`, restart, probe, run `after`; on failure restore `before`.
+
+    `after` (the after_switch hook) returns None on success or the evidence of its failure.
+    Fills `result`; returns None on success, else what failed ("health gate" or the hook's
+    evidence kind, "after_switch hook").
+    """
     switch_link(base, CURRENT, target)
     ensure_enabled(gate.service)
     restarted, restart_output = gate.restart()
     healthy, health_text = gate.wait() if restarted else (False, f"systemctl restart failed:\n{restart_output}")
+    failed_step, hook_failure = "health gate", None
+    if healthy and after is not None:
+        hook_failure = after()
+        if hook_failure is not None:
+            healthy, failed_step = False, "after_switch hook"
     if healthy:
         if before and before != target:
             switch_link(base, PREVIOUS, before)
         result.update(changed=True, switched=before != target, release=target, healthy=True)
-        return True
+        return None
     result["timings"]["gate_failed"] = time.time()
-    result["evidence"] = evidence(gate.service, health_text)
+    result["evidence"] = hook_failure if hook_failure is not None else evidence(gate.service, health_text)
     result["changed"] = True
     if before and before != target:
         switch_link(base, CURRENT, before)
@@ -335,112 +556,316 @@ def switch_and_gate(module, base, gate, target, before, result):
             run(["systemctl", "stop", f"{gate.service}.service"])
             remove_link(base, CURRENT)
         result.update(release=before, healthy=False)
-    return False
+    return failed_step
+
+
+ARGUMENT_SPEC = {
+    "state": {"type": "str", "choices": ["present", "rollback", "status", "cleanup"], "default": "present"},
+    "service": {"type": "str", "required": True},
+    "binary": {"type": "str"},
+    "base_dir": {"type": "path"},
+    "release_id": {"type": "str"},
+    "sha256": {"type": "str"},
+    "version": {"type": "str", "default": "0.0.0"},
+    "archive": {"type": "path"},
+    "manifest": {"type": "str", "default": ""},
+    "signature": {"type": "str", "default": ""},
+    "allowed_signers": {"type": "path"},
+    "hooks": {"type": "dict", "default": {}},
+    "hook_timeout": {"type": "float", "default": 300.0},
+    "user": {"type": "str"},
+    "data_dir": {"type": "path"},
+    "config_dir": {"type": "path"},
+    "env_file": {"type": "path"},
+    "port": {"type": "int", "default": 8080},
+    "health_path": {"type": "str", "default": "/healthz"},
+    "health_timeout": {"type": "float", "default": 10.0},
+    "health_interval": {"type": "float", "default": 0.25},
+    "restart": {"type": "bool", "default": False},
+    "keep_releases": {"type": "int", "default": 0},
+    "previous_id": {"type": "str", "default": ""},
+}
+
+_RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+
+
+class Release:
+    """One call of the module: its parameters, the host's layout and the result being built."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = params = module.params
+        self.check_mode = module.check_mode
+        self.service = params["service"]
+        self.binary = params["binary"] or self.service
+        self.base = params["base_dir"] or f"/opt/{self.service}"
+        self.user = params["user"] or self.service
+        self.gate = Gate(params)
+        self.before = link_target(self.base, CURRENT)
+        self.result = {
+            "state": params["state"],
+            "changed": False, "release_before": self.before, "previous_before": link_target(self.base, PREVIOUS),
+            "release": self.before, "switched": False,
+            "rolled_back": False, "restored_healthy": None, "healthy": None, "evidence": {}, "removed": [],
+            "timings": {"started": time.time()},
+            "verified": None, "unpacked": False, "hooks_run": [], "would_run_hooks": [],
+        }
+
+    # -- endings
+
+    def finish(self):
+        self.result.update(previous_release=link_target(self.base, PREVIOUS), unit=unit_state(self.service))
+        self.module.exit_json(**self.result)
+
+    def fail(self, msg):
+        self.result.update(previous_release=link_target(self.base, PREVIOUS), unit=unit_state(self.service))
+        self.module.fail_json(msg=msg, **self.result)
+
+    def refuse(self, target, exc):
+        """Fail without switching: `target` does not match its signed manifest (or its bundle is bad)."""
+        healthy = self.gate.probe_now() if self.before else False
+        self.result.update(release=self.before, healthy=healthy)
+        self.result["evidence"] = {"integrity": "\n".join(getattr(exc, "problems", [str(exc)]))}
+        serving = f"{self.before} keeps serving" if self.before else "nothing was switched"
+        self.fail(f"release {target} refused: {exc}; {serving}")
+
+    # -- steps
+
+    def release_dir(self, release_id):
+        return os.path.join(self.base, RELEASES, release_id)
+
+    def check_inputs(self):
+        try:
+            check_file_name(self.binary, "binary")
+        except CommandLineError as exc:
+            self.module.fail_json(msg=str(exc), **self.result)
+        for name in ("release_id", "previous_id"):
+            value = self.params[name]
+            if value and value != NO_PREVIOUS and not _RELEASE_ID.match(value):
+                self.module.fail_json(msg=f"{name} {value!r} is not a release id", **self.result)
+
+    def ensure_unpacked(self, target):
+        """Unpack the bundle when the release directory is missing; whether the directory exists now."""
+        archive = self.params["archive"]
+        if os.path.isdir(self.release_dir(target)) or not archive:
+            return os.path.isdir(self.release_dir(target))
+        if self.check_mode:
+            self.result["changed"] = True
+            return False
+        if not os.path.isfile(archive):
+            self.fail(f"release {target}: the bundle {archive} is not on the host")
+        try:
+            unpack(archive, self.release_dir(target))
+        except BundleError as exc:
+            self.refuse(target, exc)
+        self.result.update(unpacked=True, changed=True)
+        return True
+
+    def write_manifest(self, target):
+        """Write MANIFEST and MANIFEST.sig into the release directory when given and different."""
+        for name, text in ((MANIFEST, self.params["manifest"]), (SIGNATURE, self.params["signature"])):
+            if not text:
+                continue
+            path = os.path.join(self.release_dir(target), name)
+            if self.check_mode:
+                try:
+                    with open(path, "rb") as handle:
+                        same = handle.read() == text.encode("utf-8")
+                except FileNotFoundError:
+                    same = False
+                self.result["changed"] = self.result["changed"] or not same
+            elif write_if_different(self.base, path, text):
+                self.result["changed"] = True
+
+    def verify(self, target, with_params=False, binary_too=True):
+        """Verify `target` before switching to it; refuse (fail) when it does not match.
+
+        With signers: the signed manifest (in check mode the one this call would write). Without:
+        the binary's sha256 when one was given (present).
+        """
+        allowed = self.params["allowed_signers"]
+        if allowed:
+            manifest = signature = None
+            if with_params and self.check_mode:
+                manifest = self.params["manifest"].encode("utf-8") or None
+                signature = self.params["signature"].encode("utf-8") or None
+            try:
+                if not os.path.isfile(allowed):
+                    raise IntegrityError(f"the allowed signers file {allowed} is missing")
+                verify_release(self.release_dir(target), target, allowed, manifest, signature)
+            except IntegrityError as exc:
+                self.refuse(target, exc)
+            self.result["verified"] = "manifest"
+        if not binary_too:
+            return
+        binary = os.path.join(self.release_dir(target), self.binary)
+        if not os.path.isfile(binary):
+            what = "the bundle holds no" if self.params["archive"] else "no"
+            self.fail(f"release {target} is not on the host ({what} {binary})")
+        expected = (self.params["sha256"] or "").lower() if with_params else ""
+        if expected:
+            actual = sha256_of(binary)
+            if actual != expected:
+                self.refuse(target, IntegrityError(f"{binary}: sha256 {actual} does not match the release's "
+                                                   f"{expected}"))
+            self.result["verified"] = self.result["verified"] or "sha256"
+
+    def hooks(self, target):
+        try:
+            values = placeholder_values(self.params, self.service, self.release_dir(target))
+            return hook_argvs(self.params["hooks"] or {}, values)
+        except CommandLineError as exc:
+            self.module.fail_json(msg=str(exc), **self.result)
+
+    def run_hook(self, name, argv, target):
+        timeout = self.params["hook_timeout"]
+        env_file = self.params["env_file"] or os.path.join(self.params["config_dir"] or f"/etc/{self.service}",
+                                                           f"{self.service}.env")
+        outcome = run_hook(name, argv, self.user, self.release_dir(target), hook_environment(env_file), timeout)
+        self.result["hooks_run"].append(name)
+        if hook_failed(outcome):
+            return outcome, {"hook": hook_evidence(outcome, timeout)}
+        return outcome, None
+
+    # -- the states
+
+    def status(self):
+        self.result.update(previous_release=link_target(self.base, PREVIOUS), unit=unit_state(self.service),
+                           healthy=self.gate.probe_now(), releases=list_releases(self.base))
+        self.module.exit_json(**self.result)
+
+    def cleanup(self):
+        # After the whole rollout passed its gates (deploy.yml's last play): a rollout that fails
+        # on a later host puts this one back on its old current *and* previous, so nothing may
+        # be removed before then.
+        remove_old_releases(self.base, self.params["keep_releases"], self.result, self.check_mode)
+        self.finish()
+
+    def switch(self):
+        params = self.params
+        state = params["state"]
+        if state == "present":
+            target = params["release_id"]
+            hooks = self.hooks(target)
+            if not self.ensure_unpacked(target):
+                if not self.check_mode:
+                    self.fail(f"release {target} is not on the host ({self.release_dir(target)} missing)")
+                # not on the host yet (no copy in check mode): a real run would switch to it
+                self.result.update(changed=True, release=target,
+                                   would_run_hooks=list(hooks) if self.before != target else [])
+                self.finish()
+            self.write_manifest(target)
+            self.verify(target, with_params=True)
+        else:
+            hooks = {}
+            target = params["release_id"] or link_target(self.base, PREVIOUS)
+            if not target:
+                self.fail(f"no previous release recorded in {self.base}/previous; name one with release_id")
+            if not os.path.isfile(os.path.join(self.release_dir(target), self.binary)):
+                available = ", ".join(list_releases(self.base)) or "none"
+                self.fail(f"release {target} is not on the host (available: {available})")
+            self.verify(target)
+            restore_previous = params["previous_id"]
+            if (restore_previous and restore_previous not in (NO_PREVIOUS, target)
+                    and os.path.isdir(self.release_dir(restore_previous)) and params["allowed_signers"]):
+                self.verify(restore_previous, binary_too=False)
+
+        before = self.before
+        if before == target:
+            hooks = {}  # hooks run only on a switch to another release
+        if self.check_mode:
+            self.check_only(target, hooks)
+        if before == target and not params["restart"] and self.gate.probe_now():
+            # Already current and healthy: the idempotent no-op.
+            self.result.update(healthy=True)
+        elif before == target:
+            # Current but not healthy (or its configuration changed): restart it in place, gated.
+            if switch_and_gate(self.base, self.gate, target, before, self.result) is not None:
+                self.fail(f"release {target} is current but failed its health gate")
+        else:
+            self.switch_to(target, hooks)
+        if state == "rollback":
+            self.restore_previous(target)
+            remove_old_releases(self.base, params["keep_releases"], self.result)
+        self.finish()
+
+    def check_only(self, target, hooks):
+        """Check mode: what a real run would do, changing nothing."""
+        before = self.before
+        if before != target:
+            self.result.update(changed=True, release=target, would_run_hooks=list(hooks))
+        elif self.params["restart"] or not self.gate.probe_now():
+            self.result.update(changed=True)
+        else:
+            self.result.update(healthy=True)
+        if self.params["state"] == "rollback":
+            wanted = self.params["previous_id"]
+            if wanted and wanted != target and link_target(self.base, PREVIOUS) != (
+                    None if wanted == NO_PREVIOUS else wanted):
+                self.result["changed"] = True
+            protected = {target, before, link_target(self.base, PREVIOUS)}
+            self.result["removed"] = releases_to_remove(list_releases(self.base), self.params["keep_releases"],
+                                                        {r for r in protected if r})
+        self.finish()
+
+    def switch_to(self, target, hooks):
+        """Switch from the current release to `target` with its hooks; fail like a gate on failure."""
+        before = self.before
+        if "before_switch" in hooks:
+            outcome, failure = self.run_hook("before_switch", hooks["before_switch"], target)
+            if failure is not None:
+                healthy = self.gate.probe_now() if before else False
+                self.result.update(evidence=failure, release=before, rolled_back=before is not None,
+                                   restored_healthy=healthy if before else None, healthy=healthy)
+                serving = f"{before} keeps serving" if before else "nothing was switched"
+                self.fail(f"release {target}: its before_switch hook failed "
+                          f"({hook_summary(outcome, self.params['hook_timeout'])}); {serving}")
+        if self.params["state"] == "present":
+            # deployed_at orders releases for cleanup: a redeployed old release counts as new again
+            write_release_file(self.base, target, self.params["version"], self.params["sha256"])
+        after = None
+        if "after_switch" in hooks:
+            def after():
+                return self.run_hook("after_switch", hooks["after_switch"], target)[1]
+        failed = switch_and_gate(self.base, self.gate, target, before, self.result, after)
+        if failed is not None:
+            restored = "restored and healthy" if self.result["restored_healthy"] else (
+                "restored but NOT healthy" if self.result["rolled_back"] else "nothing to restore; unit stopped")
+            what = "failed its health gate" if failed == "health gate" else \
+                "passed its health gate but its after_switch hook failed"
+            self.fail(f"release {target} {what}; {before or 'no release'} {restored}")
+
+    def restore_previous(self, target):
+        # Undoing a failed rollout: the host gets back its `previous` of before the rollout too,
+        # not the release that just failed (which a later `rollback` would otherwise switch to);
+        # "-": it had none.
+        wanted = self.params["previous_id"]
+        if not wanted or wanted == target:
+            return
+        if wanted != NO_PREVIOUS and os.path.isdir(self.release_dir(wanted)):
+            if link_target(self.base, PREVIOUS) != wanted:
+                switch_link(self.base, PREVIOUS, wanted)
+                self.result["changed"] = True
+        elif link_target(self.base, PREVIOUS) is not None:
+            remove_link(self.base, PREVIOUS)
+            self.result["changed"] = True
 
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "state": {"type": "str", "choices": ["present", "rollback", "status", "cleanup"], "default": "present"},
-            "service": {"type": "str", "required": True},
-            "base_dir": {"type": "path"},
-            "release_id": {"type": "str"},
-            "sha256": {"type": "str"},
-            "version": {"type": "str", "default": "0.0.0"},
-            "port": {"type": "int", "default": 8080},
-            "health_path": {"type": "str", "default": "/healthz"},
-            "health_timeout": {"type": "float", "default": 10.0},
-            "health_interval": {"type": "float", "default": 0.25},
-            "restart": {"type": "bool", "default": False},
-            "keep_releases": {"type": "int", "default": 0},
-            "previous_id": {"type": "str", "default": ""},
-        },
+        argument_spec=ARGUMENT_SPEC,
         required_if=[("state", "present", ["release_id", "sha256"])],
-        supports_check_mode=False,
+        supports_check_mode=True,
     )
-    params = module.params
-    service = params["service"]
-    base = params["base_dir"] or f"/opt/{service}"
-    gate = Gate(params)
-    before = link_target(base, CURRENT)
-    previous_before = link_target(base, PREVIOUS)
-    result = {
-        "state": params["state"],
-        "changed": False, "release_before": before, "previous_before": previous_before, "release": before,
-        "switched": False,
-        "rolled_back": False, "restored_healthy": None, "healthy": None, "evidence": {}, "removed": [],
-        "timings": {"started": time.time()},
-    }
-
-    if params["state"] == "status":
-        result.update(previous_release=link_target(base, PREVIOUS), unit=unit_state(service),
-                      healthy=gate.probe_now(), releases=list_releases(base))
-        module.exit_json(**result)
-
-    if params["state"] == "cleanup":
-        # After the whole rollout passed its gates (deploy.yml's last play): a rollout that fails
-        # on a later host puts this one back on its old current *and* previous, so nothing may
-        # be removed before then.
-        remove_old_releases(base, params["keep_releases"], result)
-        result.update(previous_release=link_target(base, PREVIOUS), unit=unit_state(service))
-        module.exit_json(**result)
-
-    if params["state"] == "present":
-        target = params["release_id"]
-        binary = os.path.join(base, RELEASES, target, service)
-        if not os.path.isfile(binary):
-            module.fail_json(msg=f"release {target} is not on the host ({binary} missing)", **result)
-        actual = sha256_of(binary)
-        if actual != params["sha256"].lower():
-            module.fail_json(msg=f"{binary}: sha256 {actual} does not match the release's {params['sha256']}",
-                             **result)
+    release = Release(module)
+    release.check_inputs()
+    state = module.params["state"]
+    if state == "status":
+        release.status()
+    elif state == "cleanup":
+        release.cleanup()
     else:
-        target = params["release_id"] or link_target(base, PREVIOUS)
-        if not target:
-            module.fail_json(msg=f"no previous release recorded in {base}/previous; name one with release_id",
-                             **result)
-        binary = os.path.join(base, RELEASES, target, service)
-        if not os.path.isfile(binary):
-            available = ", ".join(list_releases(base)) or "none"
-            module.fail_json(msg=f"release {target} is not on the host (available: {available})", **result)
-
-    if before == target and not params["restart"] and gate.probe_now():
-        # Already current and healthy: the idempotent no-op.
-        result.update(healthy=True)
-    elif before == target:
-        # Current but not healthy (or its configuration changed): restart it in place, gated.
-        ok = switch_and_gate(module, base, gate, target, before, result)
-        if not ok:
-            result.update(previous_release=link_target(base, PREVIOUS), unit=unit_state(service))
-            module.fail_json(msg=f"release {target} is current but failed its health gate", **result)
-    else:
-        if params["state"] == "present":
-            # deployed_at orders releases for cleanup: a redeployed old release counts as new again
-            write_release_file(base, target, params["version"], params["sha256"])
-        ok = switch_and_gate(module, base, gate, target, before, result)
-        if not ok:
-            result.update(previous_release=link_target(base, PREVIOUS), unit=unit_state(service))
-            restored = "restored and healthy" if result["restored_healthy"] else (
-                "restored but NOT healthy" if result["rolled_back"] else "nothing to restore; unit stopped")
-            module.fail_json(msg=f"release {target} failed its health gate; {before or 'no release'} {restored}",
-                             **result)
-
-    restore_previous = params["previous_id"]
-    if params["state"] == "rollback" and restore_previous and restore_previous != target:
-        # Undoing a failed rollout: the host gets back its `previous` of before the rollout too,
-        # not the release that just failed (which a later `rollback` would otherwise switch to);
-        # "-": it had none.
-        if restore_previous != NO_PREVIOUS and os.path.isfile(os.path.join(base, RELEASES, restore_previous, service)):
-            if link_target(base, PREVIOUS) != restore_previous:
-                switch_link(base, PREVIOUS, restore_previous)
-                result["changed"] = True
-        elif link_target(base, PREVIOUS) is not None:
-            remove_link(base, PREVIOUS)
-            result["changed"] = True
-    if params["state"] == "rollback":
-        remove_old_releases(base, params["keep_releases"], result)
-    result.update(previous_release=link_target(base, PREVIOUS), unit=unit_state(service))
-    module.exit_json(**result)
+        release.switch()
 
 
 if __name__ == "__main__":
