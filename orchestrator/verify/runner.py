@@ -7,12 +7,29 @@ from pathlib import Path
 
 from orchestrator.config.loader import Project
 from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.verify.core import CHECKS, CheckResult, VerifyContext, VerifyReport, _run_one
+
+# the check modules register their checks on import
+from orchestrator.verify import checks, graph, preflight
+from orchestrator.verify.core import CHECKS, Check, CheckResult, VerifyContext, VerifyReport, _run_one
+
+#: the modules' checks run in this order (static checks, the resource graph, the deploy model),
+#: each module's in the order it registers them, whichever module was imported first
+MODULE_ORDER = (checks.__name__, graph.__name__, preflight.__name__)
+
+
+def ordered_checks() -> list[Check]:
+    """The registered checks in the order they run."""
+    def rank(item: tuple[int, Check]) -> tuple[int, int]:
+        index, registered = item
+        module = registered.func.__module__
+        return (MODULE_ORDER.index(module) if module in MODULE_ORDER else len(MODULE_ORDER), index)
+
+    return [c for _, c in sorted(enumerate(CHECKS), key=rank)]
 
 
 def check_names() -> list[str]:
     """Names of the registered checks, in the order they run."""
-    return [c.name for c in CHECKS]
+    return [c.name for c in ordered_checks()]
 
 
 def run_verify(project_dir: Path, env_name: str, *, only: Sequence[str] | None = None,
@@ -34,7 +51,7 @@ def run_verify(project_dir: Path, env_name: str, *, only: Sequence[str] | None =
         context.loaded = project.load(env_name)
     except OrchestratorError as exc:
         context.load_error = exc.message
-    selected = [c for c in CHECKS if only is None or c.name in only]
+    selected = [c for c in ordered_checks() if only is None or c.name in only]
     results = []
     for registered in selected:
         result = _run_one(registered, context)

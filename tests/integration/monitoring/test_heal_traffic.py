@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from .conftest import free_port, http_get
-from .test_heal_e2e import current_release, example_binary, flaky_binary, heal_server, orchestrate, wait_all_up
+from .test_heal_e2e import current_release, example_binary, flaky_binary, heal_server, orchestrate, prometheus_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,6 +30,20 @@ def serving(fleet: FleetEnv) -> dict[str, int]:
     code, data, err = orchestrate(fleet, "traffic", fleet.env_name)
     assert code == 0, err
     return {name: int(s["weight"]) for name, s in data["servers"].items()}
+
+
+def wait_scraped(fleet: FleetEnv) -> None:
+    """Until Prometheus on the monitoring host scrapes every app host's service and every node."""
+    monitor = fleet.group("monitoring")[0]
+    expected = {("service", h.name) for h in fleet.group("app")} | {("node", h.name) for h in fleet.hosts}
+    deadline = time.monotonic() + 90
+    up: dict[tuple[str, str], str] = {}
+    while time.monotonic() < deadline:
+        up = prometheus_up(fleet, monitor.address)
+        if all(up.get(target) == "1" for target in expected):
+            return
+        time.sleep(1)
+    raise AssertionError(f"Prometheus targets not all up: {up}")
 
 
 def test_high_error_rate_after_blue_green_switches_the_traffic_back(fleet_factory: Any, tmp_path: Path) -> None:
@@ -73,7 +87,7 @@ def test_high_error_rate_after_blue_green_switches_the_traffic_back(fleet_factor
             time.sleep(0.03)
 
     with heal_server(fleet, heal_port) as summary:
-        wait_all_up(fleet)
+        wait_scraped(fleet)
         sender = threading.Thread(target=traffic, daemon=True)
         sender.start()
         try:
