@@ -77,6 +77,7 @@ class Timeouts:
     show: float = 300
     fmt: float = 60
     validate: float = 300
+    graph: float = 300
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -162,6 +163,17 @@ def show_argv(plan_file: Path) -> list[str]:
 def validate_argv() -> list[str]:
     """`terraform validate -json` (needs an initialised directory)."""
     return [TERRAFORM, "validate", "-no-color", "-json"]
+
+
+def graph_argv(*, plan_destroy: bool = False) -> list[str]:
+    """`terraform graph` (DOT on stdout); `-type=plan-destroy` draws what a destroy would do, in order.
+
+    It reads the state through the backend and changes nothing: no init, no plan file, no lock.
+    """
+    argv = [TERRAFORM, "graph"]
+    if plan_destroy:
+        argv.append("-type=plan-destroy")
+    return argv
 
 
 def fmt_check_argv(directory: Path) -> list[str]:
@@ -606,13 +618,30 @@ class Terraform:
         return {name: (body or {}).get("value") for name, body in data.items()}
 
     def validate(self) -> list[Diagnostic]:
-        """`terraform validate`: the diagnostics (errors and warnings); empty when valid."""
+        """`terraform validate`: the diagnostics (errors and warnings); empty when valid.
+
+        A failure that is not a diagnostic (no JSON answer) raises TerraformError with terraform's
+        own message.
+        """
         result = self._run("validate", validate_argv(), timeout=self.timeouts.validate, ok_codes=None)
         try:
             data = json.loads(result.stdout or "{}")
         except json.JSONDecodeError as exc:
-            raise TerraformError(f"terraform validate for {self.env_name} failed: not JSON ({exc})") from None
-        return [Diagnostic.from_json(d) for d in data.get("diagnostics") or []]
+            raise TerraformError(failure_message(
+                "validate", self.env_name, [],
+                _strip_cli_noise(result.stderr) or f"exit {result.returncode}, no JSON answer ({exc})")) from None
+        diagnostics = [Diagnostic.from_json(d) for d in data.get("diagnostics") or []]
+        if not data.get("valid", False) and not any(d.severity == "error" for d in diagnostics):
+            diagnostics.append(Diagnostic(severity="error", summary="terraform validate: invalid"))
+        return diagnostics
+
+    def graph(self, *, plan_destroy: bool = False) -> str:
+        """`terraform graph` (with `plan_destroy`: `-type=plan-destroy`) as DOT text.
+
+        TerraformError with terraform's message when it fails (e.g. an S3 backend without
+        credentials here).
+        """
+        return self._run("graph", graph_argv(plan_destroy=plan_destroy), timeout=self.timeouts.graph).stdout
 
     def show_plan(self, plan_file: Path) -> dict[str, Any]:
         """`terraform show -json PLANFILE` as a mapping."""

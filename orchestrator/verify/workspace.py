@@ -12,8 +12,6 @@ from orchestrator.fleet.render import module_source, render_environment
 from orchestrator.tools.terraform import Terraform
 from orchestrator.verify.core import VerifyContext, _Workspace
 
-TIMEOUT_VALIDATE = 300.0
-
 
 def _module_dir(ctx: VerifyContext) -> Path:
     return ctx.project_dir / "terraform" / "modules" / ctx.env.env.terraform.module
