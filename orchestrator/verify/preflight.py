@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.fleet.provision import PreflightFailed
 from orchestrator.models import process as process_model
+
+# "environment" and "heal-policy" of PREFLIGHT_CHECKS register there
+from orchestrator.verify import checks as _static_checks  # noqa: F401  (registers)
 from orchestrator.verify.core import CHECKS, CheckResult, Outcome, VerifyContext, _run_one, check, failed, ok
 
 #: how much may go wrong on one path of the deploy model, by fleet size (bigger fleets: fewer crashes)

@@ -7,6 +7,12 @@ from pathlib import Path
 
 from orchestrator.config.loader import Project
 from orchestrator.errors import OrchestratorError, UsageError
+
+# The checks register themselves when their modules are imported, in this order: the static
+# checks, the resource graph, then the deploy model.
+from orchestrator.verify import checks as _static_checks  # noqa: F401  (registers)
+from orchestrator.verify import graph as _graph_checks  # noqa: F401  (registers)
+from orchestrator.verify import preflight as _preflight_checks  # noqa: F401  (registers)
 from orchestrator.verify.core import CHECKS, CheckResult, VerifyContext, VerifyReport, _run_one
 
 
