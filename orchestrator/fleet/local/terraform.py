@@ -14,7 +14,7 @@ from orchestrator.errors import HostError
 
 if TYPE_CHECKING:
     from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.fleet.local.fleet import HostSpec, HostStatus, LocalFleet, plan_hosts
+from orchestrator.fleet.local.fleet import HostSpec, LocalFleet, LocalHostState, plan_hosts
 from orchestrator.fleet.local.network import FleetNetwork
 
 
@@ -86,7 +86,7 @@ def ensure_fleet_from_outputs(
     outputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
     timeout: float | None = None,
-) -> list[HostStatus]:
+) -> list[LocalHostState]:
     """Bring every host in the terraform outputs up: the restore path of `orchestrate provision`.
 
     Terraform sees no change when a host's process died or the machine rebooted (its
