@@ -129,7 +129,8 @@ def needs_confirmation(
 def terraform_for(loaded: LoadedEnvironment, *, timeouts: Timeouts | None = None) -> Terraform:
     """Render the environment's root module and return a Terraform adapter for it.
 
-    The per-command timeouts are the environment file's `terraform.timeouts` over the defaults.
+    The per-command timeouts are the environment file's `terraform.timeouts` over the defaults;
+    init keeps to the environment's provider lock file when the repository has one.
     """
     return _rendered_terraform(loaded, timeouts=timeouts)[1]
 
@@ -142,7 +143,8 @@ def _rendered_terraform(loaded: LoadedEnvironment, *,
     module_dir = loaded.project_dir / "terraform" / "modules" / loaded.env.terraform.module
     timeouts = timeouts or Timeouts(**loaded.env.terraform.timeouts.seconds())
     return loaded, Terraform(rendered.terraform_dir, env_name=loaded.name, state_dir=loaded.state_dir,
-                             timeouts=timeouts, timeouts_source=_display_path(loaded), module_dirs=[module_dir])
+                             timeouts=timeouts, timeouts_source=_display_path(loaded), module_dirs=[module_dir],
+                             lock_file=rendered.lock_file)
 
 
 def _display_path(loaded: LoadedEnvironment) -> str:

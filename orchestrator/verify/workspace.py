@@ -39,7 +39,7 @@ def _workspace(ctx: VerifyContext) -> _Workspace:
         "# Written by orchestrate verify: the scratch copy never touches the environment's backend.\n"
         'terraform {\n  backend "local" {\n    path = "verify.tfstate"\n  }\n}\n')
     terraform = Terraform(directory, env_name=loaded.name, state_dir=loaded.paths.verify,
-                          module_dirs=[module_dir])
+                          module_dirs=[module_dir], lock_file=rendered.lock_file)
     terraform.init()
     workspace = _Workspace(directory, terraform, module_dir)
     ctx._workspace = workspace
