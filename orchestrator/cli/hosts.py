@@ -10,11 +10,11 @@ from rich.table import Table
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import UsageError
-from orchestrator.fleet.local.fleet import HostState, HostStatus
+from orchestrator.fleet.local.fleet import HostLiveness, LocalHostState
 from orchestrator.fleet.local.terraform import fleet_for
 
 
-def _table(title: str, hosts: list[HostStatus]) -> Table:
+def _table(title: str, hosts: list[LocalHostState]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("name", "address", "groups", "state"):
         table.add_column(column)
@@ -50,8 +50,9 @@ def command(app: AppContext, env_name: str) -> None:
              lambda: app.stdout_print(_table(f"hosts of {env_name} (bridge {bridge}, {subnet})", hosts)))
 
 
-def _cloud_hosts(loaded: LoadedEnvironment) -> list[HostStatus]:
-    """The hosts Terraform's outputs name (the inventory), with each instance's state from EC2."""
+def _cloud_hosts(loaded: LoadedEnvironment) -> list[LocalHostState]:
+    """The hosts Terraform's outputs name (the inventory), with each instance's state from EC2 (rows
+    shaped like a local host's, for one table)."""
     from orchestrator.fleet.aws import instance_states
     from orchestrator.fleet.inventory import hosts_from_inventory, load_inventory
 
@@ -59,6 +60,6 @@ def _cloud_hosts(loaded: LoadedEnvironment) -> list[HostStatus]:
     if not path.exists():
         raise UsageError(f"{loaded.name} has no inventory yet ({path}): run `orchestrate provision {loaded.name}`")
     states = instance_states(loaded)
-    return [HostStatus(name=h.name, address=h.address, groups=tuple(h.groups),
-                       state=cast(HostState, states.get(h.name, "missing")))
+    return [LocalHostState(name=h.name, address=h.address, groups=tuple(h.groups),
+                       state=cast(HostLiveness, states.get(h.name, "missing")))
             for h in hosts_from_inventory(load_inventory(path))]

@@ -10,6 +10,7 @@ key so that a validation error names the file, the line, the field path and what
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from orchestrator.config.schema import (
     TRAFFIC_ONLY_STRATEGIES,
     Environment,
     TerraformLocal,
+    default_bridge_name,
     parse_duration,
 )
 from orchestrator.errors import ConfigError, UsageError
@@ -68,6 +70,23 @@ class LoadedEnvironment:
 
     def line_of(self, *field: str | int) -> int | None:
         return _line_for(self.lines, field)
+
+    def with_local_network(self, bridge: str, subnet: str) -> LoadedEnvironment:
+        """This environment with a local fleet's `terraform.vars.bridge`/`subnet` set (pure)."""
+        terraform = self.env.terraform
+        if not isinstance(terraform, TerraformLocal):
+            return self
+        fleet_vars = terraform.vars.model_copy(update={"bridge": bridge, "subnet": subnet})
+        env = self.env.model_copy(update={"terraform": terraform.model_copy(update={"vars": fleet_vars})})
+        return replace(self, env=env)
+
+
+def missing_subnet(loaded: LoadedEnvironment) -> UsageError:
+    """The error of a local fleet used before it has a subnet (none in the file, none chosen yet)."""
+    return UsageError(
+        f"{loaded.name}: the local fleet has no subnet yet (terraform.vars.subnet is not set in "
+        f"{_display_path(loaded.path, loaded.project_dir)} and none was chosen in {loaded.paths.network}): "
+        f"run `orchestrate render {loaded.name}` or `orchestrate provision {loaded.name}`, or set it")
 
 
 def _compose_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], display: str) -> None:
@@ -201,21 +220,27 @@ def load_environment_file(path: Path, project_dir: Path) -> LoadedEnvironment:
 def _with_network_defaults(loaded: LoadedEnvironment) -> LoadedEnvironment:
     """`loaded` with a local fleet's bridge and subnet filled in where the file leaves them out.
 
-    Every consumer (render, the host code, monitoring, the Ansible guard) then reads the same
-    `terraform.vars.bridge`/`subnet`. The subnet is chosen once and kept under
-    .orchestrate/ENV/ (see orchestrator.fleet.local.network.resolve_network), so re-renders are stable.
+    Pure: the bridge name derives from host_prefix; the subnet is the one kept in
+    .orchestrate/ENV/network.json, when the fleet was rendered or provisioned before (choosing
+    one reads the machine's routes and writes that file: orchestrator.fleet.local.network.
+    ensure_network does it where the fleet is rendered, provisioned or booted). Without that file
+    the subnet stays empty. Every consumer then reads the same `terraform.vars.bridge`/`subnet`.
     """
     terraform = loaded.env.terraform
     if not isinstance(terraform, TerraformLocal) or (terraform.vars.bridge and terraform.vars.subnet):
         return loaded
-    from orchestrator.fleet.local.network import resolve_network
-
     v = terraform.vars
-    network = resolve_network(loaded.project_dir, loaded.name, host_prefix=v.host_prefix, bridge=v.bridge,
-                              subnet=v.subnet)
-    fleet_vars = v.model_copy(update={"bridge": network.bridge, "subnet": network.subnet})
-    env = loaded.env.model_copy(update={"terraform": terraform.model_copy(update={"vars": fleet_vars})})
-    return replace(loaded, env=env)
+    return loaded.with_local_network(v.bridge or default_bridge_name(v.host_prefix),
+                                     v.subnet or kept_subnet(loaded.paths.network))
+
+
+def kept_subnet(path: Path) -> str:
+    """The subnet recorded in a network.json (`{"subnet": "10.213.7.0/24", ...}`); "" when there is
+    none or it is not an IPv4 network. Only reads."""
+    try:
+        return str(ipaddress.IPv4Network(str(json.loads(path.read_text(encoding="utf-8"))["subnet"]), strict=True))
+    except (OSError, ValueError, TypeError, KeyError):
+        return ""
 
 
 def _check_semantics(loaded: LoadedEnvironment, display: str, dir_name: str) -> None:

@@ -4,6 +4,7 @@ monitoring, healing, schedule) with their defaults. Pure: no file, network or ho
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -40,6 +41,23 @@ _HOST_PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 
 
 _BRIDGE_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+
+
+_BRIDGE_NAME_MAX = 15  # IFNAMSIZ - 1
+
+
+def default_bridge_name(host_prefix: str) -> str:
+    """The bridge of a local fleet whose env file names none: `orch-PREFIX`, or a hashed short form.
+
+    Host prefixes are unique per machine (host names are), and so are these names: a prefix
+    too long for the 15 characters of an interface name keeps its start and gets 5 hex of
+    its sha256 (`or-PREFIX6-xxxxx`).
+    """
+    name = f"orch-{host_prefix}"
+    if len(name) <= _BRIDGE_NAME_MAX:
+        return name
+    digest = hashlib.sha256(host_prefix.encode()).hexdigest()[:5]
+    return f"or-{host_prefix[:6]}-{digest}"
 
 
 _CRON_FIELD_RE = re.compile(r"^[\d*/,\-A-Za-z]+$")
@@ -103,12 +121,13 @@ class LocalFleetVars(_Model):
     bridge: str = Field(
         default="",
         description="name of the bridge the project owns (at most 15 chars); empty or absent: derived from "
-        "host_prefix (orchestrator.fleet.local.network.default_bridge_name)",
+        "host_prefix (default_bridge_name)",
     )
     subnet: str = Field(
         default="",
         description="IPv4 subnet of the bridge, /16 to /28; empty or absent: a free /24 of 10.213.0.0/16, "
-        "chosen once and kept in .orchestrate/ENV/network.json (orchestrator.fleet.local.network.resolve_network)",
+        "chosen when the fleet is first rendered or provisioned and kept in .orchestrate/ENV/network.json "
+        "(orchestrator.fleet.local.network.resolve_network), which loading reads",
     )
 
     @field_validator("host_prefix")

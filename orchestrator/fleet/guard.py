@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.loader import LoadedEnvironment, missing_subnet
 from orchestrator.config.schema import TerraformLocal
 from orchestrator.fleet.local.network import FleetNetwork
 
 
 def own_network(loaded: LoadedEnvironment) -> FleetNetwork | None:
-    """The project's own bridge of a local environment; None for cloud targets."""
+    """The project's own bridge of a local environment; None for cloud targets.
+
+    UsageError when the fleet has no subnet yet (never rendered or provisioned): there is no
+    host of the project to connect to.
+    """
     terraform = loaded.env.terraform
     if isinstance(terraform, TerraformLocal):
+        if not terraform.vars.subnet:
+            raise missing_subnet(loaded)
         return FleetNetwork(terraform.vars.bridge, terraform.vars.subnet)
     return None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.loader import LoadedEnvironment, missing_subnet
 from orchestrator.config.schema import TerraformLocal
 from orchestrator.errors import UsageError
 
@@ -114,6 +114,8 @@ def allowed_networks(loaded: LoadedEnvironment) -> tuple[str, ...] | None:
     addresses come from the cloud provider.
     """
     if isinstance(loaded.env.terraform, TerraformLocal):
+        if not loaded.env.terraform.vars.subnet:
+            raise missing_subnet(loaded)
         return (loaded.env.terraform.vars.subnet,)
     return None
 

@@ -129,13 +129,22 @@ def needs_confirmation(
 def terraform_for(loaded: LoadedEnvironment, *, timeouts: Timeouts | None = None) -> Terraform:
     """Render the environment's root module and return a Terraform adapter for it.
 
-    The per-command timeouts are the environment file's `terraform.timeouts` over the defaults.
+    The per-command timeouts are the environment file's `terraform.timeouts` over the defaults;
+    init keeps to the environment's provider lock file when the repository has one.
     """
+    return _rendered_terraform(loaded, timeouts=timeouts)[1]
+
+
+def _rendered_terraform(loaded: LoadedEnvironment, *,
+                        timeouts: Timeouts | None = None) -> tuple[LoadedEnvironment, Terraform]:
+    """`terraform_for`, and the environment as rendered (its local network filled in)."""
     rendered = render_environment(loaded)
+    loaded = rendered.loaded
     module_dir = loaded.project_dir / "terraform" / "modules" / loaded.env.terraform.module
     timeouts = timeouts or Timeouts(**loaded.env.terraform.timeouts.seconds())
-    return Terraform(rendered.terraform_dir, env_name=loaded.name, state_dir=loaded.state_dir, timeouts=timeouts,
-                     timeouts_source=_display_path(loaded), module_dirs=[module_dir])
+    return loaded, Terraform(rendered.terraform_dir, env_name=loaded.name, state_dir=loaded.state_dir,
+                             timeouts=timeouts, timeouts_source=_display_path(loaded), module_dirs=[module_dir],
+                             lock_file=rendered.lock_file)
 
 
 def _display_path(loaded: LoadedEnvironment) -> str:
@@ -170,9 +179,9 @@ def provision(
     A plan without changes is not applied (an apply would only cost time); the inventory is
     written from the outputs either way. For local environments `local_fleet_hook` (default:
     orchestrator.fleet.local.terraform.ensure_fleet_from_outputs) boots hosts whose process died, which
-    Terraform cannot see.
+    Terraform cannot see. A local fleet's subnet is chosen here when the env file leaves it out.
     """
-    tf = terraform_for(loaded)
+    loaded, tf = _rendered_terraform(loaded)
     reviewed = plan(loaded, on_progress=on_progress, terraform=tf)
     preflight: list[str] = []
     if reviewed.changes:

@@ -2,7 +2,10 @@
 
 `render_environment` writes the environment's Terraform root module under
 `.orchestrate/<env>/terraform/`: versions, backend, provider configuration and the call of
-the fleet module, with the environment's variables in `terraform.tfvars.json`.
+the fleet module, with the environment's variables in `terraform.tfvars.json`, and the
+environment's provider lock file (`inventories/<env>/.terraform.lock.hcl`, kept in the
+repository) beside them. A local fleet without a subnet in its env file gets one here
+(orchestrator.fleet.local.network.ensure_network); the result carries the environment as rendered.
 Nothing rendered here ever contains a credential: those come from the environment at run time.
 """
 
@@ -17,9 +20,11 @@ from typing import Any
 
 import jinja2
 
-from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.loader import LoadedEnvironment, missing_subnet
 from orchestrator.config.schema import TerraformAws, TerraformLocal
 from orchestrator.errors import ConfigError
+from orchestrator.fleet.local.network import ensure_network
+from orchestrator.tools.terraform import LOCK_FILE
 
 AWS_ENDPOINT_ENV = "ORCHESTRATE_AWS_ENDPOINT"
 
@@ -39,11 +44,20 @@ _jinja.filters["tojson"] = lambda value: json.dumps(value)
 
 @dataclass(frozen=True)
 class RenderResult:
-    """What `render_environment` wrote."""
+    """What `render_environment` wrote, and the environment it rendered."""
 
     env: str
     terraform_dir: Path
     files: list[Path]
+    loaded: LoadedEnvironment
+    """The environment as rendered (a local fleet's bridge and subnet filled in): use it from here on."""
+    lock_file: Path | None = None
+    """The repository's provider lock file the root got a copy of (None: the environment keeps none)."""
+
+
+def lock_file_of(loaded: LoadedEnvironment) -> Path:
+    """Where the environment's provider lock file is kept: inventories/<env>/.terraform.lock.hcl."""
+    return loaded.path.parent / LOCK_FILE
 
 
 def render_template(name: str, **context: Any) -> str:
@@ -62,11 +76,10 @@ def terraform_variables(loaded: LoadedEnvironment) -> dict[str, Any]:
     env = loaded.env
     variables: dict[str, Any] = env.terraform.vars.model_dump()
     if isinstance(env.terraform, TerraformLocal):
-        # bridge and subnet are never empty here: loading filled in the defaults (kept in
-        # .orchestrate/ENV/network.json), the same values hosts.local.fleet_for boots hosts with.
+        # bridge and subnet are never empty here: render_environment filled in the defaults (kept
+        # in .orchestrate/ENV/network.json), the same values fleet.local.terraform.fleet_for boots hosts with.
         if not (variables["bridge"] and variables["subnet"]):
-            raise ConfigError("local fleet without bridge or subnet; load it with Project.load",
-                              field="terraform.vars")
+            raise missing_subnet(loaded)
         variables["state_dir"] = str(loaded.paths.hosts)
         variables["python"] = sys.executable
         variables["project_dir"] = str(loaded.project_dir)
@@ -106,7 +119,13 @@ def hcl_type(value: Any, where: str = "") -> str:
 
 
 def render_environment(loaded: LoadedEnvironment) -> RenderResult:
-    """Write the Terraform root of `loaded` under .orchestrate/<env>/terraform/."""
+    """Write the Terraform root of `loaded` under .orchestrate/<env>/terraform/.
+
+    Also copies the environment's provider lock file there when the repository keeps one, and
+    chooses (and keeps) a local fleet's subnet when the env file leaves it out: go on with
+    the returned `RenderResult.loaded`.
+    """
+    loaded = ensure_network(loaded)
     env = loaded.env
     terraform_dir = loaded.paths.terraform
     terraform_dir.mkdir(parents=True, exist_ok=True)
@@ -127,10 +146,16 @@ def render_environment(loaded: LoadedEnvironment) -> RenderResult:
         "main.tf": render_template("terraform/main.tf.j2", **context),
         "terraform.tfvars.json": json.dumps(variables, indent=2, sort_keys=True) + "\n",
     }
+    # Provider versions and checksums come from the repository, never from what init found:
+    # terraform init runs with -lockfile=readonly on this copy (tools.terraform.Terraform.lock_file).
+    kept_lock = lock_file_of(loaded)
+    lock_file = kept_lock if kept_lock.is_file() else None
+    if lock_file is not None:
+        files[LOCK_FILE] = lock_file.read_text()
     written = []
     for name, text in files.items():
         path = terraform_dir / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
         written.append(path)
-    return RenderResult(env=env.name, terraform_dir=terraform_dir, files=written)
+    return RenderResult(env=env.name, terraform_dir=terraform_dir, files=written, loaded=loaded, lock_file=lock_file)

@@ -1,10 +1,10 @@
-"""Verification of the rendered monitoring files with the real promtool and amtool, and the static
-heal-policy check (every remediation a rule names has its playbook; throttles cover alert_for).
+"""Verification of the rendered monitoring files with the real promtool and amtool (run through
+orchestrator.tools.promtool), and the static heal-policy check (every remediation a rule names has
+its playbook; throttles cover alert_for).
 """
 
 from __future__ import annotations
 
-import shlex
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -13,7 +13,6 @@ from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration
-from orchestrator.errors import CommandError
 from orchestrator.fleet.inventory import Host, fleet_hosts
 from orchestrator.monitoring.files import (
     ALERTMANAGER_FILE,
@@ -24,23 +23,8 @@ from orchestrator.monitoring.files import (
     write_monitoring,
 )
 from orchestrator.monitoring.rules import REMEDIATIONS, RULES_FILE, RULES_TEST_FILE, RouteCase, alert_rules, route_cases
-from orchestrator.tools.process import run_command
-
-#: bounds of a single verification program run
-CHECK_TIMEOUT_S = 60
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """Outcome of one verification step."""
-
-    name: str
-    ok: bool
-    command: str
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "command": self.command, "detail": self.detail}
+from orchestrator.tools import promtool
+from orchestrator.tools.promtool import ToolCheck
 
 
 @dataclass(frozen=True)
@@ -48,73 +32,30 @@ class VerificationReport:
     """All checks of one environment's monitoring configuration."""
 
     env: str
-    checks: list[CheckResult]
+    checks: list[ToolCheck]
 
     @property
     def ok(self) -> bool:
         return all(check.ok for check in self.checks)
 
     @property
-    def failures(self) -> list[CheckResult]:
+    def failures(self) -> list[ToolCheck]:
         return [check for check in self.checks if not check.ok]
 
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "ok": self.ok, "checks": [c.as_dict() for c in self.checks]}
 
 
-def _run_check(name: str, argv: list[str], cwd: Path | None = None) -> CheckResult:
-    """Run one checker; its output becomes the detail, a non-zero exit a failed check."""
-    command = shlex.join(argv)
-    try:
-        result = run_command(argv, cwd=cwd, timeout=CHECK_TIMEOUT_S, check=False)
-    except CommandError as exc:  # not installed, or timed out
-        return CheckResult(name, False, command, exc.message)
-    output = (result.stdout + result.stderr).strip()
-    return CheckResult(name, result.returncode == 0, command, output)
-
-
-def promtool_check_config_argv(path: Path) -> list[str]:
-    """argv of `promtool check config` for `path`."""
-    return ["promtool", "check", "config", str(path)]
-
-
-def check_prometheus_config(path: Path) -> CheckResult:
-    """`promtool check config` (also checks the rule files the config names)."""
-    return _run_check("promtool check config", promtool_check_config_argv(path))
-
-
-def check_rules(path: Path) -> CheckResult:
-    """`promtool check rules` on a rule file."""
-    return _run_check("promtool check rules", ["promtool", "check", "rules", str(path)])
-
-
-def test_rules(path: Path) -> CheckResult:
-    """`promtool test rules` on a rule test file (rule_files resolve relative to it)."""
-    return _run_check("promtool test rules", ["promtool", "test", "rules", path.name], cwd=path.parent)
-
-
-# pytest would collect a module-level `test_*` function imported into a test module.
-test_rules.__test__ = False  # type: ignore[attr-defined]
-
-
-def check_alertmanager_config(path: Path) -> CheckResult:
-    """`amtool check-config` on an Alertmanager config."""
-    return _run_check("amtool check-config", ["amtool", "check-config", str(path)])
-
-
 def amtool_route_argv(path: Path, case: RouteCase) -> list[str]:
     """argv of the amtool routing assertion for `case`."""
-    return ["amtool", "config", "routes", "test", f"--config.file={path}",
-            f"--verify.receivers={case.receiver}", *case.amtool_labels()]
+    return promtool.amtool_routes_test_argv(path, case.receiver, case.amtool_labels())
 
 
-def test_routes(path: Path, cases: Sequence[RouteCase]) -> list[CheckResult]:
+def test_routes(path: Path, cases: Sequence[RouteCase]) -> list[ToolCheck]:
     """`amtool config routes test --verify.receivers` for every case (exit 1 on a mismatch)."""
-    results = []
-    for case in cases:
-        name = f"route {case.labels.get('alertname', '?')} -> {case.receiver}"
-        results.append(_run_check(name, amtool_route_argv(path, case)))
-    return results
+    return [promtool.test_route(path, case.receiver, case.amtool_labels(),
+                                name=f"route {case.labels.get('alertname', '?')} -> {case.receiver}")
+            for case in cases]
 
 
 test_routes.__test__ = False  # type: ignore[attr-defined]
@@ -173,14 +114,14 @@ def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = 
         write_monitoring(root, render_monitoring_texts(loaded, hosts, layout))
         (root / HEAL_TOKEN_FILE).write_text("verification-token\n")
         checks = [
-            check_rules(root / RULES_FILE),
-            check_prometheus_config(root / PROMETHEUS_FILE),
-            test_rules(root / RULES_TEST_FILE),
-            check_alertmanager_config(root / ALERTMANAGER_FILE),
+            promtool.check_rules(root / RULES_FILE),
+            promtool.check_config(root / PROMETHEUS_FILE),
+            promtool.test_rules(root / RULES_TEST_FILE),
+            promtool.check_alertmanager_config(root / ALERTMANAGER_FILE),
             *test_routes(root / ALERTMANAGER_FILE, route_cases(loaded.env)),
         ]
     problems = check_heal_policy(loaded, playbooks_dir)
-    checks.append(CheckResult(
+    checks.append(ToolCheck(
         "heal policy", not problems, "check_heal_policy",
         "\n".join(f"{p.rule}: {p.message}" for p in problems),
     ))

@@ -115,6 +115,9 @@ class MonitoringFiles:
 def bridge_gateway(env: Environment) -> str | None:
     """The controller's address on a local fleet's bridge (first address of the subnet), else None."""
     if isinstance(env.terraform, TerraformLocal):
+        if not env.terraform.vars.subnet:
+            raise UsageError(f"{env.name}: the local fleet has no subnet yet: run `orchestrate render {env.name}` "
+                             "(or provision it), or set terraform.vars.subnet")
         network = ipaddress.IPv4Network(env.terraform.vars.subnet)
         return str(network.network_address + 1)
     return None

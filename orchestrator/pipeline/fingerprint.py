@@ -13,6 +13,7 @@ from pathlib import Path
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.runs.journal import Journal
 from orchestrator.runs.records import RunRecord
+from orchestrator.tools.terraform import LOCK_FILE
 
 #: files under these project directories feed the fingerprint of a run
 FINGERPRINT_DIRS = ("roles", "playbooks", "terraform/modules")
@@ -39,6 +40,9 @@ def fingerprint(loaded: LoadedEnvironment, release_id: str | None) -> str:
             files += [p for p in base.rglob("*") if ".terraform" not in p.parts]
     rendered = loaded.paths.terraform
     files += [rendered / "main.tf", rendered / "terraform.tfvars.json"]
+    # the repository's provider lock file (not the rendered copy, which init may write for an
+    # environment that keeps none): a provider upgrade is a change to provision
+    files.append(loaded.path.parent / LOCK_FILE)
     secrets = loaded.path.parent / "secrets.yml"
     if secrets.exists():
         files.append(secrets)  # encrypted text: a changed secret changes the fingerprint

@@ -123,6 +123,7 @@ class _Stages:
 
     def render(self, step: StepHandle) -> None:
         result = render_environment(self.loaded)
+        self.loaded = result.loaded  # a local fleet's subnet, when chosen just now
         self.fingerprint = fingerprint(self.loaded, self.release_id)
         step.detail.update(files=[str(p) for p in result.files], fingerprint=self.fingerprint)
         from orchestrator.verify.preflight import preflight
@@ -243,7 +244,7 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
             return False
     else:
         stages.release_id = previous.release
-    render_environment(stages.loaded)
+    stages.loaded = render_environment(stages.loaded).loaded
     stages.fingerprint = fingerprint(stages.loaded, stages.release_id)
     if _recorded_fingerprint(previous) != stages.fingerprint:
         return False

@@ -36,6 +36,8 @@ TERRAFORM = "terraform"
 PLUGIN_MIRROR = Path("/opt/tf-plugins")
 SHARED_PLUGIN_CACHE = Path("/var/cache/orchestrate/terraform-plugins")
 INIT_STAMP = ".orchestrate-init.sha256"
+#: the dependency lock file: provider versions and checksums (kept per environment in the repository)
+LOCK_FILE = ".terraform.lock.hcl"
 #: seconds terraform gets after SIGINT (past its time limit) before it is killed
 TERRAFORM_STOP_GRACE = 60.0
 
@@ -77,6 +79,7 @@ class Timeouts:
     show: float = 300
     fmt: float = 60
     validate: float = 300
+    graph: float = 300
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -107,21 +110,26 @@ def terraform_env(cli_config: Path, plugin_cache: Path) -> dict[str, str]:
         "TF_PLUGIN_CACHE_DIR": str(plugin_cache),
         "TF_IN_AUTOMATION": "1",
         "TF_INPUT": "0",
-        # The rendered roots carry no lock file at first; without this, terraform ignores the
-        # cache and copies the ~700 MB provider again for every new root.
+        # A root without a lock file (an environment that keeps none in the repository) would
+        # otherwise ignore the cache and copy the ~700 MB provider again; a root with one only
+        # takes a cached provider whose checksum the lock file lists.
         "TF_PLUGIN_CACHE_MAY_BREAK_DEPENDENCY_LOCK_FILE": "1",
     }
 
 
-def init_argv(*, reconfigure: bool = True) -> list[str]:
+def init_argv(*, reconfigure: bool = True, lockfile_readonly: bool = False) -> list[str]:
     """`terraform init`: non-interactive, JSON diagnostics.
 
     -reconfigure because the backend block is derived from environment.yml: the rendered
     configuration is the truth, and migrating state between backends is an operator's act.
+    With `lockfile_readonly` (-lockfile=readonly) init installs exactly the providers of the lock
+    file and fails on any other one instead of recording it.
     """
     argv = [TERRAFORM, "init", "-input=false", "-no-color", "-json"]
     if reconfigure:
         argv.append("-reconfigure")
+    if lockfile_readonly:
+        argv.append("-lockfile=readonly")
     return argv
 
 
@@ -162,6 +170,17 @@ def show_argv(plan_file: Path) -> list[str]:
 def validate_argv() -> list[str]:
     """`terraform validate -json` (needs an initialised directory)."""
     return [TERRAFORM, "validate", "-no-color", "-json"]
+
+
+def graph_argv(*, plan_destroy: bool = False) -> list[str]:
+    """`terraform graph` (DOT on stdout); `-type=plan-destroy` draws what a destroy would do, in order.
+
+    It reads the state through the backend and changes nothing: no init, no plan file, no lock.
+    """
+    argv = [TERRAFORM, "graph"]
+    if plan_destroy:
+        argv.append("-type=plan-destroy")
+    return argv
 
 
 def fmt_check_argv(directory: Path) -> list[str]:
@@ -487,6 +506,7 @@ class Terraform:
         mirror: Path | None = PLUGIN_MIRROR,
         plugin_cache: Path | None = None,
         module_dirs: Sequence[Path] = (),
+        lock_file: Path | None = None,
     ) -> None:
         self.working_dir = working_dir
         self.env_name = env_name
@@ -500,6 +520,9 @@ class Terraform:
         self.cli_config = state_dir / "terraformrc"
         # modules the root calls: a provider or module added there also needs a new init
         self.module_dirs = list(module_dirs)
+        #: the provider lock file kept in the repository, copied into working_dir by the render:
+        #: with it, init runs with -lockfile=readonly (None: terraform maintains its own)
+        self.lock_file = lock_file
         #: wall seconds spent in terraform processes by this adapter (for the overhead figure)
         self.elapsed = 0.0
 
@@ -557,7 +580,7 @@ class Terraform:
     def init_stamp(self) -> str:
         """Hash of what init depends on: the *.tf files (root and modules), lock file, CLI config."""
         digest = hashlib.sha256(cli_config_text(self.mirror).encode())
-        paths = [*sorted(self.working_dir.glob("*.tf")), self.working_dir / ".terraform.lock.hcl"]
+        paths = [*sorted(self.working_dir.glob("*.tf")), self.working_dir / LOCK_FILE]
         for module_dir in self.module_dirs:
             paths += sorted(module_dir.glob("*.tf"))
         for path in paths:
@@ -570,7 +593,14 @@ class Terraform:
         stamp_file = self.working_dir / ".terraform" / INIT_STAMP
         if not force and stamp_file.exists() and stamp_file.read_text().strip() == self.init_stamp():
             return False
-        self._run_json("init", init_argv(), timeout=self.timeouts.init, on_progress=on_progress)
+        try:
+            self._run_json("init", init_argv(lockfile_readonly=self.lock_file is not None),
+                           timeout=self.timeouts.init, on_progress=on_progress)
+        except TerraformError as exc:
+            if self.lock_file is not None and "lock file" in exc.message and exc.hint is None:
+                exc.hint = (f"the providers are pinned by {self.lock_file}: to add or upgrade one, regenerate it "
+                            "with `terraform providers lock` (README, Terraform) and commit it")
+            raise
         stamp_file.parent.mkdir(parents=True, exist_ok=True)
         stamp_file.write_text(self.init_stamp() + "\n")
         return True
@@ -606,13 +636,30 @@ class Terraform:
         return {name: (body or {}).get("value") for name, body in data.items()}
 
     def validate(self) -> list[Diagnostic]:
-        """`terraform validate`: the diagnostics (errors and warnings); empty when valid."""
+        """`terraform validate`: the diagnostics (errors and warnings); empty when valid.
+
+        A failure that is not a diagnostic (no JSON answer) raises TerraformError with terraform's
+        own message.
+        """
         result = self._run("validate", validate_argv(), timeout=self.timeouts.validate, ok_codes=None)
         try:
             data = json.loads(result.stdout or "{}")
         except json.JSONDecodeError as exc:
-            raise TerraformError(f"terraform validate for {self.env_name} failed: not JSON ({exc})") from None
-        return [Diagnostic.from_json(d) for d in data.get("diagnostics") or []]
+            raise TerraformError(failure_message(
+                "validate", self.env_name, [],
+                _strip_cli_noise(result.stderr) or f"exit {result.returncode}, no JSON answer ({exc})")) from None
+        diagnostics = [Diagnostic.from_json(d) for d in data.get("diagnostics") or []]
+        if not data.get("valid", False) and not any(d.severity == "error" for d in diagnostics):
+            diagnostics.append(Diagnostic(severity="error", summary="terraform validate: invalid"))
+        return diagnostics
+
+    def graph(self, *, plan_destroy: bool = False) -> str:
+        """`terraform graph` (with `plan_destroy`: `-type=plan-destroy`) as DOT text.
+
+        TerraformError with terraform's message when it fails (e.g. an S3 backend without
+        credentials here).
+        """
+        return self._run("graph", graph_argv(plan_destroy=plan_destroy), timeout=self.timeouts.graph).stdout
 
     def show_plan(self, plan_file: Path) -> dict[str, Any]:
         """`terraform show -json PLANFILE` as a mapping."""

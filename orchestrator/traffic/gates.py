@@ -4,12 +4,9 @@ from Prometheus on the monitoring host, or from a bounded smoke load, against th
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -19,8 +16,8 @@ from orchestrator.config.schema import parse_duration
 from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, hosts_from_inventory, load_inventory
 from orchestrator.monitoring.rules import HAPROXY_JOB, SERVICE_JOB
+from orchestrator.tools.prometheus import PrometheusAPI, PrometheusError
 from orchestrator.traffic.loadgen import LoadReport
-from orchestrator.traffic.state import TrafficError
 
 
 @dataclass(frozen=True)
@@ -187,54 +184,24 @@ def load_gate(step: int, report: LoadReport, *, max_error_ratio: float, max_late
                         latency_ms=latency, reason=reason, source="smoke load")
 
 
-#: no proxy from the environment: the monitoring host is on the project's own bridge
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class Prometheus:
-    """Prometheus' HTTP API on the environment's monitoring host (instant queries)."""
+class Prometheus(PrometheusAPI):
+    """Prometheus on the environment's monitoring host (orchestrator.tools.prometheus), at an
+    address checked against the project's own network."""
 
     def __init__(self, loaded: LoadedEnvironment, host: Host) -> None:
+        super().__init__(f"http://{address_check(loaded)(host.address)}:{PROMETHEUS_PORT}", name=host.name,
+                         scrape_interval=parse_duration(loaded.env.monitoring.scrape_interval))
         self.host = host
-        self.url = f"http://{address_check(loaded)(host.address)}:{PROMETHEUS_PORT}/api/v1/query"
-        self.scrape = parse_duration(loaded.env.monitoring.scrape_interval)
 
-    def query(self, promql: str) -> float | None:
-        """The one value `promql` answers now; None when the answer is empty or NaN."""
-        url = f"{self.url}?{urllib.parse.urlencode({'query': promql})}"
-        try:
-            with _OPENER.open(url, timeout=10) as response:
-                data = json.loads(response.read())
-        except (OSError, ValueError) as exc:
-            raise TrafficError(f"{self.host.name}: Prometheus query failed ({exc}): {promql}") from None
-        if data.get("status") != "success":
-            raise TrafficError(f"{self.host.name}: Prometheus refused {promql}: {data.get('error')}")
-        result = (data.get("data") or {}).get("result") or []
-        if not result:
-            return None
-        value = float(result[0]["value"][1])
-        return value if math.isfinite(value) else None
 
-    def window(self, started: float) -> str:
-        """Range selector reaching from the last scrape before `started` (epoch seconds) to now.
+def step_window(prometheus: PrometheusAPI, started: float) -> str:
+    """Range selector reaching from the last scrape before `started` (epoch seconds) to now.
 
-        Without that sample, requests answered between `started` and the first scrape after it are
-        not counted (all of them when a freshly restarted service was measured before its first
-        scrape); a counter reset in between is counted from zero by increase().
-        """
-        return f"{math.ceil(time.time() - started + self.scrape) + 1}s"
-
-    def wait_scraped(self, selector: str, since: float) -> bool:
-        """Wait until Prometheus has scraped every target of `selector` (of `up`) at or after `since`
-        (epoch seconds); False when that did not happen within three scrape intervals and 5 s."""
-        deadline = time.monotonic() + 3 * self.scrape + 5
-        while True:
-            last = self.query(f"min(timestamp(up{{{selector}}}))")
-            if last is not None and last >= since:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(min(0.25, self.scrape / 4))
+    Without that sample, requests answered between `started` and the first scrape after it are
+    not counted (all of them when a freshly restarted service was measured before its first
+    scrape); a counter reset in between is counted from zero by increase().
+    """
+    return f"{math.ceil(time.time() - started + prometheus.scrape) + 1}s"
 
 
 def monitoring_host(loaded: LoadedEnvironment) -> Host | None:
@@ -248,17 +215,17 @@ def monitoring_host(loaded: LoadedEnvironment) -> Host | None:
     return found[0] if found else None
 
 
-def _prometheus_decision(prometheus: Prometheus, backend: str, step: int, servers: list[str],
+def _prometheus_decision(prometheus: PrometheusAPI, backend: str, step: int, servers: list[str],
                          started: float, *, max_error_ratio: float, max_latency_ms: float) -> GateDecision:
     """Wait for a scrape after the hold, then query the step's window (`started`: epoch seconds)."""
     ended = time.time()
-    queries = prometheus_queries(backend, servers, prometheus.window(started))
+    queries = prometheus_queries(backend, servers, step_window(prometheus, started))
     values, failure = _query_all(prometheus, f'job="{HAPROXY_JOB}"', ended, queries)
     decision = prometheus_gate(step, queries, values, max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
     return replace(decision, reason=failure) if failure else decision
 
 
-def _query_all(prometheus: Prometheus, scraped: str, since: float,
+def _query_all(prometheus: PrometheusAPI, scraped: str, since: float,
                queries: Mapping[str, str]) -> tuple[dict[str, float | None], str | None]:
     """Every query's value once `scraped` (an `up` selector) was scraped after `since` ({} if it
     was not), and why Prometheus could not be asked. A failed query is a no-go like no data, not
@@ -267,11 +234,11 @@ def _query_all(prometheus: Prometheus, scraped: str, since: float,
         if not prometheus.wait_scraped(scraped, since):
             return {}, None
         return {name: prometheus.query(q) for name, q in queries.items()}, None
-    except TrafficError as exc:
+    except PrometheusError as exc:
         return {}, f"Prometheus could not be asked: {exc}"
 
 
-def _service_decision(prometheus: Prometheus, hosts: list[str], smoke: GateDecision, *,
+def _service_decision(prometheus: PrometheusAPI, hosts: list[str], smoke: GateDecision, *,
                       max_error_ratio: float, max_latency_ms: float) -> GateDecision:
     """Blue-green: Prometheus' error ratio of the new release on the idle hosts, scraped after the
     smoke load, and the smoke load's latency; a failed smoke load is a no-go whatever Prometheus

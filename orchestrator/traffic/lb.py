@@ -1,16 +1,12 @@
 """The load balancer: HAProxy on the environment's lb host, configured by playbooks/lb.yml and
-driven at run time through the haproxy role's helper over SSH (weights on the admin socket: no
-reload, no request lost).
+driven at run time through the haproxy role's helper (orchestrator.tools.haproxy: weights on the
+admin socket, no reload, no request lost). Here: which host, which weights, and the recorded split.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
@@ -19,40 +15,12 @@ from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, app_hosts, hosts_from_inventory, load_inventory
 from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.tools.ansible import HostEvent, PlaybookResult
-from orchestrator.tools.process import run_command
+from orchestrator.tools.haproxy import HAProxyRuntime
 from orchestrator.traffic.state import FULL, TrafficError, backend_weights, read_state, write_state
-
-HELPER = "/usr/local/sbin/orchestrate-haproxy"
-
 
 #: how long the LB's health checks may take to see a freshly deployed colour as up
 UP_TIMEOUT = 15.0
 
-
-def helper_argv(action: str, backend: str, weights: Mapping[str, int] | None = None) -> list[str]:
-    """The helper's argv on the LB host (pure)."""
-    argv = [HELPER, action, "--backend", backend]
-    if weights:
-        argv.append(",".join(f"{name}={int(w)}" for name, w in sorted(weights.items())))
-    return argv
-
-
-def ssh_argv(inventory: Mapping[str, Any], address: str, remote: list[str]) -> list[str]:
-    """ssh argv for `remote` on `address` with the inventory's user, key and known_hosts (pure)."""
-    all_vars = (inventory.get("all") or {}).get("vars") or {}
-    user = str(all_vars.get("ansible_user") or "root")
-    argv = ["ssh"]
-    key = all_vars.get("ansible_ssh_private_key_file")
-    if key:
-        argv += ["-i", str(key)]
-    argv += shlex.split(str(all_vars.get("ansible_ssh_common_args") or ""))
-    # one master connection per LB host, shared by the weight changes of a release: a switch
-    # back is then one round trip on an open connection
-    control = f"/tmp/orch-cp-{os.getuid()}"
-    argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "ControlMaster=auto",
-             "-o", f"ControlPath={control}/tr-%C", "-o", "ControlPersist=60s",
-             f"{user}@{address}", shlex.join(remote)]
-    return argv
 
 EventSink = Callable[[HostEvent], None]
 
@@ -113,26 +81,15 @@ class LoadBalancer:
         self.host = lb_host(loaded)
         self.address = address_check(loaded)(self.host.address)
         self.inventory = load_inventory(loaded.paths.inventory)
-
-    def _call(self, remote: list[str]) -> dict[str, Any]:
-        Path(f"/tmp/orch-cp-{os.getuid()}").mkdir(mode=0o700, exist_ok=True)
-        result = run_command(ssh_argv(self.inventory, self.address, remote), timeout=30, check=False)
-        if result.returncode != 0:
-            raise TrafficError(f"{self.host.name}: {shlex.join(remote)} failed ({result.returncode}): "
-                               f"{(result.stderr or result.stdout).strip()[-500:]}")
-        try:
-            data = json.loads(result.stdout)
-        except ValueError:
-            raise TrafficError(f"{self.host.name}: the helper answered no JSON: {result.stdout[-300:]!r}") from None
-        return dict(data.get("servers") or {})
+        self.runtime = HAProxyRuntime(self.inventory, self.address, name=self.host.name)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-server weight, status and counters (`show stat` + `get weight`)."""
-        return self._call(helper_argv("state", self.backend))
+        return self.runtime.state(self.backend)
 
     def set_weights(self, weights: Mapping[str, int]) -> dict[str, dict[str, Any]]:
         """Change the running weights (admin socket) and persist them in the config; record them."""
-        servers = self._call(helper_argv("set", self.backend, weights))
+        servers = self.runtime.set_weights(self.backend, weights)
         state = read_state(self.loaded)
         state.weights.update({k: int(v) for k, v in weights.items()})
         write_state(self.loaded, state)

@@ -17,7 +17,6 @@ destroy order is checked against what Terraform itself would destroy first.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,18 +28,13 @@ from orchestrator.fleet.render import render_environment
 from orchestrator.monitoring.checks import check_heal_policy as policy_problems
 from orchestrator.monitoring.checks import verify_monitoring
 from orchestrator.monitoring.rules import alert_rules
-from orchestrator.tools.process import CommandResult, run_command, which
-from orchestrator.tools.terraform import fmt_check
-from orchestrator.verify.core import Outcome, VerifyContext, _program, _Workspace, check, failed, ok, skipped
-from orchestrator.verify.workspace import TIMEOUT_VALIDATE, _module_dir, _workspace
+from orchestrator.tools import ansible_checks
+from orchestrator.tools.process import which
+from orchestrator.tools.terraform import Diagnostic, fmt_check
+from orchestrator.verify.core import Outcome, VerifyContext, _Workspace, check, failed, ok, skipped
+from orchestrator.verify.workspace import _module_dir, _workspace
 
 ANSIBLE_LINT_PROFILE = "production"
-
-
-TIMEOUT_LINT = 900.0
-
-
-TIMEOUT_SYNTAX = 120.0
 
 
 @check("environment", "inventories/ENV/environment.yml loads and validates", needs_env=False)
@@ -71,15 +65,12 @@ def check_terraform_fmt(ctx: VerifyContext) -> Outcome:
     return ok("formatted: " + ", ".join(checked))
 
 
-def _diagnostic_line(ctx: VerifyContext, workspace: _Workspace, diag: dict[str, Any]) -> tuple[str, str]:
+def _diagnostic_line(ctx: VerifyContext, workspace: _Workspace, diag: Diagnostic) -> tuple[str, str]:
     """`file:line: severity: summary: detail` for a `validate -json` diagnostic, and the file."""
-    where = diag.get("range") or {}
-    filename = str(where.get("filename", ""))
-    path = ctx.rel((workspace.directory / filename).resolve()) if filename else ""
-    line = (where.get("start") or {}).get("line")
-    location = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
-    detail = f" {diag.get('detail')}" if diag.get("detail") else ""
-    return f"{location}{diag.get('severity', 'error')}: {diag.get('summary', '')}.{detail}", path
+    path = ctx.rel((workspace.directory / diag.filename).resolve()) if diag.filename else ""
+    location = f"{path}:{diag.line}: " if path and diag.line else (f"{path}: " if path else "")
+    detail = f" {diag.detail}" if diag.detail else ""
+    return f"{location}{diag.severity}: {diag.summary}.{detail}", path
 
 
 @check("terraform-validate", "terraform validate of the rendered root and the module it calls")
@@ -90,18 +81,11 @@ def check_terraform_validate(ctx: VerifyContext) -> Outcome:
         return failed(f"{ctx.rel(module_dir)} does not exist (terraform.module in the environment file)",
                       [ctx.rel(ctx.env.path)])
     workspace = _workspace(ctx)
-    result = run_command(["terraform", "validate", "-json", "-no-color"], cwd=workspace.directory,
-                         env=workspace.terraform.environment(), timeout=TIMEOUT_VALIDATE, check=False)
-    try:
-        data = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        return failed(f"terraform validate exited with {result.returncode}: {result.stderr.strip()}")
-    diagnostics = data.get("diagnostics") or []
-    errors = [_diagnostic_line(ctx, workspace, d) for d in diagnostics if d.get("severity") == "error"]
-    if not data.get("valid", False) or errors:
-        return failed("\n".join(line for line, _ in errors) or "terraform validate: invalid",
-                      [f for _, f in errors if f])
-    warnings = [d for d in diagnostics if d.get("severity") == "warning"]
+    diagnostics = workspace.terraform.validate()
+    errors = [_diagnostic_line(ctx, workspace, d) for d in diagnostics if d.severity == "error"]
+    if errors:
+        return failed("\n".join(line for line, _ in errors), [f for _, f in errors if f])
+    warnings = [d for d in diagnostics if d.severity == "warning"]
     suffix = f" ({len(warnings)} warning(s))" if warnings else ""
     return ok(f"valid: root of {ctx.env_name} and {ctx.rel(module_dir)}{suffix}")
 
@@ -118,13 +102,12 @@ def check_ansible_syntax(ctx: VerifyContext) -> Outcome:
     if remembered:
         return ok(remembered + " (unchanged since the last clean run)")
 
-    def syntax_check(paths: Sequence[Path]) -> CommandResult:
-        argv = [_program("ansible-playbook"), "--syntax-check", "-i", "localhost,", *map(str, paths)]
-        return run_command(argv, cwd=ctx.project_dir, env=ctx.ansible_env(), timeout=TIMEOUT_SYNTAX, check=False)
+    def syntax_check(paths: Sequence[Path]) -> ansible_checks.SyntaxCheck:
+        return ansible_checks.syntax_check(paths, cwd=ctx.project_dir, env=ctx.ansible_env())
 
     # One ansible-playbook for all (it costs seconds to start); one per playbook only to say
     # which of them failed.
-    if syntax_check(playbooks).returncode == 0:
+    if syntax_check(playbooks).ok:
         message = f"{len(playbooks)} playbook(s): " + ", ".join(p.name for p in playbooks)
         _remember(ctx, "ansible-syntax", cache_key, message)
         return ok(message)
@@ -132,21 +115,16 @@ def check_ansible_syntax(ctx: VerifyContext) -> Outcome:
     files = []
     for playbook in playbooks:
         result = syntax_check([playbook])
-        if result.returncode != 0:
-            errors = [line.strip() for line in (result.stderr + result.stdout).splitlines()
-                      if "ERROR" in line or "error" in line.lower()]
-            problems.append(f"{ctx.rel(playbook)}: " + (" ".join(errors[:3]) or f"exit {result.returncode}"))
+        if not result.ok:
+            problems.append(f"{ctx.rel(playbook)}: " + (" ".join(result.errors[:3]) or f"exit {result.returncode}"))
             files.append(ctx.rel(playbook))
     return failed("\n".join(problems) or "ansible-playbook --syntax-check failed", files)
-
-
-_LINT_LINE = re.compile(r"^(?P<file>[^\s:][^:]*):(?P<line>\d+)(?::\d+)?: (?P<rule>[\w\[\]\-]+):? (?P<message>.*)$")
 
 
 def _content_key(ctx: VerifyContext, purpose: str, paths: Sequence[Path]) -> str:
     """Hash of what a result depends on: the files under `paths`, ansible config and the tools."""
     digest = hashlib.sha256(purpose.encode() + b"\0" + ANSIBLE_LINT_PROFILE.encode())
-    for tool in ("ansible-lint", "ansible-playbook"):
+    for tool in (ansible_checks.ANSIBLE_LINT, ansible_checks.ANSIBLE_PLAYBOOK):
         found = which(tool)
         digest.update(str(found).encode() + (str(found.stat().st_mtime).encode() if found else b""))
     extra = [ctx.project_dir / name for name in (".ansible-lint", "ansible.cfg", ".yamllint")]
@@ -186,20 +164,12 @@ def check_ansible_lint(ctx: VerifyContext) -> Outcome:
     remembered = _remembered(ctx, "ansible-lint", key)
     if remembered:
         return ok(remembered + " (unchanged since the last clean run)")
-    argv = [_program("ansible-lint"), "--profile", ANSIBLE_LINT_PROFILE, "--offline", "--nocolor", "--format", "pep8",
-            *[ctx.rel(t) for t in targets]]
-    result = run_command(argv, cwd=ctx.project_dir, env=ctx.ansible_env(), timeout=TIMEOUT_LINT, check=False)
-    violations = []
-    files = []
-    for line in result.stdout.splitlines():
-        match = _LINT_LINE.match(line.strip())
-        if match:
-            violations.append(line.strip())
-            files.append(match.group("file"))
-    if result.returncode != 0:
-        summary = [line.strip() for line in result.stderr.splitlines() if "Failed" in line or "ERROR" in line]
-        detail = "\n".join(violations or summary or [f"ansible-lint exited with {result.returncode}"])
-        return failed(detail, files)
+    result = ansible_checks.lint([ctx.rel(t) for t in targets], profile=ANSIBLE_LINT_PROFILE, cwd=ctx.project_dir,
+                                 env=ctx.ansible_env())
+    if not result.ok:
+        lines = [v.text for v in result.violations] or result.failure_lines
+        detail = "\n".join(lines or [f"ansible-lint exited with {result.returncode}"])
+        return failed(detail, [v.file for v in result.violations])
     message = f"{ANSIBLE_LINT_PROFILE} profile: no violations in {', '.join(ctx.rel(t) for t in targets)}"
     _remember(ctx, "ansible-lint", key, message)
     return ok(message)

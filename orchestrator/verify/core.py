@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import CommandError, OrchestratorError
-from orchestrator.tools.process import which
 from orchestrator.tools.terraform import Terraform
 
 Status = Literal["ok", "failed", "skipped"]
@@ -131,12 +130,6 @@ class VerifyContext:
             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
             "NO_COLOR": "1",
         }
-
-
-def _program(name: str) -> str:
-    """`name` on PATH or in the venv orchestrate runs from."""
-    found = which(name)
-    return str(found) if found is not None else name
 
 
 CheckFunc = Callable[[VerifyContext], Outcome]

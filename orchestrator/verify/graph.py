@@ -14,10 +14,9 @@ from orchestrator.errors import TerraformError
 from orchestrator.fleet.inventory import hosts_from_inventory, load_inventory
 from orchestrator.fleet.provision import terraform_for
 from orchestrator.models import graph as graph_model
-from orchestrator.tools.process import run_command
-from orchestrator.tools.terraform import INIT_STAMP
+from orchestrator.tools.terraform import INIT_STAMP, graph_argv
 from orchestrator.verify.core import Outcome, VerifyContext, check, failed, ok, skipped
-from orchestrator.verify.workspace import TIMEOUT_VALIDATE, _workspace
+from orchestrator.verify.workspace import _workspace
 
 SAVED_PLAN_JSON = "plan.json"
 
@@ -72,9 +71,6 @@ def environment_plan(ctx: VerifyContext, *, remote_plan: bool = False) -> tuple[
     return found
 
 
-DESTROY_GRAPH_ARGV = ("terraform", "graph", "-type=plan-destroy")
-
-
 def terraform_destroy_graph(ctx: VerifyContext) -> tuple[graph_model.DestroyGraph | None, str]:
     """Terraform's own destroy graph of the environment's root and where it came from, or None
     and why there is none.
@@ -98,15 +94,15 @@ def terraform_destroy_graph(ctx: VerifyContext) -> tuple[graph_model.DestroyGrap
         found = None, (f"{ctx.rel(root)} changed since it was last initialised: run `orchestrate plan "
                        f"{ctx.env_name}` first")
     else:
-        result = run_command(list(DESTROY_GRAPH_ARGV), cwd=root, env=terraform.environment(),
-                             timeout=TIMEOUT_VALIDATE, check=False)
-        source = f"{' '.join(DESTROY_GRAPH_ARGV[1:])} in {ctx.rel(root)}"
-        if result.returncode != 0:
+        source = f"{' '.join(graph_argv(plan_destroy=True)[1:])} in {ctx.rel(root)}"
+        try:
+            dot = terraform.graph(plan_destroy=True)
+        except TerraformError as exc:
             # e.g. an S3 backend without credentials here: the comparison is not made, and says why
-            reason = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            found = None, f"{source} exited {result.returncode}: {reason[0][:200]}"
+            reason = exc.message.strip().splitlines()[-1:] or ["no output"]
+            found = None, f"{source} failed: {reason[0][:200]}"
         else:
-            destroy = graph_model.parse_destroy_graph(result.stdout)
+            destroy = graph_model.parse_destroy_graph(dot)
             found = (destroy, source) if destroy.nodes else (None, f"no resources in the state ({source})")
     ctx.cache["destroy-graph"] = found
     return found

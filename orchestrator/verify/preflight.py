@@ -10,8 +10,8 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.fleet.provision import PreflightFailed
 from orchestrator.models import process as process_model
 
-# environment and heal-policy, two of the checks pre-flight runs, register there
-from orchestrator.verify import checks  # noqa: F401
+# "environment" and "heal-policy" of PREFLIGHT_CHECKS register there
+from orchestrator.verify import checks as _static_checks  # noqa: F401  (registers)
 from orchestrator.verify.core import CHECKS, CheckResult, Outcome, VerifyContext, _run_one, check, failed, ok
 
 #: how much may go wrong on one path of the deploy model, by fleet size (bigger fleets: fewer crashes)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from orchestrator.config.loader import Project
 from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.fleet.local.network import ensure_network
 
 # the check modules register their checks on import
 from orchestrator.verify import checks, graph, preflight
@@ -48,7 +49,9 @@ def run_verify(project_dir: Path, env_name: str, *, only: Sequence[str] | None =
         raise UsageError(f"unknown check(s) {', '.join(unknown)}; checks are: {', '.join(check_names())}")
     context = VerifyContext(project_dir=project_dir, env_name=env_name)
     try:
-        context.loaded = project.load(env_name)
+        # verify renders the fleet: a local fleet without a subnet in its env file gets its
+        # default here, once, so that every check sees the same one
+        context.loaded = ensure_network(project.load(env_name))
     except OrchestratorError as exc:
         context.load_error = exc.message
     selected = [c for c in ordered_checks() if only is None or c.name in only]

@@ -12,8 +12,6 @@ from orchestrator.fleet.render import module_source, render_environment
 from orchestrator.tools.terraform import Terraform
 from orchestrator.verify.core import VerifyContext, _Workspace
 
-TIMEOUT_VALIDATE = 300.0
-
 
 def _module_dir(ctx: VerifyContext) -> Path:
     return ctx.project_dir / "terraform" / "modules" / ctx.env.env.terraform.module
@@ -41,7 +39,7 @@ def _workspace(ctx: VerifyContext) -> _Workspace:
         "# Written by orchestrate verify: the scratch copy never touches the environment's backend.\n"
         'terraform {\n  backend "local" {\n    path = "verify.tfstate"\n  }\n}\n')
     terraform = Terraform(directory, env_name=loaded.name, state_dir=loaded.paths.verify,
-                          module_dirs=[module_dir])
+                          module_dirs=[module_dir], lock_file=rendered.lock_file)
     terraform.init()
     workspace = _Workspace(directory, terraform, module_dir)
     ctx._workspace = workspace

@@ -157,3 +157,21 @@ def test_every_verb_that_takes_the_lock_waits_the_same_bounded_time() -> None:
     assert {path: found[path] for path in expected} == dict.fromkeys(expected, DEFAULT_LOCK_WAIT)
     assert found.get("resume") is None
     assert 0 < DEFAULT_LOCK_WAIT <= 3600
+
+
+def test_validate_touches_nothing_on_the_machine(project_copy: Path, tmp_path: Path) -> None:
+    """`validate` of a local env without bridge/subnet: no `ip` run, nothing written under .orchestrate/."""
+    env_file = project_copy / "inventories" / "staging" / "environment.yml"
+    env_file.write_text("".join(line for line in env_file.read_text().splitlines(keepends=True)
+                                if not line.strip().startswith(("bridge:", "subnet:"))))
+    # PATH has the interpreter's bin only (no `ip`): a loader that looked up routes would fail or fall back
+    bin_dir = Path(sys.executable).parent
+    assert not (bin_dir / "ip").exists()
+    argv = [str(bin_dir / "orchestrate"), "--project-dir", str(project_copy), "validate", "staging", "--json"]
+    result = subprocess.run(argv, capture_output=True, text=True, env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["valid"] is True
+    written = sorted(str(p.relative_to(project_copy)) for p in (project_copy / ".orchestrate").rglob("*")) \
+        if (project_copy / ".orchestrate").exists() else []
+    assert written == []

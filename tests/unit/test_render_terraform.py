@@ -72,3 +72,24 @@ def test_local_env_renders_local_backend_and_no_provider(project_copy: Path) -> 
     main = (render_environment(loaded).terraform_dir / "main.tf").read_text()
     assert 'backend "local"' in main and 'provider "aws"' not in main
     assert "ssh_public_key" not in terraform_variables(loaded)
+
+
+def test_the_repository_lock_file_is_copied_into_every_render(project_copy: Path) -> None:
+    from orchestrator.fleet.provision import terraform_for
+    from orchestrator.tools.terraform import LOCK_FILE
+
+    kept = project_copy / "inventories" / "prod" / LOCK_FILE
+    assert 'provider "registry.terraform.io/hashicorp/aws"' in kept.read_text()
+    result = render_environment(Project(project_copy).load("prod"))
+    assert result.lock_file == kept
+    assert (result.terraform_dir / LOCK_FILE).read_text() == kept.read_text()
+    assert result.terraform_dir / LOCK_FILE in result.files
+    # init keeps to it (-lockfile=readonly); a changed lock file reaches the next render
+    assert terraform_for(Project(project_copy).load("prod")).lock_file == kept
+    kept.write_text(kept.read_text() + "# upgraded\n")
+    assert (render_environment(Project(project_copy).load("prod")).terraform_dir / LOCK_FILE).read_text().endswith(
+        "# upgraded\n")
+    # the local fleet needs no provider (terraform_data is built in) and keeps no lock file
+    dev = render_environment(Project(project_copy).load("dev"))
+    assert dev.lock_file is None and not (dev.terraform_dir / LOCK_FILE).exists()
+    assert terraform_for(Project(project_copy).load("dev")).lock_file is None

@@ -19,8 +19,8 @@ from orchestrator.config.loader import Project
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
 from orchestrator.release.strategies import host_strategy, note_host_deploy, pick_strategy, resolve_strategy
+from orchestrator.tools.prometheus import PrometheusAPI, PrometheusError
 from orchestrator.traffic.gates import (
-    Prometheus,
     _prometheus_decision,
     load_gate,
     monitoring_host,
@@ -30,10 +30,9 @@ from orchestrator.traffic.gates import (
     service_queries,
     stat_gate,
 )
-from orchestrator.traffic.lb import HELPER, check_split, has_lb_host, helper_argv, ssh_argv
+from orchestrator.traffic.lb import check_split, has_lb_host
 from orchestrator.traffic.loadgen import LoadReport, Sample
 from orchestrator.traffic.state import (
-    TrafficError,
     TrafficState,
     colors,
     read_state,
@@ -179,11 +178,8 @@ def test_an_unreachable_prometheus_is_a_no_go_not_an_error() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    prometheus = object.__new__(Prometheus)
-    prometheus.host = Host("p-mon-1", "127.0.0.1", ("monitoring",))
-    prometheus.url = f"http://127.0.0.1:{port}/api/v1/query"
-    prometheus.scrape = 0.1
-    with pytest.raises(TrafficError, match="Prometheus query failed"):
+    prometheus = PrometheusAPI(f"http://127.0.0.1:{port}", name="p-mon-1", scrape_interval=0.1)
+    with pytest.raises(PrometheusError, match="p-mon-1: Prometheus query failed"):
         prometheus.query("up")
     decision = _prometheus_decision(prometheus, "hello", 10, ["p-app-2"], time.time(),
                                     max_error_ratio=0.05, max_latency_ms=500)
@@ -205,17 +201,6 @@ def test_monitoring_host_needs_monitoring_enabled_and_a_host(project_copy: Path)
     disabled = loaded.env.model_copy(update={"monitoring": loaded.env.monitoring.model_copy(update={"enabled": False})})
     assert monitoring_host(type(loaded)(env=disabled, path=loaded.path, project_dir=loaded.project_dir,
                                         lines=loaded.lines)) is None
-
-
-def test_helper_and_ssh_argv() -> None:
-    assert helper_argv("set", "hello", {"b": 0, "a": 100}) == [HELPER, "set", "--backend", "hello", "a=100,b=0"]
-    assert helper_argv("state", "hello") == [HELPER, "state", "--backend", "hello"]
-    inventory = {"all": {"vars": {"ansible_user": "root", "ansible_ssh_private_key_file": "/k/id",
-                                  "ansible_ssh_common_args": "-o IdentitiesOnly=yes -o UserKnownHostsFile=/k/kh"}}}
-    argv = ssh_argv(inventory, "10.0.0.5", [HELPER, "state", "--backend", "hello"])
-    assert argv[:3] == ["ssh", "-i", "/k/id"]
-    assert "UserKnownHostsFile=/k/kh" in argv and "BatchMode=yes" in argv
-    assert argv[-2:] == ["root@10.0.0.5", f"{HELPER} state --backend hello"]
 
 
 def test_state_round_trip(tmp_path: Path, project_copy: Path) -> None:

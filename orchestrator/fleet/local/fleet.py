@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     pass
 from orchestrator.fleet.local.processes import _overlay_mounts_with_upper
 
-HostState = Literal["running", "stopped", "missing"]
+HostLiveness = Literal["running", "stopped", "missing"]
 
 
 SSH_USER = "root"
@@ -125,13 +125,13 @@ def plan_hosts(
 
 
 @dataclass(frozen=True)
-class HostStatus:
+class LocalHostState:
     """A host as the fleet sees it."""
 
     name: str
     address: str
     groups: tuple[str, ...]
-    state: HostState
+    state: HostLiveness
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "address": self.address, "groups": list(self.groups), "state": self.state}
@@ -225,7 +225,7 @@ class LocalFleet:
             return pid
         return None
 
-    def state(self, name: str) -> HostState:
+    def state(self, name: str) -> HostLiveness:
         """running (its supervisor is up), stopped (recorded, not up) or missing.
 
         A host whose nspawn process was killed counts as stopped even when orphaned
@@ -235,18 +235,18 @@ class LocalFleet:
             return "missing"
         return "running" if self.supervisor_pid(name) is not None else "stopped"
 
-    def status(self, specs: Sequence[HostSpec]) -> list[HostStatus]:
+    def status(self, specs: Sequence[HostSpec]) -> list[LocalHostState]:
         """State of each planned host, then of recorded hosts that are not in the plan."""
         planned = {s.name for s in specs}
-        found = [HostStatus(s.name, s.address, s.groups, self.state(s.name)) for s in specs]
+        found = [LocalHostState(s.name, s.address, s.groups, self.state(s.name)) for s in specs]
         for name in self.recorded_names():
             if name not in planned and (record := self.record(name)) is not None:
-                found.append(HostStatus(name, record.address, record.groups, self.state(name)))
+                found.append(LocalHostState(name, record.address, record.groups, self.state(name)))
         return found
 
     # -- lifecycle
 
-    def ensure(self, spec: HostSpec, *, wait: bool = True) -> HostStatus:
+    def ensure(self, spec: HostSpec, *, wait: bool = True) -> LocalHostState:
         """Make `spec` exist and run (idempotent).
 
         Present and running: nothing happens. Recorded but not running (supervisor killed,
@@ -256,9 +256,9 @@ class LocalFleet:
         self.start(spec)
         if wait:
             self.wait_ready([spec.name])
-        return HostStatus(spec.name, spec.address, spec.groups, "running")
+        return LocalHostState(spec.name, spec.address, spec.groups, "running")
 
-    def ensure_all(self, specs: Sequence[HostSpec], *, timeout: float | None = None) -> list[HostStatus]:
+    def ensure_all(self, specs: Sequence[HostSpec], *, timeout: float | None = None) -> list[LocalHostState]:
         """Start every host (a few at a time: each start returns at once), then wait for all."""
         if specs:
             self.network.assert_own_address(specs[0].address)
@@ -271,7 +271,7 @@ class LocalFleet:
         with ThreadPoolExecutor(max_workers=START_WORKERS) as pool:
             list(pool.map(self.start, specs))
         self.wait_ready([s.name for s in specs], timeout=timeout)
-        return [HostStatus(s.name, s.address, s.groups, "running") for s in specs]
+        return [LocalHostState(s.name, s.address, s.groups, "running") for s in specs]
 
     def start(self, spec: HostSpec) -> bool:
         """Launch the host unless it runs; return whether it was launched. Does not wait."""

@@ -12,16 +12,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.schema import TerraformLocal, default_bridge_name
 from orchestrator.errors import CommandError, HostError
 from orchestrator.files import file_lock
+from orchestrator.fleet.local.registry import LOCK_DIR, registry_entries
 from orchestrator.paths import EnvPaths, state_root
 from orchestrator.tools.process import run_command
-
-if TYPE_CHECKING:
-    pass
-from orchestrator.fleet.local.registry import LOCK_DIR, registry_entries
 
 FIRST_HOST_OFFSET = 10
 
@@ -173,25 +171,8 @@ DEFAULT_SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 DEFAULT_SUBNET_PREFIXLEN = 24
 
 
-#: the chosen default subnet of an environment, under .orchestrate/ENV/
+#: the chosen default subnet of an environment, under .orchestrate/ENV/ (EnvPaths.network)
 NETWORK_FILE = "network.json"
-
-
-_BRIDGE_NAME_MAX = 15  # IFNAMSIZ - 1
-
-
-def default_bridge_name(host_prefix: str) -> str:
-    """The bridge of a fleet whose env file names none: `orch-PREFIX`, or a hashed short form.
-
-    Host prefixes are unique per machine (host names are), and so are these names: a prefix
-    too long for the 15 characters of an interface name keeps its start and gets 5 hex of
-    its sha256 (`or-PREFIX6-xxxxx`).
-    """
-    name = f"orch-{host_prefix}"
-    if len(name) <= _BRIDGE_NAME_MAX:
-        return name
-    digest = hashlib.sha256(host_prefix.encode()).hexdigest()[:5]
-    return f"or-{host_prefix[:6]}-{digest}"
 
 
 def choose_subnet(
@@ -269,8 +250,9 @@ def resolve_network(project_dir: Path, env_name: str, *, host_prefix: str, bridg
     bridge = bridge or default_bridge_name(host_prefix)
     if subnet:
         return FleetNetwork(bridge, subnet)
-    state_dir = EnvPaths(project_dir, env_name).root
-    kept = _subnet_of_file(state_dir / NETWORK_FILE)
+    paths = EnvPaths(project_dir, env_name)
+    state_dir = paths.root
+    kept = _subnet_of_file(paths.network)
     if kept is None:
         kept = next((net for record in sorted((state_dir / "hosts").glob("*/host.json"))
                      if (net := _subnet_of_file(record)) is not None), None)
@@ -288,5 +270,22 @@ def resolve_network(project_dir: Path, env_name: str, *, host_prefix: str, bridg
         tmp.write_text(json.dumps({"subnet": chosen, "bridge": bridge,
                                    "note": "default subnet chosen by orchestrate; "
                                            "set terraform.vars.subnet to change it"}, indent=2) + "\n")
-        tmp.replace(state_dir / NETWORK_FILE)
+        tmp.replace(paths.network)
     return FleetNetwork(bridge, chosen)
+
+
+def ensure_network(loaded: LoadedEnvironment) -> LoadedEnvironment:
+    """`loaded` with its local fleet's bridge and subnet filled in (`resolve_network`).
+
+    Where the fleet is rendered, provisioned or booted: a subnet the env file leaves out is
+    chosen here (reading the machine's routes) and kept in .orchestrate/ENV/network.json, which
+    every later load reads. Callers go on with the environment this returns. Cloud
+    environments and local ones with both values come back unchanged.
+    """
+    terraform = loaded.env.terraform
+    if not isinstance(terraform, TerraformLocal) or (terraform.vars.bridge and terraform.vars.subnet):
+        return loaded
+    v = terraform.vars
+    network = resolve_network(loaded.project_dir, loaded.name, host_prefix=v.host_prefix, bridge=v.bridge,
+                              subnet=v.subnet)
+    return loaded.with_local_network(network.bridge, network.subnet)

@@ -14,8 +14,8 @@ from orchestrator.errors import HostError
 
 if TYPE_CHECKING:
     from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.fleet.local.fleet import HostSpec, HostStatus, LocalFleet, plan_hosts
-from orchestrator.fleet.local.network import FleetNetwork
+from orchestrator.fleet.local.fleet import HostSpec, LocalFleet, LocalHostState, plan_hosts
+from orchestrator.fleet.local.network import FleetNetwork, ensure_network
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,14 @@ def _hosts_from_outputs(outputs: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
 def fleet_for(loaded: LoadedEnvironment) -> tuple[LocalFleet, list[HostSpec]]:
-    """The local fleet of an environment and its planned hosts (target local only)."""
+    """The local fleet of an environment and its planned hosts (target local only).
+
+    A subnet the env file leaves out is the one kept for the environment, or chosen now
+    (`ensure_network`).
+    """
     from orchestrator.config.schema import TerraformLocal
 
+    loaded = ensure_network(loaded)
     terraform = loaded.env.terraform
     if not isinstance(terraform, TerraformLocal):
         raise HostError(f"environment {loaded.name} is not a local fleet (target {loaded.env.target})")
@@ -86,7 +91,7 @@ def ensure_fleet_from_outputs(
     outputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
     timeout: float | None = None,
-) -> list[HostStatus]:
+) -> list[LocalHostState]:
     """Bring every host in the terraform outputs up: the restore path of `orchestrate provision`.
 
     Terraform sees no change when a host's process died or the machine rebooted (its

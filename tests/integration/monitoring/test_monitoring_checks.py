@@ -10,9 +10,10 @@ import yaml
 
 from orchestrator.config.loader import Project
 from orchestrator.fleet.inventory import Host
-from orchestrator.monitoring.checks import check_rules, test_routes, test_rules, verify_monitoring
+from orchestrator.monitoring.checks import test_routes, verify_monitoring
 from orchestrator.monitoring.files import ALERTMANAGER_FILE, MonitoringLayout, render_monitoring_texts, write_monitoring
 from orchestrator.monitoring.rules import RULES_FILE, RULES_TEST_FILE, RouteCase, route_cases
+from orchestrator.tools.promtool import check_rules, test_rules
 
 pytestmark = pytest.mark.integration
 

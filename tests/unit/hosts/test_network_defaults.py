@@ -1,4 +1,8 @@
-"""Default bridge names and subnets of local fleets: derived, collision-free, kept, overridable."""
+"""Default bridge names and subnets of local fleets: derived, collision-free, kept, overridable.
+
+Loading only reads what was kept; the subnet is chosen where the fleet is rendered, provisioned or
+booted (fleet.local.network.ensure_network).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config.loader import Project
-from orchestrator.config.schema import LocalFleetVars, TerraformLocal
-from orchestrator.errors import HostError
+from orchestrator.config.loader import Project, kept_subnet
+from orchestrator.config.schema import LocalFleetVars, TerraformLocal, default_bridge_name
+from orchestrator.errors import HostError, UsageError
+from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import allowed_networks
 from orchestrator.fleet.local import network as network_module
 from orchestrator.fleet.local.network import (
     DEFAULT_SUBNET_POOL,
     NETWORK_FILE,
     choose_subnet,
-    default_bridge_name,
+    ensure_network,
     parse_routes,
     reserved_subnets,
     resolve_network,
@@ -146,24 +151,64 @@ def _project_without_network(project: Path, env: str = "staging") -> Path:
     return env_file
 
 
-def test_loading_fills_in_the_defaults_every_consumer_sees(project_copy: Path, routes: list) -> None:
+def test_rendering_fills_in_the_defaults_every_consumer_sees(project_copy: Path, routes: list) -> None:
     _project_without_network(project_copy)
-    loaded = Project(project_copy).load("staging")
+    before = Project(project_copy).load("staging")
+    assert isinstance(before.env.terraform, TerraformLocal)
+    # loading derives the bridge name but chooses no subnet: nothing is written
+    assert (before.env.terraform.vars.bridge, before.env.terraform.vars.subnet) == ("orch-stg", "")
+    assert not (project_copy / ".orchestrate").exists()
+    rendered = render_environment(before)
+    loaded = rendered.loaded
     assert isinstance(loaded.env.terraform, TerraformLocal)
     fleet_vars = loaded.env.terraform.vars
     assert fleet_vars.bridge == "orch-stg"  # staging's host_prefix is stg
     subnet = Net(fleet_vars.subnet)
     assert subnet.prefixlen == 24 and subnet.subnet_of(DEFAULT_SUBNET_POOL)
+    assert kept_subnet(project_copy / ".orchestrate" / "staging" / NETWORK_FILE) == fleet_vars.subnet
     # the rendered terraform vars, the host code and the Ansible guard agree
-    tfvars = json.loads((render_environment(loaded).terraform_dir / "terraform.tfvars.json").read_text())
+    tfvars = json.loads((rendered.terraform_dir / "terraform.tfvars.json").read_text())
     assert (tfvars["bridge"], tfvars["subnet"]) == (fleet_vars.bridge, fleet_vars.subnet)
     fleet, specs = fleet_for(loaded)
     assert (fleet.network.bridge, fleet.network.subnet) == (fleet_vars.bridge, fleet_vars.subnet)
     assert all(ipaddress.IPv4Address(s.address) in subnet for s in specs)
     assert allowed_networks(loaded) == (fleet_vars.subnet,)
-    # a re-load (and so a re-render) sees the same values, whatever the routes say now
+    # a re-load reads the kept subnet (and so a re-render renders it), whatever the routes say now
     routes.append((subnet, "eth9"))
     assert Project(project_copy).load("staging").env.terraform.vars == fleet_vars
+    assert render_environment(Project(project_copy).load("staging")).loaded.env.terraform.vars == fleet_vars
+
+
+def test_loading_never_chooses_a_subnet(project_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_routes() -> list[tuple[ipaddress.IPv4Network, str]]:
+        raise AssertionError("loading an environment must not read the machine's routes")
+
+    monkeypatch.setattr(network_module, "machine_routes", no_routes)
+    _project_without_network(project_copy)
+    loaded = Project(project_copy).load("staging")
+    assert loaded.env.terraform.vars.subnet == ""
+    assert not (project_copy / ".orchestrate").exists()
+    # consumers that connect to hosts say what to do instead of guessing
+    with pytest.raises(UsageError, match=r"staging: the local fleet has no subnet yet.*orchestrate render staging"):
+        allowed_networks(loaded)
+    with pytest.raises(UsageError, match="no subnet yet"):
+        address_check(loaded)
+    # a kept file (written where the fleet was rendered) is read; a broken one is ignored
+    kept = project_copy / ".orchestrate" / "staging" / NETWORK_FILE
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps({"subnet": "10.213.77.0/24", "bridge": "orch-stg"}))
+    assert Project(project_copy).load("staging").env.terraform.vars.subnet == "10.213.77.0/24"
+    kept.write_text("{not json")
+    assert Project(project_copy).load("staging").env.terraform.vars.subnet == ""
+
+
+def test_the_local_fleet_code_chooses_and_keeps_the_subnet(project_copy: Path, routes: list) -> None:
+    _project_without_network(project_copy)
+    loaded = Project(project_copy).load("staging")
+    fleet, _ = fleet_for(loaded)  # `orchestrate hosts`, booting hosts: the fleet code chooses
+    assert Net(fleet.network.subnet).subnet_of(DEFAULT_SUBNET_POOL)
+    assert Project(project_copy).load("staging").env.terraform.vars.subnet == fleet.network.subnet
+    assert ensure_network(Project(project_copy).load("staging")).env.terraform.vars.subnet == fleet.network.subnet
 
 
 def test_other_environments_subnets_are_reserved_while_their_bridges_are_down(project_copy: Path) -> None:
@@ -177,7 +222,7 @@ def test_other_environments_subnets_are_reserved_while_their_bridges_are_down(pr
 
 
 def test_explicit_values_in_the_env_file_still_win(project_copy: Path, routes: list) -> None:
-    loaded = Project(project_copy).load("dev")
+    loaded = ensure_network(Project(project_copy).load("dev"))
     assert isinstance(loaded.env.terraform, TerraformLocal)
     assert (loaded.env.terraform.vars.bridge, loaded.env.terraform.vars.subnet) == ("orch-dev", "10.213.10.0/24")
     assert not (project_copy / ".orchestrate" / "dev" / NETWORK_FILE).exists()
@@ -188,7 +233,7 @@ def test_only_the_subnet_may_be_left_out(project_copy: Path, routes: list) -> No
     data = yaml.safe_load(env_file.read_text())
     del data["terraform"]["vars"]["subnet"]
     env_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    fleet_vars = Project(project_copy).load("staging").env.terraform.vars
+    fleet_vars = ensure_network(Project(project_copy).load("staging")).env.terraform.vars
     assert isinstance(fleet_vars, LocalFleetVars)
     assert fleet_vars.bridge == "orch-stg" and Net(fleet_vars.subnet).subnet_of(DEFAULT_SUBNET_POOL)
 

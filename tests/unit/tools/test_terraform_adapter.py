@@ -342,3 +342,45 @@ def test_init_stamp_changes_with_the_rendered_files(tmp_path: Path) -> None:
     assert second != first
     (root / ".terraform.lock.hcl").write_text("lock")
     assert adapter.init_stamp() != second
+
+
+def test_graph_and_readonly_lock_argv() -> None:
+    assert tf.graph_argv() == ["terraform", "graph"]
+    assert tf.graph_argv(plan_destroy=True) == ["terraform", "graph", "-type=plan-destroy"]
+    assert "-lockfile=readonly" not in tf.init_argv()
+    assert tf.init_argv(lockfile_readonly=True)[-1] == "-lockfile=readonly"
+
+
+def test_init_keeps_to_the_lock_file_and_graph_goes_through_the_adapter(fake_terraform: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / tf.LOCK_FILE).write_text("# lock\n")
+    locked = tf.Terraform(root, env_name="prod", state_dir=tmp_path / "state", plugin_cache=tmp_path / "cache",
+                          lock_file=tmp_path / "inventories" / "prod" / tf.LOCK_FILE)
+    assert locked.init(force=True)
+    free = tf.Terraform(root, env_name="dev", state_dir=tmp_path / "state", plugin_cache=tmp_path / "cache")
+    assert free.init(force=True)
+    assert locked.graph(plan_destroy=True) == "{}\n"  # what the fake printed
+    init_locked, init_free, graph = calls(fake_terraform)
+    assert init_locked["argv"] == tf.init_argv(lockfile_readonly=True)[1:]
+    assert init_free["argv"] == tf.init_argv()[1:]
+    assert graph["argv"] == ["graph", "-type=plan-destroy"]
+    assert graph["env"]["TF_CLI_CONFIG_FILE"] == str(tmp_path / "state" / "terraformrc")
+
+
+def test_a_readonly_lock_failure_says_how_to_update_the_lock_file(tmp_path: Path) -> None:
+    lock = tmp_path / "inventories" / "prod" / tf.LOCK_FILE
+    adapter = tf.Terraform(tmp_path, env_name="prod", state_dir=tmp_path / "state", plugin_cache=tmp_path / "c",
+                           lock_file=lock)
+    diagnostic = tf.Diagnostic("error", "Provider dependency changes detected",
+                               "Changes to the required provider dependencies were detected, but the lock file is "
+                               "read-only.")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        adapter._raise("init", [diagnostic], "")
+
+    adapter._run_json = fail  # type: ignore[assignment,method-assign]
+    with pytest.raises(TerraformError) as failed:
+        adapter.init(force=True)
+    assert "Provider dependency changes detected" in failed.value.message
+    assert failed.value.hint is not None and str(lock) in failed.value.hint and "providers lock" in failed.value.hint
