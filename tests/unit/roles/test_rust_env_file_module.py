@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import load_file_module
+from tests.support.project import load_file_module
 
 MODULE_PATH = Path(__file__).resolve().parents[3] / "roles" / "rust_service" / "library" / "rust_env_file.py"
 
