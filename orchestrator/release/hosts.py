@@ -125,8 +125,8 @@ def _run(loaded: LoadedEnvironment, playbook: str, extra_vars: Mapping[str, Any]
             project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
             extra_vars=dict(extra_vars), secret_vars=dict(secret_vars or {}), tuned=tuned, run_id=run_id,
             limit=limit, allowed_networks=allowed_networks(loaded),
-            # deploy/rollback/status are tested under mitogen (DESIGN.md: the biggest lever after
-            # fewer module calls); ORCHESTRATE_ANSIBLE_MITOGEN=0 falls back to plain Ansible
+            # deploy/rollback/status are tested under mitogen (docs/performance.md: the biggest
+            # lever after fewer module calls); ORCHESTRATE_ANSIBLE_MITOGEN=0 falls back to plain Ansible
             mitogen=True,
         ),
         on_event=on_event,

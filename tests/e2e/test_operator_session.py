@@ -1,5 +1,5 @@
 """An operator's session on a fresh copy of dev, through the CLI only, checking the contracts
-scripts and cron rely on (DESIGN.md): exit codes, and the `--json` shapes of `hosts`, `status`,
+scripts and cron rely on (docs/contracts.md): exit codes, and the `--json` shapes of `hosts`, `status`,
 `runs` and `audit`.
 
     up (first release) -> hosts, status -> deploy a broken build (exit 3, nothing lost)
