@@ -1,5 +1,6 @@
 # orchestrate: `make up` brings the dev environment up on the embedded local fleet,
 # `make test` runs the whole suite. Both are idempotent and work as root on a fresh machine.
+# `make check` is the fast loop before a commit: linters and unit tests, no root, no hosts.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,11 +23,12 @@ EXAMPLE_BIN := $(EXAMPLE)/target/release/hello-service
 DEV_VAULT := $(CURDIR)/inventories/dev/.vault-password-dev
 HEAL_LISTEN := 127.0.0.1:9095
 
-.PHONY: help up test deps debs venv image example lint typecheck pytest bench verify down clean
+.PHONY: help up test check deps debs venv image example lint typecheck pytest bench verify down clean
 
 help:
 	@echo "make up     install what is needed, build the example service, orchestrate up dev"
 	@echo "make test   ruff, mypy and the whole pytest suite (unit, integration, e2e)"
+	@echo "make check  ruff, mypy and the unit tests only: fast, no root, no hosts (needs .venv)"
 	@echo "make bench  benchmarks (bench/), figures printed and written to bench/results/"
 	@echo "make down   destroy the dev fleet"
 
@@ -92,6 +94,15 @@ pytest: deps image
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 test: deps lint typecheck pytest
+
+# The fast loop: the same linters and tests/unit, nothing that needs root, hosts or Debian
+# packages. It uses the venv as it is (make venv creates it) and never installs anything, so it
+# also works for a user who cannot write to the venv.
+check:
+	@test -x $(BIN)/pytest || { echo "no $(VENV)/: run 'make venv' first" >&2; exit 2; }
+	$(BIN)/ruff check orchestrator tests bench
+	$(BIN)/mypy orchestrator
+	$(BIN)/pytest -q tests/unit
 
 bench: deps example image
 	$(BIN)/python bench/run.py

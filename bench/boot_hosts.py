@@ -4,40 +4,25 @@
 
 "Ready" is what every other part waits for: systemd in the host says running/degraded and
 sshd answers on port 22. The image is built first if it is not cached yet (not timed).
-Runs as root; uses a throwaway project dir, bridge and 10.214.X.0/24 subnet.
+Runs as root; uses a throwaway project dir, bridge and a reserved 10.214.X.0/24 subnet.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import random
 import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import repo_root  # noqa: F401 - first: the repository root on sys.path, for tests.support
+
 from orchestrator.fleet.local.fleet import LocalFleet, plan_hosts
 from orchestrator.fleet.local.image import ImageStore
 from orchestrator.fleet.local.network import FleetNetwork
 from orchestrator.fleet.local.supervisor import cgroup_dirs
-from orchestrator.tools.process import run_command
-
-
-def free_subnet() -> str:
-    routed = []
-    for line in run_command(["ip", "-4", "-o", "route", "show"]).stdout.splitlines():
-        first = line.split()[0]
-        if first != "default":
-            routed.append(ipaddress.IPv4Network(first, strict=False))
-    candidates = list(range(100, 250))
-    random.shuffle(candidates)
-    for third in candidates:
-        net = ipaddress.IPv4Network(f"10.214.{third}.0/24")
-        if not any(net.overlaps(r) for r in routed):
-            return str(net)
-    raise SystemExit("no free 10.214.X.0/24")
+from tests.support.molecule_hosts import release_subnet, reserve_subnet
 
 
 def host_cpu_seconds(name: str) -> float:
@@ -53,7 +38,9 @@ def measure(count: int) -> dict[str, float | int]:
     """Boot `count` hosts of a throwaway fleet from the cached image, time it, destroy them."""
     ImageStore().ensure()  # not timed: cached after the first run
     tag = "bh" + secrets.token_hex(3)
-    network = FleetNetwork(tag, free_subnet())
+    # reserved like the tests' and Molecule's fleets, so a benchmark never takes their subnet
+    subnet, marker = reserve_subnet()
+    network = FleetNetwork(tag, subnet)
     with tempfile.TemporaryDirectory(prefix="boot-hosts-") as tmp:
         project = Path(tmp)
         fleet = LocalFleet(network, project / ".orchestrate" / "bench" / "hosts", project)
@@ -68,6 +55,7 @@ def measure(count: int) -> dict[str, float | int]:
             destroy_started = time.monotonic()
         finally:
             fleet.destroy_all()
+            release_subnet(marker)
         destroyed = time.monotonic() - destroy_started
     return {"hosts": count, "ready_s": elapsed, "running": running, "host_cpu_s": cpu,
             "destroy_s": destroyed, "load_before": load_before}

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: builds of the example service, fleets, the CLI, memory sampling.
 
-Fleets come from the integration tests' `_Factory` (tests/integration/conftest.py): a copied
+Fleets come from the tests' FleetFactory (tests/support/fleet.py): a copied
 project under /var/tmp/orchestrate-tests with a unique host prefix and bridge and a reserved
 10.214.X.0/24 subnet, so a benchmark never collides with the fleets of test runs going on at the
 same time, and every host, bridge and reservation is removed at the end.
@@ -23,19 +23,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from repo_root import REPO
 
-from tests.integration.conftest import EXAMPLE, FleetEnv, _build, _copy, _Factory  # noqa: E402
+from tests.support.builds import BINARY, EXAMPLE, build_example, copy_example
+from tests.support.cli import cli_env, orchestrate_argv
+from tests.support.fleet import FleetEnv, FleetFactory
 
 VENV_BIN = Path(sys.executable).parent
-ORCHESTRATE = str(VENV_BIN / "orchestrate")
 #: builds of the example service, keyed by a hash of its sources (reused by later runs)
 BUILD_CACHE = Path("/var/tmp/orchestrate-bench/builds")
-BINARY = Path("target") / "release" / "hello-service"
 
-__all__ = ["Builds", "FleetEnv", "Fleets", "RunOutcome", "load_average", "machine_info", "run_orchestrate"]
+__all__ = ["REPO", "Builds", "FleetEnv", "Fleets", "RunOutcome", "load_average", "machine_info", "run_orchestrate"]
 
 
 # --- the machine ----------------------------------------------------------------------------------
@@ -111,8 +109,8 @@ def builds() -> Builds:
                 import shutil
 
                 shutil.rmtree(project)
-            _copy(project, version, fix_tests=fix_tests)
-            _build(project, *features)
+            copy_example(project, version, fix_tests=fix_tests)
+            build_example(project, *features)
         found[name] = binary
     return Builds(**found)
 
@@ -121,13 +119,13 @@ def builds() -> Builds:
 
 
 class Fleets:
-    """Throwaway fleets (the integration tests' factory); everything is destroyed on exit."""
+    """Throwaway fleets (the tests' FleetFactory); everything is destroyed on exit."""
 
     def __init__(self, label: str) -> None:
-        self._factory = _Factory(f"bench-{os.getpid()}-{label}")
+        self._factory = FleetFactory(f"bench-{os.getpid()}-{label}")
 
     def boot(self, **kwargs: Any) -> FleetEnv:
-        """A booted fleet with its inventory written (see _Factory.prepare for the arguments)."""
+        """A booted fleet with its inventory written (see FleetFactory.prepare for the arguments)."""
         return self._factory.boot(**kwargs)
 
     def prepare(self, **kwargs: Any) -> FleetEnv:
@@ -173,14 +171,6 @@ class RunOutcome:
         if self.returncode not in (codes or (0,)):
             raise RuntimeError(f"{' '.join(self.argv[2:])} exited {self.returncode}: {self.stderr[-1500:]}")
         return self
-
-
-def cli_env(project: Path, env_name: str = "dev") -> dict[str, str]:
-    env = dict(os.environ)
-    password = project / "inventories" / env_name / f".vault-password-{env_name}"
-    if password.exists():
-        env["ORCHESTRATE_VAULT_PASSWORD_FILE"] = str(password)
-    return env
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -229,17 +219,16 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def run_orchestrate(project: Path, *args: str, env_name: str = "dev", timeout: float = 1800,
-                    sample_memory: bool = False) -> RunOutcome:
+def run_orchestrate(project: Path, *args: str, timeout: float = 1800, sample_memory: bool = False) -> RunOutcome:
     """Run `orchestrate --project-dir PROJECT ARGS...` (stdout and stderr captured), timed.
 
     With `sample_memory`, the process tree's memory is polled while it runs and wait4's
     ru_maxrss is kept.
     """
-    argv = [ORCHESTRATE, "--project-dir", str(project), *args]
+    argv = orchestrate_argv(project, *args)
     with open(os.devnull, "rb") as stdin, _temp_output() as out, _temp_output() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, env=cli_env(project, env_name))
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, env=cli_env(project))
         sampler = _Sampler(proc.pid) if sample_memory else None
         if sampler is not None:
             sampler.start()
@@ -287,7 +276,7 @@ def deploy_cli(fleet: FleetEnv, binary: Path, *, stock: bool = False, sample_mem
     args = ["deploy", fleet.env_name, "--release", str(binary), "--json", "--skip-backup"]
     if stock:
         args.append("--stock-ansible")
-    return run_orchestrate(fleet.project_dir, *args, env_name=fleet.env_name, sample_memory=sample_memory).check()
+    return run_orchestrate(fleet.project_dir, *args, sample_memory=sample_memory).check()
 
 
 def expect_state(outcome: RunOutcome, *states: str) -> RunOutcome:

@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import repo_root  # noqa: F401 - first: the repository root on sys.path, for tests.support
 
-from orchestrator.release.hosts import DeployRequest, deploy  # noqa: E402
-from tests.integration.conftest import _build, _copy, _Factory  # noqa: E402 - the tests' fleet helpers
+from orchestrator.release.hosts import DeployRequest, deploy
+from tests.support.builds import build_example, copy_example
+from tests.support.fleet import FleetFactory
 
 
 def timed_deploy(fleet: object, binary: Path, *, tuned: bool) -> float:
@@ -47,12 +47,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="deploy-speed-") as tmp:
         base = Path(tmp)
-        one, two = _copy(base / "one", "0.1.0", fix_tests=False), _copy(base / "two", "0.2.0", fix_tests=True)
-        _build(one)
-        _build(two)
-        binaries = [one / "target" / "release" / "hello-service", two / "target" / "release" / "hello-service"]
+        one = copy_example(base / "one", "0.1.0", fix_tests=False)
+        two = copy_example(base / "two", "0.2.0", fix_tests=True)
+        binaries = [build_example(one), build_example(two)]
         figures: dict[str, dict[str, float]] = {}
-        factory = _Factory(base / "fleets")
+        factory = FleetFactory("bench-deploy-speed")
         try:
             for size in sizes:
                 fleet = factory.boot(app_count=size, overrides={"rollout": {"batch_size": "100%"}})

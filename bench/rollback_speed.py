@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import repo_root  # noqa: F401 - first: the repository root on sys.path, for tests.support
 
-from orchestrator.release.hosts import DeployRequest, deploy, rollback  # noqa: E402
-from orchestrator.release.results import GateFailedRestored  # noqa: E402
-from tests.integration.conftest import _build, _copy, _Factory  # noqa: E402 - the tests' fleet helpers
+from orchestrator.release.hosts import DeployRequest, deploy, rollback
+from orchestrator.release.results import GateFailedRestored
+from tests.support.builds import build_example, build_version, copy_example
+from tests.support.fleet import FleetFactory
 
 
 def main() -> int:
@@ -36,15 +36,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="rollback-speed-") as tmp:
         base = Path(tmp)
-        good, bad = _copy(base / "good", "0.1.0", fix_tests=False), _copy(base / "bad", "0.1.0", fix_tests=False)
-        other = _copy(base / "other", "0.2.0", fix_tests=True)
-        _build(good)
-        _build(other)
-        _build(bad, "broken")
-        good_bin = good / "target" / "release" / "hello-service"
-        other_bin = other / "target" / "release" / "hello-service"
-        bad_bin = bad / "target" / "release" / "hello-service"
-        factory = _Factory(base / "fleets")
+        good_bin = build_version(base, "good", "0.1.0")
+        other_bin = build_example(copy_example(base / "other", "0.2.0", fix_tests=True))
+        bad_bin = build_version(base, "bad", "0.1.0", "broken")
+        factory = FleetFactory("bench-rollback-speed")
         gate_to_healthy: list[float] = []
         explicit: list[float] = []
         try:

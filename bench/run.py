@@ -27,7 +27,7 @@
 the goals speak of). Before each figure the run waits (up to 2 min) for the load average to fall
 below half the CPUs, so that one figure's teardown does not bill the next. Every fleet is a
 throwaway copy of the project with its own bridge and a reserved subnet (tests/integration/
-conftest.py's factory). Runs as root. Progress goes to stderr; the table to stdout; the JSON
+tests/support/fleet.py). Runs as root. Progress goes to stderr; the table to stdout; the JSON
 (date, machine, load average at the start, every figure) to bench/results/summary.json unless
 --json says otherwise. It is rewritten after every figure, so
 an interrupted run keeps what it measured.
@@ -53,6 +53,9 @@ from typing import Any
 
 import common
 from common import Builds, Fleets, deploy_cli, expect_state, log, mib, run_orchestrate
+
+from tests.support.cli import cli_env, spawn_orchestrate
+from tests.support.net import free_port
 
 REPO = common.REPO
 DEFAULT_JSON = REPO / "bench" / "results" / "summary.json"
@@ -195,7 +198,7 @@ def _deploy_overhead(settings: Settings, size: int, pairs: int) -> Row:
         expect_state(deploy_cli(fleet, b.v1), "deployed")  # first contact, not timed
         second = expect_state(deploy_cli(fleet, b.v2), "deployed")
         record = _recorded_command(fleet, second.json()["run_id"])
-        secrets = load_secrets(fleet.loaded, None, environ=common.cli_env(fleet.project_dir))
+        secrets = load_secrets(fleet.loaded, None, environ=cli_env(fleet.project_dir))
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="bench-secrets-", dir=shm) as handle:
             os.chmod(handle.name, 0o600)
@@ -306,7 +309,7 @@ def fig_heal(settings: Settings) -> list[Row]:
 
     b = settings.builds()
     rounds = settings.pick(3, 1)
-    port = heal_speed.free_port()
+    port = free_port()
     timings: list[float] = []
     with Fleets("heal") as fleets:
         # as bench/heal_speed.py: dev as shipped (3 app + 1 monitoring host), the breaker raised
@@ -315,9 +318,8 @@ def fig_heal(settings: Settings) -> list[Row]:
         project = fleet.project_dir
         heal_speed.cli(project, "deploy", "dev", "--release", str(b.v1))
         heal_speed.cli(project, "monitoring", "deploy", "dev")
-        serve = subprocess.Popen([common.ORCHESTRATE, "--project-dir", str(project), "heal", "serve", "dev",
-                                  "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True, env=common.cli_env(project))
+        serve = spawn_orchestrate(project, "heal", "serve", "dev", "--json", stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             service = fleet.loaded.env.service
             apps, monitor = fleet.group("app"), fleet.group("monitoring")[0]

@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import repo_root  # noqa: F401 - first: the repository root on sys.path, for tests.support
 
-from orchestrator.fleet.guard import own_network  # noqa: E402
-from orchestrator.release.hosts import DeployRequest, deploy  # noqa: E402
-from orchestrator.release.traffic import TrafficGateFailed, TrafficRequest, blue_green, canary_traffic, switch_back  # noqa: E402
-from orchestrator.traffic.lb import configure_lb, lb_url  # noqa: E402
-from orchestrator.traffic.loadgen import LoadGenerator, LoadSpec  # noqa: E402
-from tests.integration.conftest import _Factory  # noqa: E402 - the tests' fleet helper
-from tests.integration.traffic.conftest import TRAFFIC_OVERRIDES, _build  # noqa: E402
+from orchestrator.fleet.guard import own_network
+from orchestrator.release.hosts import DeployRequest, deploy
+from orchestrator.release.traffic import TrafficGateFailed, TrafficRequest, blue_green, canary_traffic, switch_back
+from orchestrator.traffic.lb import configure_lb, lb_url
+from orchestrator.traffic.loadgen import LoadGenerator, LoadSpec
+from tests.support.builds import build_version
+from tests.support.cli import run_orchestrate
+from tests.support.fleet import TRAFFIC_OVERRIDES, FleetFactory
 
 
 def main() -> int:
@@ -47,9 +44,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="traffic-bench-") as tmp:
         base = Path(tmp)
-        v1, v2 = _build(base, "v1", "0.1.0"), _build(base, "v2", "0.2.0")
-        flaky = _build(base, "flaky", "0.4.0", "flaky")
-        factory = _Factory("traffic-bench")
+        v1, v2 = build_version(base, "v1", "0.1.0"), build_version(base, "v2", "0.2.0")
+        flaky = build_version(base, "flaky", "0.4.0", "flaky")
+        factory = FleetFactory("traffic-bench")
         try:
             fleet = factory.boot(app_count=3, lb_count=1, overrides=TRAFFIC_OVERRIDES)
             loaded = fleet.loaded
@@ -73,10 +70,10 @@ def main() -> int:
                 blue_green(loaded, TrafficRequest(deploy=DeployRequest(release_path=v2), strategy="blue-green"))
                 time.sleep(1)
                 started = time.monotonic()
-                subprocess.run([str(Path(sys.executable).parent / "orchestrate"), "--project-dir",
-                                str(fleet.project_dir), "rollback", fleet.env_name, "--json"],
-                               check=True, capture_output=True, timeout=120, env=dict(os.environ))
+                rolled = run_orchestrate(fleet.project_dir, "rollback", fleet.env_name, "--json", timeout=120)
                 cli_seconds = time.monotonic() - started
+                if rolled.returncode != 0:
+                    raise SystemExit(f"orchestrate rollback exited {rolled.returncode}: {rolled.stderr[-1500:]}")
                 time.sleep(1)
                 lost_blue_green = gen.report.failed
                 sent_blue_green = gen.report.total

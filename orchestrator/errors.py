@@ -6,7 +6,7 @@ from enum import IntEnum
 
 
 class ExitStatus(IntEnum):
-    """Exit codes of the `orchestrate` command (contract: ../shared/DESIGN.md)."""
+    """Exit codes of the `orchestrate` command (a contract scripts rely on: docs/contracts.md)."""
 
     OK = 0
     FAILED = 1

@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import settings
 
-REPO = Path(__file__).resolve().parent.parent
-
-#: project directories a copied project needs (the rest is code, found through the venv)
-PROJECT_PARTS = ("inventories", "terraform", "roles", "playbooks", "molecule")
-
-
-def copy_project(dest: Path) -> Path:
-    """Copy the project's own files (not .orchestrate/ state) into `dest`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for part in PROJECT_PARTS:
-        src = REPO / part
-        if src.exists():
-            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
-    return dest
-
-
-def load_file_module(path: Path, name: str) -> ModuleType:
-    """Import a Python file that is not on the package path (a role's module, a host-side helper)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from tests.support.project import REPO, copy_project
 
 
 @pytest.fixture

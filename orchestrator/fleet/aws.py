@@ -108,7 +108,7 @@ def bootstrap_state_bucket(loaded: LoadedEnvironment) -> BootstrapResult:
                            versioning=str(versioning), encryption=str(algorithm))
 
 
-#: EC2 instance states as `orchestrate hosts` reports them (DESIGN.md: running, stopped, missing)
+#: EC2 instance states as `orchestrate hosts` reports them (docs/contracts.md: running, stopped, missing)
 _HOST_STATES = {"pending": "running", "running": "running", "stopping": "stopped", "stopped": "stopped",
                 "shutting-down": "missing", "terminated": "missing"}
 

@@ -50,7 +50,7 @@ class Release:
 
 
 def release_id(version: str, sha256: str) -> str:
-    """`<version>-<first 12 hex of sha256>` (the contract of DESIGN.md)."""
+    """`<version>-<first 12 hex of sha256>` (a contract: docs/contracts.md)."""
     return f"{version}-{sha256[:12]}"
 
 

@@ -124,7 +124,7 @@ class HostStatus:
 
 @dataclass(frozen=True)
 class FleetStatus:
-    """`orchestrate status ENV`: the contract shape of DESIGN.md."""
+    """`orchestrate status ENV`: the contract shape (docs/contracts.md)."""
 
     env: str
     hosts: list[HostStatus]

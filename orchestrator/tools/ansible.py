@@ -49,7 +49,7 @@ class AnsibleSettings:
 
     @classmethod
     def tuned(cls, *, mitogen: bool = False) -> AnsibleSettings:
-        """Fewer round trips per module call (DESIGN.md, "Ansible speed facts").
+        """Fewer round trips per module call (docs/performance.md).
 
         With `mitogen`, the `mitogen_linear` strategy is used when mitogen is installed and
         ORCHESTRATE_ANSIBLE_MITOGEN is not 0; otherwise the settings are plain Ansible.
@@ -424,8 +424,8 @@ def check_inventory_addresses(inventory: Path, allowed_networks: Sequence[str]) 
 
     A host's address is its `ansible_host`, else its name. The network and broadcast
     addresses and the network's first address (the bridge's own: the controller) are not
-    host addresses; neither is a DNS name, which could resolve anywhere. The network rule
-    (DESIGN.md): traffic goes only to hosts the project created itself.
+    host addresses; neither is a DNS name, which could resolve anywhere. The network rule:
+    traffic goes only to hosts the project created itself.
     """
     import yaml
 

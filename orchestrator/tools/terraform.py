@@ -1,6 +1,7 @@
 """Adapter over the terraform CLI (1.6+), called through tools/process.run_command.
 
-python-terraform is not used: it is broken on Terraform >= 0.15 (see DESIGN.md). Every call:
+python-terraform is not used: it is broken on Terraform >= 0.15 (it sends the removed
+`-force`, `-auto-approve=false` without a plan file, and `output(name)` raises TypeError). Every call:
 
 - gets its own CLI configuration file (a filesystem mirror when /opt/tf-plugins exists, else
   the registry) through TF_CLI_CONFIG_FILE, a shared plugin cache, TF_IN_AUTOMATION=1 and

@@ -3,7 +3,7 @@
 Every run is bounded twice, by a request count and by a duration, and stops by itself at the
 first bound reached (or earlier when `stop()` is called). Targets are checked before the first
 request: only loopback addresses and host addresses on the project's own bridge are allowed
-(DESIGN.md: traffic goes only to hosts the project created itself).
+(the network rule: traffic goes only to hosts the project created itself).
 
     spec = LoadSpec(url="http://10.214.3.13/", requests=2000, duration=30, concurrency=4, rate=100)
     with LoadGenerator(spec, network=fleet_network) as load:

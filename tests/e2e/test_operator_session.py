@@ -1,5 +1,5 @@
 """An operator's session on a fresh copy of dev, through the CLI only, checking the contracts
-scripts and cron rely on (DESIGN.md): exit codes, and the `--json` shapes of `hosts`, `status`,
+scripts and cron rely on (docs/contracts.md): exit codes, and the `--json` shapes of `hosts`, `status`,
 `runs` and `audit`.
 
     up (first release) -> hosts, status -> deploy a broken build (exit 3, nothing lost)
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cli import orchestrate, run_orchestrate
+
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
-ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
 #: the contract keys (more may be added, none renamed)
 HOST_KEYS = {"name", "address", "groups", "state"}
 STATUS_HOST_KEYS = {"name", "address", "release", "previous_release", "unit", "healthy"}
@@ -35,20 +34,14 @@ class Session:
 
     def __init__(self, project: Path) -> None:
         self.project = project
-        self.env = {**os.environ,
-                    "ORCHESTRATE_VAULT_PASSWORD_FILE": str(project / "inventories/dev/.vault-password-dev")}
 
     def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([ORCHESTRATE, "--project-dir", str(self.project), *args], capture_output=True,
-                              text=True, timeout=timeout, env=self.env, stdin=subprocess.DEVNULL, check=False)
+        return run_orchestrate(self.project, *args, timeout=timeout)
 
     def json(self, *args: str, code: int = 0) -> dict[str, Any]:
-        proc = self.run(*args, "--json")
-        assert proc.returncode == code, f"{' '.join(args)} exited {proc.returncode}, expected {code}:\n{proc.stderr}"
-        data = json.loads(proc.stdout)
-        assert isinstance(data, dict)
+        returncode, data, stderr = orchestrate(self.project, *args, timeout=900)
+        assert returncode == code, f"{' '.join(args)} exited {returncode}, expected {code}:\n{stderr}"
         return data
-
 
 
 def test_operator_session(unbooted_project: Any, hello_builds: Any) -> None:

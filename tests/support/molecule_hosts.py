@@ -50,7 +50,7 @@ FLEETS_DIR = BASE_DIR / "fleets"
 BUILDS_DIR = BASE_DIR / "builds"
 FLEET_FILE = "orchestrate-fleet.json"
 
-#: Shared with tests/integration/conftest.py: the same pool, lock and marker files, so that test
+#: Shared with tests/support/fleet.py: the same pool, lock and marker files, so that test
 #: fleets and scenario fleets reserve subnets from one another. A marker holds the pid that
 #: keeps the subnet (here: the supervisor of the fleet's first host) or `free <epoch>`.
 SUBNET_PREFIX = "10.214"

@@ -31,6 +31,8 @@ from orchestrator.heal.server import (
 )
 from orchestrator.runs.audit import AuditLog
 from orchestrator.runs.lock import EnvironmentLock as ProjectEnvironmentLock
+from tests.support.cli import run_orchestrate, spawn_orchestrate
+from tests.support.net import free_port
 
 TOKEN = "unit-test-token-0123456789"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -417,39 +419,18 @@ def test_decisions_reach_the_real_audit_log(tmp_path: Path) -> None:
 # --- the command line ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def orchestrate(project: Path, *args: str, timeout: float = 60) -> Any:
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "orchestrator", "--project-dir", str(project), *args],
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def test_serve_refuses_addresses_other_than_loopback_and_bridge(project_copy: Path) -> None:
     for address in ("0.0.0.0:9095", "10.213.10.7:9095", "8.8.8.8:9095"):
-        result = orchestrate(project_copy, "heal", "serve", "dev", "--listen", address, "--once-for", "1")
+        result = run_orchestrate(project_copy, "heal", "serve", "dev", "--listen", address, "--once-for", "1",
+                                 timeout=60)
         assert result.returncode == 2, result.stderr
         assert "refusing to listen" in result.stderr
 
 
 def test_serve_once_for_records_decisions_and_prints_a_summary(project_copy: Path) -> None:
-    import subprocess
-    import sys
-
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "--project-dir", str(project_copy), "heal", "serve", "dev",
-         "--listen", f"127.0.0.1:{port}", "--once-for", "4", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = spawn_orchestrate(project_copy, "heal", "serve", "dev", "--listen", f"127.0.0.1:{port}", "--once-for", "4",
+                             "--json")
     try:
         token_file = project_copy / ".orchestrate" / "dev" / "heal.token"
         deadline = time.monotonic() + 10

@@ -13,7 +13,7 @@ from orchestrator.cli import cli
 from orchestrator.config.loader import Project
 from orchestrator.errors import UsageError
 from orchestrator.pipeline.schedule import build_entry, install, password_file_option, uninstall
-from tests.conftest import copy_project
+from tests.support.project import copy_project
 
 
 def test_staging_line_runs_up_unattended(project_copy: Path) -> None:

@@ -40,7 +40,7 @@ from orchestrator.traffic.state import (
     split_weights,
     write_state,
 )
-from tests.conftest import load_file_module
+from tests.support.project import load_file_module
 
 REPO = Path(__file__).resolve().parents[2]
 

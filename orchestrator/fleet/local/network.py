@@ -155,8 +155,8 @@ def raise_inotify_limits(sysctl_dir: Path = INOTIFY_SYSCTL_DIR) -> dict[str, int
 def raise_inotify_limits_for(host_count: int, sysctl_dir: Path = INOTIFY_SYSCTL_DIR) -> dict[str, int]:
     """`raise_inotify_limits` when `host_count` hosts (all fleets of the machine) need it, else nothing.
 
-    Up to INOTIFY_HOST_THRESHOLD hosts boot within the kernel's default limits (DESIGN.md,
-    "Local hosts"); the machine's settings are not touched for them.
+    Up to INOTIFY_HOST_THRESHOLD hosts boot within the kernel's default limits
+    (docs/local-hosts.md); the machine's settings are not touched for them.
     """
     if host_count <= INOTIFY_HOST_THRESHOLD:
         return {}

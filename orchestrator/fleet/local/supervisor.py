@@ -39,7 +39,7 @@ def join_cgroup(name: str) -> None:
 
 
 def nspawn_argv(merged: Path, name: str, bridge: str) -> list[str]:
-    """argv of the container (flags measured on this machine kind; see DESIGN.md "Local hosts")."""
+    """argv of the container (flags measured on this machine kind; see docs/local-hosts.md)."""
     return [
         "systemd-nspawn",
         "-D",

@@ -1,6 +1,6 @@
 """Backup, restore and secrets on real local hosts with the real example service deployed.
 
-Every test boots its own fleet (tests/integration/conftest.py), deploys examples/hello-service
+Every test boots its own fleet (`fleet_factory`, tests/support/fleet.py), deploys examples/hello-service
 with `orchestrate deploy`, and drives `orchestrate backup|backups|restore` as a user would.
 """
 
@@ -15,22 +15,21 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from orchestrator.config.secrets import PASSWORD_FILE_ENV, encrypt_text
+from orchestrator.config.secrets import encrypt_text
 from orchestrator.tools.cargo import build_project
-from orchestrator.tools.process import CommandResult, run_command
+from orchestrator.tools.process import run_command
+from tests.support.cli import cli_env, orchestrate_argv, run_orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[3]
 SERVICE_SRC = REPO / "examples" / "hello-service"
-ORCHESTRATE = Path(sys.executable).parent / "orchestrate"
 DATA_DIR = "/var/lib/hello"
 # The service rewrites started_at on every start (so also right after a restore); everything
 # else in the data dir belongs to the test and must come back bit for bit.
@@ -48,12 +47,6 @@ OVERWRITE_DATA = (
 )
 
 
-def orchestrate(fleet, *args: str) -> CommandResult:
-    project_dir = fleet.project_dir
-    env = {PASSWORD_FILE_ENV: str(project_dir / "inventories" / "dev" / ".vault-password-dev")}
-    return run_command([ORCHESTRATE, "--project-dir", project_dir, *args], env=env, timeout=600, check=False)
-
-
 @pytest.fixture(scope="module")
 def hello_binary() -> Path:
     """The example service, tested and built once for the module (every deploy then ships it)."""
@@ -63,7 +56,8 @@ def hello_binary() -> Path:
 def deploy(fleet, binary: Path, *, backup: bool = False) -> None:
     """Deploy the example; without `backup`, skip the backup every deploy takes first (the tests
     here count their own backups)."""
-    result = orchestrate(fleet, "deploy", "dev", "--release", str(binary), *(() if backup else ("--skip-backup",)))
+    skip = () if backup else ("--skip-backup",)
+    result = run_orchestrate(fleet.project_dir, "deploy", "dev", "--release", str(binary), *skip)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -81,7 +75,7 @@ def healthz(fleet, host) -> str:
 
 
 def take_backup(fleet) -> dict:
-    result = orchestrate(fleet, "backup", "dev", "--json")
+    result = run_orchestrate(fleet.project_dir, "backup", "dev", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -96,7 +90,7 @@ def test_backup_overwrite_restore_gives_the_data_back(fleet_factory, hello_binar
     fleet = fleet_factory(app_count=2)
     deploy(fleet, hello_binary, backup=True)
     # every deploy backs the hosts up first: fresh hosts, so no release in that backup
-    (pre_deploy,) = json.loads(orchestrate(fleet, "backups", "dev", "--json").stdout)["backups"]
+    (pre_deploy,) = json.loads(run_orchestrate(fleet.project_dir, "backups", "dev", "--json").stdout)["backups"]
     assert {h["release_id"] for h in pre_deploy["hosts"]} == {"none"}
     app = fleet.group("app")
     for host in app:
@@ -109,7 +103,7 @@ def test_backup_overwrite_restore_gives_the_data_back(fleet_factory, hello_binar
     assert [h["host"] for h in backup["hosts"]] == [h.name for h in app]
     assert all(h["size"] > 300_000 and h["release_id"] == release[h["host"]].split("/")[-1]
                for h in backup["hosts"])
-    listed = json.loads(orchestrate(fleet, "backups", "dev", "--json").stdout)
+    listed = json.loads(run_orchestrate(fleet.project_dir, "backups", "dev", "--json").stdout)
     assert [b["id"] for b in listed["backups"]] == [backup["id"], pre_deploy["id"]]
     assert listed["backups"][0]["complete"]
     controller_copy = fleet.state_dir / "backups" / backup["id"] / app[0].name
@@ -124,7 +118,7 @@ def test_backup_overwrite_restore_gives_the_data_back(fleet_factory, hello_binar
                         "ln -sfn releases/0.0.9-000000000000 /opt/hello/current && systemctl restart hello")
     assert all(tree_digest(fleet, h) != before[h.name] for h in app)
 
-    result = orchestrate(fleet, "restore", "dev", backup["id"], "--yes")
+    result = run_orchestrate(fleet.project_dir, "restore", "dev", backup["id"], "--yes")
     assert result.returncode == 0, result.stderr[-3000:]
     for host in app:
         assert tree_digest(fleet, host) == before[host.name]
@@ -147,7 +141,7 @@ def test_a_corrupt_backup_is_refused_and_the_hosts_are_untouched(fleet_factory, 
 
     # one byte flipped in the archive kept on the second host
     fleet.ssh(app[1], flip_byte(f"/var/backups/hello/{backup_id}/data.tar.gz"))
-    result = orchestrate(fleet, "restore", "dev", backup_id, "--yes")
+    result = run_orchestrate(fleet.project_dir, "restore", "dev", backup_id, "--yes")
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
@@ -161,7 +155,7 @@ def test_a_corrupt_backup_is_refused_and_the_hosts_are_untouched(fleet_factory, 
     # one byte flipped in the controller's copy of the first host's archive
     controller_archive = fleet.state_dir / "backups" / backup_id / app[0].name / "data.tar.gz"
     run_command(["sh", "-c", flip_byte(controller_archive)])
-    result = orchestrate(fleet, "restore", "dev", backup_id, "--yes", "--from", "controller")
+    result = run_orchestrate(fleet.project_dir, "restore", "dev", backup_id, "--yes", "--from", "controller")
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
@@ -180,9 +174,9 @@ def test_restore_from_the_controller_copy(fleet_factory, hello_binary: Path) -> 
     backup_id = take_backup(fleet)["id"]
     # the host lost its own copy and its data
     fleet.ssh(host, f"rm -rf /var/backups/hello/{backup_id} && {OVERWRITE_DATA}")
-    result = orchestrate(fleet, "restore", "dev", backup_id, "--yes")
+    result = run_orchestrate(fleet.project_dir, "restore", "dev", backup_id, "--yes")
     assert result.returncode == 1 and "not found on this host" in result.stderr
-    result = orchestrate(fleet, "restore", "dev", backup_id, "--yes", "--from", "controller", "--json")
+    result = run_orchestrate(fleet.project_dir, "restore", "dev", backup_id, "--yes", "--from", "controller", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["source"] == "controller"
     assert tree_digest(fleet, host) == before
@@ -217,14 +211,13 @@ def sandboxed(fleet, sandbox: Path, *args: str) -> TracedRun:
     by a minute (writing only to its sockets): once the command has exited, the processes strace
     still traces (all started by the command) are stopped, so that strace ends and its log is whole.
     """
-    env = {**os.environ, PASSWORD_FILE_ENV: str(fleet.project_dir / "inventories" / "dev" / ".vault-password-dev"),
-           "HOME": str(sandbox / "home"), "TMPDIR": str(sandbox / "tmp")}
+    env = cli_env(fleet.project_dir, {"HOME": str(sandbox / "home"), "TMPDIR": str(sandbox / "tmp")})
     trace, out, err, pid_file = (sandbox / f"{args[0]}.{kind}" for kind in ("strace", "stdout", "stderr", "pid"))
     argv = ["strace", "-f", "-q", "-y", "--seccomp-bpf", "-s", "4096", "-o", str(trace),
             "-e", "trace=write,pwrite64,writev,pwritev,pwritev2",
             # the command's pid (strace forks probes of its own first): sh records it, then execs
             "sh", "-c", 'echo $$ > "$0" && exec "$@"', str(pid_file),
-            str(ORCHESTRATE), "--project-dir", str(fleet.project_dir), *args]
+            *orchestrate_argv(fleet.project_dir, *args)]
     started = time.monotonic()
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         tracer = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env)

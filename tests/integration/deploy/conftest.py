@@ -1,1 +1,2 @@
-"""The deploy suite uses `fleet_factory` and `hello_builds` from tests/integration/conftest.py."""
+"""The deploy suite uses `fleet_factory`, `module_unbooted_project` and `hello_builds` from
+tests/integration/conftest.py."""

@@ -24,12 +24,11 @@ from orchestrator.release.results import ReleaseRunError
 from orchestrator.tools.ansible import PlaybookRun, run_playbook
 from orchestrator.tools.cargo import find_cargo
 from orchestrator.tools.process import run_command
+from tests.support.builds import Builds
+from tests.support.fleet import FleetEnv
 
-from .helpers import orchestrate, versions
+from .helpers import versions
 
-# fixtures of tests/integration/conftest.py: module_unbooted_project -> FleetEnv; hello_builds -> Builds
-FleetEnv = Any
-Builds = Any
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "hello-service"
@@ -135,7 +134,7 @@ def deploy_playbook(fleet: FleetEnv, binary: Path, **overrides: Any) -> Any:
 
 def test_the_installed_unit_is_hardened_and_a_unit_failing_verify_is_refused(
         fleet: FleetEnv, hello_builds: Builds) -> None:
-    code, _, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v1.binary), "--skip-backup")
+    code, _, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v1.binary), "--skip-backup")
     assert code == 0, err
     first = fleet.group("app")[0]
     props = fleet.ssh(first, "systemctl show hello.service -p User -p NoNewPrivileges -p ProtectSystem "
@@ -174,8 +173,8 @@ def test_the_installed_unit_is_hardened_and_a_unit_failing_verify_is_refused(
 
 def test_a_good_canary_goes_first_then_the_rest(fleet: FleetEnv, hello_builds: Builds) -> None:
     canary, rest = fleet.group("app")
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v2.binary), "--skip-backup",
-                                    "--strategy", "canary")
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v2.binary), "--skip-backup",
+                                          "--strategy", "canary")
     assert code == 0, err
     # `canary` without a load balancer is the host-level canary (reported as canary-hosts)
     assert result["state"] == "deployed" and result["strategy"] in ("canary", "canary-hosts")
@@ -211,7 +210,7 @@ def test_a_later_batch_failing_its_gate_puts_the_earlier_batch_back(
     fleet.ssh(second, f"mkdir -p {dropin} && printf '[Service]\\nEnvironment=HELLO_FAIL_PERCENT=150\\n' "
                       f"> {dropin}/local.conf && systemctl daemon-reload")
     try:
-        code, result, err = orchestrate(fleet, "deploy", "--release", str(extra_builds.flaky), "--skip-backup")
+        code, result, err = fleet.orchestrate("deploy", "--release", str(extra_builds.flaky), "--skip-backup")
     finally:
         fleet.ssh(second, f"rm -rf {dropin} && systemctl daemon-reload")
     assert code == 3, err
@@ -281,24 +280,24 @@ def test_keep_two_releases_never_removes_current_or_previous(
     v1 = hello_builds.v1.release_id
 
     for binary in (r3, r4):
-        code, _, err = orchestrate(fleet, "deploy", "--release", str(binary), "--skip-backup")
+        code, _, err = fleet.orchestrate("deploy", "--release", str(binary), "--skip-backup")
         assert code == 0, err
     for host in app:  # everything older went, the last two stay
         assert links(fleet, host) == (id4, id3, sorted([id3, id4]))
 
-    code, _, err = orchestrate(fleet, "rollback")
+    code, _, err = fleet.orchestrate("rollback")
     assert code == 0, err
     # previous (id3 after the next deploy) is now the oldest release on the host: it must stay
-    code, _, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v1.binary), "--skip-backup")
+    code, _, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v1.binary), "--skip-backup")
     assert code == 0, err
     for host in app:
         assert links(fleet, host) == (v1, id3, sorted([v1, id3]))
     assert versions(fleet) == dict.fromkeys([h.name for h in app], "0.1.0")
 
-    code, status, err = orchestrate(fleet, "rollback")
+    code, status, err = fleet.orchestrate("rollback")
     assert code == 0, err
     assert versions(fleet) == dict.fromkeys([h.name for h in app], "0.2.0")
-    code, status, err = orchestrate(fleet, "status")
+    code, status, err = fleet.orchestrate("status")
     assert code == 0, err
     assert status["release"] == id3
     assert all(h["previous_release"] == v1 and h["healthy"] for h in status["hosts"])

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from .helpers import orchestrate, versions
+from tests.support.builds import Builds
+from tests.support.fleet import FleetEnv
 
-# fixtures (tests/integration/conftest.py: fleet_factory -> FleetEnv; ./conftest.py: hello_builds)
-FleetEnv = Any
-Builds = Any
+from .helpers import versions
+
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
 # a short gate keeps the broken release's failure quick; dev's 10 s is for real starts
@@ -32,7 +32,7 @@ def test_deploy_redeploy_failed_gate_and_rollback(fleet_factory: Any, hello_buil
     app = [h.name for h in fleet.group("app")]
 
     # v1 from its cargo project: tested, built, deployed, healthy everywhere
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v1.project))
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v1.project))
     assert code == 0, err
     assert result["state"] == "deployed"
     v1 = hello_builds.v1.release_id
@@ -40,13 +40,13 @@ def test_deploy_redeploy_failed_gate_and_rollback(fleet_factory: Any, hello_buil
     assert versions(fleet) == dict.fromkeys(app, "0.1.0")
 
     # a project whose tests fail is refused before any host is touched
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.untested))
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.untested))
     assert code == 1
     assert "release refused" in err and "cargo test" in err
     assert versions(fleet) == dict.fromkeys(app, "0.1.0")
 
     # v2: every host on v2, v1 kept for rollbacks
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v2.project))
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v2.project))
     assert code == 0, err
     v2 = hello_builds.v2.release_id
     assert {h["release"] for h in result["hosts"]} == {v2}
@@ -55,7 +55,7 @@ def test_deploy_redeploy_failed_gate_and_rollback(fleet_factory: Any, hello_buil
         assert releases_on(fleet, name) == sorted([v1, v2])
 
     # the same release again changes nothing
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v2.binary))
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v2.binary))
     assert code == 0, err
     assert result["state"] == "unchanged"
     assert result["changed"] == 0
@@ -63,7 +63,7 @@ def test_deploy_redeploy_failed_gate_and_rollback(fleet_factory: Any, hello_buil
     assert not any(h["switched"] or h["changed"] for h in result["hosts"])
 
     # broken: the gate fails, every host goes back to v2 by itself, evidence is kept
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.broken.binary))
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.broken.binary))
     assert code == 3, err
     assert result["state"] == "rolled_back"
     assert versions(fleet) == dict.fromkeys(app, "0.2.0")
@@ -76,17 +76,17 @@ def test_deploy_redeploy_failed_gate_and_rollback(fleet_factory: Any, hello_buil
         assert "hello.service" in (evidence / "status.txt").read_text()
 
     # status: one release everywhere, v1 recorded as previous
-    code, status, err = orchestrate(fleet, "status")
+    code, status, err = fleet.orchestrate("status")
     assert code == 0, err
     assert status["release"] == v2
     assert {h["name"] for h in status["hosts"]} == set(app)
     assert all(h["healthy"] and h["unit"] == "active" and h["previous_release"] == v1 for h in status["hosts"])
 
     # rollback to a named release
-    code, result, err = orchestrate(fleet, "rollback", "--to", v1)
+    code, result, err = fleet.orchestrate("rollback", "--to", v1)
     assert code == 0, err
     assert versions(fleet) == dict.fromkeys(app, "0.1.0")
-    code, status, err = orchestrate(fleet, "status")
+    code, status, err = fleet.orchestrate("status")
     assert status["release"] == v1
     assert all(h["previous_release"] == v2 for h in status["hosts"])
 
@@ -94,7 +94,7 @@ def test_deploy_redeploy_failed_gate_and_rollback(fleet_factory: Any, hello_buil
 def test_a_failed_batch_puts_every_switched_host_back(fleet_factory: Any, hello_builds: Builds) -> None:
     fleet: FleetEnv = fleet_factory(app_count=2, overrides={**FAST_GATE, "rollout": {"batch_size": 1}})
     first, second = fleet.group("app")
-    code, _, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v1.binary))
+    code, _, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v1.binary))
     assert code == 0, err
 
     # v2 cannot be installed on the second host (a file sits where its release directory goes):
@@ -102,7 +102,7 @@ def test_a_failed_batch_puts_every_switched_host_back(fleet_factory: Any, hello_
     # must go back to v1 so that the fleet is on one release
     v2 = hello_builds.v2.release_id
     fleet.ssh(second, f"touch /opt/hello/releases/{v2}")
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v2.binary))
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v2.binary))
     assert code == 1, err
     assert result["restored_hosts"] == {first.name: hello_builds.v1.release_id}
     assert versions(fleet) == {first.name: "0.1.0", second.name: "0.1.0"}
@@ -110,8 +110,8 @@ def test_a_failed_batch_puts_every_switched_host_back(fleet_factory: Any, hello_
 
     # canary: the canary host fails its gate, the rest of the fleet is never touched
     broken = hello_builds.broken.release_id
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.broken.binary),
-                                    "--strategy", "canary")
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.broken.binary),
+                                          "--strategy", "canary")
     assert code == 3, err
     assert [h["name"] for h in result["hosts"]] == [first.name]
     assert versions(fleet) == {first.name: "0.1.0", second.name: "0.1.0"}

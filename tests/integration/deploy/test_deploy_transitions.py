@@ -7,42 +7,26 @@ Two real local hosts, one per batch (so a failure has a host before and after it
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.models.process import INITIAL_STATE, is_allowed
+from tests.support.fleet import FleetEnv
 
-FleetEnv = Any
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
-ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
 FAST = {"service": {"health": {"timeout": "3s", "interval": "100ms"}}, "rollout": {"batch_size": 1}}
 FORWARD = ["backed_up", "staged", "switched", "verified"]
-
-
-def orchestrate(fleet: FleetEnv, *args: str) -> tuple[int, dict[str, Any], str]:
-    """`orchestrate --project-dir P VERB ENV ... --json`: (exit code, JSON, stderr)."""
-    verb, *rest = args
-    proc = subprocess.run(
-        [ORCHESTRATE, "--project-dir", str(fleet.project_dir), verb, fleet.env_name, *rest, "--json"],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ), check=False,
-    )
-    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
 
 
 def journal_moves(fleet: FleetEnv, command: str) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
     """The newest run of `command` from `orchestrate runs`: each host's states in order (after
     checking that every move is legal and starts where the previous one ended), and the rows."""
-    code, listed, err = orchestrate(fleet, "runs")
+    code, listed, err = fleet.orchestrate("runs")
     assert code == 0, err
     run_id = next(r["id"] for r in listed["runs"] if r["command"] == command)
-    code, shown, err = orchestrate(fleet, "runs", run_id)
+    code, shown, err = fleet.orchestrate("runs", run_id)
     assert code == 0, err
     states: dict[str, list[str]] = {}
     current: dict[str, str] = {}
@@ -61,7 +45,7 @@ def test_deploys_and_a_rollback_record_every_host_transition(fleet_factory: Any,
     v1, v2, broken = (b.release_id for b in (hello_builds.v1, hello_builds.v2, hello_builds.broken))
 
     # a good deploy: every host backed up, staged, switched and verified, in that order
-    code, _, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v1.binary))
+    code, _, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v1.binary))
     assert code == 0, err
     states, rows = journal_moves(fleet, "deploy")
     assert states == {first: FORWARD, second: FORWARD}
@@ -71,7 +55,7 @@ def test_deploys_and_a_rollback_record_every_host_transition(fleet_factory: Any,
     # the second batch cannot stage v2 (a file where its release directory goes): it fails, and
     # the fleet restore puts the first host, which had passed its gate, back on v1
     fleet.ssh(fleet.host(second), f"touch /opt/hello/releases/{v2}")
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v2.binary))
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v2.binary))
     assert code == 1, err
     assert result["restored_hosts"] == {first: v1}
     states, rows = journal_moves(fleet, "deploy")
@@ -82,7 +66,7 @@ def test_deploys_and_a_rollback_record_every_host_transition(fleet_factory: Any,
 
     # a broken release fails its gate on the first batch and goes back by itself; the rollout
     # stops, so the second host is backed up and never staged
-    code, result, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.broken.binary))
+    code, result, err = fleet.orchestrate("deploy", "--release", str(hello_builds.broken.binary))
     assert code == 3, err
     states, rows = journal_moves(fleet, "deploy")
     assert states == {first: ["backed_up", "staged", "failed", "rolled_back"], second: ["backed_up"]}
@@ -91,7 +75,7 @@ def test_deploys_and_a_rollback_record_every_host_transition(fleet_factory: Any,
     assert restored["detail"] == {"by": "rust_release", "release_restored": v1}
 
     # `orchestrate rollback`: straight from idle to rolled_back on every host
-    code, _, err = orchestrate(fleet, "rollback", "--to", v1)
+    code, _, err = fleet.orchestrate("rollback", "--to", v1)
     assert code == 0, err
     states, _ = journal_moves(fleet, "rollback")
     assert states == {first: ["rolled_back"], second: ["rolled_back"]}

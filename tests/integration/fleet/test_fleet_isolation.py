@@ -12,15 +12,12 @@ import pytest
 import yaml
 
 from orchestrator.fleet.local.supervisor import CGROUP_HIERARCHIES, CGROUP_PARENT, CGROUP_ROOT
-from orchestrator.tools.process import CommandResult, run_command
+from orchestrator.tools.process import run_command
+from tests.support.cli import run_orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts]
 
 BIN = Path(sys.executable).parent
-
-
-def orchestrate(project: Path, *args: str) -> CommandResult:
-    return run_command([BIN / "orchestrate", "--project-dir", project, *args], timeout=300, check=False)
 
 
 def link_names() -> set[str]:
@@ -67,7 +64,7 @@ def test_ansible_refuses_an_inventory_host_off_the_bridge(fleet_factory: Any) ->
     runs = fleet_env.state_dir / "runs"
 
     # as written by the fleet: status reaches the host (nothing deployed yet, so not healthy)
-    before = orchestrate(fleet_env.project_dir, "status", "dev", "--json")
+    before = run_orchestrate(fleet_env.project_dir, "status", "dev", "--json", timeout=300)
     reached = json.loads(before.stdout)["hosts"]
     assert [(h["name"], h["address"]) for h in reached] == [(host.name, host.address)], before.stderr
     assert reached[0]["unit"] != "unreachable", before.stderr
@@ -79,7 +76,7 @@ def test_ansible_refuses_an_inventory_host_off_the_bridge(fleet_factory: Any) ->
     inventory["all"]["children"]["app"]["hosts"][host.name]["ansible_host"] = "127.0.0.1"
     fleet_env.inventory.write_text(yaml.safe_dump(inventory, sort_keys=False))
 
-    refused = orchestrate(fleet_env.project_dir, "status", "dev")
+    refused = run_orchestrate(fleet_env.project_dir, "status", "dev", timeout=300)
     assert refused.returncode != 0
     assert refused.stderr.splitlines()[0] == (
         f"error: {fleet_env.inventory}: host {host.name} has address 127.0.0.1, which is not a host address on "

@@ -16,15 +16,12 @@ import pytest
 
 from orchestrator.fleet.local.fleet import plan_hosts
 from orchestrator.fleet.local.supervisor import CGROUP_HIERARCHIES, CGROUP_PARENT, CGROUP_ROOT
-from orchestrator.tools.process import CommandResult, run_command
+from orchestrator.tools.process import run_command
+from tests.support.cli import run_orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
-
-
-def orchestrate(project: Path, *args: str, timeout: float = 600) -> CommandResult:
-    return run_command([BIN / "orchestrate", "--project-dir", project, *args], timeout=timeout, check=False)
 
 
 def ansible_adhoc(inventory: Path, tree: Path, module: str, args: str = "") -> dict[str, Any]:
@@ -66,7 +63,7 @@ def test_provision_reach_restore_destroy(unbooted_project: Any) -> None:
     project = fleet_env.project_dir
 
     # provision: terraform apply of the rendered root, host creation in its provisioners
-    result = orchestrate(project, "provision", "dev", "--json")
+    result = run_orchestrate(project, "provision", "dev", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     provisioned = json.loads(result.stdout)
     expected = plan_hosts(fleet_env.prefix, fleet_env.network, app_count=3)
@@ -93,17 +90,17 @@ def test_provision_reach_restore_destroy(unbooted_project: Any) -> None:
     os.kill(nspawn_pid(victim.name), signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        states = json.loads(orchestrate(project, "hosts", "dev", "--json").stdout)["hosts"]
+        states = json.loads(run_orchestrate(project, "hosts", "dev", "--json").stdout)["hosts"]
         if {h["name"]: h["state"] for h in states}[victim.name] == "stopped":
             break
         time.sleep(0.2)
     assert {h["name"]: h["state"] for h in states} == {
         h.name: ("stopped" if h is victim else "running") for h in expected
     }
-    result = orchestrate(project, "provision", "dev", "--json")
+    result = run_orchestrate(project, "provision", "dev", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["changes"] is False  # terraform saw nothing: the restore did it
-    states = json.loads(orchestrate(project, "hosts", "dev", "--json").stdout)["hosts"]
+    states = json.loads(run_orchestrate(project, "hosts", "dev", "--json").stdout)["hosts"]
     assert {h["state"] for h in states} == {"running"}
     assert fleet_env.ssh(victim, "cat /root/keep.txt").stdout == "precious\n"
     assert fleet_env.ssh(victim, "systemctl is-system-running", check=False).stdout.strip() in {"running", "degraded"}
@@ -112,7 +109,7 @@ def test_provision_reach_restore_destroy(unbooted_project: Any) -> None:
     host_dirs = [fleet_env.state_dir / "hosts" / h.name for h in expected]
     ports = bridge_ports(fleet_env.network.bridge)
     assert len(ports) == 3
-    result = orchestrate(project, "destroy", "dev", "--yes", "--json")
+    result = run_orchestrate(project, "destroy", "dev", "--yes", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     mounts = Path("/proc/mounts").read_text()
     assert not any(str(d) in mounts for d in host_dirs)
@@ -125,5 +122,5 @@ def test_provision_reach_restore_destroy(unbooted_project: Any) -> None:
     link_names = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
     assert not set(ports_before + ports) & link_names
     assert fleet_env.network.bridge not in link_names
-    states = json.loads(orchestrate(project, "hosts", "dev", "--json").stdout)["hosts"]
+    states = json.loads(run_orchestrate(project, "hosts", "dev", "--json").stdout)["hosts"]
     assert {h["state"] for h in states} == {"missing"}

@@ -25,8 +25,9 @@ from orchestrator.monitoring.files import (
     write_monitoring,
 )
 from orchestrator.runs.audit import AuditLog
+from tests.support.net import free_port, http_get, wait_http
 
-from .conftest import Processes, free_port, http_get, prometheus_query, start_target, wait_http
+from .helpers import Processes, prometheus_query, start_target
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

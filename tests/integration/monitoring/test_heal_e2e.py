@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -30,20 +28,19 @@ from typing import Any
 import pytest
 
 from orchestrator.runs.audit import AuditLog
-
-from .conftest import free_port, http_get, wait_http
+from tests.support.builds import build_version
+from tests.support.cli import orchestrate, spawn_orchestrate
+from tests.support.fleet import FleetEnv
+from tests.support.net import free_port, http_get, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[3]
-ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
 EXAMPLE = REPO / "examples" / "hello-service"
 BINARY = EXAMPLE / "target" / "release" / "hello-service"
 PORT = 8080
 # Heal budget of the dev config: kill -> healthy again.
 GOAL_S = 15.0
-
-FleetEnv = Any  # tests/integration/conftest.py
 
 
 def example_binary() -> Path:
@@ -55,31 +52,16 @@ def example_binary() -> Path:
     return BINARY
 
 
-def cli_env(fleet: FleetEnv) -> dict[str, str]:
-    env = dict(os.environ)
-    password = fleet.project_dir / "inventories" / fleet.env_name / f".vault-password-{fleet.env_name}"
-    if password.exists():
-        env["ORCHESTRATE_VAULT_PASSWORD_FILE"] = str(password)
-    return env
-
-
-def orchestrate(fleet: FleetEnv, *args: str) -> tuple[int, dict[str, Any], str]:
-    proc = subprocess.run([ORCHESTRATE, "--project-dir", str(fleet.project_dir), *args, "--json"],
-                          capture_output=True, text=True, timeout=600, env=cli_env(fleet), check=False)
-    data = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    return proc.returncode, data, proc.stderr
-
-
 def service_health(fleet: FleetEnv, address: str) -> int | None:
     try:
-        return http_get(f"http://{fleet.network.assert_own_address(address)}:{PORT}/healthz", timeout=1)[0]
+        return http_get(f"http://{address}:{PORT}/healthz", network=fleet.network, timeout=1)[0]
     except (OSError, urllib.error.URLError):
         return None
 
 
 def prometheus_up(fleet: FleetEnv, monitoring_address: str) -> dict[tuple[str, str], str]:
-    base = f"http://{fleet.network.assert_own_address(monitoring_address)}:9090"
-    status, body = http_get(f"{base}/api/v1/query?query=up", timeout=3)
+    base = f"http://{monitoring_address}:9090"
+    status, body = http_get(f"{base}/api/v1/query?query=up", network=fleet.network, timeout=3)
     assert status == 200
     return {(r["metric"]["job"], r["metric"].get("host", "")): r["value"][1]
             for r in json.loads(body)["data"]["result"]}
@@ -91,32 +73,17 @@ def active_since(fleet: FleetEnv, host: Any) -> str:
 
 def flaky_binary(tmp_path: Path) -> Path:
     """The example built with the `flaky` feature: 30% of requests to / answer 500."""
-    project = tmp_path / "flaky"
-    project.mkdir()
-    for name in ("Cargo.toml", "Cargo.lock", "src"):
-        source = EXAMPLE / name
-        if source.is_dir():
-            shutil.copytree(source, project / name)
-        else:
-            shutil.copy2(source, project / name)
-    cargo = Path.home() / ".cargo" / "bin" / "cargo"
-    subprocess.run([str(cargo) if cargo.exists() else "cargo", "build", "--release", "--offline", "--features",
-                    "flaky", "--manifest-path", str(project / "Cargo.toml")], check=True, timeout=1200,
-                   capture_output=True)
-    return project / "target" / "release" / "hello-service"
+    return build_version(tmp_path, "flaky", "0.1.0", "flaky")
 
 
 @contextlib.contextmanager
 def heal_server(fleet: FleetEnv, heal_port: int) -> Iterator[dict[str, Any]]:
     """`orchestrate heal serve ENV` in the background; yields the dict its --json summary fills."""
-    serve = subprocess.Popen(
-        [ORCHESTRATE, "--project-dir", str(fleet.project_dir), "heal", "serve", fleet.env_name, "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(fleet), start_new_session=True,
-    )
+    serve = spawn_orchestrate(fleet.project_dir, "heal", "serve", fleet.env_name, "--json", start_new_session=True)
     summary: dict[str, Any] = {}
     try:
         wait_http(f"http://127.0.0.1:{heal_port}/healthz", timeout=30)
-        wait_http(f"http://{fleet.network.gateway}:{heal_port}/healthz", timeout=5)
+        wait_http(f"http://{fleet.network.gateway}:{heal_port}/healthz", network=fleet.network, timeout=5)
         yield summary
     finally:
         if serve.poll() is None:
@@ -163,9 +130,9 @@ def test_killed_service_comes_back_by_itself(fleet_factory: Any) -> None:
                                     overrides={"healing": {"listen": f"127.0.0.1:{heal_port}"}})
     victim, bystander = fleet.group("app")
 
-    code, result, err = orchestrate(fleet, "deploy", fleet.env_name, "--release", str(example_binary()))
+    code, result, err = orchestrate(fleet.project_dir, "deploy", fleet.env_name, "--release", str(example_binary()))
     assert code == 0, err
-    code, result, err = orchestrate(fleet, "monitoring", "deploy", fleet.env_name)
+    code, result, err = orchestrate(fleet.project_dir, "monitoring", "deploy", fleet.env_name)
     assert code == 0, err
     assert result["webhook_url"] == f"http://{fleet.network.gateway}:{heal_port}/alerts"
 
@@ -215,13 +182,13 @@ def test_error_rate_rolls_the_environment_back_once(fleet_factory: Any, tmp_path
     fleet: FleetEnv = fleet_factory(app_count=2, monitoring_count=1,
                                     overrides={"healing": {"listen": f"127.0.0.1:{heal_port}"}})
     apps = fleet.group("app")
-    code, good, err = orchestrate(fleet, "deploy", fleet.env_name, "--release", str(example_binary()))
+    code, good, err = orchestrate(fleet.project_dir, "deploy", fleet.env_name, "--release", str(example_binary()))
     assert code == 0, err
-    code, bad, err = orchestrate(fleet, "deploy", fleet.env_name, "--release", str(flaky_binary(tmp_path)))
+    code, bad, err = orchestrate(fleet.project_dir, "deploy", fleet.env_name, "--release", str(flaky_binary(tmp_path)))
     assert code == 0, err  # /healthz is fine: the gate lets it through, only traffic shows the errors
     assert bad["release"] != good["release"]
     assert {current_release(fleet, h) for h in apps} == {bad["release"]}
-    code, _, err = orchestrate(fleet, "monitoring", "deploy", fleet.env_name)
+    code, _, err = orchestrate(fleet.project_dir, "monitoring", "deploy", fleet.env_name)
     assert code == 0, err
 
     stop = threading.Event()
@@ -231,8 +198,7 @@ def test_error_rate_rolls_the_environment_back_once(fleet_factory: Any, tmp_path
         while not stop.is_set():
             for host in apps:
                 try:
-                    status = http_get(f"http://{fleet.network.assert_own_address(host.address)}:{PORT}/",
-                                      timeout=1)[0]
+                    status = http_get(f"http://{host.address}:{PORT}/", network=fleet.network, timeout=1)[0]
                 except (OSError, urllib.error.URLError):
                     status = None
                 answers[status] = answers.get(status, 0) + 1
@@ -253,9 +219,10 @@ def test_error_rate_rolls_the_environment_back_once(fleet_factory: Any, tmp_path
             # Traffic goes on without errors; the alert clears and nothing rolls back again.
             monitor = fleet.group("monitoring")[0]
             deadline = time.monotonic() + 90
-            base = f"http://{fleet.network.assert_own_address(monitor.address)}:9090"
+            base = f"http://{monitor.address}:9090"
             while time.monotonic() < deadline:
-                body = http_get(f"{base}/api/v1/query?query=ALERTS%7Balertname%3D%22HighErrorRate%22%7D")[1]
+                body = http_get(f"{base}/api/v1/query?query=ALERTS%7Balertname%3D%22HighErrorRate%22%7D",
+                                network=fleet.network)[1]
                 if not json.loads(body)["data"]["result"]:
                     break
                 time.sleep(1)

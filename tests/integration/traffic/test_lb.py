@@ -6,12 +6,7 @@ Module order matters: each test starts from the traffic split the previous one l
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,32 +18,20 @@ from orchestrator.runs.journal import Journal
 from orchestrator.traffic.lb import LoadBalancer, configure_lb, lb_url
 from orchestrator.traffic.loadgen import LoadGenerator, LoadReport, LoadSpec
 from orchestrator.traffic.state import colors, read_state
+from tests.support.fleet import FleetEnv
+from tests.support.net import http_get
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
-ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
 #: background load: bounded by count and time, ~50 requests/s
 RATE = 50.0
 
 
-def orchestrate(fleet: Any, *args: str) -> tuple[int, dict[str, Any], str, float]:
-    """Run `orchestrate --project-dir P VERB ENV ... --json`: (exit code, JSON, stderr, seconds)."""
-    env = dict(os.environ)
-    password = fleet.project_dir / "inventories" / fleet.env_name / f".vault-password-{fleet.env_name}"
-    if password.exists():
-        env["ORCHESTRATE_VAULT_PASSWORD_FILE"] = str(password)
-    verb, *rest = args
+def timed_orchestrate(fleet: FleetEnv, verb: str, *args: str) -> tuple[int, dict[str, Any], str, float]:
+    """`orchestrate --project-dir P VERB ENV ... --json`: (exit code, JSON, stderr, seconds)."""
     started = time.monotonic()
-    proc = subprocess.run(
-        [ORCHESTRATE, "--project-dir", str(fleet.project_dir), verb, fleet.env_name, *rest, "--json"],
-        capture_output=True, text=True, timeout=600, env=env, check=False,
-    )
-    seconds = time.monotonic() - started
-    try:
-        data = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    except json.JSONDecodeError:
-        pytest.fail(f"not JSON on stdout: {proc.stdout!r}\nstderr: {proc.stderr}")
-    return proc.returncode, data, proc.stderr, seconds
+    code, data, err = fleet.orchestrate(verb, *args)
+    return code, data, err, time.monotonic() - started
 
 
 def load(fleet: Any, seconds: float) -> LoadGenerator:
@@ -68,7 +51,7 @@ def test_lb_balances_reloads_without_loss_and_weight_zero_drains(traffic_fleet: 
     assert run.state == "deployed"
     lb_spec = fleet.group("lb")[0]
     app = [h.name for h in fleet.group("app")]
-    code, shown, err, _ = orchestrate(fleet, "traffic", "--configure")
+    code, shown, err = fleet.orchestrate("traffic", "--configure")
     assert code == 0, err
     assert set(shown["servers"]) == set(app)
     assert {s["weight"] for s in shown["servers"].values()} == {100}
@@ -100,8 +83,8 @@ def test_lb_balances_reloads_without_loss_and_weight_zero_drains(traffic_fleet: 
     assert set(report.served_by) == set(app), describe(report)
     # HAProxy's own Prometheus exporter counts the same responses per server
     address = fleet.network.assert_own_address(lb_spec.address)
-    with urllib.request.urlopen(f"http://{address}:8405/metrics", timeout=5) as response:
-        metrics = response.read().decode()
+    status, metrics = http_get(f"http://{address}:8405/metrics", network=fleet.network)
+    assert status == 200, metrics
     for name in app:
         line = next(x for x in metrics.splitlines()
                     if x.startswith(f'haproxy_server_http_responses_total{{proxy="hello",server="{name}",code="2xx"}}'))
@@ -145,15 +128,15 @@ def test_blue_green_switch_and_switch_back_lose_no_request(traffic_fleet: Any, t
     groups = _colour_names(fleet)
     with load(fleet, 120) as gen:
         time.sleep(1)
-        code, result, err, _ = orchestrate(fleet, "deploy", "--release", str(traffic_builds.v2),
-                                           "--strategy", "blue-green")
+        code, result, err = fleet.orchestrate("deploy", "--release", str(traffic_builds.v2),
+                                              "--strategy", "blue-green")
         assert code == 0, err
         switched_at = gen.now()
         assert result["state"] == "switched" and result["active"] == "green", result
         assert result["decisions"][0]["go"] and result["decisions"][0]["requests"] > 0
         time.sleep(3)
         back_started = gen.now()
-        code, back, err, seconds = orchestrate(fleet, "rollback")
+        code, back, err, seconds = timed_orchestrate(fleet, "rollback")
         back_done = gen.now()
         assert code == 0, err
         time.sleep(3)
@@ -178,8 +161,8 @@ def test_canary_good_release_promoted_through_every_step(traffic_fleet: Any, tra
     fleet = traffic_fleet
     groups = _colour_names(fleet)
     with load(fleet, 150) as gen:
-        code, result, err, _ = orchestrate(fleet, "deploy", "--release", str(traffic_builds.v3),
-                                           "--strategy", "canary-traffic")
+        code, result, err = fleet.orchestrate("deploy", "--release", str(traffic_builds.v3),
+                                              "--strategy", "canary-traffic")
         done = gen.now()
         time.sleep(2)
         gen.stop()
@@ -205,8 +188,8 @@ def test_canary_flaky_release_rolled_back_at_first_step(traffic_fleet: Any, traf
     fleet = traffic_fleet
     groups = _colour_names(fleet)  # green serves v3 now; blue is idle and gets the flaky release
     with load(fleet, 150) as gen:
-        code, result, err, _ = orchestrate(fleet, "deploy", "--release", str(traffic_builds.flaky),
-                                           "--strategy", "canary-traffic")
+        code, result, err = fleet.orchestrate("deploy", "--release", str(traffic_builds.flaky),
+                                              "--strategy", "canary-traffic")
         done = gen.now()
         time.sleep(2)
         gen.stop()

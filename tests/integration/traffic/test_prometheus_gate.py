@@ -18,9 +18,9 @@ from orchestrator.runs.audit import AuditLog
 from orchestrator.runs.journal import Journal
 from orchestrator.traffic.gates import Prometheus, monitoring_host
 from orchestrator.traffic.lb import configure_lb
+from tests.support.fleet import TRAFFIC_OVERRIDES
 
-from .conftest import TRAFFIC_OVERRIDES
-from .test_lb import _colour_names, _version_on, describe, load, orchestrate
+from .test_lb import _colour_names, _version_on, describe, load, timed_orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
@@ -71,8 +71,8 @@ def test_good_release_promoted_through_every_default_step_on_prometheus(gated_fl
     assert fleet.loaded.env.rollout.traffic_steps == DEFAULT_STEPS
     # `canary` is the canary by traffic weight: this environment has a load-balancer host
     with load(fleet, 120) as gen:
-        code, result, err, seconds = orchestrate(fleet, "deploy", "--release", str(traffic_builds.v3),
-                                                 "--strategy", "canary")
+        code, result, err, seconds = timed_orchestrate(fleet, "deploy", "--release", str(traffic_builds.v3),
+                                                       "--strategy", "canary")
         done = gen.now()
         time.sleep(2)
         gen.stop()
@@ -111,8 +111,8 @@ def test_flaky_release_rolled_back_at_first_step_by_prometheus(gated_fleet: Any,
     fleet = gated_fleet
     groups = _colour_names(fleet)  # green serves v3 now; blue is idle and gets the flaky release
     with load(fleet, 90) as gen:
-        code, result, err, seconds = orchestrate(fleet, "deploy", "--release", str(traffic_builds.flaky),
-                                                 "--strategy", "canary-traffic")
+        code, result, err, seconds = timed_orchestrate(fleet, "deploy", "--release", str(traffic_builds.flaky),
+                                                       "--strategy", "canary-traffic")
         done = gen.now()
         time.sleep(2)
         gen.stop()
@@ -142,8 +142,8 @@ def test_blue_green_gates_the_idle_colour_on_prometheus(gated_fleet: Any, traffi
     fleet = gated_fleet
     groups = _colour_names(fleet)  # green serves v3; blue is idle, back on v1 after the flaky canary
     with load(fleet, 90) as gen:
-        code, result, err, seconds = orchestrate(fleet, "deploy", "--release", str(traffic_builds.v2),
-                                                 "--strategy", "blue-green")
+        code, result, err, seconds = timed_orchestrate(fleet, "deploy", "--release", str(traffic_builds.v2),
+                                                       "--strategy", "blue-green")
         done = gen.now()
         time.sleep(2)
         gen.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,10 @@ import yaml
 from orchestrator.fleet.inventory import app_hosts
 from orchestrator.pipeline.up import STEPS
 from orchestrator.traffic.state import read_state
+from tests.support.fleet import TRAFFIC_OVERRIDES
+from tests.support.net import http_get
 
-from .conftest import TRAFFIC_OVERRIDES
-from .test_lb import _colour_names, describe, load, orchestrate
+from .test_lb import _colour_names, describe, load, timed_orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def lb_project(module_unbooted_project: Any) -> Any:
 
 
 def _up(fleet: Any, release: Path, *extra: str, noop: bool = False) -> dict[str, Any]:
-    code, result, err, seconds = orchestrate(fleet, "up", "--release", str(release), "--yes", *extra)
+    code, result, err, seconds = timed_orchestrate(fleet, "up", "--release", str(release), "--yes", *extra)
     assert code == 0, err
     assert result["noop"] is noop, result
     print(f"up {release.parent.parent.parent.name}: {seconds:.1f} s")
@@ -48,7 +48,7 @@ def _up(fleet: Any, release: Path, *extra: str, noop: bool = False) -> dict[str,
 
 def _moves(fleet: Any, run_id: str) -> dict[str, list[str]]:
     """host -> the states the journal recorded for it in run `run_id`, in order."""
-    code, data, err, _ = orchestrate(fleet, "runs", run_id)
+    code, data, err = fleet.orchestrate("runs", run_id)
     assert code == 0, err
     found: dict[str, list[str]] = {}
     for move in data["hosts"]:
@@ -59,9 +59,9 @@ def _moves(fleet: Any, run_id: str) -> dict[str, list[str]]:
 def _versions(fleet: Any) -> dict[str, str]:
     found = {}
     for host in app_hosts(fleet.loaded):
-        address = fleet.network.assert_own_address(host.address)
-        with urllib.request.urlopen(f"http://{address}:8080/version", timeout=5) as response:
-            found[host.name] = str(json.loads(response.read())["version"])
+        status, body = http_get(f"http://{host.address}:8080/version", network=fleet.network)
+        assert status == 200, f"{host.name}: /version answered {status}"
+        found[host.name] = str(json.loads(body)["version"])
     return found
 
 
@@ -123,7 +123,7 @@ def test_canary_without_real_traffic_fails_unless_the_environment_sends_its_own(
     rollout.canary_load the canary sends its own bounded load through the LB and is promoted."""
     fleet = lb_project
     v1 = hello_builds.v1
-    code, result, err, _ = orchestrate(fleet, "deploy", "--release", str(v1.binary), "--strategy", "canary")
+    code, result, err = fleet.orchestrate("deploy", "--release", str(v1.binary), "--strategy", "canary")
     assert code == 3, err
     assert result["strategy"] == "canary-traffic" and result["state"] == "rolled_back", result
     assert result["synthetic_load"] is None
@@ -134,7 +134,7 @@ def test_canary_without_real_traffic_fails_unless_the_environment_sends_its_own(
     data = yaml.safe_load(env_file.read_text())
     data["rollout"]["canary_load"] = 20
     env_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    code, result, err, _ = orchestrate(fleet, "deploy", "--release", str(v1.binary), "--strategy", "canary")
+    code, result, err = fleet.orchestrate("deploy", "--release", str(v1.binary), "--strategy", "canary")
     assert code == 0, err
     assert result["state"] == "promoted" and result["release"] == v1.release_id, result
     assert [d["step"] for d in result["decisions"]] == [50, 100]

@@ -1,4 +1,5 @@
-"""Helpers of the `orchestrate up` suites: run the CLI, read the journal, ask the hosts, crash a run.
+"""Helpers of the `orchestrate up` suites: read the journal, ask the hosts, crash a run (the CLI:
+tests/support/cli.py).
 
 Every check asks the hosts themselves over HTTP, and the journal through `orchestrate runs`.
 """
@@ -11,13 +12,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-FleetEnv = Any
-ORCHESTRATE = str(Path(sys.executable).parent / "orchestrate")
+from tests.support.cli import run_orchestrate
+from tests.support.fleet import FleetEnv
+
 FAST = {"service": {"health": {"timeout": "5s", "interval": "100ms"}}}
 
 
@@ -26,29 +27,14 @@ def password_file(fleet: FleetEnv) -> Path:
     return Path(fleet.project_dir) / "inventories/dev/.vault-password-dev"
 
 
-def cli_env(fleet: FleetEnv, extra_env: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ, ORCHESTRATE_VAULT_PASSWORD_FILE=str(password_file(fleet)))
-    env.update(extra_env or {})
-    return env
-
-
-def cli_argv(fleet: FleetEnv, *args: str) -> list[str]:
-    return [ORCHESTRATE, "--project-dir", str(fleet.project_dir), *args]
-
-
-def run_cli(fleet: FleetEnv, *args: str, extra_env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_argv(fleet, *args), capture_output=True, text=True, timeout=timeout,
-                          env=cli_env(fleet, extra_env), check=False)
-
-
 def up(fleet: FleetEnv, release: Path, *extra: str, extra_env: dict[str, str] | None = None
        ) -> subprocess.CompletedProcess[str]:
-    return run_cli(fleet, "up", fleet.env_name, "--release", str(release), "--json", *extra, extra_env=extra_env)
+    return run_orchestrate(fleet.project_dir, "up", fleet.env_name, "--release", str(release), "--json", *extra,
+                           env=extra_env)
 
 
 def runs(fleet: FleetEnv) -> list[dict[str, Any]]:
-    proc = run_cli(fleet, "runs", fleet.env_name, "--json", "--limit", "100")
+    proc = run_orchestrate(fleet.project_dir, "runs", fleet.env_name, "--json", "--limit", "100")
     assert proc.returncode == 0, proc.stderr
     return list(json.loads(proc.stdout)["runs"])
 
@@ -59,20 +45,20 @@ def run_state(fleet: FleetEnv, run_id: str) -> str:
 
 def run_detail(fleet: FleetEnv, run_id: str) -> dict[str, Any]:
     """`orchestrate runs ENV RUN_ID --json`: the run with its steps."""
-    proc = run_cli(fleet, "runs", fleet.env_name, run_id, "--json")
+    proc = run_orchestrate(fleet.project_dir, "runs", fleet.env_name, run_id, "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     return dict(data.get("run", data))
 
 
 def audit_entries(fleet: FleetEnv) -> list[dict[str, Any]]:
-    proc = run_cli(fleet, "audit", fleet.env_name, "--json", "--limit", "200")
+    proc = run_orchestrate(fleet.project_dir, "audit", fleet.env_name, "--json", "--limit", "200")
     assert proc.returncode == 0, proc.stderr
     return list(json.loads(proc.stdout)["entries"])
 
 
 def app_addresses(fleet: FleetEnv) -> list[str]:
-    inventory = json.loads(run_cli(fleet, "hosts", fleet.env_name, "--json").stdout)
+    inventory = json.loads(run_orchestrate(fleet.project_dir, "hosts", fleet.env_name, "--json").stdout)
     return [h["address"] for h in inventory["hosts"] if "app" in h["groups"]]
 
 

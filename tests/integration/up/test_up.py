@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from orchestrator.pipeline.up import CRASH_BEFORE_ENV, STEPS
+from tests.support.cli import run_orchestrate
 
 from .helpers import (
     FAST,
@@ -25,7 +26,6 @@ from .helpers import (
     assert_fleet_healthy_on_one_release,
     assert_fleet_on,
     audit_entries,
-    run_cli,
     run_state,
     runs,
     up,
@@ -44,13 +44,13 @@ def up_fleet(module_unbooted_project: Any) -> FleetEnv:
 
 
 def test_up_without_release_provisions_only(up_fleet: FleetEnv) -> None:
-    proc = run_cli(up_fleet, "up", up_fleet.env_name, "--json")
+    proc = run_orchestrate(up_fleet.project_dir, "up", up_fleet.env_name, "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     steps = {s["name"]: s for s in result["steps"]}
     assert steps["deploy"]["detail"]["skipped"].startswith("no --release")
     assert steps["verify"]["detail"]["note"] == "no release deployed yet"
-    hosts = json.loads(run_cli(up_fleet, "hosts", up_fleet.env_name, "--json").stdout)["hosts"]
+    hosts = json.loads(run_orchestrate(up_fleet.project_dir, "hosts", up_fleet.env_name, "--json").stdout)["hosts"]
     assert len(hosts) == 2 and all(h["state"] == "running" for h in hosts)
 
 
@@ -108,7 +108,7 @@ def test_crash_at_every_step_boundary_then_resume(up_fleet: FleetEnv, hello_buil
         # at the crash every host still serves a release that passed its gate
         assert_fleet_healthy_on_one_release(up_fleet, {"0.1.0", "0.2.0"})
 
-        resumed = run_cli(up_fleet, "resume", run_id, "--json")
+        resumed = run_orchestrate(up_fleet.project_dir, "resume", run_id, "--json")
         assert resumed.returncode == 0, (step, resumed.stderr)
         assert json.loads(resumed.stdout)["resumed_at"] == step
         assert run_state(up_fleet, run_id) == "completed"

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from orchestrator.pipeline.up import STEPS
+from tests.support.cli import spawn_orchestrate
 
-from .helpers import FAST, assert_fleet_on, cli_argv, cli_env, newest_run, run_detail, runs
+from .helpers import FAST, assert_fleet_on, newest_run, run_detail, runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,15 +25,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytes
 def test_concurrent_ups_run_one_at_a_time(unbooted_project: Any, hello_builds: Any) -> None:
     # nothing provisioned yet: whichever run gets the lock first provisions the host, too
     fleet = unbooted_project(app_count=1, monitoring_count=0, overrides=FAST)
-    env = cli_env(fleet)
     builds = {hello_builds.v1.release_id: "0.1.0", hello_builds.v2.release_id: "0.2.0"}
 
-    def argv(build: Any) -> list[str]:
-        return cli_argv(fleet, "up", fleet.env_name, "--release", str(build.binary), "--json", "--force")
+    def start(build: Any, *extra: str) -> subprocess.Popen[str]:
+        return spawn_orchestrate(fleet.project_dir, "up", fleet.env_name, "--release", str(build.binary), "--json",
+                                 "--force", *extra)
 
     order = [hello_builds.v2, hello_builds.v1, hello_builds.v2, hello_builds.v1, hello_builds.v2]
-    procs = [subprocess.Popen(argv(build), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for build in order]
+    procs = [start(build) for build in order]
     try:
         # --lock-wait 0 while one of them holds the lock: exit 75 at once, naming the holder. The
         # probes start as soon as a run has begun (a run takes seconds), never in a gap between two.
@@ -40,8 +40,7 @@ def test_concurrent_ups_run_one_at_a_time(unbooted_project: Any, hello_builds: A
         while (holder := newest_run(fleet)) is None or holder[1] != "running":
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.02)
-        probes = [subprocess.Popen([*argv(hello_builds.v1), "--lock-wait", "0"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+        probes = [start(hello_builds.v1, "--lock-wait", "0") for _ in range(4)]
         busy = [(p.wait(timeout=120), p.communicate()[1]) for p in probes]
         assert newest_run(fleet) == holder, "the holder finished before the probes: they prove nothing"
     finally:

@@ -16,17 +16,15 @@ from typing import Any
 import pytest
 
 from orchestrator.pipeline.up import STEPS
+from tests.support.cli import run_orchestrate, spawn_orchestrate
 
 from .helpers import (
     FAST,
     assert_fleet_on,
-    cli_argv,
-    cli_env,
     fleet_versions,
     job_events,
     journal_step_state,
     kill_run,
-    run_cli,
     run_detail,
     run_dirs,
     runs,
@@ -55,9 +53,8 @@ def test_crash_in_the_middle_of_a_rolling_deploy_then_resume(unbooted_project: A
 
     before_runs = {r["id"] for r in runs(fleet)}
     before_playbooks = run_dirs(fleet.state_dir)
-    proc = subprocess.Popen(cli_argv(fleet, "up", fleet.env_name, "--release", str(hello_builds.v2.binary), "--json"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(fleet),
-                            start_new_session=True)
+    proc = spawn_orchestrate(fleet.project_dir, "up", fleet.env_name, "--release", str(hello_builds.v2.binary),
+                             "--json", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         switched: set[str] = set()
@@ -85,7 +82,7 @@ def test_crash_in_the_middle_of_a_rolling_deploy_then_resume(unbooted_project: A
     assert run["state"] == "interrupted"
     assert {s["name"]: s["state"] for s in run["steps"]}["deploy"] == "running"
 
-    resumed = run_cli(fleet, "resume", run_id, "--json")
+    resumed = run_orchestrate(fleet.project_dir, "resume", run_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
     assert result["resumed_at"] == "deploy" and result["release"] == hello_builds.v2.release_id

@@ -17,6 +17,7 @@ import pytest
 
 from orchestrator.fleet.local.terraform import fleet_for
 from orchestrator.pipeline.up import CRASH_BEFORE_ENV, END, STEPS
+from tests.support.cli import run_orchestrate
 
 from .helpers import (
     FAST,
@@ -25,7 +26,6 @@ from .helpers import (
     cron_json,
     fleet_versions,
     password_file,
-    run_cli,
     run_detail,
     run_state,
     runs,
@@ -60,8 +60,8 @@ def parse_cron_file(text: str) -> tuple[dict[str, str], str, str, str]:
 def test_the_cron_line_deploys_unattended(fleet: FleetEnv, hello_builds: Any, tmp_path: Path) -> None:
     cron_dir = tmp_path / "cron.d"
     # the operator's shell has the password file set: it becomes the line's default
-    scheduled = run_cli(fleet, "schedule", fleet.env_name, "--cron", "*/10 * * * *", "--release",
-                        str(hello_builds.v1.binary), "--install", "--cron-dir", str(cron_dir), "--json")
+    scheduled = run_orchestrate(fleet.project_dir, "schedule", fleet.env_name, "--cron", "*/10 * * * *", "--release",
+                                str(hello_builds.v1.binary), "--install", "--cron-dir", str(cron_dir), "--json")
     assert scheduled.returncode == 0, scheduled.stderr
     (cron_file,) = cron_dir.iterdir()
     text = cron_file.read_text()
@@ -98,7 +98,7 @@ def test_crash_after_the_last_step_then_resume(fleet: FleetEnv, hello_builds: An
     assert [s["state"] for s in run["steps"]] == ["completed"] * len(STEPS)
     assert_fleet_on(fleet, "0.2.0")
 
-    resumed = run_cli(fleet, "resume", run_id, "--json")
+    resumed = run_orchestrate(fleet.project_dir, "resume", run_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert "after its last step" in resumed.stderr
     result = json.loads(resumed.stdout)
@@ -126,7 +126,7 @@ def test_resume_at_verify_checks_the_fleet_is_on_the_runs_release(fleet: FleetEn
         assert time.monotonic() < deadline, fleet_versions(fleet)
         time.sleep(0.2)
 
-    resumed = run_cli(fleet, "resume", run_id, "--json")
+    resumed = run_orchestrate(fleet.project_dir, "resume", run_id, "--json")
     assert resumed.returncode == 1, resumed.stderr
     assert f"expected {hello_builds.v1.release_id}" in resumed.stderr
     assert run_state(fleet, run_id) == "failed"

@@ -10,10 +10,11 @@ from typing import Any
 
 import networkx as nx
 import pytest
-from verify_support import PLANS, orchestrate
 
 from orchestrator.models import graph as g
 from orchestrator.tools.process import run_command
+from tests.support.cli import run_orchestrate
+from tests.support.project import PLANS
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ def test_terraform_refuses_what_the_graph_check_reports(fixture_root: Path) -> N
 
 
 def test_graph_verb_on_the_local_fleet(project_copy: Path) -> None:
-    result = orchestrate(project_copy, "graph", "dev", "--json")
+    result = run_orchestrate(project_copy, "graph", "dev", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     ids = {n["id"]: n for n in data["nodes"]}
@@ -99,16 +100,16 @@ def test_graph_verb_on_the_local_fleet(project_copy: Path) -> None:
     assert ("output.hosts", "stage.inventory") in edges
     assert ("stage.deploy", "stage.verify") in edges
     assert data["destroy_order"] == ["module.fleet.terraform_data.host"]
-    mermaid = orchestrate(project_copy, "graph", "dev", "--format", "mermaid")
+    mermaid = run_orchestrate(project_copy, "graph", "dev", "--format", "mermaid")
     assert mermaid.returncode == 0 and mermaid.stdout.startswith("flowchart LR")
 
 
 @pytest.mark.slow
 def test_graph_of_the_aws_fleet_from_a_real_plan_on_moto(aws_env: str, project_copy: Path) -> None:
-    assert orchestrate(project_copy, "bootstrap", "prod").returncode == 0
-    planned = orchestrate(project_copy, "plan", "prod", "--json")
+    assert run_orchestrate(project_copy, "bootstrap", "prod").returncode == 0
+    planned = run_orchestrate(project_copy, "plan", "prod", "--json")
     assert planned.returncode == 4, planned.stderr  # 4: changes to make (everything is new)
-    result = orchestrate(project_copy, "graph", "prod", "--json")
+    result = run_orchestrate(project_copy, "graph", "prod", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["source"].endswith("plan.tfplan")
@@ -122,7 +123,7 @@ def test_graph_of_the_aws_fleet_from_a_real_plan_on_moto(aws_env: str, project_c
     order = data["destroy_order"]
     assert order.index(fleet + "aws_instance.app") < order.index(fleet + "aws_subnet.this") \
         < order.index(fleet + "aws_vpc.this")
-    verify = orchestrate(project_copy, "verify", "prod", "--check", "resource-graph", "--json")
+    verify = run_orchestrate(project_copy, "verify", "prod", "--check", "resource-graph", "--json")
     assert verify.returncode == 0, verify.stdout
     (check,) = json.loads(verify.stdout)["checks"]
     assert check["status"] == "ok" and "plan.tfplan" in check["detail"]
@@ -130,10 +131,10 @@ def test_graph_of_the_aws_fleet_from_a_real_plan_on_moto(aws_env: str, project_c
 
     # once applied (the pre-flight graph check passed first), the destroy order is compared with
     # terraform's own destroy graph of the environment's root
-    provisioned = orchestrate(project_copy, "provision", "prod", "--yes", "--json")
+    provisioned = run_orchestrate(project_copy, "provision", "prod", "--yes", "--json")
     assert provisioned.returncode == 0, provisioned.stderr
     assert json.loads(provisioned.stdout)["preflight"] == ["references", "acyclic"]
-    verify = orchestrate(project_copy, "verify", "prod", "--check", "resource-graph", "--json")
+    verify = run_orchestrate(project_copy, "verify", "prod", "--check", "resource-graph", "--json")
     assert verify.returncode == 0, verify.stdout
     (check,) = json.loads(verify.stdout)["checks"]
     compared = re.search(r"terraform destroys dependents first on all (\d+) dependency edge\(s\) among (\d+) "

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from verify_support import PLANS
 
 from orchestrator.cli import cli
 from orchestrator.config.loader import Project
@@ -26,6 +25,7 @@ from orchestrator.fleet.provision import PreflightFailed, preflight_graph
 from orchestrator.pipeline.up import UpRequest, up
 from orchestrator.runs.journal import Journal
 from orchestrator.tools.terraform import Terraform
+from tests.support.project import PLANS
 
 pytestmark = pytest.mark.integration
 

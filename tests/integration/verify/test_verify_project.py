@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from verify_support import PLANS, REPO, orchestrate
 
 from orchestrator.cli import cli
 from orchestrator.config.loader import Project
 from orchestrator.monitoring import rules as monitoring
 from orchestrator.verify.runner import check_names
+from tests.support.cli import run_orchestrate
+from tests.support.project import PLANS, REPO
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def test_the_shipped_environments_are_found() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("env", SHIPPED_ENVIRONMENTS)
 def test_shipped_environments_pass(shared_project: Path, env: str) -> None:
-    result = orchestrate(shared_project, "verify", env, "--json")
+    result = run_orchestrate(shared_project, "verify", env, "--json")
     checks = _checks(result.stdout)
     failures = {n: c["detail"] for n, c in checks.items() if c["status"] == "failed"}
     assert result.returncode == 0, failures
@@ -56,15 +57,15 @@ def test_shipped_environments_pass(shared_project: Path, env: str) -> None:
 
 
 def test_human_report_is_a_table(shared_project: Path) -> None:
-    result = orchestrate(shared_project, "verify", "dev", "--check", "environment", "--check", "deploy-model")
+    result = run_orchestrate(shared_project, "verify", "dev", "--check", "environment", "--check", "deploy-model")
     assert result.returncode == 0, result.stderr
     assert "verify dev" in result.stdout and "deploy-model" in result.stdout
     assert "dev: ok — 2 ok, 0 failed, 0 skipped" in result.stdout
 
 
 def test_unknown_check_or_environment_is_bad_input(shared_project: Path) -> None:
-    assert orchestrate(shared_project, "verify", "nope").returncode == 2
-    result = orchestrate(shared_project, "verify", "dev", "--check", "spelling")
+    assert run_orchestrate(shared_project, "verify", "nope").returncode == 2
+    result = run_orchestrate(shared_project, "verify", "dev", "--check", "spelling")
     assert result.returncode == 2
     assert "unknown check(s) spelling" in result.stderr
 
@@ -79,8 +80,8 @@ def test_a_playbook_with_a_lint_error_fails_naming_the_file(project_copy: Path) 
         "    - name: Read uptime\n"
         "      ansible.builtin.command: uptime\n"  # no changed_when: no-changed-when
     )
-    result = orchestrate(project_copy, "verify", "dev", "--check", "ansible-syntax", "--check", "ansible-lint",
-                         "--json")
+    result = run_orchestrate(project_copy, "verify", "dev", "--check", "ansible-syntax", "--check", "ansible-lint",
+                             "--json")
     assert result.returncode == 1
     checks = _checks(result.stdout)
     assert checks["ansible-syntax"]["status"] == "ok"
@@ -93,7 +94,7 @@ def test_a_playbook_with_a_lint_error_fails_naming_the_file(project_copy: Path) 
 def test_a_playbook_with_a_syntax_error_fails_naming_the_file(project_copy: Path) -> None:
     (project_copy / "playbooks" / "broken.yml").write_text(
         "---\n- name: Broken\n  hosts: app\n  tasks:\n    - name: Nothing\n      no_such_module_at_all: {}\n")
-    result = orchestrate(project_copy, "verify", "dev", "--check", "ansible-syntax", "--json")
+    result = run_orchestrate(project_copy, "verify", "dev", "--check", "ansible-syntax", "--json")
     assert result.returncode == 1
     syntax = _checks(result.stdout)["ansible-syntax"]
     assert syntax["status"] == "failed" and syntax["files"] == ["playbooks/broken.yml"]
@@ -119,7 +120,7 @@ def test_a_broken_alert_rule_fails_naming_the_file(shared_project: Path, monkeyp
 
 def test_a_heal_policy_without_its_playbook_fails(project_copy: Path) -> None:
     (project_copy / "playbooks" / "remediate-rollback.yml").unlink()
-    result = orchestrate(project_copy, "verify", "dev", "--check", "heal-policy", "--json")
+    result = run_orchestrate(project_copy, "verify", "dev", "--check", "heal-policy", "--json")
     assert result.returncode == 1
     check = _checks(result.stdout)["heal-policy"]
     assert "alert HighErrorRate: remediation 'rollback' needs" in check["detail"]
@@ -128,8 +129,8 @@ def test_a_heal_policy_without_its_playbook_fails(project_copy: Path) -> None:
 def test_unformatted_and_invalid_terraform_fail_naming_the_file(project_copy: Path) -> None:
     main = project_copy / "terraform" / "modules" / "local_fleet" / "main.tf"
     main.write_text(main.read_text() + '\noutput "oops" {\nvalue = var.not_declared\n}\n')
-    result = orchestrate(project_copy, "verify", "dev", "--check", "terraform-fmt", "--check",
-                         "terraform-validate", "--json")
+    result = run_orchestrate(project_copy, "verify", "dev", "--check", "terraform-fmt", "--check",
+                             "terraform-validate", "--json")
     assert result.returncode == 1
     checks = _checks(result.stdout)
     assert checks["terraform-fmt"]["files"] == ["terraform/modules/local_fleet/main.tf"]
@@ -142,8 +143,8 @@ def test_unformatted_and_invalid_terraform_fail_naming_the_file(project_copy: Pa
 def test_a_broken_environment_file_fails_and_skips_what_needs_it(project_copy: Path) -> None:
     env_file = project_copy / "inventories" / "dev" / "environment.yml"
     env_file.write_text(env_file.read_text().replace("strategy: rolling", "strategy: bluegreen"))
-    result = orchestrate(project_copy, "verify", "dev", "--check", "environment", "--check", "deploy-model",
-                         "--json")
+    result = run_orchestrate(project_copy, "verify", "dev", "--check", "environment", "--check", "deploy-model",
+                             "--json")
     assert result.returncode == 1
     checks = _checks(result.stdout)
     assert checks["environment"]["status"] == "failed"
@@ -164,17 +165,17 @@ def test_a_saved_plan_with_a_cycle_or_a_dangling_reference_fails(project_copy: P
     network = next(r for r in root["resources"] if r["address"] == "terraform_data.network")
     network["depends_on"] = ["terraform_data.backup"]
     _save_plan(project_copy, plan)
-    graph = orchestrate(project_copy, "graph", "dev", "--format", "dot")
+    graph = run_orchestrate(project_copy, "graph", "dev", "--format", "dot")
     assert graph.returncode == 1
     assert "graph problem: terraform_data." in graph.stderr and "dependency cycle: " in graph.stderr
-    verify = orchestrate(project_copy, "verify", "dev", "--check", "resource-graph", "--json")
+    verify = run_orchestrate(project_copy, "verify", "dev", "--check", "resource-graph", "--json")
     assert verify.returncode == 1
     check = _checks(verify.stdout)["resource-graph"]
     assert check["status"] == "failed" and "dependency cycle: " in check["detail"]
 
     network["depends_on"] = ["terraform_data.gone"]
     _save_plan(project_copy, plan)
-    verify = orchestrate(project_copy, "verify", "dev", "--check", "resource-graph", "--json")
+    verify = run_orchestrate(project_copy, "verify", "dev", "--check", "resource-graph", "--json")
     assert verify.returncode == 1
     assert ("terraform_data.network: reference 'terraform_data.gone' points at no resource "
             "'terraform_data.gone' in root module") in _checks(verify.stdout)["resource-graph"]["detail"]

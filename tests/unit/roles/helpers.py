@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.conftest import load_file_module
+from tests.support.project import load_file_module
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "rust_service"
 LIBRARY = ROLE / "library"
