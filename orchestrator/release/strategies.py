@@ -60,8 +60,9 @@ def resolve_strategy(loaded: LoadedEnvironment, requested: str | None) -> RanStr
 
 def note_host_deploy(loaded: LoadedEnvironment, release: str | None) -> None:
     """After a host-level deploy behind the LB: every app host now runs `release`, so there is no
-    colour left to switch back to (`orchestrate rollback` is then the host-level rollback)."""
-    if not state_path(loaded).exists():
+    colour left to switch back to (`orchestrate rollback` is then the host-level rollback). The
+    release of both colours is recorded, so that a later switch back can name what it returns to."""
+    if not state_path(loaded).exists() and not has_lb_host(loaded):
         return
     state = read_state(loaded)
     state.previous = None

@@ -350,10 +350,16 @@ def switch_back(loaded: LoadedEnvironment) -> TrafficRelease:
     weights, seconds = _switch(loaded, lb, target, groups)
     state = read_state(loaded)
     state.previous = None  # a second rollback is not a switch forward again
+    release = state.releases.get(target)
+    if release is None:
+        # not recorded (a colour deployed before the LB was configured): what its hosts run
+        on = {h.release for h in status(loaded).hosts if h.name in groups[target]}
+        release = on.pop() if len(on) == 1 else None
+        if release is not None:
+            state.releases[target] = release
     write_state(loaded, state)
     return TrafficRelease(env=loaded.name, strategy="switch-back", state="switched_back", active=target,
-                          previous=None, weights=weights, switch_seconds=seconds,
-                          release=state.releases.get(target))
+                          previous=None, weights=weights, switch_seconds=seconds, release=release)
 
 
 def traffic_release(loaded: LoadedEnvironment, request: TrafficRequest, *, on_event: EventSink | None = None,
