@@ -44,7 +44,7 @@ def command(app: AppContext, env_name: str, limit: int, since_text: str | None, 
         with AuditLog(state_dir, env=env_name) as log:
             verified = log.verify() if verify else None
             entries = log.entries(limit, since=since)
-    data: dict[str, object] = {"env": env_name, "entries": [e.to_dict() for e in entries]}
+    data: dict[str, object] = {"env": env_name, "entries": [e.as_dict() for e in entries]}
     if verified is not None:
         data["verified"] = verified
 

@@ -34,5 +34,5 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
             session.run.step("destroy") as step:
         outcome = destroy(loaded, on_progress=ProgressPrinter(app))
         step.detail.update(destroyed=outcome.destroyed)
-    app.emit(outcome.to_json(), lambda: app.stdout_print(f"{env_name}: destroyed {outcome.destroyed} resources"))
+    app.emit(outcome.as_dict(), lambda: app.stdout_print(f"{env_name}: destroyed {outcome.destroyed} resources"))
     return ExitStatus.OK

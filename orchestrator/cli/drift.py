@@ -29,5 +29,5 @@ def command(app: AppContext, env_name: str) -> ExitStatus:
             attributes = ", ".join(item.attributes) or "(no attribute detail)"
             app.stdout_print(f"{item.address}: {item.action}: {attributes}")
 
-    app.emit(outcome.to_json(), human)
+    app.emit(outcome.as_dict(), human)
     return ExitStatus.CHANGES if outcome.drift else ExitStatus.OK

@@ -40,13 +40,13 @@ def command(app: AppContext, env_name: str) -> None:
     loaded = app.load(env_name)
     if loaded.env.target != "local":
         hosts = _cloud_hosts(loaded)
-        app.emit({"env": env_name, "hosts": [h.to_json() for h in hosts]},
+        app.emit({"env": env_name, "hosts": [h.as_dict() for h in hosts]},
                  lambda: app.stdout_print(_table(f"hosts of {env_name} ({loaded.env.target})", hosts)))
         return
     fleet, specs = fleet_for(loaded)
     hosts = fleet.status(specs)
     bridge, subnet = fleet.network.bridge, fleet.network.subnet
-    app.emit({"env": env_name, "bridge": bridge, "subnet": subnet, "hosts": [h.to_json() for h in hosts]},
+    app.emit({"env": env_name, "bridge": bridge, "subnet": subnet, "hosts": [h.as_dict() for h in hosts]},
              lambda: app.stdout_print(_table(f"hosts of {env_name} (bridge {bridge}, {subnet})", hosts)))
 
 

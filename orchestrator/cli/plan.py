@@ -30,5 +30,5 @@ def command(app: AppContext, env_name: str) -> ExitStatus:
             app.stdout_print(f"{env_name}: no changes; the infrastructure matches the configuration")
         app.info(f"plan file: {outcome.plan_file} (sha256 {outcome.plan_sha256[:12]})")
 
-    app.emit(outcome.to_json(), human)
+    app.emit(outcome.as_dict(), human)
     return ExitStatus.CHANGES if outcome.changes else ExitStatus.OK

@@ -53,7 +53,7 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
             app.stdout_print(f"{env_name}: no changes to apply")
         app.stdout_print(f"inventory: {outcome.inventory} ({len(outcome.hosts)} hosts)")
 
-    app.emit(outcome.to_json(), human)
+    app.emit(outcome.as_dict(), human)
     if outcome.plan.changes and not outcome.applied:
         return ExitStatus.FAILED
     return ExitStatus.OK

@@ -69,7 +69,7 @@ def command(app: AppContext, env_name: str, run_id: str | None, limit: int) -> N
             raise JournalError(f"no run {run_id} in the journal of environment {env_name}",
                                hint=f"see `orchestrate runs {env_name}`")
         transitions = journal.host_transitions(run_id)
-    data: dict[str, Any] = {"env": env_name, "run": run.to_dict(), "hosts": [t.to_dict() for t in transitions]}
+    data: dict[str, Any] = {"env": env_name, "run": run.as_dict(), "hosts": [t.as_dict() for t in transitions]}
     app.emit(data, lambda: _print_run(app, run, data["hosts"]))
 
 

@@ -53,10 +53,10 @@ def command(app: AppContext, env_name: str, only: tuple[str, ...]) -> ExitStatus
 
     def human() -> None:
         app.stdout_print(report_table(report))
-        counts = report.to_json()["counts"]
+        counts = report.as_dict()["counts"]
         verdict = "[green]ok[/green]" if report.ok else "[bold red]FAILED[/bold red]"
         app.stdout_print(f"{env_name}: {verdict} — {counts['ok']} ok, {counts['failed']} failed, "
                          f"{counts['skipped']} skipped")
 
-    app.emit(report.to_json(), human)
+    app.emit(report.as_dict(), human)
     return ExitStatus.OK if report.ok else ExitStatus.FAILED

@@ -46,8 +46,8 @@ class PlanOutcome:
     #: wall seconds of the terraform processes (init when it ran, plan)
     terraform_seconds: float = 0.0
 
-    def to_json(self) -> dict[str, Any]:
-        return {"env": self.env, "changes": self.changes, "summary": self.summary.to_json(),
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "changes": self.changes, "summary": self.summary.as_dict(),
                 "plan_file": str(self.plan_file), "plan_sha256": self.plan_sha256,
                 "terraform_seconds": round(self.terraform_seconds, 3)}
 
@@ -63,9 +63,9 @@ class ProvisionOutcome:
     #: pre-flight checks the plan passed before it was applied (none when there was nothing to apply)
     preflight: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
-            **self.plan.to_json(),
+            **self.plan.as_dict(),
             "applied": self.applied,
             "preflight": self.preflight,
             "inventory": str(self.inventory) if self.inventory else None,
@@ -81,7 +81,7 @@ class DriftOutcome:
     env: str
     drift: list[Drift]
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "drift": [{"address": d.address, "action": d.action, "attributes": d.attributes}
                                            for d in self.drift]}
 
@@ -93,7 +93,7 @@ class DestroyOutcome:
     env: str
     destroyed: int
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "destroyed": self.destroyed}
 
 

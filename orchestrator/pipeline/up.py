@@ -138,7 +138,7 @@ class _Stages:
         if not outcome.applied and outcome.plan.changes:
             raise UsageError(f"provisioning {self.loaded.name} was not confirmed; nothing was changed")
         step.detail.update(applied=outcome.applied, plan_sha256=outcome.plan.plan_sha256,
-                           summary=outcome.plan.summary.to_json())
+                           summary=outcome.plan.summary.as_dict())
         step.run.set_plan(outcome.plan.plan_sha256)
 
     def inventory(self, step: StepHandle) -> None:
@@ -324,7 +324,7 @@ def up(
             noop = False
         record = run.record()
         # the render step carries the fingerprint a later no-op check compares with
-        steps = [s.to_dict() for s in record.steps]
+        steps = [s.as_dict() for s in record.steps]
     final = session.final
     return UpResult(env=loaded.name, run_id=run.id, noop=noop, release=stages.release_id or record.release,
                     steps=steps, status=stages.status, resumed_at=resumed_at,

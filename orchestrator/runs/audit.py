@@ -94,7 +94,7 @@ class AuditEntry:
     details: dict[str, Any] = field(default_factory=dict)
     hash: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "at": self.at,

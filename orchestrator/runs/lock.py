@@ -109,7 +109,7 @@ class Holder:
         run = f", run {self.run_id}" if self.run_id else ""
         return f"{self.user}@{self.host} pid {self.pid} since {since} ({self.command}{run})"
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
@@ -313,7 +313,7 @@ class EnvironmentLock:
                 run_id=self.run_id,
                 details={
                     "reason": takeover.reason,
-                    "previous": takeover.previous.to_dict(),
+                    "previous": takeover.previous.as_dict(),
                     "by_command": self.command,
                 },
                 identity=self.identity,
@@ -383,7 +383,7 @@ class EnvironmentLock:
             token=self._token,
             run_id=self.run_id,
         )
-        atomic_write(self.holder_path, json.dumps(holder.to_dict(), indent=2) + "\n")
+        atomic_write(self.holder_path, json.dumps(holder.as_dict(), indent=2) + "\n")
 
     def _start_heartbeat(self) -> None:
         if self.heartbeat is None:

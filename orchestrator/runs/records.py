@@ -38,7 +38,7 @@ class StepRecord:
     detail: dict[str, Any]
     attempts: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
             "name": self.name,
@@ -63,7 +63,7 @@ class HostTransition:
     release: str | None
     detail: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "host": self.host,
             "from": self.from_state,
@@ -139,12 +139,12 @@ class RunRecord:
             "attempts": self.attempts,
         }
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """Everything, steps included."""
         data = self.to_summary()
         data["argv"] = self.argv
         data["env"] = self.env
-        data["steps"] = [s.to_dict() for s in self.steps]
+        data["steps"] = [s.as_dict() for s in self.steps]
         return data
 
 

@@ -70,7 +70,7 @@ def locked_run(
             lock.acquire(wait)
         except EnvironmentLocked as exc:
             audit.record(command=command, outcome="lock_busy",
-                         details={"argv": list(argv), "holder": exc.holder.to_dict() if exc.holder else None})
+                         details={"argv": list(argv), "holder": exc.holder.as_dict() if exc.holder else None})
             raise
         try:
             journal = Journal.open(state_dir, env=env, transitions=transitions)

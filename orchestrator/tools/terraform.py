@@ -425,7 +425,7 @@ class PlanSummary:
     def has_changes(self) -> bool:
         return any(self.totals.values())
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"totals": self.totals, "by_type": self.by_type}
 
 

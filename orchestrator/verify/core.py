@@ -29,7 +29,7 @@ class CheckResult:
     files: tuple[str, ...] = ()
     duration: float = 0.0
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "detail": self.detail, "files": list(self.files),
                 "duration": round(self.duration, 2)}
 
@@ -74,9 +74,9 @@ class VerifyReport:
     def failures(self) -> list[CheckResult]:
         return [c for c in self.checks if c.status == "failed"]
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("ok", "failed", "skipped")}
-        return {"env": self.env, "ok": self.ok, "counts": counts, "checks": [c.to_json() for c in self.checks]}
+        return {"env": self.env, "ok": self.ok, "counts": counts, "checks": [c.as_dict() for c in self.checks]}
 
 
 @dataclass

@@ -112,7 +112,7 @@ def test_record_of_a_dead_pid_names_it(state_dir: Path) -> None:
     state_dir.mkdir(parents=True)
     stale = Holder(user=me.user, host=me.host, pid=2**22 + 7, command="orchestrate up dev", env="dev",
                    since="2026-11-23T18:15:00+00:00", lease_expires="2099-01-01T00:00:00+00:00", token="x")
-    (state_dir / "lock.json").write_text(json.dumps(stale.to_dict()))
+    (state_dir / "lock.json").write_text(json.dumps(stale.as_dict()))
     lock = EnvironmentLock(state_dir, command="orchestrate up dev")
     takeover = lock.acquire(wait=0)
     assert takeover is not None

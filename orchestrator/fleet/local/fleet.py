@@ -133,7 +133,7 @@ class LocalHostState:
     groups: tuple[str, ...]
     state: HostLiveness
 
-    def to_json(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "address": self.address, "groups": list(self.groups), "state": self.state}
 
 
