@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 
+from orchestrator.cli._tables import print_table
 from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.errors import ExitStatus, OrchestratorError
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
@@ -60,8 +62,16 @@ class AppContext:
             human()
 
     def stdout_print(self, renderable: Any) -> None:
-        """Human result output (tables, paths) on stdout."""
-        self.stdout.print(renderable)
+        """Human result output (tables, paths) on stdout; a table as `print_table` shows it."""
+        if isinstance(renderable, Table):
+            self.print_table(renderable)
+        else:
+            self.stdout.print(renderable)
+
+    def print_table(self, table: Table, *, err: bool = False) -> None:
+        """A table on stdout (stderr with `err`): rich on a terminal wide enough to show every
+        identifier whole, else one tab-separated line per row (orchestrator.cli._tables)."""
+        print_table(self.stderr if err else self.stdout, table, title_to=self.stderr)
 
     @property
     def interactive(self) -> bool:

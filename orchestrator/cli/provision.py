@@ -28,7 +28,7 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
     ask = needs_confirmation(loaded, action="provision", yes=yes, interactive=app.interactive)
 
     def confirm(reviewed: PlanOutcome) -> bool:
-        app.stderr.print(summary_table(reviewed.summary, f"plan for {env_name} (protected)"))
+        app.print_table(summary_table(reviewed.summary, f"plan for {env_name} (protected)"), err=True)
         return click.confirm(f"apply this plan to {env_name}?", default=False, err=True)
 
     app.info(f"provisioning {env_name} ({loaded.env.target})…")
