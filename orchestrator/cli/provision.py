@@ -41,7 +41,8 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
                                               on_progress=ProgressPrinter(app))
         step.run.set_plan(outcome.plan.plan_sha256)
         step.detail.update(applied=outcome.applied, changes=outcome.plan.changes,
-                           summary=outcome.plan.summary.totals, hosts=len(outcome.hosts))
+                           summary=outcome.plan.summary.totals, hosts=len(outcome.hosts),
+                           host_actions=[a.to_json() for a in outcome.host_actions])
 
     def human() -> None:
         if not outcome.applied and outcome.plan.changes:
@@ -52,6 +53,8 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
         else:
             app.stdout_print(f"{env_name}: no changes to apply")
         app.stdout_print(f"inventory: {outcome.inventory} ({len(outcome.hosts)} hosts)")
+        for action in outcome.host_actions:
+            app.stdout_print(f"{action.host}: {action.action}: {action.detail}")
 
     app.emit(outcome.to_json(), human)
     if outcome.plan.changes and not outcome.applied:

@@ -64,8 +64,8 @@ def test_piped_hosts_and_backups_are_rows_and_titles_go_to_stderr(project_copy: 
     hosts = invoke(project_copy, "hosts", "dev")
     assert hosts.exit_code == 0, hosts.output
     header, *rows = hosts.stdout.splitlines()
-    assert header.split("\t") == ["name", "address", "groups", "state"]
-    assert rows and all(len(r.split("\t")) == 4 and r.endswith("\tmissing") for r in rows)
+    assert header.split("\t") == ["name", "address", "groups", "state", "launcher"]
+    assert rows and all(len(r.split("\t")) == 5 and r.endswith("\tmissing\t-") for r in rows)
     assert hosts.stderr.startswith("hosts of dev (bridge ")
 
     host_dir = project_copy / ".orchestrate" / "dev" / "backups" / "20261102T000000Z" / "dev-app-1"
