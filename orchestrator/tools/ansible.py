@@ -20,15 +20,18 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from orchestrator.errors import AnsibleError, HostError
+from orchestrator.errors import AnsibleError, HostError, Interrupted
 
 #: a no_log task's result as Ansible reports it
 CENSORED_KEY = "censored"
@@ -178,6 +181,8 @@ class PlaybookResult:
     hosts: dict[str, HostSummary] = field(default_factory=dict)
     results: list[TaskResult] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    interrupted_by: str | None = None
+    """SIGINT or SIGTERM when a signal cancelled the run (ansible-playbook was stopped), else None."""
 
     @property
     def ok(self) -> bool:
@@ -210,6 +215,18 @@ class PlaybookResult:
             "hosts": {name: s.as_dict() for name, s in sorted(self.hosts.items())},
             "failures": [{"host": f.host, "task": f.task, "message": f.message} for f in self.failures],
         }
+
+
+class PlaybookInterrupted(Interrupted):
+    """SIGINT or SIGTERM arrived while a playbook ran: ansible-playbook was stopped (exit 130).
+
+    Carries the run as far as it went (`result`), so that a caller can put back what the run had
+    changed (a deploy restores the hosts that had switched) before the interrupt goes on.
+    """
+
+    def __init__(self, result: PlaybookResult) -> None:
+        super().__init__(f"{result.playbook} stopped by {result.interrupted_by}", result=result)
+        self.run = result
 
 
 def failure_message(res: Mapping[str, Any]) -> str:
@@ -386,6 +403,39 @@ def local_temp_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+#: how often ansible-runner asks whether to cancel (its default, 5 s, is how long a Ctrl-C would
+#: wait before anything happened)
+CANCEL_POLL = 0.5
+CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def cancel_on_signals() -> Iterator[Callable[[], str | None]]:
+    """While the block runs, SIGINT and SIGTERM are noted instead of raising; yields a function
+    that names the signal received (None before any). The previous handlers come back after.
+
+    ansible-runner is given that function as its cancel callback: it then stops ansible-playbook
+    and returns status `canceled`, and the caller sees that a signal, not a failure, ended the run.
+    Without a callback of ours ansible-runner installs handlers of its own that it never removes:
+    every later Ctrl-C of the process, even outside a playbook, would then be swallowed.
+    Only the main thread may set handlers; elsewhere (the heal server's workers) nothing is noted.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    received: list[str] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, note) for signum in CANCEL_SIGNALS}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def runner_env(settings: AnsibleSettings, cfg_path: Path, local_temp: Path | None = None) -> dict[str, str]:
     """Environment of the ansible-playbook process (pure: unit-tested)."""
     venv_bin = str(Path(sys.executable).parent)
@@ -458,8 +508,9 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     """Run `run.playbook` with ansible-runner; return the summary (failures are in the result).
 
     Raises AnsibleError only when Ansible could not run at all (bad playbook path, runner crash),
-    and HostError before anything runs when `run.allowed_networks` is given and a host of the
-    inventory is not on one of them.
+    HostError before anything runs when `run.allowed_networks` is given and a host of the
+    inventory is not on one of them, and PlaybookInterrupted (carrying the result so far) when
+    SIGINT or SIGTERM stopped the playbook.
     """
     import ansible_runner  # imported late: it is slow to import and not every verb needs it
 
@@ -476,10 +527,15 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     cfg_path.write_text(ansible_cfg_text(settings, roles_path=run.project_dir / "roles"))
     if settings.control_path_dir:
         Path(settings.control_path_dir).mkdir(mode=0o700, exist_ok=True)
+    # ansible-runner reads its own settings from the private data dir only (a `settings` argument
+    # is dropped when this file is missing)
+    (run_dir / "env").mkdir(exist_ok=True)
+    (run_dir / "env" / "settings").write_text(json.dumps({"pexpect_timeout": CANCEL_POLL}) + "\n")
     started = time.monotonic()
     if Path("/dev/shm").is_dir():
         remove_orphans()
-    with secret_vars_file(run.secret_vars) as secrets_path, local_temp_dir() as local_temp:
+    with secret_vars_file(run.secret_vars) as secrets_path, local_temp_dir() as local_temp, \
+            cancel_on_signals() as signalled:
         collector = EventCollector(on_event, on_start=functools.partial(_forget, secrets_path)
                                    if secrets_path is not None else None)
         kwargs: dict[str, Any] = {
@@ -494,6 +550,7 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
             "suppress_env_files": True,
             "timeout": run.timeout,
             "ident": run.run_id,
+            "cancel_callback": lambda: signalled() is not None,
         }
         if secrets_path is not None:
             kwargs["cmdline"] = f"-e @{secrets_path}"
@@ -503,13 +560,18 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
             runner = ansible_runner.run(**kwargs)
         except Exception as exc:  # ansible-runner raises bare exceptions for configuration problems
             raise AnsibleError(f"ansible-runner could not start {run.playbook.name}: {exc}") from exc
+        interrupted_by = signalled() if runner.status == "canceled" else None
     duration = time.monotonic() - started
     _scrub_command_record(run_dir / "artifacts" / run.run_id / "command")
     rc = runner.rc if isinstance(runner.rc, int) else 1
-    return PlaybookResult(
+    result = PlaybookResult(
         run_id=run.run_id, run_dir=run_dir, playbook=run.playbook.name, rc=rc, status=str(runner.status),
         duration=duration, hosts=collector.hosts, results=collector.results, failures=collector.failures,
+        interrupted_by=interrupted_by,
     )
+    if interrupted_by is not None:
+        raise PlaybookInterrupted(result)
+    return result
 
 
 def _scrub_command_record(path: Path) -> None:

@@ -157,3 +157,37 @@ def test_every_verb_that_takes_the_lock_waits_the_same_bounded_time() -> None:
     assert {path: found[path] for path in expected} == dict.fromkeys(expected, DEFAULT_LOCK_WAIT)
     assert found.get("resume") is None
     assert 0 < DEFAULT_LOCK_WAIT <= 3600
+
+
+def test_an_interrupt_exits_130_with_what_the_interrupted_work_did(tmp_path: Path) -> None:
+    from orchestrator.cli._common import AppContext, verb
+    from orchestrator.errors import Interrupted
+
+    class Outcome:
+        def as_dict(self) -> dict[str, object]:
+            return {"restored_hosts": {"app-1": "0.1.0-abc"}}
+
+    @click.group()
+    @click.pass_context
+    def group(ctx: click.Context) -> None:
+        ctx.obj = AppContext(project_dir=tmp_path)
+
+    @group.command("work")
+    @verb
+    def work(app: AppContext) -> None:
+        raise Interrupted("deploy of 0.2.0-def stopped by SIGINT; the hosts that had switched are back",
+                          result=Outcome())
+
+    @group.command("plain")
+    @verb
+    def plain(app: AppContext) -> None:
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(group, ["work", "--json"])
+    assert result.exit_code == 130
+    assert json.loads(result.stdout) == {
+        "restored_hosts": {"app-1": "0.1.0-abc"}, "exit_code": 130,
+        "error": "interrupted: deploy of 0.2.0-def stopped by SIGINT; the hosts that had switched are back"}
+    assert result.stderr.startswith("interrupted: deploy of 0.2.0-def stopped by SIGINT")
+    bare = CliRunner().invoke(group, ["plain"])
+    assert (bare.exit_code, bare.stderr.strip(), bare.stdout) == (130, "interrupted", "")

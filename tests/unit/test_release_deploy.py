@@ -257,3 +257,35 @@ def test_rollback_refuses_something_that_is_not_a_release_id(project_copy: Path)
     code, output = _cli(project_copy, "rollback", "dev", "--to", "../../etc")
     assert code == 2
     assert "not a release id" in output
+
+
+# --- interrupts ---------------------------------------------------------------------------------
+
+
+def test_signals_during_a_playbook_are_noted_and_the_previous_handlers_come_back() -> None:
+    import signal
+
+    from orchestrator.tools.ansible import cancel_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with cancel_on_signals() as signalled:
+        assert signalled() is None
+        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised: ansible-runner cancels the run
+        assert signalled() == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_interrupted_deploy_with_no_host_switched_is_an_interrupt_not_a_failure(project_copy: Path) -> None:
+    from orchestrator.errors import ExitStatus, Interrupted, OrchestratorError
+
+    loaded = Project(project_copy).load("dev")
+    result = PlaybookResult(run_id="r", run_dir=project_copy, playbook="deploy.yml", rc=254, status="canceled",
+                            duration=1.0, interrupted_by="SIGINT")
+    with pytest.raises(Interrupted) as raised:
+        _conclude(loaded, "deploy", result, "0.2.0-0123456789ab", [], tuned=True, evidence_dir=project_copy / "ev")
+    assert not isinstance(raised.value, OrchestratorError)  # nothing that handles errors swallows it
+    assert raised.value.exit_status == ExitStatus.INTERRUPTED
+    assert str(raised.value) == "deploy of 0.2.0-0123456789ab stopped by SIGINT; no host had switched"
+
