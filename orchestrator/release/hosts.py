@@ -23,7 +23,7 @@ from orchestrator.config.schema import parse_duration
 from orchestrator.config.secrets import SECRETS_VAR
 from orchestrator.errors import AnsibleError, UsageError
 from orchestrator.fleet.inventory import Host, app_hosts
-from orchestrator.fleet.playbooks import run_env_playbook
+from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.release.artifact import Release, is_release_id, prepare_release
 from orchestrator.release.results import (
     CLEANUP_TASK,
@@ -250,7 +250,8 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
             f"{back or 'its previous release'} and healthy",
             run, hint=f"evidence: {evidence_dir}" if evidence_dir.exists() else None,
         )
-    raise ReleaseRunError(f"{action} failed: {failures}", run)
+    down = result.unreachable_hosts()
+    raise ReleaseRunError(f"{action} failed: {failures}", run, hint=unreachable_hint(loaded, down) if down else None)
 
 
 def _interrupted_message(action: str, target: str | None, signal_name: str, run: ReleaseRun) -> str:
