@@ -111,5 +111,25 @@ class ChangesPending(OrchestratorError):
     exit_status = ExitStatus.CHANGES
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the command (exit 130) after what was running put back what it had to.
+
+    A KeyboardInterrupt, not an OrchestratorError: code that handles errors (`except
+    OrchestratorError`, `except Exception`) must not carry on after an operator's Ctrl-C. The run
+    journal marks the run `interrupted`; `result` is what the interrupted work had done (e.g. the
+    hosts of a deploy), shown by the CLI like a failure's result.
+    """
+
+    exit_status = ExitStatus.INTERRUPTED
+
+    def __init__(self, message: str, *, result: object | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.result = result
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class ReleaseError(OrchestratorError):
     """The release could not be built, tested or staged (exit 1): nothing was deployed."""

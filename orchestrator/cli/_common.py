@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 
+from orchestrator.cli._tables import print_table
 from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.errors import ExitStatus, OrchestratorError
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
@@ -60,8 +62,16 @@ class AppContext:
             human()
 
     def stdout_print(self, renderable: Any) -> None:
-        """Human result output (tables, paths) on stdout."""
-        self.stdout.print(renderable)
+        """Human result output (tables, paths) on stdout; a table as `print_table` shows it."""
+        if isinstance(renderable, Table):
+            self.print_table(renderable)
+        else:
+            self.stdout.print(renderable)
+
+    def print_table(self, table: Table, *, err: bool = False) -> None:
+        """A table on stdout (stderr with `err`): rich on a terminal wide enough to show every
+        identifier whole, else one tab-separated line per row (orchestrator.cli._tables)."""
+        print_table(self.stderr if err else self.stdout, table, title_to=self.stderr)
 
     @property
     def interactive(self) -> bool:
@@ -111,8 +121,8 @@ def verb(func: F) -> F:
         except OrchestratorError as exc:
             _report(app, exc, exc.exit_status)
             ctx.exit(int(exc.exit_status))
-        except KeyboardInterrupt:
-            app.stderr.print("[red]interrupted[/red]")
+        except KeyboardInterrupt as exc:
+            _report_interrupt(app, exc)
             ctx.exit(int(ExitStatus.INTERRUPTED))
         except click.exceptions.Exit:
             raise
@@ -151,6 +161,23 @@ def _report(app: AppContext, exc: OrchestratorError, status: ExitStatus) -> None
             click.echo(json.dumps({**as_dict(), "error": exc.message, "exit_code": int(status)}, indent=2, default=str))
         else:
             click.echo(json.dumps({"error": exc.message, "exit_code": int(status)}))
+
+
+def _report_interrupt(app: AppContext, exc: KeyboardInterrupt) -> None:
+    """Ctrl-C (or SIGTERM during a playbook): what the interrupted work had done, as for an error,
+    then `interrupted: WHAT` on stderr; under --json one object on stdout."""
+    if app.debug:
+        traceback.print_exc()
+    message = str(exc)
+    result = getattr(exc, "result", None)
+    as_dict = getattr(result, "as_dict", None)
+    if not app.json_output and result is not None and app.result_renderer is not None:
+        app.result_renderer(result)
+    click.echo(f"interrupted: {message}" if message else "interrupted", err=True)
+    if app.json_output:
+        data = as_dict() if callable(as_dict) else {}
+        click.echo(json.dumps({**data, "error": f"interrupted: {message}" if message else "interrupted",
+                               "exit_code": int(ExitStatus.INTERRUPTED)}, indent=2, default=str))
 
 
 def env_argument(func: F) -> F:

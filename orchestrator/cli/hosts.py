@@ -14,14 +14,17 @@ from orchestrator.fleet.local.fleet import HostLiveness, LocalHostState
 from orchestrator.fleet.local.terraform import fleet_for
 
 
-def _table(title: str, hosts: list[LocalHostState]) -> Table:
+def _table(title: str, hosts: list[LocalHostState], *, launcher: bool = False) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("name", "address", "groups", "state"):
+    for column in ("name", "address", "groups", "state", *(("launcher",) if launcher else ())):
         table.add_column(column)
-    colours = {"running": "green", "stopped": "yellow", "missing": "red"}
+    colours = {"running": "green", "stopped": "yellow", "missing": "red", "alive": "green", "dead": "yellow"}
     for host in hosts:
-        table.add_row(host.name, host.address, ",".join(host.groups),
-                      f"[{colours[host.state]}]{host.state}[/{colours[host.state]}]")
+        cells = [host.name, host.address, ",".join(host.groups),
+                 f"[{colours[host.state]}]{host.state}[/{colours[host.state]}]"]
+        if launcher:
+            cells.append(f"[{colours[host.launcher]}]{host.launcher}[/]" if host.launcher else "-")
+        table.add_row(*cells)
     return table
 
 
@@ -32,7 +35,9 @@ def command(app: AppContext, env_name: str) -> None:
     """List the hosts of ENV with address, groups and state (running, stopped, missing).
 
     For a local environment the planned hosts come from the environment file and their
-    state from the machine; `orchestrate provision ENV` boots stopped or missing ones. For an
+    state from the machine, with each running host's launcher: `alive`, or `dead` when the
+    container runs and serves without it (a reboot would not bring it back);
+    `orchestrate provision ENV` boots stopped or missing hosts and adopts such containers. For an
     aws environment the hosts are those of the inventory (Terraform's outputs) and their state
     is the EC2 instance's.
     The bridge and subnet are the env file's, or the defaults chosen for ENV.
@@ -47,7 +52,7 @@ def command(app: AppContext, env_name: str) -> None:
     hosts = fleet.status(specs)
     bridge, subnet = fleet.network.bridge, fleet.network.subnet
     app.emit({"env": env_name, "bridge": bridge, "subnet": subnet, "hosts": [h.as_dict() for h in hosts]},
-             lambda: app.stdout_print(_table(f"hosts of {env_name} (bridge {bridge}, {subnet})", hosts)))
+             lambda: app.stdout_print(_table(f"hosts of {env_name} (bridge {bridge}, {subnet})", hosts, launcher=True)))
 
 
 def _cloud_hosts(loaded: LoadedEnvironment) -> list[LocalHostState]:

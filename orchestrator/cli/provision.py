@@ -28,7 +28,7 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
     ask = needs_confirmation(loaded, action="provision", yes=yes, interactive=app.interactive)
 
     def confirm(reviewed: PlanOutcome) -> bool:
-        app.stderr.print(summary_table(reviewed.summary, f"plan for {env_name} (protected)"))
+        app.print_table(summary_table(reviewed.summary, f"plan for {env_name} (protected)"), err=True)
         return click.confirm(f"apply this plan to {env_name}?", default=False, err=True)
 
     app.info(f"provisioning {env_name} ({loaded.env.target})…")
@@ -41,7 +41,8 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
                                               on_progress=ProgressPrinter(app))
         step.run.set_plan(outcome.plan.plan_sha256)
         step.detail.update(applied=outcome.applied, changes=outcome.plan.changes,
-                           summary=outcome.plan.summary.totals, hosts=len(outcome.hosts))
+                           summary=outcome.plan.summary.totals, hosts=len(outcome.hosts),
+                           host_actions=[a.as_dict() for a in outcome.host_actions])
 
     def human() -> None:
         if not outcome.applied and outcome.plan.changes:
@@ -52,6 +53,8 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
         else:
             app.stdout_print(f"{env_name}: no changes to apply")
         app.stdout_print(f"inventory: {outcome.inventory} ({len(outcome.hosts)} hosts)")
+        for action in outcome.host_actions:
+            app.stdout_print(f"{action.host}: {action.action}: {action.detail}")
 
     app.emit(outcome.as_dict(), human)
     if outcome.plan.changes and not outcome.applied:

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.errors import ExitStatus
+from orchestrator.fleet.playbooks import unreachable_hint
 from orchestrator.release.hosts import status
 
 
@@ -16,9 +17,14 @@ from orchestrator.release.hosts import status
 def command(app: AppContext, env_name: str) -> ExitStatus:
     """Show each app host's current and previous release, unit state and health.
 
-    Exit 0 when every host is healthy, 1 otherwise.
+    Exit 0 when every host is healthy, 1 otherwise (a host that does not answer SSH is given the
+    target's connect timeout, 2 s on a local fleet, and the message says what to run).
     """
-    fleet = status(app.load(env_name))
+    loaded = app.load(env_name)
+    fleet = status(loaded)
+    unreachable = [h.name for h in fleet.hosts if h.unit == "unreachable"]
+    if unreachable:
+        app.info(unreachable_hint(loaded, unreachable))
 
     def human() -> None:
         table = Table("host", "address", "release", "previous", "unit", "healthy", box=None)

@@ -49,7 +49,7 @@ def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool
         argv.append("--force")
 
     def confirm(plan: Any) -> bool:
-        app.stderr.print(summary_table(plan.summary, f"plan for {env_name}"))
+        app.print_table(summary_table(plan.summary, f"plan for {env_name}"), err=True)
         return click.confirm(f"apply this plan to protected environment {env_name}?", default=False, err=True)
 
     request = UpRequest(argv=argv, release_path=release_path, yes=yes, interactive=app.interactive,

@@ -2,12 +2,13 @@
 
 Every playbook run of an environment (deploy, rollback, status, backup, restore, lb, monitoring,
 remediations) goes through `run_env_playbook`: the environment's inventory, its runs directory,
-the address guard of its fleet, the tuned settings, and a run id that says what ran.
+the address guard of its fleet, the tuned settings, the connect timeout of its target, and a run
+id that says what ran. `unreachable_hint` says what to run when hosts did not answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
@@ -15,6 +16,30 @@ from orchestrator.fleet.inventory import allowed_networks
 from orchestrator.tools.ansible import HostEvent, PlaybookResult, PlaybookRun, new_run_id, run_playbook
 
 EventSink = Callable[[HostEvent], None]
+
+#: Seconds a host has to answer SSH (TCP connect and handshake) before it counts as unreachable,
+#: per target. A local fleet's hosts are on a bridge of this machine: one that does not answer in
+#: 2 s is down, and waiting Ansible's 15 s for it only delays the error. Cloud hosts are across a
+#: network (and a fresh instance's sshd may be slow to start).
+CONNECT_TIMEOUTS = {"local": 2, "aws": 10}
+
+
+def connect_timeout(loaded: LoadedEnvironment) -> int:
+    """The connect timeout of `loaded`'s target (CONNECT_TIMEOUTS)."""
+    return CONNECT_TIMEOUTS[loaded.env.target]
+
+
+def unreachable_hint(loaded: LoadedEnvironment, hosts: Sequence[str]) -> str:
+    """What to run when `hosts` of `loaded` did not answer SSH within the connect timeout."""
+    names = ", ".join(hosts)
+    them = "it" if len(hosts) == 1 else "them"
+    down = f"unreachable: {names} did not answer SSH within {connect_timeout(loaded)} s"
+    if loaded.env.target == "local":
+        return (f"{down}: `orchestrate provision {loaded.name}` boots {them} again; `orchestrate up {loaded.name}` "
+                f"converges the environment (boots, deploys the release, checks every host's health)")
+    return (f"{down}: `orchestrate hosts {loaded.name}` shows the instances' states; start a stopped instance, or "
+            f"`orchestrate provision {loaded.name}` replaces a terminated one; `orchestrate up {loaded.name}` "
+            f"converges the environment")
 
 
 def env_playbook_run(loaded: LoadedEnvironment, playbook: str, extra_vars: Mapping[str, Any], *,
@@ -27,7 +52,8 @@ def env_playbook_run(loaded: LoadedEnvironment, playbook: str, extra_vars: Mappi
         project_dir=loaded.project_dir, runs_dir=loaded.paths.runs,
         extra_vars=dict(extra_vars), secret_vars=dict(secret_vars or {}), limit=limit, tuned=tuned,
         mitogen=mitogen, run_id=run_id or f"{new_run_id()}-{playbook.removesuffix('.yml')}",
-        allowed_networks=allowed_networks(loaded), **({"timeout": timeout} if timeout is not None else {}),
+        allowed_networks=allowed_networks(loaded), connect_timeout=connect_timeout(loaded),
+        **({"timeout": timeout} if timeout is not None else {}),
     )
 
 
@@ -36,7 +62,8 @@ def run_env_playbook(loaded: LoadedEnvironment, playbook: str, extra_vars: Mappi
                      mitogen: bool = False, secret_vars: Mapping[str, Any] | None = None,
                      limit: str | None = None, timeout: int | None = None) -> PlaybookResult:
     """Run `playbooks/<playbook>` against `loaded` (see `env_playbook_run`); the result, never raises
-    for a failed play (the caller decides what a failure means)."""
+    for a failed play (the caller decides what a failure means; `unreachable_hint` helps it say what
+    to do about hosts that did not answer). SIGINT or SIGTERM raises PlaybookInterrupted."""
     return run_playbook(env_playbook_run(loaded, playbook, extra_vars, run_id=run_id, tuned=tuned, mitogen=mitogen,
                                          secret_vars=secret_vars, limit=limit, timeout=timeout),
                         on_event=on_event)

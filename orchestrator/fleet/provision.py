@@ -53,6 +53,19 @@ class PlanOutcome:
 
 
 @dataclass(frozen=True)
+class HostAction:
+    """What provisioning did to a host Terraform cannot see into (a local host's processes)."""
+
+    host: str
+    action: str
+    """booted (it was not running) or adopted (its container ran without its launcher)."""
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"host": self.host, "action": self.action, "detail": self.detail}
+
+
+@dataclass(frozen=True)
 class ProvisionOutcome:
     """What provisioning did: the plan, whether it was applied, and the inventory it wrote."""
 
@@ -62,6 +75,8 @@ class ProvisionOutcome:
     hosts: list[Host] = field(default_factory=list)
     #: pre-flight checks the plan passed before it was applied (none when there was nothing to apply)
     preflight: list[str] = field(default_factory=list)
+    #: local hosts booted again or adopted after the apply (Terraform saw no change for them)
+    host_actions: list[HostAction] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +86,7 @@ class ProvisionOutcome:
             "inventory": str(self.inventory) if self.inventory else None,
             "hosts": [{"name": h.name, "address": h.address, "private_address": h.private_address,
                        "groups": list(h.groups)} for h in self.hosts],
+            "host_actions": [a.as_dict() for a in self.host_actions],
         }
 
 
@@ -100,8 +116,9 @@ class DestroyOutcome:
 #: called with the reviewed plan; False means "do not apply"
 Confirm = Callable[[PlanOutcome], bool]
 
-#: hook run after a local environment's apply, with the terraform outputs (boots stopped hosts)
-LocalFleetHook = Callable[[LoadedEnvironment, Mapping[str, Any]], object]
+#: hook run after a local environment's apply, with the terraform outputs: boots stopped hosts,
+#: adopts containers whose launcher died, and says what it did to which host
+LocalFleetHook = Callable[[LoadedEnvironment, Mapping[str, Any]], Sequence[HostAction]]
 
 
 def needs_confirmation(
@@ -178,8 +195,9 @@ def provision(
 
     A plan without changes is not applied (an apply would only cost time); the inventory is
     written from the outputs either way. For local environments `local_fleet_hook` (default:
-    orchestrator.fleet.local.terraform.ensure_fleet_from_outputs) boots hosts whose process died, which
-    Terraform cannot see. A local fleet's subnet is chosen here when the env file leaves it out.
+    orchestrator.fleet.local.terraform.ensure_fleet_from_outputs) boots hosts whose process died and
+    adopts containers whose launcher died, which Terraform cannot see; the outcome lists them. A local
+    fleet's subnet is chosen here when the env file leaves it out.
     """
     loaded, tf = _rendered_terraform(loaded)
     reviewed = plan(loaded, on_progress=on_progress, terraform=tf)
@@ -193,12 +211,13 @@ def provision(
             raise TerraformError(f"plan file {reviewed.plan_file} changed after review; run provision again")
         tf.apply(reviewed.plan_file, on_progress=on_progress)
     outputs = tf.output()
+    actions: list[HostAction] = []
     if isinstance(loaded.env.terraform, TerraformLocal):
         hook = local_fleet_hook or _default_local_fleet_hook
-        hook(loaded, outputs)
+        actions = list(hook(loaded, outputs))
     inventory, hosts = write_inventory_from_outputs(loaded, outputs)
     return ProvisionOutcome(plan=reviewed, applied=reviewed.changes, inventory=inventory, hosts=hosts,
-                            preflight=preflight)
+                            preflight=preflight, host_actions=actions)
 
 
 class PreflightFailed(OrchestratorError):
@@ -231,10 +250,12 @@ def preflight_graph(plan_json: Mapping[str, Any], plan_file: Path) -> list[str]:
     return list(PREFLIGHT_GRAPH_CHECKS)
 
 
-def _default_local_fleet_hook(loaded: LoadedEnvironment, outputs: Mapping[str, Any]) -> object:
+def _default_local_fleet_hook(loaded: LoadedEnvironment, outputs: Mapping[str, Any]) -> list[HostAction]:
+    from orchestrator.fleet.local.fleet import START_ACTIONS
     from orchestrator.fleet.local.terraform import ensure_fleet_from_outputs
 
-    return ensure_fleet_from_outputs(loaded, outputs)
+    return [HostAction(h.name, h.action, START_ACTIONS[h.action])
+            for h in ensure_fleet_from_outputs(loaded, outputs) if h.action in START_ACTIONS]
 
 
 def hosts_from_outputs(outputs: Mapping[str, Any]) -> list[Host]:

@@ -138,7 +138,10 @@ class _Stages:
         if not outcome.applied and outcome.plan.changes:
             raise UsageError(f"provisioning {self.loaded.name} was not confirmed; nothing was changed")
         step.detail.update(applied=outcome.applied, plan_sha256=outcome.plan.plan_sha256,
-                           summary=outcome.plan.summary.as_dict())
+                           summary=outcome.plan.summary.as_dict(),
+                           host_actions=[a.as_dict() for a in outcome.host_actions])
+        for action in outcome.host_actions:
+            self.info(f"  {action.host}: {action.action}: {action.detail}")
         step.run.set_plan(outcome.plan.plan_sha256)
 
     def inventory(self, step: StepHandle) -> None:
@@ -252,11 +255,12 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     if not inventory.exists():
         return False
     if stages.loaded.env.target == "local":
-        # a host whose process died is invisible to Terraform and to a cached status: look first
+        # a host whose process died (or only its launcher) is invisible to Terraform and to a cached
+        # status: look first
         from orchestrator.fleet.local.terraform import fleet_for
 
         local, specs = fleet_for(stages.loaded)
-        if any(host.state != "running" for host in local.status(specs)):
+        if any(host.state != "running" or host.launcher != "alive" for host in local.status(specs)):
             return False
     from orchestrator.release.hosts import status
 

@@ -27,7 +27,7 @@ from orchestrator.config.schema import parse_duration
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.files import sha256_file
 from orchestrator.fleet.inventory import app_hosts
-from orchestrator.fleet.playbooks import run_env_playbook
+from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.tools.ansible import HostEvent
 
 BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z$")
@@ -407,4 +407,5 @@ def run_playbook(loaded: LoadedEnvironment, playbook: str, extra_vars: dict[str,
         raise BackupError(f"{what} failed: ansible-playbook ended {result.status} (rc {result.rc}); "
                           f"see {result.run_dir}")
     cls = CorruptBackup if any("is corrupt" in m for m in failures.values()) else BackupError
-    raise cls(failure_message(failures, what))
+    unreachable = result.unreachable_hosts()
+    raise cls(failure_message(failures, what), hint=unreachable_hint(loaded, unreachable) if unreachable else None)

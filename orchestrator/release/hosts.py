@@ -23,7 +23,7 @@ from orchestrator.config.schema import parse_duration
 from orchestrator.config.secrets import SECRETS_VAR
 from orchestrator.errors import AnsibleError, UsageError
 from orchestrator.fleet.inventory import Host, app_hosts
-from orchestrator.fleet.playbooks import run_env_playbook
+from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.release.artifact import Release, is_release_id, prepare_release
 from orchestrator.release.results import (
     CLEANUP_TASK,
@@ -32,6 +32,7 @@ from orchestrator.release.results import (
     FleetStatus,
     GateFailedRestored,
     HostStatus,
+    ReleaseInterrupted,
     ReleaseRun,
     ReleaseRunError,
     _opt,
@@ -40,7 +41,7 @@ from orchestrator.release.results import (
     to_restore,
 )
 from orchestrator.release.transitions import HostTransitions, _checked
-from orchestrator.tools.ansible import PlaybookResult, new_run_id
+from orchestrator.tools.ansible import PlaybookInterrupted, PlaybookResult, new_run_id
 
 Strategy = Literal["rolling", "canary"]
 
@@ -153,9 +154,9 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     evidence_dir = loaded.paths.evidence(run_id)
     extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **rollout}
     secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
-    result = _run(loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id,
-                  secret_vars=secret_vars, limit=request.limit,
-                  on_event=transitions.events("deploy", on_event) if transitions is not None else on_event)
+    result = _interruptible(lambda: _run(
+        loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id, secret_vars=secret_vars,
+        limit=request.limit, on_event=transitions.events("deploy", on_event) if transitions is not None else on_event))
     return _checked(transitions, lambda: _conclude(
         loaded, "deploy", result, release.id, hosts, tuned=request.tuned, evidence_dir=evidence_dir,
         release=release, strategy=strategy, on_event=on_event, transitions=transitions))
@@ -176,12 +177,22 @@ def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = 
     run_id = new_run_id()
     evidence_dir = loaded.paths.evidence(run_id)
     extra = {**role_vars(loaded, evidence_dir), "rollback_to": to or ""}
-    result = _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id,
-                  on_event=transitions.events("rollback", on_event) if transitions is not None else on_event)
+    result = _interruptible(lambda: _run(
+        loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id,
+        on_event=transitions.events("rollback", on_event) if transitions is not None else on_event))
     # the fleet restore after a failed rollback is not a deploy's restore: the state machine has no
     # move for undoing a rollback (rolled_back is final), so the restore's events drive nothing
     return _checked(transitions, lambda: _conclude(loaded, "rollback", result, to, hosts, tuned=tuned,
                                                    evidence_dir=evidence_dir, on_event=on_event, transitions=None))
+
+
+def _interruptible(run: Callable[[], PlaybookResult]) -> PlaybookResult:
+    """The playbook's result, also when SIGINT or SIGTERM stopped it (`interrupted_by` says so):
+    `_conclude` puts the hosts that had switched back before the interrupt goes on."""
+    try:
+        return run()
+    except PlaybookInterrupted as stopped:
+        return stopped.run
 
 
 def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], result: PlaybookResult,
@@ -218,6 +229,8 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
                  "rollback_hosts": ",".join(sorted(restore))}
         run.restore = _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=f"{result.run_id}-restore",
                            on_event=transitions.events("restore", on_event) if transitions is not None else on_event)
+    if result.interrupted_by is not None:
+        raise ReleaseInterrupted(_interrupted_message(action, target, result.interrupted_by, run), run)
     failures = result.summary_line() or f"ansible-playbook exited with {result.rc} ({result.status})"
     if run.restore is not None and not run.restore.ok:
         raise ReleaseRunError(
@@ -237,7 +250,20 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
             f"{back or 'its previous release'} and healthy",
             run, hint=f"evidence: {evidence_dir}" if evidence_dir.exists() else None,
         )
-    raise ReleaseRunError(f"{action} failed: {failures}", run)
+    down = result.unreachable_hosts()
+    raise ReleaseRunError(f"{action} failed: {failures}", run, hint=unreachable_hint(loaded, down) if down else None)
+
+
+def _interrupted_message(action: str, target: str | None, signal_name: str, run: ReleaseRun) -> str:
+    """What an operator needs after a Ctrl-C: what stopped, and where every host is now."""
+    stopped = f"{action} of {target}" if target else action
+    if run.restore is not None and not run.restore.ok:
+        return (f"{stopped} stopped by {signal_name}; putting back the hosts that had switched failed, the fleet "
+                f"may be on several releases: {run.restore.summary_line() or run.restore.status}")
+    if run.restored_hosts:
+        back = ", ".join(f"{host} -> {release}" for host, release in sorted(run.restored_hosts.items()))
+        return f"{stopped} stopped by {signal_name}; the hosts that had switched are back: {back}"
+    return f"{stopped} stopped by {signal_name}; no host had switched"
 
 
 def status(loaded: LoadedEnvironment, *, tuned: bool = True) -> FleetStatus:

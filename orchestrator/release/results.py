@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from orchestrator.errors import HealthGateFailed, OrchestratorError
+from orchestrator.errors import HealthGateFailed, Interrupted, OrchestratorError
 from orchestrator.release.artifact import Release
 from orchestrator.tools.ansible import HostEvent, PlaybookResult, TaskResult
 
@@ -87,6 +87,15 @@ class ReleaseRunError(OrchestratorError):
 
     def __init__(self, message: str, run: ReleaseRun, *, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
+        self.run = run
+
+
+class ReleaseInterrupted(Interrupted):
+    """SIGINT or SIGTERM stopped a deploy or rollback after the hosts that had switched were put
+    back (exit 130); carries the run."""
+
+    def __init__(self, message: str, run: ReleaseRun) -> None:
+        super().__init__(message, result=run)
         self.run = run
 
 

@@ -15,7 +15,8 @@ one, else the host-level rollback to each host's previous release (or a named on
 (`orchestrate runs ENV`); `deploy_step`, `deploy_for_up` and `rollback_step` do the same work
 inside a step of a run someone else holds (`up`, the heal server). Failures raise ReleaseFailed
 carrying the outcome, with the exit status of what failed (3: gate failed, previous release
-restored; 1: anything else).
+restored; 1: anything else); SIGINT or SIGTERM during a playbook raises ReleaseInterrupted (exit 130,
+the run `interrupted`) once the hosts that had switched are back, carrying the outcome too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from orchestrator.fleet.inventory import app_hosts
 from orchestrator.release.artifact import Release, prepare_release
 from orchestrator.release.backup import create_backup
 from orchestrator.release.hosts import DeployRequest, deploy, rollback, status
-from orchestrator.release.results import EventSink, GateFailedRestored, ReleaseRun, ReleaseRunError
+from orchestrator.release.results import (
+    EventSink,
+    GateFailedRestored,
+    ReleaseInterrupted,
+    ReleaseRun,
+    ReleaseRunError,
+)
 from orchestrator.release.strategies import RanStrategy, host_strategy, is_traffic, note_host_deploy, resolve_strategy
 from orchestrator.release.traffic import (
     DecisionSink,
@@ -247,6 +254,9 @@ class ReleaseService:
                                        run_id=step.run.id)
         except (TrafficGateFailed, GateFailedRestored, ReleaseRunError) as exc:
             raise self._failed(exc, outcome) from exc
+        except ReleaseInterrupted as exc:
+            self._carry_outcome(exc, outcome)
+            raise
         outcome.strategy = up_deploy.strategy
         outcome.detail = dict(up_deploy.detail)
         step.detail.update(up_deploy.detail)
@@ -272,6 +282,9 @@ class ReleaseService:
                                          transitions=HostTransitions.for_run(step.run))
             except (GateFailedRestored, ReleaseRunError) as exc:
                 raise self._failed(exc, outcome) from exc
+            except ReleaseInterrupted as exc:
+                self._carry_outcome(exc, outcome)
+                raise
         step.detail.update(outcome.journal_detail())
         if outcome.release:
             step.run.set_release(outcome.release)
@@ -306,9 +319,19 @@ class ReleaseService:
                 note_host_deploy(self.loaded, outcome.hosts.target)
         except (TrafficGateFailed, GateFailedRestored, ReleaseRunError) as exc:
             raise self._failed(exc, outcome) from exc
+        except ReleaseInterrupted as exc:
+            self._carry_outcome(exc, outcome)
+            raise
         step.detail.update(outcome.journal_detail())
         if outcome.release:
             step.run.set_release(outcome.release)
+
+    @staticmethod
+    def _carry_outcome(exc: ReleaseInterrupted, outcome: ReleaseOutcome) -> None:
+        """Let the interrupt of a release carry its outcome (what the hosts are on), not the bare run."""
+        exc.run.strategy = exc.run.strategy or outcome.strategy
+        outcome.hosts = exc.run
+        exc.result = outcome
 
     def _failed(self, exc: TrafficGateFailed | GateFailedRestored | ReleaseRunError,
                 outcome: ReleaseOutcome) -> ReleaseFailed:

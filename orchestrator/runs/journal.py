@@ -446,8 +446,8 @@ class Run:
         elif isinstance(exc, Exception):
             status = getattr(exc, "exit_status", ExitStatus.FAILED)
             self.fail(str(exc) or type(exc).__name__, exit_code=int(status))
-        else:
-            self.interrupt(f"{type(exc).__name__}")
+        else:  # KeyboardInterrupt (orchestrator.errors.Interrupted too), SystemExit
+            self.interrupt(str(exc) or type(exc).__name__)
 
     # -- reading -------------------------------------------------------------------------
 

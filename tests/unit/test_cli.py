@@ -175,3 +175,37 @@ def test_validate_touches_nothing_on_the_machine(project_copy: Path, tmp_path: P
     written = sorted(str(p.relative_to(project_copy)) for p in (project_copy / ".orchestrate").rglob("*")) \
         if (project_copy / ".orchestrate").exists() else []
     assert written == []
+
+
+def test_an_interrupt_exits_130_with_what_the_interrupted_work_did(tmp_path: Path) -> None:
+    from orchestrator.cli._common import AppContext, verb
+    from orchestrator.errors import Interrupted
+
+    class Outcome:
+        def as_dict(self) -> dict[str, object]:
+            return {"restored_hosts": {"app-1": "0.1.0-abc"}}
+
+    @click.group()
+    @click.pass_context
+    def group(ctx: click.Context) -> None:
+        ctx.obj = AppContext(project_dir=tmp_path)
+
+    @group.command("work")
+    @verb
+    def work(app: AppContext) -> None:
+        raise Interrupted("deploy of 0.2.0-def stopped by SIGINT; the hosts that had switched are back",
+                          result=Outcome())
+
+    @group.command("plain")
+    @verb
+    def plain(app: AppContext) -> None:
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(group, ["work", "--json"])
+    assert result.exit_code == 130
+    assert json.loads(result.stdout) == {
+        "restored_hosts": {"app-1": "0.1.0-abc"}, "exit_code": 130,
+        "error": "interrupted: deploy of 0.2.0-def stopped by SIGINT; the hosts that had switched are back"}
+    assert result.stderr.startswith("interrupted: deploy of 0.2.0-def stopped by SIGINT")
+    bare = CliRunner().invoke(group, ["plain"])
+    assert (bare.exit_code, bare.stderr.strip(), bare.stdout) == (130, "interrupted", "")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ExitStatus
+from orchestrator.errors import ExitStatus, Interrupted
 from orchestrator.runs.identity import ProcessIdentity, new_run_id, parse_time, pid_alive, process_start_ticks
 from orchestrator.runs.journal import Journal, JournalError, NotResumable, ResumeRefusal, locate_run
 
@@ -162,6 +162,13 @@ def test_run_context_manager_maps_outcomes(journal: Journal) -> None:
         raise KeyboardInterrupt
     record = stopped.record()
     assert record.state == "interrupted" and record.exit_code == int(ExitStatus.INTERRUPTED)
+
+    # an interrupt that cleaned up first (a deploy put its hosts back) says what it did
+    with pytest.raises(Interrupted), journal.start_run("deploy", steps=["deploy"]) as ctrl_c, ctrl_c.step("deploy"):
+        raise Interrupted("deploy of 0.2.0-abc stopped by SIGINT; no host had switched")
+    record = ctrl_c.record()
+    assert (record.state, record.exit_code) == ("interrupted", int(ExitStatus.INTERRUPTED))
+    assert record.error == "deploy of 0.2.0-abc stopped by SIGINT; no host had switched"
 
 
 def test_runs_newest_first_with_limit_and_contract_keys(journal: Journal) -> None:

@@ -257,3 +257,79 @@ def test_rollback_refuses_something_that_is_not_a_release_id(project_copy: Path)
     code, output = _cli(project_copy, "rollback", "dev", "--to", "../../etc")
     assert code == 2
     assert "not a release id" in output
+
+
+# --- interrupts ---------------------------------------------------------------------------------
+
+
+def test_signals_during_a_playbook_are_noted_and_the_previous_handlers_come_back() -> None:
+    import signal
+
+    from orchestrator.tools.ansible import cancel_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with cancel_on_signals() as signalled:
+        assert signalled() is None
+        os.kill(os.getpid(), signal.SIGINT)  # noted, not raised: ansible-runner cancels the run
+        assert signalled() == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_interrupted_deploy_with_no_host_switched_is_an_interrupt_not_a_failure(project_copy: Path) -> None:
+    from orchestrator.errors import ExitStatus, Interrupted, OrchestratorError
+
+    loaded = Project(project_copy).load("dev")
+    result = PlaybookResult(run_id="r", run_dir=project_copy, playbook="deploy.yml", rc=254, status="canceled",
+                            duration=1.0, interrupted_by="SIGINT")
+    with pytest.raises(Interrupted) as raised:
+        _conclude(loaded, "deploy", result, "0.2.0-0123456789ab", [], tuned=True, evidence_dir=project_copy / "ev")
+    assert not isinstance(raised.value, OrchestratorError)  # nothing that handles errors swallows it
+    assert raised.value.exit_status == ExitStatus.INTERRUPTED
+    assert str(raised.value) == "deploy of 0.2.0-0123456789ab stopped by SIGINT; no host had switched"
+
+
+# --- connect timeout per target, unreachable hosts ------------------------------------------------
+
+
+def test_the_connect_timeout_is_short_on_a_local_bridge_and_longer_across_a_network(project_copy: Path) -> None:
+    from orchestrator.fleet.playbooks import env_playbook_run
+
+    local = env_playbook_run(Project(project_copy).load("dev"), "status.yml", {})
+    cloud = env_playbook_run(Project(project_copy).load("prod"), "status.yml", {})
+    assert local.connect_timeout == 2
+    assert 10 <= cloud.connect_timeout <= 15
+
+    plain = ansible_cfg_text(AnsibleSettings.tuned(mitogen=False), roles_path=project_copy, connect_timeout=2)
+    assert "timeout = 2\n" in plain
+    # ssh takes the first value of an option: ours comes before the ConnectTimeout Ansible adds
+    assert "-o ConnectTimeout=2 -o ServerAliveInterval=2" in plain
+    accelerated = AnsibleSettings.tuned(mitogen=True)
+    if accelerated.strategy_plugins is not None:
+        text = ansible_cfg_text(accelerated, roles_path=project_copy, connect_timeout=2)
+        # mitogen's timeout bounds the whole bootstrap; reaching sshd is bounded by ssh itself
+        assert "timeout = 15\n" in text and "-o ConnectTimeout=2 " in text
+    stock = ansible_cfg_text(AnsibleSettings.stock(), roles_path=project_copy, connect_timeout=10)
+    assert "timeout = 10\n" in stock and "ssh_args" not in stock
+
+
+def test_the_unreachable_hint_names_the_hosts_and_what_to_run(project_copy: Path) -> None:
+    from orchestrator.fleet.playbooks import unreachable_hint
+
+    local = unreachable_hint(Project(project_copy).load("dev"), ["dev-app-2"])
+    assert "dev-app-2 did not answer SSH within 2 s" in local
+    assert "`orchestrate provision dev` boots it again" in local and "`orchestrate up dev`" in local
+    cloud = unreachable_hint(Project(project_copy).load("prod"), ["prod-app-1", "prod-app-3"])
+    assert "prod-app-1, prod-app-3" in cloud
+    assert "`orchestrate hosts prod`" in cloud and "`orchestrate up prod`" in cloud
+
+
+def test_an_unreachable_host_is_told_apart_from_a_failed_task() -> None:
+    collector = EventCollector()
+    collector(_event("runner_on_failed", "b", "gate", {"msg": "gate failed"}))
+    collector(_event("runner_on_unreachable", "c", "user", {"msg": "ssh: connect timed out"}, "user"))
+    result = PlaybookResult(run_id="r", run_dir=Path("/nonexistent"), playbook="deploy.yml", rc=2, status="failed",
+                            duration=1.0, failures=collector.failures)
+    assert result.unreachable_hosts() == ["c"]
+    assert [f["host"] for f in result.as_dict()["failures"] if f.get("unreachable")] == ["c"]

@@ -10,8 +10,11 @@ address, SSH host key, the project's public key. The host runs as
     systemd-nspawn -D MERGED --boot --machine=NAME --network-bridge=BRIDGE
                    --register=no --keep-unit --console=passive
 
-under a small supervisor process (`python -m orchestrator.fleet.local.supervisor HOST_DIR`) that lives
-in the host's own cgroup and relaunches the container when it exits with 133 (reboot).
+under a small supervisor process (`python -m orchestrator.fleet.local.supervisor HOST_DIR`), the
+host's launcher, that lives in the host's own cgroup and relaunches the container when it exits
+with 133 (reboot). A container whose launcher died keeps running and serving: it is `running`
+with its launcher `dead`, and `start` (so `orchestrate provision`) adopts it with a new launcher
+instead of booting it again.
 
 Hosts reach nothing but their own bridge: the bridge has the first address of the subnet, hosts
 get `.10` upward, and there is no NAT. Code that connects to a host first calls
@@ -62,6 +65,7 @@ from orchestrator.fleet.local.processes import (
     _remove_cgroups,
     cgroup_pids,
     container_leader,
+    nspawn_pid,
     ssh_banner,
     system_state,
 )
@@ -72,6 +76,17 @@ if TYPE_CHECKING:
 from orchestrator.fleet.local.processes import _overlay_mounts_with_upper
 
 HostLiveness = Literal["running", "stopped", "missing"]
+LauncherState = Literal["alive", "dead"]
+StartAction = Literal["none", "booted", "adopted"]
+"""What `LocalFleet.start` did: nothing (the host ran with its launcher), booted it, or adopted its
+running container with a new launcher."""
+
+#: what each start action means, for an operator (`orchestrate provision` prints it)
+START_ACTIONS: dict[str, str] = {
+    "booted": "was not running: booted it again (its data kept)",
+    "adopted": "its container ran without its launcher (the supervisor process had died): a new launcher "
+               "adopted it; the container was not restarted",
+}
 
 
 SSH_USER = "root"
@@ -132,9 +147,20 @@ class LocalHostState:
     address: str
     groups: tuple[str, ...]
     state: HostLiveness
+    launcher: LauncherState | None = None
+    """A running local host's launcher: alive, or dead while its container still runs (None: not
+    a running local host)."""
+    action: StartAction | None = None
+    """What `ensure`/`ensure_all` did to the host (None: not asked to)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "address": self.address, "groups": list(self.groups), "state": self.state}
+        data: dict[str, Any] = {"name": self.name, "address": self.address, "groups": list(self.groups),
+                                "state": self.state}
+        if self.launcher is not None:
+            data["launcher"] = self.launcher
+        if self.action is not None:
+            data["action"] = self.action
+        return data
 
 
 @dataclass(frozen=True)
@@ -226,22 +252,38 @@ class LocalFleet:
         return None
 
     def state(self, name: str) -> HostLiveness:
-        """running (its supervisor is up), stopped (recorded, not up) or missing.
+        """running (its launcher or its container is up), stopped (recorded, neither up) or missing.
 
         A host whose nspawn process was killed counts as stopped even when orphaned
-        processes of its container remain: `ensure` clears them and boots it again.
+        processes of its container remain: `ensure` clears them and boots it again. A
+        container whose launcher died still runs: see `launcher`.
         """
         if self.record(name) is None:
             return "missing"
-        return "running" if self.supervisor_pid(name) is not None else "stopped"
+        return "running" if self.launcher(name) is not None else "stopped"
+
+    def launcher(self, name: str) -> LauncherState | None:
+        """alive (the host's supervisor runs), dead (it is gone, the container still runs), or
+        None (neither runs)."""
+        if self.supervisor_pid(name) is not None:
+            return "alive"
+        return "dead" if nspawn_pid(name) is not None else None
+
+    def host_status(self, name: str, address: str, groups: tuple[str, ...],
+                    action: StartAction | None = None) -> LocalHostState:
+        """What the machine says of one host (state and launcher), with what was done to it."""
+        if self.record(name) is None:
+            return LocalHostState(name, address, groups, "missing", action=action)
+        launcher = self.launcher(name)
+        return LocalHostState(name, address, groups, "running" if launcher else "stopped", launcher, action)
 
     def status(self, specs: Sequence[HostSpec]) -> list[LocalHostState]:
         """State of each planned host, then of recorded hosts that are not in the plan."""
         planned = {s.name for s in specs}
-        found = [LocalHostState(s.name, s.address, s.groups, self.state(s.name)) for s in specs]
+        found = [self.host_status(s.name, s.address, s.groups) for s in specs]
         for name in self.recorded_names():
             if name not in planned and (record := self.record(name)) is not None:
-                found.append(LocalHostState(name, record.address, record.groups, self.state(name)))
+                found.append(self.host_status(name, record.address, record.groups))
         return found
 
     # -- lifecycle
@@ -249,14 +291,15 @@ class LocalFleet:
     def ensure(self, spec: HostSpec, *, wait: bool = True) -> LocalHostState:
         """Make `spec` exist and run (idempotent).
 
-        Present and running: nothing happens. Recorded but not running (supervisor killed,
-        machine rebooted, mounts gone): leftovers are cleared, the overlay is mounted again
-        over the same upper dir (its data intact) and the host boots again.
+        Present and running: nothing happens. Running without its launcher: a new launcher
+        adopts the container (no restart). Recorded but not running (nspawn killed, machine
+        rebooted, mounts gone): leftovers are cleared, the overlay is mounted again over the
+        same upper dir (its data intact) and the host boots again.
         """
-        self.start(spec)
+        action = self.start(spec)
         if wait:
             self.wait_ready([spec.name])
-        return LocalHostState(spec.name, spec.address, spec.groups, "running")
+        return LocalHostState(spec.name, spec.address, spec.groups, "running", "alive", action)
 
     def ensure_all(self, specs: Sequence[HostSpec], *, timeout: float | None = None) -> list[LocalHostState]:
         """Start every host (a few at a time: each start returns at once), then wait for all."""
@@ -269,12 +312,14 @@ class LocalFleet:
                 self.store.ensure(self.recipe)
             ensure_ssh_key(self.project_dir)
         with ThreadPoolExecutor(max_workers=START_WORKERS) as pool:
-            list(pool.map(self.start, specs))
+            actions = list(pool.map(self.start, specs))
         self.wait_ready([s.name for s in specs], timeout=timeout)
-        return [LocalHostState(s.name, s.address, s.groups, "running") for s in specs]
+        return [LocalHostState(s.name, s.address, s.groups, "running", "alive", action)
+                for s, action in zip(specs, actions, strict=True)]
 
-    def start(self, spec: HostSpec) -> bool:
-        """Launch the host unless it runs; return whether it was launched. Does not wait."""
+    def start(self, spec: HostSpec) -> StartAction:
+        """Launch the host unless it runs, adopt its container when only its launcher died; say
+        which. Does not wait."""
         self.network.assert_own_address(spec.address)
         host_dir = self.host_dir(spec.name)
         record = self.record(spec.name)
@@ -283,8 +328,14 @@ class LocalFleet:
                 f"{spec.name} exists with address {record.address} on {record.bridge}; "
                 f"destroy it before giving it {spec.address} on {self.network.bridge}"
             )
-        if record is not None and self.state(spec.name) == "running":
-            return False
+        if record is not None and (launcher := self.launcher(spec.name)) is not None:
+            if launcher == "alive":
+                return "none"
+            adopted = nspawn_pid(spec.name)
+            if adopted is not None:
+                self._launch(spec.name, adopt=adopted)
+                return "adopted"
+            # the container ended between the two looks: boot it below
         # The host dir exists before the host is registered: `collect_garbage` takes a
         # registered host without its dir for the leftover of a deleted project.
         host_dir.mkdir(parents=True, exist_ok=True)
@@ -316,12 +367,16 @@ class LocalFleet:
         assert self.known_hosts is not None
         _update_known_hosts(self.known_hosts, record.address, host_key.read_text() if host_key.exists() else None)
         (host_dir / STOP_REQUESTED).unlink(missing_ok=True)
-        pid = start_detached(
-            [sys.executable, "-m", "orchestrator.fleet.local.supervisor", str(host_dir)],
-            log_path=host_dir / "console.log",
-        )
+        self._launch(spec.name)
+        return "booted"
+
+    def _launch(self, name: str, *, adopt: int | None = None) -> None:
+        """Start the host's launcher (with `adopt`: over that running systemd-nspawn process)."""
+        host_dir = self.host_dir(name)
+        argv = [sys.executable, "-m", "orchestrator.fleet.local.supervisor", str(host_dir)]
+        pid = start_detached(argv + (["--adopt", str(adopt)] if adopt is not None else []),
+                             log_path=host_dir / "console.log")
         (host_dir / "supervisor.pid").write_text(f"{pid}\n")
-        return True
 
     def wait_ready(self, names: Sequence[str], *, timeout: float | None = None) -> None:
         """Wait until every host's systemd is up (running/degraded) and its sshd answers."""

@@ -56,6 +56,26 @@ def _cgroup_tree(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
+def nspawn_pid(name: str) -> int | None:
+    """Host pid of the host's systemd-nspawn process (the container's parent), or None.
+
+    Found in the host's cgroup by its command line (`systemd-nspawn ... --machine=NAME`); a process
+    of the container itself is in a pid namespace of its own and never matches.
+    """
+    for pid in cgroup_pids(name):
+        argv = _cmdline(pid)
+        if not argv or Path(argv[0]).name != "systemd-nspawn" or f"--machine={name}" not in argv:
+            continue
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        nspids = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(nspids) == 1 and _pid_alive(pid):
+            return pid
+    return None
+
+
 def container_leader(name: str) -> int | None:
     """Host pid of the container's PID 1 (the process that is pid 1 in its own namespace)."""
     for pid in cgroup_pids(name):

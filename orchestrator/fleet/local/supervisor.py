@@ -4,13 +4,20 @@ It is started detached by orchestrator.fleet.local.fleet, moves itself into the 
 (PID 1 of this machine is not systemd, so nothing else separates the hosts' units), runs
 systemd-nspawn and relaunches it when the container reboots (exit code 133). It imports as
 little as possible: twenty of these start at once on a two-core machine.
+
+With `--adopt PID` it takes over a container whose launcher died while the container kept running
+(`orchestrate provision` starts it so, see LocalFleet.start): it waits for that systemd-nspawn
+process to end, then goes on as above. The process is not its child, so its exit code cannot be
+read: unless a stop was asked for, its end is taken for a reboot and the container boots again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import sys
+import time
 from pathlib import Path
 
 from orchestrator.tools.process import run_command
@@ -54,11 +61,43 @@ def nspawn_argv(merged: Path, name: str, bridge: str) -> list[str]:
     ]
 
 
-def supervise(host_dir: Path) -> int:
-    """Run the host's container until it powers off; relaunch it when it reboots (exit 133)."""
+def _read_stat(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2][:3]
+    except OSError:
+        return ""
+
+
+def wait_for_exit(pid: int) -> None:
+    """Return once process `pid` (not a child of this one) has ended."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # no pidfds (Linux < 5.3): look every half second (a zombie has ended too)
+        while Path(f"/proc/{pid}").exists() and " Z " not in _read_stat(pid):
+            time.sleep(0.5)
+        return
+    try:
+        select.select([fd], [], [])  # a pidfd becomes readable when its process ends
+    finally:
+        os.close(fd)
+
+
+def supervise(host_dir: Path, adopt: int | None = None) -> int:
+    """Run the host's container until it powers off; relaunch it when it reboots (exit 133).
+
+    With `adopt`, first wait for that running systemd-nspawn process of the host to end.
+    """
     record = json.loads((host_dir / "host.json").read_text())
     join_cgroup(record["name"])
     argv = nspawn_argv(host_dir / "merged", record["name"], record["bridge"])
+    if adopt is not None:
+        print(f"[supervisor] adopted the running container (systemd-nspawn pid {adopt})", flush=True)
+        wait_for_exit(adopt)
+        if (host_dir / STOP_REQUESTED).exists():
+            return 0
+        print("[supervisor] the adopted container ended without a stop asked for: booting it again", flush=True)
     while True:
         result = run_command(
             argv,
@@ -73,7 +112,7 @@ def supervise(host_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m orchestrator.fleet.local.supervisor HOST_DIR", file=sys.stderr)
+    if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and (sys.argv[2] != "--adopt" or not sys.argv[3].isdigit())):
+        print("usage: python -m orchestrator.fleet.local.supervisor HOST_DIR [--adopt NSPAWN_PID]", file=sys.stderr)
         sys.exit(2)
-    sys.exit(supervise(Path(sys.argv[1])))
+    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[3]) if len(sys.argv) == 4 else None))

@@ -97,7 +97,8 @@ def ensure_fleet_from_outputs(
     Terraform sees no change when a host's process died or the machine rebooted (its
     terraform_data resource is still in the state), so provision calls this after apply.
     `outputs` is `terraform output -json` (or its `hosts` value). Hosts already running are
-    left alone; stopped ones boot again with their data.
+    left alone; stopped ones boot again with their data; a container whose launcher died is
+    adopted by a new one. Each status says which (`action`).
     """
     fleet, _ = fleet_for(loaded)
     specs = [

@@ -2,7 +2,8 @@
 
 The scenarios boot their own systemd-nspawn hosts (molecule/resources/create.yml calls
 tests/support/molecule_hosts.py), so these tests only start `molecule test -s NAME` and judge the
-outcome: exit status 0, and each step of the scenario's test sequence reported successful.
+outcome: exit status 0, and each step of the scenario's test sequence reported successful. The
+`default` scenario runs as `molecule test`, without -s: what an operator who types just that gets.
 
 They run concurrently (ORCHESTRATE_MOLECULE_WORKERS at a time, default 4: all of them): much of
 a scenario's wall time is spent waiting (process start-up, ssh, health gates), and each scenario
@@ -33,6 +34,8 @@ REPO = Path(__file__).resolve().parents[3]
 MOLECULE_DIR = REPO / "molecule"
 RUNS_DIR = Path("/var/tmp/orchestrate-molecule/runs")
 SCENARIOS = sorted(p.parent.name for p in MOLECULE_DIR.glob("*/molecule.yml"))
+#: what `molecule test` runs when no scenario is named
+DEFAULT_SCENARIO = "default"
 #: a whole scenario on a busy two-core machine takes 1-2 minutes; this bounds a hung one
 SCENARIO_TIMEOUT = 600
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -83,8 +86,13 @@ def molecule_env(ephemeral: Path) -> dict[str, str]:
     return {**os.environ, "PATH": path, "MOLECULE_EPHEMERAL_DIRECTORY": str(ephemeral)}
 
 
+def molecule_test_argv(molecule: str, name: str) -> list[str]:
+    """`molecule test -s NAME`; plain `molecule test` for the default scenario."""
+    return [molecule, "test"] if name == DEFAULT_SCENARIO else [molecule, "test", "-s", name]
+
+
 def run_scenario(name: str, run_dir: Path) -> ScenarioRun:
-    """`molecule test -s NAME` from the project root; its output goes to RUN_DIR/NAME.log."""
+    """`molecule test [-s NAME]` from the project root; its output goes to RUN_DIR/NAME.log."""
     ephemeral = run_dir / name
     log = run_dir / f"{name}.log"
     env = molecule_env(ephemeral)
@@ -92,7 +100,7 @@ def run_scenario(name: str, run_dir: Path) -> ScenarioRun:
     started = time.monotonic()
     with log.open("w") as out:
         try:
-            proc = subprocess.run([molecule, "test", "-s", name], cwd=REPO, env=env, stdout=out,
+            proc = subprocess.run(molecule_test_argv(molecule, name), cwd=REPO, env=env, stdout=out,
                                   stderr=subprocess.STDOUT, timeout=SCENARIO_TIMEOUT, check=False)
             returncode = proc.returncode
         except subprocess.TimeoutExpired:
@@ -126,7 +134,12 @@ def scenario_runs(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[S
 
 
 def test_every_role_scenario_is_collected() -> None:
-    assert set(SCENARIOS) >= {"rust_service", "backup_restore", "rollback", "monitoring"}
+    assert set(SCENARIOS) >= {"rust_service", "backup_restore", "rollback", "monitoring", "haproxy", DEFAULT_SCENARIO}
+    # the default scenario covers both roles the stack is made of, on hosts of both groups
+    default = yaml.safe_load((MOLECULE_DIR / DEFAULT_SCENARIO / "molecule.yml").read_text())
+    assert {g for p in default["platforms"] for g in p["groups"]} == {"app", "lb"}
+    converge = (MOLECULE_DIR / DEFAULT_SCENARIO / "converge.yml").read_text()
+    assert "role: rust_service" in converge and "role: haproxy" in converge
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
