@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port, http_get
-from .test_heal_e2e import current_release, example_binary, flaky_binary, heal_server, orchestrate, prometheus_up
+from tests.support.cli import orchestrate
+from tests.support.net import free_port, http_get
+
+from .test_heal_e2e import current_release, example_binary, flaky_binary, heal_server, prometheus_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,7 +29,7 @@ FleetEnv = Any
 
 def serving(fleet: FleetEnv) -> dict[str, int]:
     """Each app host's weight on the load balancer, as HAProxy reports it now."""
-    code, data, err = orchestrate(fleet, "traffic", fleet.env_name)
+    code, data, err = orchestrate(fleet.project_dir, "traffic", fleet.env_name)
     assert code == 0, err
     return {name: int(s["weight"]) for name, s in data["servers"].items()}
 
@@ -55,12 +57,12 @@ def test_high_error_rate_after_blue_green_switches_the_traffic_back(fleet_factor
         "rollout": {"max_error_ratio": 0.5, "max_latency": "2s"},
     })
     apps = fleet.group("app")
-    code, good, err = orchestrate(fleet, "deploy", fleet.env_name, "--release", str(example_binary()))
+    code, good, err = orchestrate(fleet.project_dir, "deploy", fleet.env_name, "--release", str(example_binary()))
     assert code == 0, err
     for verb in (["traffic", fleet.env_name, "--configure"], ["monitoring", "deploy", fleet.env_name]):
-        code, _, err = orchestrate(fleet, *verb)
+        code, _, err = orchestrate(fleet.project_dir, *verb)
         assert code == 0, err
-    code, bad, err = orchestrate(fleet, "deploy", fleet.env_name, "--release", str(flaky_binary(tmp_path)),
+    code, bad, err = orchestrate(fleet.project_dir, "deploy", fleet.env_name, "--release", str(flaky_binary(tmp_path)),
                                  "--strategy", "blue-green")
     assert code == 0, err
     assert bad["strategy"] == "blue-green" and bad["state"] == "switched", bad
@@ -80,7 +82,7 @@ def test_high_error_rate_after_blue_green_switches_the_traffic_back(fleet_factor
     def traffic() -> None:
         while not stop.is_set():
             try:
-                status = http_get(url, timeout=1)[0]
+                status = http_get(url, network=fleet.network, timeout=1)[0]
             except (OSError, urllib.error.URLError):
                 status = None
             answers[status] = answers.get(status, 0) + 1
@@ -109,12 +111,12 @@ def test_high_error_rate_after_blue_green_switches_the_traffic_back(fleet_factor
     assert {h.name: current_release(fleet, h) for h in apps} == releases
     assert summary["counts"].get("succeeded") == 1, summary
 
-    code, runs, err = orchestrate(fleet, "runs", fleet.env_name)
+    code, runs, err = orchestrate(fleet.project_dir, "runs", fleet.env_name)
     assert code == 0, err
     heal_runs = [r for r in runs["runs"] if r["command"] == "heal"]
     assert [r["state"] for r in heal_runs] == ["completed"], runs
     assert heal_runs[0]["release"] == good["release"]
-    code, run, err = orchestrate(fleet, "runs", fleet.env_name, heal_runs[0]["id"])
+    code, run, err = orchestrate(fleet.project_dir, "runs", fleet.env_name, heal_runs[0]["id"])
     assert code == 0, err
     (step,) = run["run"]["steps"]
     assert step["name"] == "rollback" and step["state"] == "completed"
