@@ -23,15 +23,13 @@ from tests.integration.up.helpers import (
     FAST,
     FleetEnv,
     assert_fleet_on,
-    cli_argv,
-    cli_env,
     job_events,
-    run_cli,
     run_detail,
     run_dirs,
     runs,
     up,
 )
+from tests.support.cli import cli_env, orchestrate_argv, run_orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
 
@@ -64,8 +62,8 @@ def interrupt_when(fleet: FleetEnv, args: list[str], ready: Callable[[list[dict[
     holds for the job events of its playbook runs; return the finished process and its run id."""
     before_runs = {r["id"] for r in runs(fleet)}
     before_playbooks = run_dirs(fleet.state_dir)
-    proc = subprocess.Popen(cli_argv(fleet, *args, "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=cli_env(fleet), start_new_session=True)
+    proc = subprocess.Popen(orchestrate_argv(fleet.project_dir, *args, "--json"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(fleet.project_dir), start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not ready(job_events(fleet.state_dir, before_playbooks)):
@@ -114,7 +112,8 @@ def test_ctrl_c_during_deploy_restores_and_exits_130(fleet: FleetEnv, hello_buil
     assert_fleet_on(fleet, "0.1.0")
 
     # the interrupted run leaves nothing in the way: the same deploy goes through
-    again = run_cli(fleet, "deploy", fleet.env_name, "--release", str(hello_builds.v2.binary), "--json")
+    again = run_orchestrate(fleet.project_dir, "deploy", fleet.env_name, "--release", str(hello_builds.v2.binary),
+                            "--json")
     assert again.returncode == 0, again.stderr
     assert_fleet_on(fleet, "0.2.0")
 

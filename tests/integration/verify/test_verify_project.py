@@ -59,7 +59,11 @@ def test_shipped_environments_pass(shared_project: Path, env: str) -> None:
 def test_human_report_is_a_table(shared_project: Path) -> None:
     result = run_orchestrate(shared_project, "verify", "dev", "--check", "environment", "--check", "deploy-model")
     assert result.returncode == 0, result.stderr
-    assert "verify dev" in result.stdout and "deploy-model" in result.stdout
+    # not a terminal: one tab-separated row per check under a header row, the title on stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
+    assert rows[0][:2] == ["check", "status"]
+    assert [(r[0], r[1]) for r in rows[1:]] == [("environment", "ok"), ("deploy-model", "ok")]
+    assert "verify dev" in result.stderr
     assert "dev: ok — 2 ok, 0 failed, 0 skipped" in result.stdout
 
 
