@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any
 
 from orchestrator.errors import ExitStatus, OrchestratorError
-from orchestrator.runs.db import _SCHEMA, _Database
+from orchestrator.runs.db import _SCHEMA, StateDatabaseError, _Database
 from orchestrator.runs.identity import ProcessIdentity, isoformat, new_run_id, utcnow
 from orchestrator.runs.records import (
     _STEP_DONE,
@@ -713,18 +713,21 @@ class StepHandle:
         self.run._save_detail(self)
 
 
-def locate_run(state_root: Path, run_id: str) -> Path | None:
+def locate_run(state_root: Path, run_id: str, *, unreadable: list[str] | None = None) -> Path | None:
     """The state dir (`.orchestrate/<env>`) whose journal holds `run_id`, or None.
 
-    For `orchestrate resume RUN_ID`, which is given no environment.
+    For `orchestrate resume RUN_ID`, which is given no environment. A journal that cannot be
+    read (damaged, locked too long) is passed over, so that one environment's broken file does
+    not stop the others' runs being found; its error is appended to `unreadable`.
     """
     if not state_root.is_dir():
         return None
     for db in sorted(state_root.glob(f"*/{JOURNAL_FILE}")):
-        journal = Journal.open(db.parent)
         try:
-            if journal.get(run_id) is not None:
-                return db.parent
-        finally:
-            journal.close()
+            with Journal.open(db.parent) as journal:
+                if journal.get(run_id) is not None:
+                    return db.parent
+        except StateDatabaseError as exc:
+            if unreadable is not None:
+                unreadable.append(exc.message)
     return None
