@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import AnsibleError, HostError
+from orchestrator.files import private_dir, ssh_control_dir
 
 #: a no_log task's result as Ansible reports it
 CENSORED_KEY = "censored"
@@ -60,8 +61,7 @@ class AnsibleSettings:
             pipelining=True,
             gathering="explicit",
             ssh_args="-C -o ControlMaster=auto -o ControlPersist=60s -o ServerAliveInterval=15",
-            # a socket path must stay under ~108 bytes: keep the directory short
-            control_path_dir=f"/tmp/orch-cp-{os.getuid()}",
+            control_path_dir=str(ssh_control_dir()),
             strategy_plugins=mitogen_strategy_dir() if mitogen else None,
         )
 
@@ -475,7 +475,7 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     cfg_path = run_dir / "ansible.cfg"
     cfg_path.write_text(ansible_cfg_text(settings, roles_path=run.project_dir / "roles"))
     if settings.control_path_dir:
-        Path(settings.control_path_dir).mkdir(mode=0o700, exist_ok=True)
+        private_dir(Path(settings.control_path_dir))
     started = time.monotonic()
     if Path("/dev/shm").is_dir():
         remove_orphans()

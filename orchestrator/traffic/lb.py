@@ -6,15 +6,14 @@ reload, no request lost).
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import UsageError
+from orchestrator.files import private_dir, ssh_control_dir
 from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, app_hosts, hosts_from_inventory, load_inventory
 from orchestrator.fleet.playbooks import run_env_playbook
@@ -48,7 +47,7 @@ def ssh_argv(inventory: Mapping[str, Any], address: str, remote: list[str]) -> l
     argv += shlex.split(str(all_vars.get("ansible_ssh_common_args") or ""))
     # one master connection per LB host, shared by the weight changes of a release: a switch
     # back is then one round trip on an open connection
-    control = f"/tmp/orch-cp-{os.getuid()}"
+    control = ssh_control_dir()
     argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "ControlMaster=auto",
              "-o", f"ControlPath={control}/tr-%C", "-o", "ControlPersist=60s",
              f"{user}@{address}", shlex.join(remote)]
@@ -115,7 +114,7 @@ class LoadBalancer:
         self.inventory = load_inventory(loaded.paths.inventory)
 
     def _call(self, remote: list[str]) -> dict[str, Any]:
-        Path(f"/tmp/orch-cp-{os.getuid()}").mkdir(mode=0o700, exist_ok=True)
+        private_dir(ssh_control_dir())
         result = run_command(ssh_argv(self.inventory, self.address, remote), timeout=30, check=False)
         if result.returncode != 0:
             raise TrafficError(f"{self.host.name}: {shlex.join(remote)} failed ({result.returncode}): "
