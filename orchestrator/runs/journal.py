@@ -115,6 +115,11 @@ def _as_predicate(rule: TransitionRule | None) -> Callable[[str, str], bool]:
     return lambda a, b: (a, b) in pairs
 
 
+def _transition(row: sqlite3.Row) -> HostTransition:
+    return HostTransition(row["run_id"], row["host"], row["from_state"], row["to_state"], row["at"], row["release"],
+                          _load_json(row["detail"]), id=row["id"])
+
+
 class Journal:
     """The run journal of one environment. Open it with `Journal.open(state_dir)`."""
 
@@ -352,11 +357,16 @@ class Journal:
             rows = conn.execute(
                 "SELECT * FROM host_transitions WHERE run_id=? ORDER BY id", (run_id,)
             ).fetchall()
-        return [
-            HostTransition(r["run_id"], r["host"], r["from_state"], r["to_state"], r["at"], r["release"],
-                           _load_json(r["detail"]))
-            for r in rows
-        ]
+        return [_transition(r) for r in rows]
+
+    def latest_moves(self, states: Collection[str]) -> dict[str, HostTransition]:
+        """Each host's newest transition into one of `states`, across every run."""
+        marks = ",".join("?" * len(states))
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM host_transitions WHERE id IN (SELECT MAX(id) FROM host_transitions"  # noqa: S608
+                f" WHERE to_state IN ({marks}) GROUP BY host)", tuple(states)).fetchall()
+        return {r["host"]: _transition(r) for r in rows}
 
     def host_states(self, run_id: str) -> dict[str, str]:
         """The latest state of every host that has a transition in run `run_id`."""
@@ -649,12 +659,13 @@ class Run:
                     f"run {self.id}: illegal transition of host {host}: {current} -> {to_state}",
                     hint="the deployment state machine does not allow it",
                 )
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO host_transitions (run_id, host, from_state, to_state, at, release, detail)"
                 " VALUES (?,?,?,?,?,?,?)",
                 (self.id, host, current, to_state, at, release, _dump_json(dict(detail or {}))),
             )
-        return HostTransition(self.id, host, current, to_state, at, release, dict(detail or {}))
+        return HostTransition(self.id, host, current, to_state, at, release, dict(detail or {}),
+                              id=int(cursor.lastrowid or 0))
 
     def host_states(self) -> dict[str, str]:
         """Latest state of each host touched by this run."""
