@@ -195,6 +195,8 @@ class HttpFront:
                 reply = _response(exc.status, {"error": str(exc)})
             except (ConnectionError, asyncio.IncompleteReadError):
                 reply = b""
+            except Exception as exc:  # a bug answering one request must not reach the event loop
+                reply = _response(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
             if reply:
                 writer.write(reply)
                 with contextlib.suppress(Exception):
