@@ -171,11 +171,6 @@ class HttpFront:
         self._servers.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    @property
-    def threads(self) -> int:
-        """Threads of the HTTP side now: the loop and the I/O pool's."""
-        return 1 + len(getattr(self._pool, "_threads", ()))
-
     # connections (in the loop thread)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

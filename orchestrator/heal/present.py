@@ -112,6 +112,7 @@ class JournalPresent:
             return self._journal
 
     def close(self) -> None:
+        """Close the journal connection (the heal server's stop)."""
         with self._mutex:
             if self._journal is not None:
                 self._journal.close()
@@ -129,6 +130,7 @@ class JournalPresent:
         return move.id if move is not None else 0
 
     def facts(self, alert: Alert, action: str, mark: object, session: object) -> Present:
+        """What is true now for `alert`, read inside the lock's `session` (its journal, its run)."""
         journal = session.journal if isinstance(session, LockedRun) else self._open()
         own_run = session.run.id if isinstance(session, LockedRun) else None
         move = self._latest_move(journal, alert.host)

@@ -337,6 +337,7 @@ class HealServer:
                                "busy_for": None if busy_for is None else round(busy_for, 1)}
 
     def status(self) -> Reply:
+        """/status (token required): the counts and the newest decisions."""
         return HTTPStatus.OK, self.summary()
 
     def alerts(self, body: bytes) -> Reply:
