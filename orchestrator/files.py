@@ -1,4 +1,5 @@
-"""Small file operations every part shares: digests, atomic replacement, exclusive locks."""
+"""Small file operations every part shares: digests, atomic replacement, exclusive locks, and
+private directories in shared places."""
 
 from __future__ import annotations
 
@@ -6,9 +7,18 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import pwd
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from orchestrator.errors import OrchestratorError
+
+
+class UnsafeDirectory(OrchestratorError):
+    """A directory the tool keeps private (SSH control sockets, test fleets) is not: it belongs
+    to another user, is writable by others, or is not a plain directory (exit 1)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -53,3 +63,53 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only the current user can enter: created with mode 0700 when missing,
+    checked when it exists, and returned.
+
+    For directories in shared places (`/tmp`, `/var/tmp`) whose names anyone can guess: a
+    directory someone else made there first (to read SSH control sockets, or to plant files)
+    must not be used. Refused with UnsafeDirectory when `path` is a symlink or not a directory,
+    when its owner is not the current user, or when group or others may write to it. One that is
+    ours and only readable by others (an older version made it 0755) is tightened to 0700: nobody
+    else can have written into it.
+    """
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeDirectory(f"cannot create the private directory {path}: {exc.strerror or exc}") from None
+    info = os.lstat(path)
+    fix = f"remove it (`rm -rf {path}`) or move it aside; it is made again with mode 0700"
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a directory"
+        raise UnsafeDirectory(f"refusing to use {path}: it is {kind}, not a private directory", hint=fix)
+    me = os.getuid()
+    if info.st_uid != me:
+        raise UnsafeDirectory(f"refusing to use {path}: it belongs to {_owner_name(info.st_uid)}, not to "
+                              f"{_owner_name(me)}", hint=f"another user may have made it first; {fix}")
+    if info.st_mode & 0o022:
+        raise UnsafeDirectory(f"refusing to use {path}: its mode {stat.S_IMODE(info.st_mode):04o} lets others "
+                              "write to it (expected 0700)", hint=f"something in it may not be ours; {fix}")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def ssh_control_dir() -> Path:
+    """Where SSH keeps the master connections' sockets (`ControlPath`), one directory per user.
+
+    Short on purpose (a socket path must stay under ~108 bytes); not created here: callers make
+    it with `private_dir` before SSH may use it.
+    """
+    return Path(f"/tmp/orch-cp-{os.getuid()}")

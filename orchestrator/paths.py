@@ -8,6 +8,7 @@
         network.json                   a local fleet's bridge and subnet, chosen once
         terraform/                     the rendered root, plan files and plan JSON
         journal.db  audit.db           run journal and audit log
+        audit.head                     the audit log's newest id and hash (truncation shows)
         lock  lock.json                the environment lock and its holder
         runs/<id>/                     ansible-runner's private data dirs
         evidence/<run id>/<host>/      what a failed health gate left behind

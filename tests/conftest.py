@@ -51,7 +51,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             for name, value in getattr(report, "user_properties", ()):
                 if name != EXHAUSTIVE_PATHS_PROPERTY or not isinstance(value, dict):
                     continue
+                heal = f", {value['remediated']} with a heal remediation" if "remediated" in value else ""
                 terminalreporter.write_line(
                     f"state machine: exhaustive exploration checked {value['paths']} paths "
-                    f"({value['rollouts']} rollouts of {value['hosts']} hosts, lower bound {value['lower_bound']}, "
-                    f"{value['seconds']} s)")
+                    f"({value['rollouts']} rollouts of {value['hosts']} hosts, lower bound {value['lower_bound']}"
+                    f"{heal}, {value['seconds']} s)")

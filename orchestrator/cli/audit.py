@@ -11,7 +11,7 @@ from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.runs import short_time, state_dir_of
 from orchestrator.config.schema import parse_duration
 from orchestrator.errors import UsageError
-from orchestrator.runs.audit import AUDIT_FILE, AuditEntry, AuditLog
+from orchestrator.runs.audit import AUDIT_FILE, AuditEntry, AuditLog, verify_state_dir
 from orchestrator.runs.identity import parse_time, utcnow
 
 
@@ -37,12 +37,10 @@ def command(app: AppContext, env_name: str, limit: int, since_text: str | None, 
     """Show who did what to ENV, when, and how it ended: runs, lock takeovers, heal decisions."""
     state_dir = state_dir_of(app, env_name)
     since = parse_since(since_text) if since_text else None
-    if not (state_dir / AUDIT_FILE).exists():
-        entries: list[AuditEntry] = []
-        verified: int | None = 0 if verify else None
-    else:
+    verified = verify_state_dir(state_dir, env=env_name) if verify else None
+    entries: list[AuditEntry] = []
+    if (state_dir / AUDIT_FILE).exists():
         with AuditLog(state_dir, env=env_name) as log:
-            verified = log.verify() if verify else None
             entries = log.entries(limit, since=since)
     data: dict[str, object] = {"env": env_name, "entries": [e.as_dict() for e in entries]}
     if verified is not None:

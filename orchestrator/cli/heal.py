@@ -7,6 +7,7 @@ import threading
 from types import FrameType
 
 import click
+from rich.markup import escape
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.errors import UsageError
@@ -29,13 +30,15 @@ def command() -> None:
 def serve(app: AppContext, env_name: str, listen: str | None, once_for: float | None) -> None:
     """Serve the heal webhook of ENV until interrupted (SIGINT/SIGTERM) or --once-for elapses.
 
-    Each firing alert is decided by policy (remediation label, throttle per host and alert, circuit
-    breaker, environment lock) and every decision goes to the environment's audit log.
+    Each firing alert is decided by policy (the remediation of the alert's rule, throttle per host
+    and alert, circuit breaker, environment lock), then on the present once the lock is held (the
+    alert still fires, no run moved its host meanwhile, a rollback goes no further back than the
+    release the last finished run left serving); every decision goes to the environment's audit log.
     """
     if once_for is not None and once_for <= 0:
         raise UsageError(f"--once-for {once_for:g}: expected a positive number of seconds")
     loaded = app.load(env_name)
-    server = build_server(loaded, listen=listen)
+    server = build_server(loaded, listen=listen, log=lambda message: app.info(escape(message)))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -59,9 +62,10 @@ def serve(app: AppContext, env_name: str, listen: str | None, once_for: float | 
         server.stop()
         clear_state(loaded)
         signal.signal(signal.SIGTERM, previous)
-        close = getattr(server.audit, "close", None)
-        if callable(close):
-            close()
+        for resource in (server.audit, server.present):
+            close = getattr(resource, "close", None)
+            if callable(close):
+                close()
     summary = {"env": loaded.name, "listen": [f"{h}:{p}" for h, p in served], **server.summary()}
 
     def human() -> None:

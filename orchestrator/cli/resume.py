@@ -24,10 +24,13 @@ from orchestrator.runs.journal import Journal, locate_run
 def command(app: AppContext, run_id: str, lock_wait: float | None) -> int:
     """Continue run RUN_ID (see `orchestrate runs ENV`) from its first step not completed."""
     state_root = paths.state_root(app.project_dir)
-    state_dir = locate_run(state_root, run_id)
+    unreadable: list[str] = []
+    state_dir = locate_run(state_root, run_id, unreadable=unreadable)
     if state_dir is None:
-        raise UsageError(f"no run {run_id} in the journal of any environment under {state_root}",
-                         hint="`orchestrate runs ENV` lists the runs of an environment")
+        hint = "`orchestrate runs ENV` lists the runs of an environment"
+        if unreadable:
+            hint += "; journals that could not be read (the run may be in one of them): " + "; ".join(unreadable)
+        raise UsageError(f"no run {run_id} in the journal of any environment under {state_root}", hint=hint)
     with Journal.open(state_dir) as journal:
         point = journal.resume_point(run_id)  # NotResumable says why (exit 2, or 75 if one is active)
     record = point.run

@@ -1,5 +1,10 @@
 """The heal policy, pure and clock-free: which alert gets which remediation, the throttle per
 (host, alert), and the circuit breaker that stops acting and escalates.
+
+The remediation of an alert is the policy's, by alert name: the rules orchestrate generates
+(orchestrator.monitoring.rules.alert_rules, each with its `remediation`). The `remediation`
+label an alert carries on the webhook is only a hint for Alertmanager's routing: a label that
+disagrees with the policy is ignored (and the heal server audits it).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from orchestrator.config.schema import Environment, parse_duration
 from orchestrator.errors import OrchestratorError
-from orchestrator.monitoring.rules import REMEDIATIONS
+from orchestrator.monitoring.rules import REMEDIATIONS, alert_rules
 
 #: throttle key of environment-wide actions (a rollback concerns every host)
 ENVIRONMENT_KEY = "*"
@@ -45,7 +50,8 @@ class Alert:
         return self.labels.get("host", "")
 
     @property
-    def remediation(self) -> str:
+    def remediation_label(self) -> str:
+        """The `remediation` label as sent (routing only: the policy decides the remediation)."""
         return self.labels.get("remediation", "")
 
     @property
@@ -54,8 +60,8 @@ class Alert:
 
     def as_dict(self) -> dict[str, Any]:
         return {"alertname": self.name, "status": self.status, "host": self.host,
-                "remediation": self.remediation, "fingerprint": self.fingerprint, "starts_at": self.starts_at,
-                "summary": self.annotations.get("summary", "")}
+                "remediation_label": self.remediation_label, "fingerprint": self.fingerprint,
+                "starts_at": self.starts_at, "summary": self.annotations.get("summary", "")}
 
 
 def parse_webhook(payload: Any) -> list[Alert]:
@@ -104,6 +110,8 @@ class Decision:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     keys: tuple[tuple[str, str], ...] = ()
     previous: tuple[tuple[tuple[str, str], float | None], ...] = ()
+    ignored_label: str | None = None
+    """The alert's `remediation` label when it disagrees with the policy (ignored)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "verdict": str(self.verdict), "action": self.action, "reason": self.reason,
@@ -118,17 +126,25 @@ class PolicySettings:
     throttle: float
     max_remediations: int
     window: float
+    rules: Mapping[str, str] = field(default_factory=dict)
+    """alert name -> remediation (restart, rollback or none): the heal policy."""
     remediations: frozenset[str] = frozenset(r for r in REMEDIATIONS if r != "none")
 
     @classmethod
     def from_env(cls, env: Environment) -> PolicySettings:
-        """Settings from the environment's `healing:` section."""
+        """Settings from the environment's `healing:` section; the rules from its alert rules."""
         return cls(
             env=env.name,
             throttle=parse_duration(env.healing.throttle),
             max_remediations=env.healing.max_remediations,
             window=parse_duration(env.healing.window),
+            rules=heal_rules(env),
         )
+
+
+def heal_rules(env: Environment) -> dict[str, str]:
+    """The heal policy of `env`: each alert rule's name and remediation."""
+    return {rule.name: rule.remediation for rule in alert_rules(env)}
 
 
 class HealPolicy:
@@ -153,14 +169,22 @@ class HealPolicy:
             return Decision(Verdict.FOREIGN, alert, f"alert of environment {alert_env!r}, not {s.env!r}", at=now)
         if not alert.firing:
             return Decision(Verdict.RESOLVED, alert, f"alert is {alert.status or 'not firing'}", at=now)
-        remediation = alert.remediation
-        if remediation in ("", "none"):
-            return Decision(Verdict.NO_ACTION, alert, "remediation label is none or missing", at=now)
+        remediation = s.rules.get(alert.name)
+        label = alert.remediation_label
+        ignored = label if label and label != remediation else None
+        if remediation is None:
+            known = ", ".join(sorted(s.rules)) or "none"
+            return Decision(Verdict.NO_ACTION, alert, f"no heal policy for alert {alert.name!r} (policy: {known})",
+                            at=now, ignored_label=ignored)
+        if remediation == "none":
+            return Decision(Verdict.NO_ACTION, alert, f"the policy for {alert.name} is no remediation", at=now,
+                            ignored_label=ignored)
         if remediation not in s.remediations:
             return Decision(Verdict.UNKNOWN_REMEDIATION, alert,
                             f"remediation {remediation!r} is not one of {', '.join(sorted(s.remediations))}", at=now)
         if remediation == "restart" and not alert.host:
-            return Decision(Verdict.NO_ACTION, alert, "restart needs a `host` label; the alert has none", at=now)
+            return Decision(Verdict.NO_ACTION, alert, "restart needs a `host` label; the alert has none", at=now,
+                            ignored_label=ignored)
         keys = [(alert.host, alert.name)]
         if remediation == "rollback":
             keys.append((ENVIRONMENT_KEY, "rollback"))
@@ -173,21 +197,22 @@ class HealPolicy:
                     what = "the environment" if key[0] == ENVIRONMENT_KEY else f"{key[1]} on {key[0] or '?'}"
                     return Decision(Verdict.THROTTLED, alert,
                                     f"{remediation} of {what} ran {now - last:.1f} s ago "
-                                    f"(healing.throttle {s.throttle:g} s)", action=remediation, at=now)
+                                    f"(healing.throttle {s.throttle:g} s)", action=remediation, at=now,
+                                    ignored_label=ignored)
             if len(self._actions) >= s.max_remediations:
                 escalate = not self._escalated
                 self._escalated = True
                 return Decision(Verdict.CIRCUIT_OPEN, alert,
                                 f"{len(self._actions)} remediations in the last {s.window:g} s "
                                 f"(healing.max_remediations {s.max_remediations}); not acting",
-                                action=remediation, escalate=escalate, at=now)
+                                action=remediation, escalate=escalate, at=now, ignored_label=ignored)
             self._escalated = False
             previous = tuple((key, self._last.get(key)) for key in keys)
             for key in keys:
                 self._last[key] = now
             self._actions.append(now)
             return Decision(Verdict.ACT, alert, f"remediation {remediation}", action=remediation, at=now,
-                            keys=tuple(keys), previous=previous)
+                            keys=tuple(keys), previous=previous, ignored_label=ignored)
 
     def finish(self, decision: Decision, now: float) -> None:
         """Restart the throttle of an ACT decision when its action has ended.

@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from orchestrator.config.loader import LoadedEnvironment
@@ -16,11 +16,13 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.inventory import fleet_hosts
 from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.heal.policy import Alert, HealPolicy, PolicySettings
+from orchestrator.heal.present import JournalPresent
 from orchestrator.heal.server import (
     AuditSink,
     EnvironmentLock,
     HealServer,
     HealSettings,
+    PresentCheck,
     RemediationResult,
     Remediator,
     default_listeners,
@@ -136,6 +138,10 @@ def token_of(loaded: LoadedEnvironment) -> str:
     return read_heal_token(ensure_heal_token(loaded))
 
 
+#: seconds the heal server waits for a busy audit database before it counts an audit error and goes on
+AUDIT_TIMEOUT = 5.0
+
+
 def build_server(
     loaded: LoadedEnvironment,
     *,
@@ -143,8 +149,11 @@ def build_server(
     remediator: Remediator | None = None,
     audit: AuditSink | None = None,
     lock: EnvironmentLock | None = None,
+    present: PresentCheck | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> HealServer:
-    """A HealServer for `loaded` with the project's audit log, lock and playbook remediator."""
+    """A HealServer for `loaded` with the project's audit log, lock, playbook remediator and the
+    journal-and-Prometheus view of the present; `log` receives what goes wrong in the worker."""
     env = loaded.env
     if not env.healing.enabled:
         raise UsageError(f"healing is disabled for {env.name} (healing.enabled: false in {loaded.path})")
@@ -153,7 +162,7 @@ def build_server(
     if remediator is None:
         remediator = PlaybookRemediator(loaded, service=service)
     if audit is None:
-        audit = AuditLog(loaded.state_dir, env=env.name)
+        audit = AuditLog(loaded.state_dir, env=env.name, timeout=AUDIT_TIMEOUT)
     return HealServer(
         policy=HealPolicy(PolicySettings.from_env(env)),
         remediator=remediator,
@@ -164,6 +173,8 @@ def build_server(
         # The bridge address exists only while the fleet's bridge does: bound when it appears.
         optional_listeners=listeners[1:],
         settings=HealSettings.from_env(env),
+        present=present or JournalPresent.for_env(loaded),
+        log=log,
     )
 
 

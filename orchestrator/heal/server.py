@@ -1,16 +1,24 @@
 """The self-healing loop: Alertmanager's webhook -> remediation policy -> remediation playbooks.
 
 `HealServer` receives Alertmanager webhook notifications (bearer token, loopback or the project's
-bridge only) and queues their alerts; one worker thread decides and acts on them in order:
+bridge only; orchestrator.heal.http serves them from one event loop thread, bounded and with a
+deadline per request) and queues their alerts; one worker thread decides and acts on them in order:
 
     received -> HealPolicy.decide -> (act | throttled | circuit-open | ignored)
-             -> environment lock (wait or skip) -> remediation -> result
+             -> environment lock (wait or skip) -> the present re-checked -> remediation -> result
+                                                                    `-> dropped (why)
 
-`HealPolicy` is pure and clock-free (the caller passes `now`): the `remediation` label picks the
-action (restart the unit on the alert's host, roll the environment back, or none); a throttle per
-(host, alertname) stops repeats; a circuit breaker allows at most `max_remediations` actions per
-`window` and then records one escalation and stops acting until the window has room again.
-Every decision and result goes to the environment's audit log.
+`HealPolicy` is pure and clock-free (the caller passes `now`): the policy's rule for the alert's
+name picks the action (restart the unit on the alert's host, roll the environment back, or none);
+a throttle per (host, alertname) stops repeats; a circuit breaker allows at most
+`max_remediations` actions per `window` and then records one escalation and stops acting until
+the window has room again. After waiting for the lock the worker decides on the present
+(orchestrator.models.heal.judge: the alert still fires, its host was not moved since or within
+the alert's window, a rollback does not go past its floor) and drops what is stale.
+
+Every decision and result goes to the environment's audit log. The worker survives any error
+(logged, and audited when the audit log can be written); `/healthz` answers 503 when it is dead
+or has been on one alert longer than any remediation can take.
 """
 
 from __future__ import annotations
@@ -20,26 +28,42 @@ import hmac
 import ipaddress
 import json
 import queue
-import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from orchestrator.config.schema import Environment, parse_duration
 from orchestrator.errors import LockBusy, OrchestratorError, UsageError
-from orchestrator.heal.policy import Alert, HealError, HealPolicy, Verdict, WebhookError, parse_webhook
+from orchestrator.heal.http import MAX_CONNECTIONS, REQUEST_DEADLINE, HttpFront, Reply
+from orchestrator.heal.policy import Alert, Decision, HealError, HealPolicy, Verdict, WebhookError, parse_webhook
+from orchestrator.models.heal import Present, judge
 from orchestrator.monitoring.files import bridge_gateway
-
-#: largest webhook body accepted (Alertmanager sends a few KB per group)
-MAX_BODY_BYTES = 1 << 20
-
 
 #: alerts waiting for the worker before the server answers 503 (Alertmanager then retries)
 MAX_QUEUED = 10_000
+
+
+#: decisions kept for /status (newest); the audit log keeps all of them
+MAX_DECISIONS = 200
+
+
+#: (host, alert) resolution times and refused clients remembered at most
+MAX_TRACKED = 4096
+
+
+#: after the worker let the lock go, it waits this long before taking it for the next alert, so
+#: that an operator's command waiting for the lock (polling every 0.1 s) is not starved by a
+#: burst of stale alerts
+LOCK_YIELD = 0.3
+
+
+#: how long one remediation may take at most (a rollback: a status run, the rollback and maybe a
+#: restore, each bounded by the playbook timeout): beyond it plus the lock wait, the worker is stuck
+REMEDIATION_BUDGET = 3 * 1800.0
 
 
 #: the audit log's command for every heal entry
@@ -72,6 +96,18 @@ class AuditSink(Protocol):
 
     def record(self, *, command: str, outcome: str, duration: float | None = None,
                details: Mapping[str, Any] | None = None) -> object: ...
+
+
+class PresentCheck(Protocol):
+    """What the worker reads to decide on the present (orchestrator.heal.present.JournalPresent)."""
+
+    def mark(self, alert: Alert) -> object:
+        """What is known of the alert's host when the alert arrives (compared after the lock)."""
+        ...
+
+    def facts(self, alert: Alert, action: str, mark: object, session: object) -> Present:
+        """What is true now, inside the lock's `session`, for `judge`."""
+        ...
 
 
 class EnvironmentLock(Protocol):
@@ -129,102 +165,28 @@ class _Queued:
     alert: Alert
     received: float
     group_key: str
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-    # A client that stops sending must not hold a handler thread forever.
-    timeout = 30
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The audit log records what matters; per-request lines would only repeat it.
-        return
-
-    def _reply(self, status: HTTPStatus, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
-        data = (json.dumps(body) + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _authorized(self) -> bool:
-        header = self.headers.get("Authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        expected = self.server.heal.token
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), expected.encode())
-
-    def _read_body(self) -> bytes | None:
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body must be at most {MAX_BODY_BYTES} bytes"})
-            return None
-        return self.rfile.read(length)
-
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            self._reply(HTTPStatus.OK, {"status": "ok"})
-        elif self.path == "/status":
-            if not self._authorized():
-                self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"},
-                            {"WWW-Authenticate": 'Bearer realm="orchestrate-heal"'})
-                return
-            self._reply(HTTPStatus.OK, self.server.heal.summary())
-        else:
-            self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
-
-    def do_POST(self) -> None:
-        if self.path != "/alerts":
-            self._reply(HTTPStatus.NOT_FOUND, {"error": "not found; Alertmanager posts to /alerts"})
-            return
-        authorized = self._authorized()
-        body = self._read_body()
-        if body is None:
-            return
-        if not authorized:
-            self.server.heal.refuse(self.client_address[0], self.path)
-            self._reply(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"},
-                        {"WWW-Authenticate": 'Bearer realm="orchestrate-heal"'})
-            return
-        try:
-            payload = json.loads(body)
-            alerts = parse_webhook(payload)
-        except (ValueError, WebhookError) as exc:
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-            return
-        accepted = self.server.heal.submit(alerts, str(payload.get("groupKey", "")))
-        if not accepted:
-            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many queued alerts; retry later"})
-            return
-        self._reply(HTTPStatus.OK, {"accepted": len(alerts)})
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], heal: HealServer) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.heal = heal
-        super().__init__(address, _Handler)
+    mark: object = None
 
 
 @dataclass(frozen=True)
 class HealSettings:
-    """How the server treats the environment lock."""
+    """How the server treats the environment lock, its clients and its worker."""
 
     on_lock: str = "wait"
     lock_wait: float = 120.0
+    request_deadline: float = REQUEST_DEADLINE
+    max_connections: int = MAX_CONNECTIONS
+    stuck_after: float | None = None
+    """Seconds on one alert after which /healthz calls the worker stuck (None: lock_wait plus
+    REMEDIATION_BUDGET)."""
 
     @classmethod
     def from_env(cls, env: Environment) -> HealSettings:
         return cls(on_lock=env.healing.on_lock, lock_wait=parse_duration(env.healing.lock_wait))
+
+    @property
+    def stuck_seconds(self) -> float:
+        return self.stuck_after if self.stuck_after is not None else self.lock_wait + REMEDIATION_BUDGET
 
 
 class HealServer:
@@ -241,8 +203,10 @@ class HealServer:
         listeners: Sequence[tuple[str, int]],
         optional_listeners: Sequence[tuple[str, int]] = (),
         settings: HealSettings | None = None,
+        present: PresentCheck | None = None,
         clock: Callable[[], float] = time.monotonic,
         retry_interval: float = 5.0,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         if not token:
             raise HealError("the heal server needs a non-empty bearer token")
@@ -252,21 +216,26 @@ class HealServer:
         self.lock = lock
         self.token = token
         self.settings = settings or HealSettings()
+        self.present = present
         self.clock = clock
+        self._log = log or (lambda message: None)
         self._listeners = list(listeners)
         # Addresses that may not exist yet (the bridge of a fleet not created yet): bound when they
         # appear, retried every `retry_interval` seconds.
         self._optional = list(optional_listeners)
         self._retry_interval = retry_interval
         self._stopping = threading.Event()
-        self._servers_lock = threading.Lock()
-        self._servers: list[_HTTPServer] = []
+        self._front: HttpFront | None = None
+        self._bound: list[tuple[str, int]] = []
+        self._bound_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
-        self._queue: queue.Queue[_Queued | None] = queue.Queue(maxsize=MAX_QUEUED)
+        self._queue: queue.Queue[_Queued | None] = queue.Queue(maxsize=MAX_QUEUED + 1)
         self._stats_lock = threading.Lock()
         self._counts: dict[str, int] = {}
-        self._decisions: list[dict[str, Any]] = []
+        self._decisions: deque[dict[str, Any]] = deque(maxlen=MAX_DECISIONS)
         self._pending = 0
+        self._busy_since: float | None = None
         self._idle = threading.Condition(self._stats_lock)
         # When each (host, alertname) was last reported resolved, as notifications arrive: an action
         # that waited for the lock is dropped when its alert resolved in the meantime.
@@ -278,43 +247,35 @@ class HealServer:
 
     def start(self) -> list[tuple[str, int]]:
         """Bind every listener and start serving; return the bound (host, port) pairs."""
-        try:
-            for address in self._listeners:
-                self._servers.append(_HTTPServer(address, self))
-        except OSError as exc:
-            self._close_servers()
-            raise HealError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
-        for server in self._servers:
-            self._serve(server)
+        self._front = HttpFront(self, deadline=self.settings.request_deadline,
+                                max_connections=self.settings.max_connections)
+        for address in self._listeners:
+            try:
+                self._bound.append(self._front.bind(address))
+            except OSError as exc:
+                self._front.close()
+                raise HealError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
         self._bind_optional()
-        worker = threading.Thread(target=self._work, name="heal-worker", daemon=True)
-        worker.start()
-        self._threads.append(worker)
+        self._worker = threading.Thread(target=self._work, name="heal-worker", daemon=True)
+        self._worker.start()
+        self._threads.append(self._worker)
         if self._optional:
             retry = threading.Thread(target=self._retry_optional, name="heal-bind", daemon=True)
             retry.start()
             self._threads.append(retry)
         return self.addresses
 
-    def _serve(self, server: _HTTPServer) -> None:
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                  name=f"heal-http-{server.server_address[1]}", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
     def _bind_optional(self) -> None:
         for address in list(self._optional):
+            if self._stopping.is_set() or self._front is None:
+                return
             try:
-                server = _HTTPServer(address, self)
+                bound = self._front.bind(address)
             except OSError:
                 continue
-            with self._servers_lock:
-                if self._stopping.is_set():
-                    server.server_close()
-                    return
-                self._servers.append(server)
+            with self._bound_lock:
+                self._bound.append(bound)
                 self._optional.remove(address)
-            self._serve(server)
 
     def _retry_optional(self) -> None:
         while self._optional and not self._stopping.wait(self._retry_interval):
@@ -323,8 +284,8 @@ class HealServer:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) pairs served now."""
-        with self._servers_lock:
-            return [(str(s.server_address[0]), int(s.server_address[1])) for s in self._servers]
+        with self._bound_lock:
+            return list(self._bound)
 
     @property
     def waiting_addresses(self) -> list[tuple[str, int]]:
@@ -334,21 +295,14 @@ class HealServer:
     def stop(self) -> None:
         """Stop accepting requests, finish the queued alerts, and stop the worker."""
         self._stopping.set()
-        with self._servers_lock:
-            servers = list(self._servers)
-        for server in servers:
-            server.shutdown()
-        self._close_servers()
+        if self._front is not None:
+            self._front.close()
+        with self._bound_lock:
+            self._bound.clear()
         self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
-
-    def _close_servers(self) -> None:
-        with self._servers_lock:
-            for server in self._servers:
-                server.server_close()
-            self._servers.clear()
 
     def __enter__(self) -> HealServer:
         self.start()
@@ -357,21 +311,78 @@ class HealServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # the HTTP side's questions (orchestrator.heal.http.HealApp)
+
+    def authorized(self, header: str) -> bool:
+        """Whether an Authorization header value is `Bearer <token>` (compared in constant time)."""
+        scheme, _, credentials = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.token.encode())
+
+    def health(self) -> Reply:
+        """200 while the worker runs and is not stuck on one alert; 503 saying why otherwise."""
+        worker = self._worker
+        with self._stats_lock:
+            busy_since = self._busy_since
+            queued = self._pending
+        if worker is None or not worker.is_alive():
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unhealthy", "reason": "the decision worker is not "
+                                                    "running", "queued": queued}
+        busy_for = None if busy_since is None else time.monotonic() - busy_since
+        if busy_for is not None and busy_for > self.settings.stuck_seconds:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {
+                "status": "unhealthy", "queued": queued, "busy_for": round(busy_for, 1),
+                "reason": f"the decision worker has been on one alert for {busy_for:.0f} s (more than "
+                          f"{self.settings.stuck_seconds:g} s)"}
+        return HTTPStatus.OK, {"status": "ok", "queued": queued,
+                               "busy_for": None if busy_for is None else round(busy_for, 1)}
+
+    def status(self) -> Reply:
+        """/status (token required): the counts and the newest decisions."""
+        return HTTPStatus.OK, self.summary()
+
+    def alerts(self, body: bytes) -> Reply:
+        """An authorized webhook body: parsed and queued (400 when it is not Alertmanager's)."""
+        try:
+            payload = json.loads(body)
+            alerts = parse_webhook(payload)
+        except (ValueError, WebhookError) as exc:
+            return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
+        if not self.submit(alerts, str(payload.get("groupKey", ""))):
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many queued alerts; retry later"}
+        return HTTPStatus.OK, {"accepted": len(alerts)}
+
     # requests
 
     def submit(self, alerts: Sequence[Alert], group_key: str = "") -> bool:
-        """Queue `alerts` for the worker; False when the queue is full."""
+        """Queue `alerts` for the worker; False when the queue is full.
+
+        A firing alert's host is marked now (`PresentCheck.mark`), so that after the lock the
+        worker can tell whether a run moved it since.
+        """
         now = self.clock()
+        marks = [self._mark(alert) if alert.firing else None for alert in alerts]
         with self._stats_lock:
-            if self._queue.qsize() + len(alerts) > MAX_QUEUED:
+            if self._pending + len(alerts) > MAX_QUEUED:
                 return False
             self._pending += len(alerts)
             for alert in alerts:
                 if not alert.firing:
+                    if len(self._resolved_at) >= MAX_TRACKED:
+                        self._resolved_at.pop(next(iter(self._resolved_at)))
+                    self._resolved_at.pop((alert.host, alert.name), None)
                     self._resolved_at[(alert.host, alert.name)] = now
-        for alert in alerts:
-            self._queue.put(_Queued(alert, now, group_key))
+        for alert, mark in zip(alerts, marks, strict=True):
+            self._queue.put(_Queued(alert, now, group_key, mark))
         return True
+
+    def _mark(self, alert: Alert) -> object:
+        if self.present is None:
+            return None
+        try:
+            return self.present.mark(alert)
+        except Exception as exc:  # judged as unknown after the lock (dropped, audited)
+            self._log(f"heal: cannot mark {alert.name} on {alert.host or '-'}: {type(exc).__name__}: {exc}")
+            return None
 
     def count(self, what: str) -> None:
         with self._stats_lock:
@@ -390,16 +401,14 @@ class HealServer:
             if last is not None and now - last < REFUSED_AUDIT_INTERVAL:
                 self._refused[client] = (last, suppressed + 1)
                 return
-            if len(self._refused) >= 1024:  # many clients: forget the ones whose interval is over
+            if len(self._refused) >= MAX_TRACKED:  # many clients: forget the ones whose interval is over
                 self._refused = {c: v for c, v in self._refused.items()
                                  if v[0] is not None and now - v[0] < REFUSED_AUDIT_INTERVAL}
+                if len(self._refused) >= MAX_TRACKED:
+                    return  # counted above; not audited until some intervals end
             self._refused[client] = (now, 0)
-        try:
-            self.audit.record(command=AUDIT_COMMAND, outcome="unauthorized",
-                              details={"client": client, "path": path, "not_recorded_before": suppressed,
-                                       "reason": "missing or wrong bearer token"})
-        except OrchestratorError:
-            self.count("audit-error")
+        self._audit(AUDIT_COMMAND, "unauthorized", {"client": client, "path": path, "not_recorded_before": suppressed,
+                                                    "reason": "missing or wrong bearer token"})
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every queued alert has been handled; False on timeout."""
@@ -413,7 +422,7 @@ class HealServer:
         return True
 
     def summary(self) -> dict[str, Any]:
-        """Counts per event and the decisions so far (newest last)."""
+        """Counts per event and the newest decisions (newest last)."""
         with self._stats_lock:
             return {"counts": dict(self._counts), "decisions": list(self._decisions),
                     "actions_in_window": self.policy.actions_in_window(self.clock())}
@@ -425,26 +434,32 @@ class HealServer:
             item = self._queue.get()
             if item is None:
                 return
+            with self._stats_lock:
+                self._busy_since = time.monotonic()
             try:
                 self._handle(item)
             except Exception as exc:  # one bad alert must not stop the loop; the audit log says why
+                self._log(f"heal: {type(exc).__name__} handling {item.alert.name} on {item.alert.host or '-'}: {exc}")
                 self._record("error", item.alert, {"error": f"{type(exc).__name__}: {exc}"})
             finally:
                 with self._idle:
+                    self._busy_since = None
                     self._pending -= 1
                     self._idle.notify_all()
 
+    def _audit(self, command: str, outcome: str, details: Mapping[str, Any], duration: float | None = None) -> None:
+        try:
+            self.audit.record(command=command, outcome=outcome, duration=duration, details=details)
+        except Exception as exc:
+            # An audit write that fails (disk full, database locked too long) must not stop the
+            # healing; the count shows it in /status and the log says why.
+            self.count("audit-error")
+            self._log(f"heal: cannot write {outcome} to the audit log: {type(exc).__name__}: {exc}")
+
     def _record(self, outcome: str, alert: Alert, details: Mapping[str, Any] | None = None,
                 duration: float | None = None) -> None:
-        with self._stats_lock:
-            self._counts[outcome] = self._counts.get(outcome, 0) + 1
-        try:
-            self.audit.record(command=AUDIT_COMMAND, outcome=outcome, duration=duration,
-                              details={**alert.as_dict(), **(details or {})})
-        except OrchestratorError:
-            # An audit write that fails (disk full, locked too long) must not stop the healing;
-            # the count above still shows the event in /status.
-            self.count("audit-error")
+        self.count(outcome)
+        self._audit(AUDIT_COMMAND, outcome, {**alert.as_dict(), **(details or {})}, duration)
 
     def _handle(self, item: _Queued) -> None:
         alert = item.alert
@@ -453,6 +468,9 @@ class HealServer:
         with self._stats_lock:
             self._decisions.append(decision.as_dict())
         details = {"decision": decision.id, "reason": decision.reason, "action": decision.action}
+        if decision.ignored_label is not None:
+            self._record("label-ignored", alert, {**details, "label": decision.ignored_label,
+                                                  "policy": decision.action or "none"})
         if decision.verdict is not Verdict.ACT:
             self._record(str(decision.verdict), alert, details)
             if decision.escalate:
@@ -460,25 +478,53 @@ class HealServer:
                                                   "remediation stopped, an operator must look"})
             return
         wait = self.settings.lock_wait if self.settings.on_lock == "wait" else 0.0
+        ran = False
         try:
             with self.lock.hold(wait, command=decision.action or "remediate") as session:
-                with self._stats_lock:
-                    resolved_at = self._resolved_at.get((alert.host, alert.name))
-                if resolved_at is not None and resolved_at > item.received:
-                    self.policy.release(decision)
-                    self._record("resolved-while-waiting", alert, details)
-                    return
-                self._record("acted", alert, details)
-                started = time.monotonic()
-                try:
-                    result = self.remediator.remediate(decision.action or "", alert, session)
-                except OrchestratorError as exc:
-                    result = RemediationResult(ok=False, detail=exc.message)
-                duration = result.duration or (time.monotonic() - started)
-                self.policy.finish(decision, self.clock())
-                self._record("succeeded" if result.ok else "failed", alert,
-                             {**details, "detail": result.detail}, duration=duration)
+                ran = self._act(item, decision, details, session)
         except LockBusy as exc:
             self.policy.release(decision)
-            self._record("skipped-locked", alert, {**details, "lock": exc.message,
-                                                   "on_lock": self.settings.on_lock})
+            self._record("skipped-locked", alert, {**details, "lock": exc.message, "on_lock": self.settings.on_lock})
+        except Exception:
+            if not ran:
+                self.policy.release(decision)
+            raise
+        finally:
+            if not self._queue.empty():
+                self._stopping.wait(LOCK_YIELD)
+
+    def _act(self, item: _Queued, decision: Decision, details: dict[str, Any], session: object) -> bool:
+        """Inside the lock: drop what is stale, else remediate. True when the remediation ran."""
+        alert = item.alert
+        with self._stats_lock:
+            resolved_at = self._resolved_at.get((alert.host, alert.name))
+        if resolved_at is not None and resolved_at > item.received:
+            self.policy.release(decision)
+            self._record("resolved-while-waiting", alert, details)
+            return False
+        action = decision.action or ""
+        if self.present is not None:
+            try:
+                present = self.present.facts(alert, action, item.mark, session)
+            except Exception as exc:
+                present = Present(action=action, firing=None, host_moved=None, window_covers_move=None,
+                                  detail=f"{type(exc).__name__}: {exc}")
+            dropped = judge(present)
+            if dropped is not None:
+                self.policy.release(decision)
+                self._record("dropped", alert, {**details, "drop": str(dropped[0]), "why": dropped[1]})
+                return False
+        self._record("acted", alert, details)
+        started = time.monotonic()
+        try:
+            result = self.remediator.remediate(action, alert, session)
+        except OrchestratorError as exc:
+            result = RemediationResult(ok=False, detail=exc.message)
+        except Exception as exc:  # a bug in a remediation is a failed remediation, not a dead worker
+            self._log(f"heal: {action} of {alert.name} on {alert.host or '-'} raised {type(exc).__name__}: {exc}")
+            result = RemediationResult(ok=False, detail=f"{type(exc).__name__}: {exc}")
+        duration = result.duration or (time.monotonic() - started)
+        self.policy.finish(decision, self.clock())
+        self._record("succeeded" if result.ok else "failed", alert, {**details, "detail": result.detail},
+                     duration=duration)
+        return True

@@ -25,10 +25,23 @@ the rest of the hosts' effects none, partial or complete. On every path it check
 journal write is an allowed transition, that no host runs the new release without a backup,
 and at the end that every host runs a release that passed its health probe after its last
 restart and that the whole fleet runs one release.
+
+With `heal=True` it adds the heal loop (orchestrator.models.heal): a rollback remediation waits
+for the environment lock and takes it whenever the deploy lets it go -- between a controller's
+death and the resume, and after the run's end -- and then decides with the heal server's own
+`judge`, on facts that cover alerts firing and clearing at any point (the alert may fire or not
+now, may have arrived before or after the host's last move, may or may not still cover it with
+its window). On every path it checks that a remediation never acts on an unfinished run and never
+takes a host past the floor: the release before the newest completed deploy, or the release a
+run that went back (a gate failure that restored the hosts, an earlier remediation) left serving.
+The model's fleet starts on the `old` release, which a completed deploy put there over an
+`older` one; a remediation that wins the lock before the deploy starts is a run before this one
+(the model of the deploy is the same over whichever release then serves).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +49,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.models.heal import LastRun, Present, RunKind, judge
 
 
 class HostState(StrEnum):
@@ -238,8 +252,11 @@ def next_action(batches: Sequence[Sequence[str]], journal: Journal) -> Action:
 # --- the model of the hosts ---------------------------------------------------------------
 
 
+OLDER = "older"
 OLD = "old"
 NEW = "new"
+#: releases in the order they were deployed (a remediation must not go below its floor)
+RELEASE_ORDER = (OLDER, OLD, NEW)
 
 
 class Host(NamedTuple):
@@ -250,6 +267,8 @@ class Host(NamedTuple):
     healthy: bool = True
     staged: bool = False
     backed_up: bool = False
+    #: the host's `previous` link: where a rollback goes
+    previous: str = OLDER
 
 
 class ModelViolation(AssertionError):
@@ -267,21 +286,31 @@ def _full_effect(step: Step, host: Host) -> Host:
     if step is Step.STAGE:
         return host._replace(staged=True)
     if step is Step.SWITCH:
-        return host._replace(release=NEW, healthy=False)
+        return _switched(host)
     if step is Step.GATE:
         return host._replace(healthy=True)
-    return host._replace(release=OLD, healthy=True)
+    return _restored(host, healthy=True)
+
+
+def _switched(host: Host) -> Host:
+    """The new release current, the release it replaced as `previous`, not probed yet."""
+    return host._replace(release=NEW, previous=OLD, healthy=False)
+
+
+def _restored(host: Host, *, healthy: bool) -> Host:
+    """The deploy's rollback: the old release current again and its own `previous` restored."""
+    return host._replace(release=OLD, previous=OLDER, healthy=healthy)
 
 
 def fault_effects(step: Step, host: Host) -> list[Host]:
     """What a host may look like after `step` failed on it: every partial effect."""
     if step is Step.SWITCH:
         # the rename may or may not have happened before the restart failed
-        return [host, host._replace(release=NEW, healthy=False)]
+        return [host, _switched(host)]
     if step is Step.GATE:
         return [host._replace(healthy=False)]
     if step is Step.ROLLBACK:
-        return [host, host._replace(release=OLD, healthy=False)]
+        return [host, _restored(host, healthy=False)]
     return [host]
 
 
@@ -321,6 +350,8 @@ class Limits:
 
     max_faults: int = 2
     max_crashes: int = 2
+    #: alerts the heal loop decides on after the deploy (with `heal=True`)
+    max_alerts: int = 2
 
 
 @dataclass
@@ -333,6 +364,8 @@ class ExploreResult:
     deployed_paths: int
     rolled_back_paths: int
     limits: Limits = field(default_factory=Limits)
+    #: paths on which a rollback remediation acted (with `heal=True`)
+    remediated_paths: int = 0
 
 
 def _check_final(world: World, names: Sequence[str], outcome: Outcome | None) -> str | None:
@@ -361,17 +394,27 @@ def _check_safety(world: World, names: Sequence[str]) -> str | None:
     return None
 
 
+Judge = Callable[[Present], "tuple[object, str] | None"]
+
+
 def explore(batches: Sequence[Sequence[str]], *, limits: Limits | None = None,
-            algorithm: Algorithm = next_action) -> ExploreResult:
+            algorithm: Algorithm = next_action, heal: bool = False, decide: Judge = judge) -> ExploreResult:
     """Check `algorithm` on every path of the model; raise ModelViolation with a counterexample.
 
-    Paths are counted exactly (memoised over identical states, which have identical futures).
+    With `heal`, the heal loop deciding with `decide` (orchestrator.models.heal.judge) takes the
+    lock at every point the deploy lets it go (see the module docstring). Paths are counted
+    exactly (memoised over identical states, which have identical futures).
     """
     limits = limits or Limits()
+    # the same facts come back on many paths: decide once per distinct Present
+    decide = functools.lru_cache(maxsize=None)(decide)
     names = [h for batch in batches for h in batch]
     index = {name: i for i, name in enumerate(names)}
     start = World(journal=tuple(S.IDLE for _ in names), hosts=tuple(Host() for _ in names))
-    memo: dict[World, tuple[int, int, int]] = {}
+    memo: dict[World, tuple[int, int, int, int]] = {}
+    # the heal loop's outcomes depend on less than a World: what the journal says moved, the hosts
+    crash_gaps_checked: set[tuple[HostState, ...]] = set()
+    heal_memo: dict[_HealWorld, tuple[int, int]] = {}
     on_stack: set[World] = set()
     path: list[str] = []
     max_depth = 8 * len(names) + 4 * (limits.max_faults + limits.max_crashes) + 8
@@ -433,6 +476,10 @@ def explore(batches: Sequence[Sequence[str]], *, limits: Limits | None = None,
                     if done is None:
                         continue
                     base, label = done
+                    if heal and base.journal not in crash_gaps_checked:
+                        # the lock is free until the resume: a remediation may take it now
+                        _heal_at_crash([state in RELEASE_MOVES for state in base.journal], names, decide, path)
+                        crash_gaps_checked.add(base.journal)
                     for effects in tail_effects:
                         host_states = list(base.hosts)
                         for i, effect in zip(tail, effects, strict=True):
@@ -442,7 +489,7 @@ def explore(batches: Sequence[Sequence[str]], *, limits: Limits | None = None,
                                                     f"after {k} journal write(s), resumes from the journal")
         return [(label, w) for w, label in found.items()]
 
-    def visit(world: World) -> tuple[int, int, int]:
+    def visit(world: World) -> tuple[int, int, int, int]:
         cached = memo.get(world)
         if cached is not None:
             return cached
@@ -458,25 +505,132 @@ def explore(batches: Sequence[Sequence[str]], *, limits: Limits | None = None,
             if problem:
                 path.append(str(action))
                 raise fail(problem)
-            result = (1, int(action.outcome is Outcome.DEPLOYED), int(action.outcome is Outcome.ROLLED_BACK))
+            path.append(str(action))
+            ends, remediated = (_heal_after(world, names, action.outcome, decide, limits, path, heal_memo)
+                                if heal else (1, 0))
+            path.pop()
+            result = (ends, ends if action.outcome is Outcome.DEPLOYED else 0,
+                      ends if action.outcome is Outcome.ROLLED_BACK else 0, remediated)
             memo[world] = result
             return result
         on_stack.add(world)
-        total = [0, 0, 0]
+        total = [0, 0, 0, 0]
         for label, successor in successors(world, action):
             path.append(label)
             counts = visit(successor)
             path.pop()
-            for j in range(3):
+            for j in range(4):
                 total[j] += counts[j]
         on_stack.discard(world)
-        result = (total[0], total[1], total[2])
+        result = (total[0], total[1], total[2], total[3])
         memo[world] = result
         return result
 
-    paths, deployed, rolled_back = visit(start)
+    paths, deployed, rolled_back, remediated = visit(start)
     return ExploreResult(batches=[list(b) for b in batches], paths=paths, states=len(memo),
-                         deployed_paths=deployed, rolled_back_paths=rolled_back, limits=limits)
+                         deployed_paths=deployed, rolled_back_paths=rolled_back, limits=limits,
+                         remediated_paths=remediated)
+
+
+# --- the heal loop ------------------------------------------------------------------------
+
+
+#: journal states that record a move of the host's release (orchestrator.heal.present.RELEASE_MOVES)
+RELEASE_MOVES = frozenset({S.SWITCHED, S.VERIFIED, S.FAILED, S.ROLLED_BACK})
+
+
+def _alert_facts(moved: bool, last: LastRun) -> Iterable[Present]:
+    """Every `Present` a rollback remediation about a host may find after the lock: the alert fires
+    or has cleared; it arrived before or after the host's last move, and its window may still
+    cover that move -- both only when the journal records a move of the host at all."""
+    timing = (False, True) if moved else (False,)
+    for firing, host_moved, covers in itertools.product((True, False), timing, timing):
+        yield Present(action="rollback", firing=firing, host_moved=host_moved, window_covers_move=covers,
+                      last_run=last)
+
+
+def _heal_at_crash(moved: Sequence[bool], names: Sequence[str], decide: Judge, path: Sequence[str]) -> None:
+    """A remediation that takes the lock after the controller died and before the resume: the
+    journal holds the deploy as interrupted (`moved`: which hosts it records a move of), and no
+    rollback may act on it."""
+    last = LastRun("deploy", "deploy", RunKind.UNFINISHED, NEW)
+    for i, host_moved in enumerate(moved):
+        for present in _alert_facts(host_moved, last):
+            if decide(present) is None:
+                raise ModelViolation(f"a rollback remediation about {names[i]} acts while the deploy is unfinished "
+                                     "(the controller died; the resume would continue on a fleet it did not leave)",
+                                     [*path, "controller dies; the heal server takes the lock before the resume"])
+
+
+class _HealWorld(NamedTuple):
+    hosts: tuple[Host, ...]
+    moved: tuple[bool, ...]
+    last: LastRun
+    floor: str
+    alerts: int = 0
+
+
+def _heal_after(world: World, names: Sequence[str], outcome: Outcome | None, decide: Judge, limits: Limits,
+                path: list[str], memo: dict[_HealWorld, tuple[int, int]]) -> tuple[int, int]:
+    """(paths, paths on which a remediation acted) of the heal loop after the deploy ended.
+
+    The floor is the ground truth, kept apart from what `decide` sees: a completed deploy may
+    be undone down to the release it replaced (`old`); a run that restored the hosts after a
+    failed gate pins `old`; a rollback that moved no host leaves the floor where it was
+    (`older`: the deploy of `old` before it may be undone); a remediation that acted pins
+    what it left serving.
+    """
+    moved = tuple(state in RELEASE_MOVES for state in world.journal)
+    if outcome is Outcome.DEPLOYED:
+        last, floor = LastRun("deploy", "deploy", RunKind.FORWARD, NEW), OLD
+    elif any(moved):
+        last, floor = LastRun("deploy", "deploy", RunKind.BACKWARD, None), OLD
+    else:
+        last, floor = LastRun("earlier", "deploy", RunKind.FORWARD, OLD), OLDER
+
+    def visit(state: _HealWorld) -> tuple[int, int]:
+        cached = memo.get(state)
+        if cached is not None:
+            return cached
+        paths, remediated = 1, 0  # no (more) alert
+        if state.alerts < limits.max_alerts:
+            nexts: dict[_HealWorld, tuple[str, bool]] = {}
+            for i, name in enumerate(names):
+                for present in _alert_facts(state.moved[i], state.last):
+                    if decide(present) is not None:
+                        nexts.setdefault(state._replace(alerts=state.alerts + 1), ("an alert is dropped", False))
+                        continue
+                    label = (f"a rollback remediation about {name} acts (fires: {present.firing}, arrived after "
+                             f"the host's last move: {not present.host_moved}, window past it: "
+                             f"{not present.window_covers_move})")
+                    nexts.setdefault(_remediate(state, names, label, path), (label, True))
+            for successor, (label, acts) in nexts.items():
+                path.append(label)
+                more, acted = visit(successor)
+                path.pop()
+                paths += more
+                remediated += more if acts else acted
+        memo[state] = (paths, remediated)
+        return paths, remediated
+
+    return visit(_HealWorld(world.hosts, moved, last, floor))
+
+
+def _remediate(state: _HealWorld, names: Sequence[str], label: str, path: Sequence[str]) -> _HealWorld:
+    """The rollback remediation: every host to its `previous` (what rust_release does), checked."""
+    hosts = tuple(h._replace(release=h.previous, previous=h.release) for h in state.hosts)
+    floor = RELEASE_ORDER.index(state.floor)
+    for name, host in zip(names, hosts, strict=True):
+        if RELEASE_ORDER.index(host.release) < floor:
+            raise ModelViolation(f"{name}: a rollback remediation takes it to the {host.release} release, past the "
+                                 f"floor ({state.floor}: what the last finished run left serving)", [*path, label])
+    releases = {h.release for h in hosts}
+    if len(releases) != 1:
+        raise ModelViolation(f"a rollback remediation leaves the fleet on {', '.join(sorted(releases))}",
+                             [*path, label])
+    served = releases.pop()
+    return _HealWorld(hosts, tuple(True for _ in hosts), LastRun("heal", "heal", RunKind.BACKWARD, served),
+                      served, state.alerts + 1)
 
 
 def path_lower_bound(batches: Sequence[Sequence[str]], limits: Limits | None = None) -> int:

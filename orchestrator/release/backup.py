@@ -14,8 +14,10 @@ before any host is touched: a corrupt backup is refused naming the file whose sh
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shutil
+import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,6 +123,58 @@ def manifest_problems(directory: Path, required: Iterable[str] = (ARCHIVE,)) -> 
             problems.append(
                 f"{name}: sha256 differs from the manifest (manifest {expected[:12]}, actual {actual[:12]})"
             )
+    return problems
+
+
+def _member_parts(name: str) -> list[str] | None:
+    """The components of an archive name, or None when it is absolute or contains `..`."""
+    if name.startswith("/"):
+        return None
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    return None if ".." in parts else parts
+
+
+def archive_problems(archive: Path) -> list[str]:
+    """Why `archive` (a backup's data.tar.gz) must not be extracted as root ([] when it may).
+
+    The rules of the host-side restore (roles/release_backup, tarfile's `data` filter semantics)
+    checked from the archive alone, before a controller copy is sent anywhere: no absolute name
+    and no `..`; no member below a symlink member or listed twice (a chain such as `b -> .`,
+    `b/c -> ..`, `c/x` writes outside); symlink targets relative and inside, resolved without
+    following links; hard links only to earlier files; no devices or FIFOs.
+    """
+    problems: list[str] = []
+    seen: dict[str, tarfile.TarInfo] = {}
+    links: set[str] = set()
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+    except (OSError, tarfile.TarError) as exc:
+        return [f"{archive.name} cannot be read as a gzip'd tar: {exc}"]
+    for member in members:
+        name = member.name
+        parts = _member_parts(name)
+        if parts is None:
+            problems.append(f"{name!r} is absolute or contains '..'")
+            continue
+        path = "/".join(parts)
+        through = next(("/".join(parts[:i]) for i in range(1, len(parts) + 1) if "/".join(parts[:i]) in links), None)
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            problems.append(f"{name!r} is a device, FIFO or other special file")
+        elif through is not None:
+            problems.append(f"{name!r} goes through the symlink {through!r}")
+        elif path in seen and not (member.isdir() and seen[path].isdir()):
+            problems.append(f"{name!r} is listed twice")
+        elif member.issym():
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
+            if member.linkname.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                problems.append(f"{name!r} links outside the data dir ({member.linkname!r})")
+            links.add(path)
+        elif member.islnk():
+            source = _member_parts(member.linkname)
+            if source is None or not (("/".join(source)) in seen and seen["/".join(source)].isfile()):
+                problems.append(f"{name!r} hard-links {member.linkname!r}, which is not a file before it")
+        seen[path] = member
     return problems
 
 
@@ -257,6 +311,12 @@ def verify_controller_copy(loaded: LoadedEnvironment, backup_id: str, hosts: Seq
             raise CorruptBackup(
                 f"backup {backup_id} is corrupt on the controller, refusing to restore (nothing was changed): "
                 f"{host}: {'; '.join(problems)}"
+            )
+        unsafe = archive_problems(host_dir / ARCHIVE)
+        if unsafe:
+            raise BackupError(
+                f"backup {backup_id}: {host}'s {ARCHIVE} on the controller would write outside the data dir, "
+                f"refusing to restore (nothing was changed): {'; '.join(unsafe)}"
             )
 
 

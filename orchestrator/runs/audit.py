@@ -10,7 +10,10 @@ JSON-lines file, because:
 - append-only is enforced by the database itself: triggers abort any UPDATE or DELETE, whatever
   code issues it, and this module has no such path;
 - each entry carries the sha256 of its content chained to the previous entry's hash, so an edit
-  made outside SQLite's rules (editing the file, dropping the triggers) is found by `verify()`.
+  made outside SQLite's rules (editing the file, dropping the triggers) is found by `verify()`;
+- the chain's head (the id and hash of the newest entry) is also kept outside the database, in
+  `audit.head` beside it, replaced atomically after every append: a chain cut off at its end is
+  intact in itself, and only the head can tell that entries are missing.
 
 It is a separate file from the run journal so that clearing a journal never touches the audit
 trail, and so that the heal server's frequent decisions never contend with a run's step writes.
@@ -27,11 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.files import atomic_write, file_lock
 from orchestrator.runs.db import _Database
 from orchestrator.runs.identity import ProcessIdentity, isoformat, parse_time, utcnow
 from orchestrator.runs.records import RunRecord
 
 AUDIT_FILE = "audit.db"
+#: the newest entry's id and hash, outside the database (see the module docstring)
+AUDIT_HEAD_FILE = "audit.head"
+_HEAD_LOCK = ".audit.head.lock"
 _GENESIS = "0" * 64
 
 _SCHEMA = """
@@ -112,6 +119,55 @@ class AuditEntry:
         }
 
 
+@dataclass(frozen=True)
+class AuditHead:
+    """What `audit.head` records: the id and hash of the newest entry appended."""
+
+    id: int
+    hash: str
+
+
+def read_head(state_dir: Path) -> AuditHead | None:
+    """The head recorded beside the audit log of `state_dir`; None when there is none yet.
+
+    AuditError when the file exists but is not a head (damaged or edited).
+    """
+    path = Path(state_dir) / AUDIT_HEAD_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return AuditHead(id=int(data["id"]), hash=str(data["hash"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AuditError(f"{path}: unreadable audit head ({exc}); the audit log cannot be verified") from None
+
+
+def _advance_head(state_dir: Path, head: AuditHead) -> None:
+    """Record `head` unless a newer one already is (appends of several processes finish in any order).
+
+    Written after the entry's commit: a crash in between leaves the head one entry behind, which
+    `verify` accepts (the entries after it chain from its hash), never ahead of the log.
+    """
+    with file_lock(Path(state_dir) / _HEAD_LOCK):
+        current = read_head(state_dir)
+        if current is not None and current.id >= head.id:
+            return
+        atomic_write(Path(state_dir) / AUDIT_HEAD_FILE, json.dumps({"id": head.id, "hash": head.hash}) + "\n",
+                     mode=0o600, durable=True)
+
+
+def verify_state_dir(state_dir: Path, *, env: str | None = None) -> int:
+    """`AuditLog.verify` of `state_dir`'s log; a log that is missing while its head exists is tampered."""
+    if not (Path(state_dir) / AUDIT_FILE).exists():
+        head = read_head(state_dir)
+        if head is not None:
+            raise AuditError(f"{Path(state_dir) / AUDIT_FILE} is missing, but {AUDIT_HEAD_FILE} records "
+                             f"{head.id} entries: the audit log was removed outside orchestrate")
+        return 0
+    with AuditLog(state_dir, env=env) as log:
+        return log.verify()
+
+
 def _digest(prev_hash: str, values: Mapping[str, Any]) -> str:
     payload = json.dumps([values[k] for k in _HASHED], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(f"{prev_hash}\n{payload}".encode()).hexdigest()
@@ -128,8 +184,9 @@ class AuditLog:
         identity: ProcessIdentity | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.path = Path(state_dir) / AUDIT_FILE
-        self.env = env or Path(state_dir).name
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / AUDIT_FILE
+        self.env = env or self.state_dir.name
         self.identity = identity or ProcessIdentity.current()
         self._db = _Database(self.path, _SCHEMA, timeout=timeout)
 
@@ -186,6 +243,7 @@ class AuditLog:
                 _INSERT, (*[values[k] for k in _HASHED], prev, digest),
             )
             entry_id = int(cursor.lastrowid or 0)
+        _advance_head(self.state_dir, AuditHead(entry_id, digest))
         return AuditEntry(
             id=entry_id,
             at=values["at"],
@@ -261,12 +319,16 @@ class AuditLog:
         ]
 
     def verify(self) -> int:
-        """Check the hash chain from the first entry; return how many entries are intact.
+        """Check the hash chain from the first entry, and its end against `audit.head`; return how
+        many entries are intact.
 
-        Raises AuditError naming the first entry whose content or link does not match.
+        Raises AuditError naming the first entry whose content or link does not match, or saying
+        that entries recorded by the head are missing (the newest ones were cut off).
         """
+        head = read_head(self.state_dir)
         prev = _GENESIS
         count = 0
+        head_hash: str | None = None
         with self._db.read() as conn:
             for row in conn.execute("SELECT * FROM audit ORDER BY id"):
                 values = {k: row[k] for k in _HASHED}
@@ -275,6 +337,14 @@ class AuditLog:
                         f"{self.path}: audit entry {row['id']} ({row['at']}, {row['command']}) does not match "
                         "its recorded hash: the log was modified outside orchestrate"
                     )
+                if head is not None and row["id"] == head.id:
+                    head_hash = row["hash"]
                 prev = row["hash"]
                 count += 1
+        if head is not None and head_hash != head.hash:
+            what = "is missing" if head_hash is None else "does not have the hash recorded there"
+            raise AuditError(
+                f"{self.path}: entry {head.id}, the newest one according to {AUDIT_HEAD_FILE}, {what} "
+                f"(the log holds {count} entries): entries were removed or replaced outside orchestrate"
+            )
         return count

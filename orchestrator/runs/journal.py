@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any
 
 from orchestrator.errors import ExitStatus, OrchestratorError
-from orchestrator.runs.db import _SCHEMA, _Database
+from orchestrator.runs.db import _SCHEMA, StateDatabaseError, _Database
 from orchestrator.runs.identity import ProcessIdentity, isoformat, new_run_id, utcnow
 from orchestrator.runs.records import (
     _STEP_DONE,
@@ -113,6 +113,11 @@ def _as_predicate(rule: TransitionRule | None) -> Callable[[str, str], bool]:
         return rule
     pairs = frozenset(rule)
     return lambda a, b: (a, b) in pairs
+
+
+def _transition(row: sqlite3.Row) -> HostTransition:
+    return HostTransition(row["run_id"], row["host"], row["from_state"], row["to_state"], row["at"], row["release"],
+                          _load_json(row["detail"]), id=row["id"])
 
 
 class Journal:
@@ -352,11 +357,16 @@ class Journal:
             rows = conn.execute(
                 "SELECT * FROM host_transitions WHERE run_id=? ORDER BY id", (run_id,)
             ).fetchall()
-        return [
-            HostTransition(r["run_id"], r["host"], r["from_state"], r["to_state"], r["at"], r["release"],
-                           _load_json(r["detail"]))
-            for r in rows
-        ]
+        return [_transition(r) for r in rows]
+
+    def latest_moves(self, states: Collection[str]) -> dict[str, HostTransition]:
+        """Each host's newest transition into one of `states`, across every run."""
+        marks = ",".join("?" * len(states))
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM host_transitions WHERE id IN (SELECT MAX(id) FROM host_transitions"  # noqa: S608
+                f" WHERE to_state IN ({marks}) GROUP BY host)", tuple(states)).fetchall()
+        return {r["host"]: _transition(r) for r in rows}
 
     def host_states(self, run_id: str) -> dict[str, str]:
         """The latest state of every host that has a transition in run `run_id`."""
@@ -649,12 +659,13 @@ class Run:
                     f"run {self.id}: illegal transition of host {host}: {current} -> {to_state}",
                     hint="the deployment state machine does not allow it",
                 )
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO host_transitions (run_id, host, from_state, to_state, at, release, detail)"
                 " VALUES (?,?,?,?,?,?,?)",
                 (self.id, host, current, to_state, at, release, _dump_json(dict(detail or {}))),
             )
-        return HostTransition(self.id, host, current, to_state, at, release, dict(detail or {}))
+        return HostTransition(self.id, host, current, to_state, at, release, dict(detail or {}),
+                              id=int(cursor.lastrowid or 0))
 
     def host_states(self) -> dict[str, str]:
         """Latest state of each host touched by this run."""
@@ -713,18 +724,21 @@ class StepHandle:
         self.run._save_detail(self)
 
 
-def locate_run(state_root: Path, run_id: str) -> Path | None:
+def locate_run(state_root: Path, run_id: str, *, unreadable: list[str] | None = None) -> Path | None:
     """The state dir (`.orchestrate/<env>`) whose journal holds `run_id`, or None.
 
-    For `orchestrate resume RUN_ID`, which is given no environment.
+    For `orchestrate resume RUN_ID`, which is given no environment. A journal that cannot be
+    read (damaged, locked too long) is passed over, so that one environment's broken file does
+    not stop the others' runs being found; its error is appended to `unreadable`.
     """
     if not state_root.is_dir():
         return None
     for db in sorted(state_root.glob(f"*/{JOURNAL_FILE}")):
-        journal = Journal.open(db.parent)
         try:
-            if journal.get(run_id) is not None:
-                return db.parent
-        finally:
-            journal.close()
+            with Journal.open(db.parent) as journal:
+                if journal.get(run_id) is not None:
+                    return db.parent
+        except StateDatabaseError as exc:
+            if unreadable is not None:
+                unreadable.append(exc.message)
     return None

@@ -62,6 +62,8 @@ class HostTransition:
     at: str
     release: str | None
     detail: dict[str, Any] = field(default_factory=dict)
+    id: int = 0
+    """Its row id: transitions are numbered in the order recorded, across runs."""
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.errors import AnsibleError, HostError, Interrupted
+from orchestrator.files import private_dir, ssh_control_dir
 
 #: a no_log task's result as Ansible reports it
 CENSORED_KEY = "censored"
@@ -63,8 +64,7 @@ class AnsibleSettings:
             pipelining=True,
             gathering="explicit",
             ssh_args="-C -o ControlMaster=auto -o ControlPersist=60s",
-            # a socket path must stay under ~108 bytes: keep the directory short
-            control_path_dir=f"/tmp/orch-cp-{os.getuid()}",
+            control_path_dir=str(ssh_control_dir()),
             strategy_plugins=mitogen_strategy_dir() if mitogen else None,
         )
 
@@ -561,7 +561,7 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     cfg_path.write_text(ansible_cfg_text(settings, roles_path=run.project_dir / "roles",
                                          connect_timeout=run.connect_timeout))
     if settings.control_path_dir:
-        Path(settings.control_path_dir).mkdir(mode=0o700, exist_ok=True)
+        private_dir(Path(settings.control_path_dir))
     # ansible-runner reads its own settings from the private data dir only (a `settings` argument
     # is dropped when this file is missing)
     (run_dir / "env").mkdir(exist_ok=True)

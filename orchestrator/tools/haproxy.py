@@ -14,13 +14,13 @@ argv and the reading of the answer are pure functions (`helper_argv`, `ssh_argv`
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.files import private_dir, ssh_control_dir
 from orchestrator.tools.process import run_command
 
 #: the haproxy role's runtime helper on the LB host (roles/haproxy)
@@ -54,7 +54,7 @@ def helper_argv(action: str, backend: str, weights: Mapping[str, int] | None = N
 
 def control_dir(uid: int | None = None) -> Path:
     """Directory of the SSH master connections to LB hosts (one per user of this machine)."""
-    return Path(f"/tmp/orch-cp-{os.getuid() if uid is None else uid}")
+    return ssh_control_dir() if uid is None else Path(f"/tmp/orch-cp-{uid}")
 
 
 def ssh_argv(inventory: Mapping[str, Any], address: str, remote: list[str], *, uid: int | None = None) -> list[str]:
@@ -100,7 +100,7 @@ class HAProxyRuntime:
 
     def call(self, remote: list[str]) -> Servers:
         """Run `remote` (a helper argv) on the host; its servers, or HAProxyError naming the host."""
-        control_dir().mkdir(mode=0o700, exist_ok=True)
+        private_dir(control_dir())  # ours, 0700: refused when someone else made it
         result = run_command(ssh_argv(self.inventory, self.address, remote), timeout=self.timeout, check=False)
         if result.returncode != 0:
             raise HAProxyError(f"{self.name}: {shlex.join(remote)} failed ({result.returncode}): "

@@ -41,6 +41,7 @@ import pytest
 import yaml
 
 from orchestrator.config.loader import LoadedEnvironment, Project
+from orchestrator.files import private_dir
 from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
 from orchestrator.fleet.local.fleet import HostSpec, LocalFleet, collect_garbage
 from orchestrator.fleet.local.keys import ensure_ssh_key
@@ -167,7 +168,7 @@ class FleetFactory:
     """
 
     def __init__(self, label: str) -> None:
-        FLEETS_BASE.mkdir(parents=True, exist_ok=True)
+        private_dir(FLEETS_BASE)
         # Leftovers of test runs that were killed: hosts whose dirs are gone.
         collect_garbage()
         self.base = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=FLEETS_BASE))

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import CommandError, OrchestratorError
-from orchestrator.files import file_lock
+from orchestrator.files import file_lock, private_dir
 from orchestrator.fleet.local.fleet import HostSpec, LocalFleet, collect_garbage
 from orchestrator.fleet.local.keys import ensure_ssh_key
 from orchestrator.fleet.local.network import FleetNetwork, delete_bridge_if_unused
@@ -48,6 +48,15 @@ from orchestrator.tools.process import run_command
 BASE_DIR = Path("/var/tmp/orchestrate-molecule")
 FLEETS_DIR = BASE_DIR / "fleets"
 BUILDS_DIR = BASE_DIR / "builds"
+
+
+def base_dir() -> Path:
+    """BASE_DIR, made private (0700, ours) before anything in it is used.
+
+    Its name is fixed and /var/tmp is shared: a directory another user made there first could
+    hand us a build to deploy or take the fleets' SSH keys (orchestrator.files.private_dir).
+    """
+    return private_dir(BASE_DIR)
 FLEET_FILE = "orchestrate-fleet.json"
 
 #: Shared with tests/support/fleet.py: the same pool, lock and marker files, so that test
@@ -197,7 +206,8 @@ def create(platforms: Sequence[Platform], ephemeral_dir: Path) -> list[dict[str,
         raise MoleculeHostError(f"platform names repeat: {', '.join(names)}")
     state_file = ephemeral_dir / FLEET_FILE
     ephemeral_dir.mkdir(parents=True, exist_ok=True)
-    FLEETS_DIR.mkdir(parents=True, exist_ok=True)
+    base_dir()
+    FLEETS_DIR.mkdir(mode=0o700, exist_ok=True)
     collect_garbage()  # hosts of killed runs whose fleet dir was removed
     if state_file.exists():
         scenario = ScenarioFleet.load(state_file)
@@ -271,6 +281,8 @@ def build(project: Path, service: str, features: Sequence[str] = ()) -> dict[str
     from orchestrator.tools.cargo import cargo_version, find_cargo
 
     project = project.resolve()
+    base_dir()
+    BUILDS_DIR.mkdir(mode=0o700, exist_ok=True)
     key = source_hash(project, features)
     entry = BUILDS_DIR / key
     meta_path = entry / "release.json"

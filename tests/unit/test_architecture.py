@@ -13,7 +13,8 @@ PACKAGE = REPO / "orchestrator"
 
 #: docs/architecture.md, bottom to top; packages of one rank must not import each other either
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "paths", "files"),
+    ("errors",),
+    ("paths", "files", "ids"),
     ("config",),
     ("tools", "models"),
     ("runs",),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,22 @@ def make_copy(directory: Path, files: dict[str, bytes], listed: dict[str, bytes]
     return directory
 
 
-GOOD = {bk.ARCHIVE: b"archive-bytes" * 100, bk.RELEASE_FILE: b"1.0.0-0123456789ab\n"}
+def tar_gz(*members: tuple[str, bytes | str]) -> bytes:
+    """A gzip'd tar of (name, file content) or (name, "-> target") symlink members."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content.removeprefix("-> ")
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+GOOD = {bk.ARCHIVE: tar_gz(("./counter", b"41\n" * 100)), bk.RELEASE_FILE: b"1.0.0-0123456789ab\n"}
 
 
 @pytest.fixture
@@ -145,6 +162,17 @@ def test_verify_controller_copy_names_host_and_file(loaded: LoadedEnvironment) -
     assert "nothing was changed" in info.value.message
     with pytest.raises(bk.BackupError, match="no copy for host dev-app-3"):
         bk.verify_controller_copy(loaded, "20261101T000000Z", ["dev-app-3"])
+
+
+def test_verify_controller_copy_refuses_an_archive_that_writes_outside(loaded: LoadedEnvironment) -> None:
+    root = bk.backups_dir(loaded) / "20261101T000000Z"
+    chain = tar_gz(("./b", "-> ."), ("./b/c", "-> .."), ("./c/escaped", b"x"))
+    make_copy(root / "dev-app-1", {**GOOD, bk.ARCHIVE: chain})  # the manifest matches: not corrupt
+    with pytest.raises(bk.BackupError) as info:
+        bk.verify_controller_copy(loaded, "20261101T000000Z", ["dev-app-1"])
+    assert not isinstance(info.value, bk.CorruptBackup)
+    assert "dev-app-1" in info.value.message and "would write outside the data dir" in info.value.message
+    assert "'./b/c' goes through the symlink 'b'" in info.value.message
 
 
 def write_inventory(loaded: LoadedEnvironment, hosts: list[str]) -> None:

@@ -38,16 +38,23 @@ TOKEN = "unit-test-token-0123456789"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def alert(name: str = "ServiceDown", host: str = "dev-app-1", remediation: str = "restart",
+#: the heal policy of the rules orchestrate generates (test_policy_rules_are_the_generated_rules checks it)
+RULES = {"ServiceDown": "restart", "HealthFailing": "restart", "HighErrorRate": "rollback", "HostUnreachable": "none"}
+
+
+def alert(name: str = "ServiceDown", host: str = "dev-app-1", remediation: str | None = None,
           status: str = "firing", env: str | None = "dev") -> Alert:
-    labels = {"alertname": name, "host": host, "remediation": remediation}
+    """An alert as Alertmanager sends it: its `remediation` label is the rule's unless given."""
+    labels = {"alertname": name, "host": host, "remediation": RULES.get(name, "none") if remediation is None
+              else remediation}
     if env is not None:
         labels["env"] = env
     return Alert(name=name, status=status, labels=labels)
 
 
 def policy(throttle: float = 30, max_remediations: int = 3, window: float = 600) -> HealPolicy:
-    return HealPolicy(PolicySettings(env="dev", throttle=throttle, max_remediations=max_remediations, window=window))
+    return HealPolicy(PolicySettings(env="dev", throttle=throttle, max_remediations=max_remediations, window=window,
+                                     rules=RULES))
 
 
 # --- the policy ---------------------------------------------------------------------------
@@ -114,9 +121,9 @@ def test_flapping_alert_100_times_in_a_minute_acts_at_most_max_remediations() ->
     ("given", "verdict"),
     [
         (alert(status="resolved"), Verdict.RESOLVED),
-        (alert(remediation="none"), Verdict.NO_ACTION),
-        (alert(remediation=""), Verdict.NO_ACTION),
-        (alert(remediation="reboot"), Verdict.UNKNOWN_REMEDIATION),
+        (alert("HostUnreachable"), Verdict.NO_ACTION),  # the policy's remediation is none
+        (alert("Watchdog"), Verdict.NO_ACTION),  # no rule of the policy
+        (alert("HostUnreachable", remediation="rollback"), Verdict.NO_ACTION),  # the label does not decide
         (alert(env="prod"), Verdict.FOREIGN),
         (alert(host=""), Verdict.NO_ACTION),
     ],
@@ -125,6 +132,20 @@ def test_alerts_that_must_not_act(given: Alert, verdict: Verdict) -> None:
     p = policy()
     assert p.decide(given, 100).verdict is verdict
     assert p.actions_in_window(100) == 0
+
+
+def test_the_remediation_comes_from_the_policy_not_the_label() -> None:
+    p = policy()
+    decision = p.decide(alert("HighErrorRate", remediation="restart"), 100)
+    assert (decision.verdict, decision.action, decision.ignored_label) == (Verdict.ACT, "rollback", "restart")
+    assert p.decide(alert("HealthFailing", host="h2"), 100).ignored_label is None  # the label agrees
+    unlabelled = Alert(name="ServiceDown", status="firing", labels={"alertname": "ServiceDown", "host": "h3"})
+    assert p.decide(unlabelled, 100).action == "restart"
+
+
+def test_policy_rules_are_the_generated_rules(project_copy: Path) -> None:
+    dev = Project(project_copy).load("dev").env
+    assert PolicySettings.from_env(dev).rules == RULES
 
 
 def test_release_gives_the_reservation_back() -> None:
@@ -149,7 +170,7 @@ def webhook(*alerts: Alert, status: str = "firing") -> dict[str, Any]:
 
 def test_parse_webhook_reads_alertmanager_v4() -> None:
     parsed = parse_webhook(webhook(alert(), alert("HighErrorRate", remediation="rollback")))
-    assert [(a.name, a.host, a.remediation, a.fingerprint) for a in parsed] == [
+    assert [(a.name, a.host, a.remediation_label, a.fingerprint) for a in parsed] == [
         ("ServiceDown", "dev-app-1", "restart", "fp0"), ("HighErrorRate", "dev-app-1", "rollback", "fp1")]
     assert parsed[0].annotations == {"summary": "s"}
 
@@ -289,11 +310,11 @@ def test_requests_without_the_token_are_refused() -> None:
         assert denied.value.code == 401
         assert server.wait_idle(5)
     assert remediator.calls == []
-    # the two refusals from one client within a minute: one audit entry, no decision
+    # the three refusals from one client within a minute: one audit entry, no decision
     assert audit.outcomes() == ["unauthorized"]
     assert audit.entries[0]["details"]["client"] == "127.0.0.1"
     assert audit.entries[0]["details"]["path"] == "/alerts"
-    assert server.summary()["counts"]["unauthorized"] == 2
+    assert server.summary()["counts"]["unauthorized"] == 3
 
 
 def test_refusals_are_audited_once_per_client_per_interval() -> None:
@@ -456,11 +477,13 @@ def test_serve_once_for_records_decisions_and_prints_a_summary(project_copy: Pat
     assert not (project_copy / ".orchestrate" / "dev" / "heal.json").exists()
     summary = json.loads(out)
     assert summary["listen"] == [f"127.0.0.1:{port}"]
-    # no inventory: the restart cannot name a known app host, so it fails and says why
-    assert summary["counts"] == {**summary["counts"], "received": 2, "no-action": 1, "acted": 1, "failed": 1}
+    # no inventory, so no monitoring host to ask whether the alert still fires: not acted on
+    assert summary["counts"] == {**summary["counts"], "received": 2, "no-action": 1, "dropped": 1}
+    assert "acted" not in summary["counts"]
     with AuditLog(project_copy / ".orchestrate" / "dev", env="dev") as log:
         entries = {e.outcome: e for e in log.entries(command="heal")}
-    assert "not an app host" in entries["failed"].details["detail"]
+    assert entries["dropped"].details["drop"] == "unconfirmed"
+    assert "no monitoring host to ask" in entries["dropped"].details["why"]
     assert entries["no-action"].details["alertname"] == "HostUnreachable"
 
 

@@ -90,6 +90,7 @@ release_switched: {description: Whether C(current) was switched, type: bool, ret
 previous_release: {description: Release id before the restore, type: str, returned: state=restore}
 """
 
+import copy
 import hashlib
 import os
 import re
@@ -236,21 +237,89 @@ def fail_verification(module, p, source, problems):
     )
 
 
-def safe_members(archive, destination):
-    """Archive members, refusing any that would land outside `destination`."""
+#: mode bits a restored file never keeps (tarfile's `data` filter clears them too)
+UNSAFE_MODE_BITS = 0o7022
+
+
+def _inside(path, root):
+    return path == root or path.startswith(root + os.sep)
+
+
+def _archive_parts(name, what):
+    """The path components of archive name `name` ("./a/b" -> ["a", "b"]), or ValueError when it is
+    absolute or climbs out with "..": the checks of tarfile's `data` filter for names."""
+    if name.startswith("/") or os.path.isabs(name):
+        raise ValueError("archive member %r: %s is an absolute path" % (name, what))
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("archive member %r: %s contains '..'" % (name, what))
+    return parts
+
+
+def _real_path(root, parts, name):
+    """root/parts as it is on disk, refusing any component that is a symlink: nothing is ever
+    written (or hard-linked) through a link, whatever an earlier member made it point to."""
+    current = root
+    for part in parts:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            raise ValueError("archive member %r goes through the symlink %s" % (name, current[len(root) + 1:]))
+    return current
+
+
+def checked_member(member, root):
+    """`member` as it may be extracted into `root` (an absolute, real directory) now, or ValueError.
+
+    tarfile's `data` filter semantics, implemented here because the hosts' Python (Debian 12:
+    3.11.2) has no `filter=` (added in 3.11.4), and stricter where a symlink chain could fool a
+    check made before extraction (`b -> .`, then `b/c -> ..`, then `c/x`): each member is checked
+    against the directory as the members before it left it, and
+
+    - no absolute name and no ".." in a name;
+    - nothing written through a symlink: no component of a member's path may be a symlink, and a
+      member may not replace anything already extracted (except a directory listed again);
+    - a symlink's target, resolved from its directory without following any link, stays inside;
+    - a hard link names an earlier regular file of the archive (same rules as a name);
+    - no devices, FIFOs or other special files;
+    - setuid, setgid, sticky and group/other write bits are cleared.
+    """
+    name = member.name
+    parts = _archive_parts(name, "its name")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise ValueError("archive member %r is a device, FIFO or other special file" % name)
+    target = _real_path(root, parts, name)
+    if os.path.lexists(target) and not (member.isdir() and os.path.isdir(target)):
+        raise ValueError("archive member %r would replace %s, which an earlier member made" % (name, target))
+    if member.issym():
+        if os.path.isabs(member.linkname):
+            raise ValueError("archive member %r links to the absolute path %r" % (name, member.linkname))
+        resolved = os.path.normpath(os.path.join(os.path.dirname(target), member.linkname))
+        if not _inside(resolved, root):
+            raise ValueError("archive member %r links outside the data dir (%r)" % (name, member.linkname))
+    if member.islnk():
+        source = _real_path(root, _archive_parts(member.linkname, "its link target"), name)
+        if not os.path.isfile(source):
+            raise ValueError("archive member %r hard-links %r, which is not a file extracted before it"
+                             % (name, member.linkname))
+    checked = copy.copy(member)
+    if member.isfile() or member.isdir():
+        checked.mode = member.mode & ~UNSAFE_MODE_BITS
+    return checked
+
+
+def extract_checked(archive, destination):
+    """Extract every member of `archive` into `destination`, each checked by `checked_member` just
+    before it is extracted; ValueError at the first refused one (the caller removes `destination`)."""
     root = os.path.realpath(destination)
-    members = archive.getmembers()
-    for member in members:
-        target = os.path.realpath(os.path.join(root, member.name))
-        if target != root and not target.startswith(root + os.sep):
-            raise ValueError("archive member %r points outside the data dir" % member.name)
-        if member.issym() or member.islnk():
-            link_target = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
-            if member.linkname.startswith("/") or not link_target.startswith(root):
-                raise ValueError("archive member %r links outside the data dir" % member.name)
-        if member.isdev():
-            raise ValueError("archive member %r is a device file" % member.name)
-    return members
+
+    def members():
+        for member in archive:
+            yield checked_member(member, root)
+
+    # Owners and modes are kept (the service must be able to write its data back), so tarfile's
+    # own filters, where they exist, are told not to interfere: the checks above replace them.
+    kwargs = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+    archive.extractall(root, members=members(), **kwargs)  # noqa: S202 - each member checked above
 
 
 def systemctl(module, *args):
@@ -312,12 +381,10 @@ def do_restore(module, p, source):
     os.makedirs(staging, mode=0o700)
     try:
         with tarfile.open(os.path.join(source, ARCHIVE), "r:gz") as archive:
-            members = safe_members(archive, staging)
             # An archive without even "." was taken from a host without a data dir: restoring
             # it means no data dir, not an empty one owned by root.
-            data_dir_existed = bool(members)
-            kwargs = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
-            archive.extractall(staging, members=members, **kwargs)  # noqa: S202 - checked above
+            data_dir_existed = bool(archive.getmembers())
+            extract_checked(archive, staging)
     except (OSError, tarfile.TarError, ValueError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         module.fail_json(msg="backup %s: cannot unpack %s (nothing was changed): %s"

@@ -28,11 +28,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.molecule_hosts import BASE_DIR, base_dir
+
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[3]
 MOLECULE_DIR = REPO / "molecule"
-RUNS_DIR = Path("/var/tmp/orchestrate-molecule/runs")
+RUNS_DIR = BASE_DIR / "runs"
 SCENARIOS = sorted(p.parent.name for p in MOLECULE_DIR.glob("*/molecule.yml"))
 #: what `molecule test` runs when no scenario is named
 DEFAULT_SCENARIO = "default"
@@ -116,7 +118,8 @@ def scenario_runs(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[S
     """Start the selected scenarios (a few at a time) once per session; each test waits for its own."""
     if os.geteuid() != 0:
         pytest.skip("molecule scenarios boot local hosts: they need root")
-    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    base_dir()
+    RUNS_DIR.mkdir(mode=0o700, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=RUNS_DIR))
     workers = max(1, int(os.environ.get("ORCHESTRATE_MOLECULE_WORKERS", "4")))
     pool = ThreadPoolExecutor(max_workers=workers)

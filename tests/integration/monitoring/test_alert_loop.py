@@ -1,6 +1,7 @@
 """The alerting loop with real programs on loopback: a scrape target dies, Prometheus fires
 ServiceDown, Alertmanager posts it to the heal server (real webhook, bearer token), the policy
-decides, the remediation restarts the target, and the audit log holds the chain."""
+decides, the heal server confirms with Prometheus that the alert still fires (and Alertmanager's
+API agrees), the remediation restarts the target, and the audit log holds the chain."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from orchestrator.config.loader import Project
 from orchestrator.fleet.inventory import Host
 from orchestrator.heal.policy import Alert, HealPolicy, PolicySettings
+from orchestrator.heal.present import JournalPresent, alert_windows
 from orchestrator.heal.remediate import ProjectLock
 from orchestrator.heal.server import HealServer, HealSettings, RemediationResult
 from orchestrator.monitoring.files import (
@@ -25,6 +27,7 @@ from orchestrator.monitoring.files import (
     write_monitoring,
 )
 from orchestrator.runs.audit import AuditLog
+from orchestrator.tools.alertmanager import Alertmanager, PrometheusAlerts
 from tests.support.net import free_port, http_get, wait_http
 
 from .helpers import Processes, prometheus_query, start_target
@@ -40,11 +43,15 @@ class RestartTarget:
 
     processes: Processes
     port: int
+    alertmanager: Alertmanager
     calls: list[tuple[str, str, float]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    alertmanager_said: list[bool] = field(default_factory=list)
 
     def remediate(self, action: str, alert: Alert, session: object = None) -> RemediationResult:
         self.calls.append((action, alert.host, time.monotonic()))
+        # the other source of the present: Alertmanager's API holds the alert as active too
+        self.alertmanager_said.append(self.alertmanager.firing(alert.name, {"host": alert.host}))
         start_target(self.processes, "target", self.port, "service")
         self.done.set()
         return RemediationResult(ok=True, detail=f"restarted the target on port {self.port}")
@@ -70,12 +77,15 @@ def test_killed_target_is_detected_routed_and_remediated(project_copy: Path, tmp
     )
     write_monitoring(config_dir, render_monitoring_texts(loaded, [Host(HOST, "127.0.0.1", ("app",))], layout))
 
-    remediator = RestartTarget(processes, ports["target"])
+    remediator = RestartTarget(processes, ports["target"], Alertmanager(f"http://127.0.0.1:{ports['alertmanager']}"))
     audit = AuditLog(loaded.state_dir, env="dev")
+    prometheus_alerts = PrometheusAlerts(f"http://127.0.0.1:{ports['prometheus']}")
+    present = JournalPresent(loaded.state_dir, env="dev", windows=alert_windows(loaded),
+                             firing=lambda: prometheus_alerts)
     server = HealServer(
         policy=HealPolicy(PolicySettings.from_env(loaded.env)), remediator=remediator, audit=audit,
         lock=ProjectLock(loaded), token=read_heal_token(token_file),
-        listeners=[("127.0.0.1", ports["heal"])], settings=HealSettings.from_env(loaded.env),
+        listeners=[("127.0.0.1", ports["heal"])], settings=HealSettings.from_env(loaded.env), present=present,
     )
     server.start()
     try:
@@ -130,12 +140,16 @@ def test_killed_target_is_detected_routed_and_remediated(project_copy: Path, tmp
             time.sleep(0.5)
         assert server.wait_idle(10)
         summary = server.summary()
+        # resolved now: both sources say so
+        assert not prometheus_alerts.firing("ServiceDown", {"host": HOST})
     finally:
         server.stop()
         audit.close()
+        present.close()
 
     assert summary["counts"].get("resolved", 0) >= 1, summary
     assert len(remediator.calls) == 1  # one death, one remediation
+    assert remediator.alertmanager_said == [True]
     with AuditLog(loaded.state_dir, env="dev") as log:
         chain = [(e.outcome, e.details.get("alertname"), e.details.get("host"))
                  for e in reversed(log.entries(command="heal"))]

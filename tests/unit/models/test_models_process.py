@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import ExitStatus
+from orchestrator.models.heal import Drop, Present, judge
 from orchestrator.models.process import (
     ABORTING,
     TRANSITIONS,
@@ -190,26 +191,77 @@ def test_tiny_models_have_exactly_the_paths_counted_by_hand() -> None:
 def test_exhaustive_exploration_of_every_rollout_up_to_four_hosts(
         record_property: Callable[[str, object], None]) -> None:
     """Every batching of 1..4 hosts, every failure point (2 per path) and controller deaths
-    (2 per path, at any journal write): the invariants hold on every path.
+    (2 per path, at any journal write), and the heal loop (two alerts after the deploy, and a
+    remediation taking the lock at every controller death): the invariants hold on every path.
 
     The path count goes into the test report's user properties, which travel from xdist
     workers to the controller; tests/conftest.py prints it in the terminal summary."""
-    limits = Limits(max_faults=2, max_crashes=2)
+    limits = Limits(max_faults=2, max_crashes=2, max_alerts=2)
     started = time.monotonic()
-    total = bound = configs = 0
+    total = bound = configs = remediated = 0
     for batches in rollout_configs(4):
-        result = explore(batches, limits=limits)
+        result = explore(batches, limits=limits, heal=True)
         assert result.deployed_paths >= 1 and result.rolled_back_paths >= 1
         assert result.paths == result.deployed_paths + result.rolled_back_paths
         assert result.paths > path_lower_bound(batches, limits)
+        assert 0 < result.remediated_paths < result.deployed_paths  # remediations act, not everywhere
         total += result.paths
         bound += path_lower_bound(batches, limits)
+        remediated += result.remediated_paths
         configs += 1
     record_property(EXHAUSTIVE_PATHS_PROPERTY, {
-        "paths": total, "rollouts": configs, "hosts": "1-4", "lower_bound": bound,
+        "paths": total, "rollouts": configs, "hosts": "1-4", "lower_bound": bound, "remediated": remediated,
         "seconds": round(time.monotonic() - started, 1)})
     assert configs == 13  # 1 + 2 + 4 + 6 distinct batchings of 1, 2, 3, 4 hosts
     assert total > bound
+
+
+# --- the heal loop ----------------------------------------------------------------------------
+
+
+def test_the_heal_loop_after_one_clean_deploy_has_the_paths_counted_by_hand() -> None:
+    """One host, no fault: the deploy completes, then up to two alerts. From the start: no alert
+    (1), a dropped one then [none, dropped, acted] (3), an acted one then [none, dropped] (2):
+    6 paths, 3 of them with a remediation."""
+    result = explore([["h1"]], limits=Limits(max_faults=0, max_crashes=0, max_alerts=2), heal=True)
+    assert (result.paths, result.deployed_paths, result.remediated_paths) == (6, 6, 3)
+
+
+def acts_on_every_firing_alert(present: Present) -> tuple[object, str] | None:
+    """Wrong: the webhook said so, and it still fires."""
+    return None if present.firing else ("resolved", "")
+
+
+def ignores_the_floor(present: Present) -> tuple[object, str] | None:
+    """Wrong: stale alerts dropped, an unfinished run respected, but no floor."""
+    verdict = judge(present)
+    return None if verdict is not None and verdict[0] in (Drop.FLOOR, Drop.NOTHING_TO_UNDO) else verdict
+
+
+def test_a_stale_alert_after_a_failed_gate_would_go_past_the_floor() -> None:
+    """The reported incident: v3's gate fails and v2 is restored; HighErrorRate (about v3, or
+    measured over its window) must not take the fleet to v1."""
+    with pytest.raises(ModelViolation) as caught:
+        explore([["h1"]], limits=Limits(max_faults=1, max_crashes=0), heal=True, decide=ignores_the_floor)
+    violation = caught.value
+    assert "past the floor" in violation.message and "older release" in violation.message
+    assert "done (rolled_back)" in violation.path and any("FAILS" in step for step in violation.path)
+
+
+def test_a_remediation_between_a_crash_and_the_resume_is_caught() -> None:
+    with pytest.raises(ModelViolation) as caught:
+        explore([["h1", "h2"]], limits=Limits(max_faults=0, max_crashes=1), heal=True,
+                decide=acts_on_every_firing_alert)
+    assert "while the deploy is unfinished" in caught.value.message
+    assert any("controller dies" in step for step in caught.value.path)
+
+
+def test_the_heal_loop_does_not_change_the_deploy_paths_it_checks() -> None:
+    for batches in ([["h1"]], [["h1"], ["h2"]], [["h1", "h2"]]):
+        plain = explore(batches, limits=Limits(max_faults=1, max_crashes=1))
+        healed = explore(batches, limits=Limits(max_faults=1, max_crashes=1), heal=True)
+        assert healed.states == plain.states and healed.paths > plain.paths
+        assert plain.remediated_paths == 0 < healed.remediated_paths
 
 
 # --- the checker catches wrong algorithms ---------------------------------------------------
