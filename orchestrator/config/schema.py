@@ -258,6 +258,16 @@ class AwsFleetVars(_Model):
     def _region(cls, value: str) -> str:
         return _aws_region(value)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # the module's own validation, checked before terraform runs: the name becomes host names
+        # in the inventory and part of every resource name
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,31}", value):
+            raise ValueError(f"{_shown(value)}: expected 2-32 lowercase letters, digits and '-', starting with "
+                             "a letter")
+        return value
+
     @field_validator("ami_id")
     @classmethod
     def _ami(cls, value: str) -> str:

@@ -261,19 +261,20 @@ def status(loaded: LoadedEnvironment, *, tuned: bool = True) -> FleetStatus:
             ))
             continue
         res = task.result
+        # what the host reports is checked like any input: a current release that is not a release id
+        # leaves the host unhealthy (what it runs is unknown); other odd names are only left out
         release, problem = reported_release(host.name, res, "release")
         previous, previous_problem = reported_release(host.name, res, "previous_release")
         listed = res.get("releases")
         listed = listed if isinstance(listed, list) else []
         releases = [str(r) for r in listed if is_release_id(r)]
-        if len(releases) != len(listed):
-            others = [shown(r, 40) for r in listed if not is_release_id(r)]
-            problem = problem or (f"{host.name} listed {', '.join(others)} among its releases, which are not "
-                                  "release ids (not used)")
+        others = [shown(r, 40) for r in listed if not is_release_id(r)]
+        listed_problem = (f"{host.name} listed {', '.join(others)} among its releases, which are not release ids "
+                          "(not used)") if others else ""
         found.append(HostStatus(
             name=host.name, address=host.address, release=release, previous_release=previous,
             unit=str(res.get("unit") or "unknown"), healthy=bool(res.get("healthy")) and not problem,
-            releases=releases, error=problem or previous_problem,
+            releases=releases, error="; ".join(filter(None, [problem, previous_problem, listed_problem])),
         ))
     if not found:
         raise AnsibleError(f"status of {loaded.name} returned nothing: {result.summary_line() or result.status}")

@@ -95,6 +95,30 @@ def test_1_only_whole_release_ids_are_taken_from_a_host(reported: Any) -> None:
     assert found.failed == bool(reported)
 
 
+def test_1_status_takes_only_release_ids_from_hosts(project_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.fleet.inventory import Host
+
+    loaded = Project(project_copy).load("dev")
+    reports = {
+        "app-1": {"release": PAYLOAD, "previous_release": "0.1.0-aaaaaaaaaaaa", "healthy": True, "unit": "active",
+                  "releases": ["0.1.0-aaaaaaaaaaaa", PAYLOAD]},
+        "app-2": {"release": "0.2.0-bbbbbbbbbbbb", "previous_release": None, "healthy": True, "unit": "active",
+                  "releases": ["0.2.0-bbbbbbbbbbbb", "old copy"]},
+    }
+    result = PlaybookResult(run_id="s", run_dir=project_copy, playbook="status.yml", rc=0, status="successful",
+                            duration=0.1, results=[TaskResult(h, "status", "rust_release", "ok", r)
+                                                   for h, r in reports.items()])
+    monkeypatch.setattr(release_hosts, "app_hosts", lambda _: [Host(h, "10.0.0.1", ("app",)) for h in reports])
+    monkeypatch.setattr(release_hosts, "_run", lambda *_, **__: result)
+    found = {h.name: h for h in release_hosts.status(loaded).hosts}
+    assert found["app-1"].release is None and not found["app-1"].healthy
+    assert found["app-1"].releases == ["0.1.0-aaaaaaaaaaaa"]
+    assert "app-1 reported its release as" in found["app-1"].error and "not a release id" in found["app-1"].error
+    # a stray directory among the releases is left out, the host stays healthy
+    assert found["app-2"].healthy and found["app-2"].releases == ["0.2.0-bbbbbbbbbbbb"]
+    assert "'old copy'" in found["app-2"].error
+
+
 def test_ids_are_matched_as_whole_strings() -> None:
     assert is_release_id("0.1.0-aaaaaaaaaaaa") and not is_release_id("0.1.0-aaaaaaaaaaaa\n")
     assert is_run_id(new_run_id()) and not is_run_id(new_run_id() + "\n")
@@ -252,13 +276,13 @@ def test_5_what_can_be_written_safely_is_kept(project_copy: Path, update: dict[s
 def test_5_interpolation_in_rendered_hcl_is_escaped(project_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCHESTRATE_AWS_ENDPOINT", "http://127.0.0.1:4566/${x}")
     _set(project_copy, "prod", {"terraform": {"backend": {"key": "prod/${path.module}/%{ if true }x%{ endif }"},
-                                              "vars": {"name": "orch-${var.x}"}}})
+                                              "vars": {"tags": {"team": "orch-${var.x}"}}}})
     result = render_environment(Project(project_copy).load("prod"))
     main = (result.terraform_dir / "main.tf").read_text()
     assert 'key          = "prod/$${path.module}/%%{ if true }x%%{ endif }"\n' in main
     assert '"http://127.0.0.1:4566/$${x}"' in main and "/${x}" not in main.replace("$${x}", "")
     # a JSON variables file is literal: the value goes there as it is
-    assert '"name": "orch-${var.x}"' in (result.terraform_dir / "terraform.tfvars.json").read_text()
+    assert '"team": "orch-${var.x}"' in (result.terraform_dir / "terraform.tfvars.json").read_text()
 
 
 @pytest.mark.parametrize("region", ["eu-west-1${x}", "eu-west-1\n", "EU"])
