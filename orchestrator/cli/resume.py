@@ -13,6 +13,7 @@ import click
 from orchestrator import paths
 from orchestrator.cli._common import AppContext, verb
 from orchestrator.errors import ExitStatus, UsageError
+from orchestrator.ids import require_run_id
 from orchestrator.runs.journal import Journal, locate_run
 
 
@@ -23,6 +24,7 @@ from orchestrator.runs.journal import Journal, locate_run
 @verb
 def command(app: AppContext, run_id: str, lock_wait: float | None) -> int:
     """Continue run RUN_ID (see `orchestrate runs ENV`) from its first step not completed."""
+    require_run_id(run_id, "RUN_ID")
     state_root = paths.state_root(app.project_dir)
     unreadable: list[str] = []
     state_dir = locate_run(state_root, run_id, unreadable=unreadable)

@@ -6,8 +6,8 @@ import click
 
 from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
 from orchestrator.cli._release import confirm_protected, release_service, render_outcome
-from orchestrator.errors import ExitStatus, UsageError
-from orchestrator.release.artifact import is_release_id
+from orchestrator.errors import ExitStatus
+from orchestrator.ids import require_release_id
 from orchestrator.release.service import RollbackCommand
 
 
@@ -27,8 +27,8 @@ def command(app: AppContext, env_name: str, to: str | None, yes: bool, lock_wait
     failure.
     """
     loaded = app.load(env_name)
-    if to is not None and not is_release_id(to):
-        raise UsageError(f"--to {to!r} is not a release id such as 0.2.0-0123456789ab")
+    if to is not None:
+        require_release_id(to, "--to")
     confirm_protected(app, loaded, yes, "roll back")
     argv = ["rollback", env_name, *(["--to", to] if to else [])]
     outcome = release_service(app, loaded).rollback(RollbackCommand(to=to, argv=argv, lock_wait=lock_wait))

@@ -9,6 +9,7 @@ import click
 from rich.table import Column, Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.ids import require_run_id
 from orchestrator.paths import EnvPaths
 from orchestrator.runs.identity import parse_time
 from orchestrator.runs.journal import JOURNAL_FILE, Journal, JournalError
@@ -53,6 +54,8 @@ def command(app: AppContext, env_name: str, run_id: str | None, limit: int) -> N
     A run whose process died without finishing (SIGKILL, reboot) shows as `interrupted`;
     `orchestrate resume RUN_ID` continues it from its first step not completed.
     """
+    if run_id is not None:
+        require_run_id(run_id, "RUN_ID")
     state_dir = state_dir_of(app, env_name)
     if not (state_dir / JOURNAL_FILE).exists():
         if run_id is not None:

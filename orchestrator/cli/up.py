@@ -11,6 +11,7 @@ from rich.table import Table
 from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
 from orchestrator.cli._release import progress
 from orchestrator.cli._terraform import ProgressPrinter, summary_table
+from orchestrator.ids import require_run_id
 from orchestrator.pipeline.up import UpRequest, UpResult, up
 
 
@@ -38,6 +39,8 @@ def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool
     """Bring ENV to the wanted state: build -> render -> provision -> inventory -> backup
     -> deploy -> lb -> monitoring -> verify, each step journalled; `orchestrate resume RUN_ID`
     continues an interrupted run."""
+    if resume is not None:
+        require_run_id(resume, "--resume")
     loaded = app.load(env_name)
     argv = ["up", env_name]
     if release_path is not None:

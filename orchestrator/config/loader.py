@@ -170,15 +170,33 @@ def _display_path(path: Path, project_dir: Path) -> str:
         return str(path)
 
 
+def _line_at(text: str, offset: int) -> int:
+    """The 1-based line of character `offset` of `text`."""
+    return text.count("\n", 0, max(offset, 0)) + 1
+
+
+def decode_utf8(raw: bytes, display: str, *, what: str = "") -> str:
+    """`raw` as UTF-8 text; a ConfigError naming the line and column of the first bad byte otherwise
+    (`what` prefixes the message, e.g. "decrypted secrets are ")."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{what}not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {column} ({exc.reason})",
+                          path=display, line=line) from None
+
+
 def load_environment_file(path: Path, project_dir: Path) -> LoadedEnvironment:
     """Load and validate one environment file; raise ConfigError naming file:line: field."""
     display = _display_path(path, project_dir)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("file not found", path=display) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=display) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=display) from None
+    text = decode_utf8(raw, display)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -187,6 +205,12 @@ def load_environment_file(path: Path, project_dir: Path) -> LoadedEnvironment:
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"YAML syntax error: {problem}", path=display, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        # a control character written as itself (not as a "\x.." escape): YAML refuses it
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        raise ConfigError(f"character U+{code:04X} is not allowed in YAML (write it as an escape in a "
+                          "double-quoted string if it is meant)", path=display,
+                          line=_line_at(text, exc.position)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", path=display) from None
     if node is None or data is None:

@@ -1,5 +1,11 @@
 """The environment file's schema: typed, validated sections (terraform, service, rollout,
 monitoring, healing, schedule) with their defaults. Pure: no file, network or host is touched.
+
+Values are data written into other languages (systemd units, cron lines, HAProxy and Prometheus
+files, HCL, an EnvironmentFile), so what cannot be written safely is refused here: control
+characters in any string that ends up in one of those files, names that are not matched as a
+whole (`re.fullmatch`: a `$` would let a trailing newline through), system accounts and system
+directories for the service, cron expressions that cron would not run.
 """
 
 from __future__ import annotations
@@ -7,19 +13,32 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-_DURATION_RE = re.compile(r"^(?:(\d+)(ms|s|m|h|d|w))+$")
+from orchestrator.config.rules import (
+    ARG_PLACEHOLDERS,
+    control_characters,
+    cron_problem,
+    data_dir_problem,
+    env_value_problem,
+    system_account_problem,
+)
+from orchestrator.ids import shown as _shown
+
+_DURATION_RE = re.compile(r"(?:(\d+)(ms|s|m|h|d|w))+")
 
 
 _DURATION_PART_RE = re.compile(r"(\d+)(ms|s|m|h|d|w)")
@@ -28,19 +47,19 @@ _DURATION_PART_RE = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-_ENV_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+_ENV_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,15}")
 
 
-_ENV_VAR_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_ENV_VAR_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
-_SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_SERVICE_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
 
 
-_HOST_PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+_HOST_PREFIX_RE = re.compile(r"[a-z][a-z0-9-]{0,19}")
 
 
-_BRIDGE_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+_BRIDGE_RE = re.compile(r"[a-z][a-z0-9-]{0,14}")
 
 
 _BRIDGE_NAME_MAX = 15  # IFNAMSIZ - 1
@@ -60,13 +79,79 @@ def default_bridge_name(host_prefix: str) -> str:
     return f"or-{host_prefix[:6]}-{digest}"
 
 
-_CRON_FIELD_RE = re.compile(r"^[\d*/,\-A-Za-z]+$")
+
+#: characters of a health-check path: it goes into haproxy.cfg, a PromQL label matcher and a URL
+_HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
+
+
+_AWS_REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
+
+
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _line(value: str) -> str:
+    """A string written into a unit, cron line, HAProxy/Prometheus file or HCL: no control characters."""
+    bad = control_characters(value)
+    if bad:
+        raise ValueError(f"{_shown(value)} holds control characters ({', '.join(bad)}); expected one line "
+                         "of printable text")
+    return value
+
+
+def _text(value: str) -> str:
+    """Free text shown to people (a description): lines and tabs, no other control characters."""
+    bad = [c for c in control_characters(value) if c not in ("\\n", "\\t")]
+    if bad:
+        raise ValueError(f"{_shown(value)} holds control characters ({', '.join(bad)})")
+    return value
+
+
+Line = Annotated[str, AfterValidator(_line)]
+"""One line of printable text (no newline, NUL or other control character)."""
+
+
+Text = Annotated[str, AfterValidator(_text)]
+
+
+def _env_value(value: str | int | float | bool) -> str | int | float | bool:
+    problem = env_value_problem(value)
+    if problem:
+        raise ValueError(f"the value {problem}")
+    return value
+
+
+EnvValue = Annotated[str | int | float | bool, AfterValidator(_env_value)]
+
+
+def check_args(argv: Sequence[object]) -> str | None:
+    """Why the service arguments `argv` cannot be passed (None: they can), as the role reads them.
+
+    Each argument is a string (or number) without control characters. A placeholder is `{name}`
+    with one of ARG_PLACEHOLDERS; `{word}` with any other identifier-like word is an error (a
+    typo would reach the service verbatim); every other brace is literal, so `{{ x }}` reaches the
+    service byte for byte. (roles/rust_service/module_utils/rust_service_cmdline.py, same rules.)
+    """
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
+        return f"expected a list of strings, got {type(argv).__name__}"
+    for index, arg in enumerate(argv):
+        if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
+            return f"[{index}]: expected a string, got {type(arg).__name__}"
+        text = str(arg)
+        bad = control_characters(text)
+        if bad:
+            return f"[{index}]: control characters are not allowed ({', '.join(bad)})"
+        unknown = [m.group(1) for m in _PLACEHOLDER_RE.finditer(text) if m.group(1) not in ARG_PLACEHOLDERS]
+        if unknown:
+            valid = ", ".join("{" + name + "}" for name in ARG_PLACEHOLDERS)
+            return f"[{index}]: unknown placeholder {{{unknown[0]}}}; valid: {valid}"
+    return None
 
 
 def parse_duration(text: str) -> float:
     """Seconds in a Prometheus-style duration such as `90s`, `5m` or `1h30m`."""
-    if not _DURATION_RE.match(text):
-        raise ValueError(f"{text!r} is not a duration such as 500ms, 30s, 5m, 1h")
+    if not _DURATION_RE.fullmatch(text):
+        raise ValueError(f"{_shown(text)} is not a duration such as 500ms, 30s, 5m, 1h")
     return sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART_RE.findall(text))
 
 
@@ -79,9 +164,9 @@ def _duration(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise PydanticCustomError("duration", "expected a duration such as 500ms, 30s, 5m, 1h")
     text = f"{value}s" if isinstance(value, int) else value.strip()
-    if not _DURATION_RE.match(text):
+    if not _DURATION_RE.fullmatch(text):
         raise PydanticCustomError(
-            "duration", _escape(f"{value!r} is not a duration such as 500ms, 30s, 5m, 1h"), {"value": value}
+            "duration", _escape(f"{_shown(value)} is not a duration such as 500ms, 30s, 5m, 1h"), {"value": value}
         )
     return text
 
@@ -123,7 +208,7 @@ class LocalFleetVars(_Model):
         description="name of the bridge the project owns (at most 15 chars); empty or absent: derived from "
         "host_prefix (default_bridge_name)",
     )
-    subnet: str = Field(
+    subnet: Line = Field(
         default="",
         description="IPv4 subnet of the bridge, /16 to /28; empty or absent: a free /24 of 10.213.0.0/16, "
         "chosen when the fleet is first rendered or provisioned and kept in .orchestrate/ENV/network.json "
@@ -133,15 +218,17 @@ class LocalFleetVars(_Model):
     @field_validator("host_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not _HOST_PREFIX_RE.match(value):
-            raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter, max 20")
+        if not _HOST_PREFIX_RE.fullmatch(value):
+            raise ValueError(f"{_shown(value)}: expected lowercase letters, digits and '-', starting with a letter, "
+                             "max 20")
         return value
 
     @field_validator("bridge")
     @classmethod
     def _bridge(cls, value: str) -> str:
-        if value and not _BRIDGE_RE.match(value):
-            raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter, max 15")
+        if value and not _BRIDGE_RE.fullmatch(value):
+            raise ValueError(f"{_shown(value)}: expected lowercase letters, digits and '-', starting with a letter, "
+                             "max 15")
         return value
 
     @field_validator("subnet")
@@ -161,36 +248,66 @@ class LocalFleetVars(_Model):
 class AwsFleetVars(_Model):
     """Inputs of terraform/modules/aws_fleet."""
 
-    name: str = Field(description="name prefix and Name tag of every resource")
+    name: Line = Field(description="name prefix and Name tag of every resource")
     region: str = "eu-west-1"
-    vpc_cidr: str = "10.40.0.0/16"
-    subnet_cidrs: list[str] = Field(default_factory=lambda: ["10.40.1.0/24"], min_length=1)
-    admin_cidr: str = Field(description="CIDR allowed to reach SSH")
+    vpc_cidr: Line = "10.40.0.0/16"
+    subnet_cidrs: list[Line] = Field(default_factory=lambda: ["10.40.1.0/24"], min_length=1)
+    admin_cidr: Line = Field(description="CIDR allowed to reach SSH")
     app_count: int = Field(default=3, ge=1, le=200)
-    instance_type: str = "t3.micro"
-    monitoring_instance_type: str = "t3.small"
+    instance_type: Line = "t3.micro"
+    monitoring_instance_type: Line = "t3.small"
     ami_id: str = Field(description="AMI of a systemd Linux with python3 (Debian 12)")
     lb_count: int = Field(default=0, ge=0, le=1, description="HAProxy load-balancer instances (0 or 1)")
-    lb_instance_type: str = "t3.small"
-    lb_ingress_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)
+    lb_instance_type: Line = "t3.small"
+    lb_ingress_cidrs: list[Line] = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)
     service_port: int = Field(default=8080, ge=1, le=65535)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[Line, Line] = Field(default_factory=dict)
 
     @field_validator("vpc_cidr", "admin_cidr")
     @classmethod
     def _cidr(cls, value: str) -> str:
-        try:
-            ipaddress.IPv4Network(value, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not an IPv4 CIDR ({exc})") from None
+        return _ipv4_cidr(value)
+
+    @field_validator("subnet_cidrs", "lb_ingress_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [_ipv4_cidr(item) for item in value]
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return _aws_region(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # the module's own validation, checked before terraform runs: the name becomes host names
+        # in the inventory and part of every resource name
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,31}", value):
+            raise ValueError(f"{_shown(value)}: expected 2-32 lowercase letters, digits and '-', starting with "
+                             "a letter")
         return value
 
     @field_validator("ami_id")
     @classmethod
     def _ami(cls, value: str) -> str:
-        if not re.match(r"^ami-[0-9a-f]{8,17}$", value):
-            raise ValueError(f"{value!r} is not an AMI id such as ami-0123456789abcdef0")
+        if not re.fullmatch(r"ami-[0-9a-f]{8,17}", value):
+            raise ValueError(f"{_shown(value)} is not an AMI id such as ami-0123456789abcdef0")
         return value
+
+
+def _ipv4_cidr(value: str) -> str:
+    try:
+        ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{_shown(value)} is not an IPv4 CIDR ({exc})") from None
+    return value
+
+
+def _aws_region(value: str) -> str:
+    if not _AWS_REGION_RE.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not an AWS region such as eu-west-1")
+    return value
 
 
 class LocalBackend(_Model):
@@ -204,15 +321,20 @@ class S3Backend(_Model):
 
     type: Literal["s3"]
     bucket: str
-    key: str = "orchestrate/terraform.tfstate"
+    key: Line = "orchestrate/terraform.tfstate"
     region: str = "eu-west-1"
 
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
-            raise ValueError(f"{value!r} is not a valid S3 bucket name")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+            raise ValueError(f"{_shown(value)} is not a valid S3 bucket name")
         return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return _aws_region(value)
 
 
 class TerraformTimeouts(_Model):
@@ -264,39 +386,63 @@ class HealthCheck(_Model):
     @classmethod
     def _path(cls, value: str) -> str:
         if not value.startswith("/"):
-            raise ValueError(f"{value!r} must start with '/'")
+            raise ValueError(f"{_shown(value)} must start with '/'")
+        if not _HEALTH_PATH_RE.fullmatch(value):
+            raise ValueError(f"{_shown(value)} is not a URL path of letters, digits and . _ ~ - / "
+                             "(at most 256) such as /healthz")
         return value
 
 
 class Service(_Model):
     name: str
     port: int = Field(default=8080, ge=1, le=65535)
-    user: str = ""
+    user: str = Field(default="", description="system user of the service; empty: the service's name")
     health: HealthCheck = Field(default_factory=HealthCheck)
     keep_releases: int = Field(default=5, ge=2, le=100)
-    data_dir: str = ""
-    config: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    data_dir: str = Field(default="", description="below /var/lib, /srv or /opt; empty: /var/lib/<name>")
+    config: dict[str, EnvValue] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _SERVICE_NAME_RE.match(value):
-            raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter")
+        if not _SERVICE_NAME_RE.fullmatch(value):
+            raise ValueError(f"{_shown(value)}: expected lowercase letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")
+        if value:
+            problem = system_account_problem(value)
+        elif name:  # the default user is the service's name
+            problem = system_account_problem(name)
+            problem = problem and f"not set, so the service would run as its name: {problem} (set service.user)"
+        else:
+            problem = None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("data_dir")
     @classmethod
-    def _data_dir(cls, value: str) -> str:
-        if value and not value.startswith("/"):
-            raise ValueError(f"{value!r} must be an absolute path")
+    def _data_dir(cls, value: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")
+        if not name:
+            return value
+        problem = data_dir_problem(value or f"/var/lib/{name}", name)
+        if problem and not value:
+            problem = f"not set, so it would be /var/lib/{name}: {problem} (set service.data_dir)"
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("config")
     @classmethod
     def _config(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
-            if not _ENV_VAR_RE.match(key):
-                raise ValueError(f"{key!r} is not an environment variable name (A-Z, 0-9, _)")
+            if not _ENV_VAR_RE.fullmatch(key):
+                raise ValueError(f"{_shown(key)} is not an environment variable name (A-Z, 0-9, _)")
         return value
 
     @property
@@ -383,7 +529,7 @@ class Monitoring(_Model):
 
 class Healing(_Model):
     enabled: bool = True
-    listen: str = "127.0.0.1:9095"
+    listen: Line = "127.0.0.1:9095"
     throttle: Duration = "5m"
     max_remediations: int = Field(default=3, ge=1)
     window: Duration = "1h"
@@ -394,29 +540,27 @@ class Healing(_Model):
     @classmethod
     def _listen(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"{value!r} is not HOST:PORT such as 127.0.0.1:9095")
+        if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{_shown(value)} is not HOST:PORT such as 127.0.0.1:9095")
         try:
-            ipaddress.ip_address(host)
+            address = ipaddress.ip_address(host)
         except ValueError:
-            raise ValueError(f"{host!r} is not an IP address") from None
+            raise ValueError(f"{_shown(host)} is not an IP address") from None
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise ValueError(f"{_shown(host)}: an address with a scope (%...) cannot be used")
         return value
 
 
 class Schedule(_Model):
     cron: str
-    release: str = ""
+    release: Line = Field(default="", description="binary or cargo project the scheduled `up` rolls out")
 
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        fields = value.split()
-        if value.startswith("@"):
-            if value not in {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@reboot"}:
-                raise ValueError(f"{value!r} is not one of @hourly, @daily, @weekly, @monthly, @yearly, @reboot")
-            return value
-        if len(fields) != 5 or not all(_CRON_FIELD_RE.match(f) for f in fields):
-            raise ValueError(f"{value!r} is not a cron expression of 5 fields such as '0 3 * * 1-5'")
+        problem = cron_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
@@ -424,7 +568,7 @@ class Environment(_Model):
     """One deployment environment, as written in inventories/<name>/environment.yml."""
 
     name: str
-    description: str = ""
+    description: Text = ""
     target: Literal["local", "aws"]
     protected: bool = False
     terraform: Annotated[TerraformLocal | TerraformAws, Field(discriminator="module")]
@@ -437,6 +581,6 @@ class Environment(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _ENV_NAME_RE.match(value):
-            raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter")
+        if not _ENV_NAME_RE.fullmatch(value):
+            raise ValueError(f"{_shown(value)}: expected lowercase letters, digits and '-', starting with a letter")
         return value

@@ -21,8 +21,10 @@ import yaml
 from ansible.errors import AnsibleError as _AnsibleError  # type: ignore[import-untyped]
 from ansible.parsing.vault import VaultLib, VaultSecret, is_encrypted  # type: ignore[import-untyped]
 
-from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.loader import LoadedEnvironment, decode_utf8
+from orchestrator.config.rules import env_value_problem
 from orchestrator.errors import ConfigError, UsageError
+from orchestrator.ids import shown
 
 #: environment variable naming the file that holds the vault password
 PASSWORD_FILE_ENV = "ORCHESTRATE_VAULT_PASSWORD_FILE"  # noqa: S105 - a variable name, not a password
@@ -30,7 +32,7 @@ SECRETS_FILE = "secrets.yml"
 #: the var under which playbooks receive the secrets (rust_service merges it into the EnvironmentFile)
 SECRETS_VAR = "rust_service_secret_env"
 
-_ENV_VAR_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_ENV_VAR_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 PasswordProvider = Callable[[], str]
 
@@ -102,31 +104,61 @@ def encrypt_text(plaintext: str, password: str) -> str:
     return payload.decode("ascii")
 
 
+def _key_lines(text: str) -> dict[object, int]:
+    """Line of each top-level key of the YAML mapping in `text` (already known to parse)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    loader = yaml.SafeLoader("")
+    lines: dict[object, int] = {}
+    for key_node, _ in node.value:
+        try:
+            key = loader.construct_object(key_node, deep=True)
+        except yaml.YAMLError:
+            continue
+        if isinstance(key, (str, int, float, bool)) or key is None:
+            lines[key] = key_node.start_mark.line + 1
+    return lines
+
+
 def parse_secrets(text: str, display: str) -> dict[str, str]:
-    """Validate decrypted secrets: a flat mapping of environment variable names to scalars."""
+    """Validate decrypted secrets: a flat mapping of environment variable names to scalars.
+
+    Errors name the file, the line and the key, never a value.
+    """
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
         raise ConfigError(
             "YAML syntax error in the decrypted secrets", path=display,
             line=mark.line + 1 if mark is not None else None,
         ) from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError("a character YAML does not allow in the decrypted secrets (write it as an escape in a "
+                          "double-quoted string)", path=display,
+                          line=text.count("\n", 0, max(exc.position, 0)) + 1) from None
+    except yaml.YAMLError:
+        raise ConfigError("YAML error in the decrypted secrets", path=display) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping of NAME: value, got {type(data).__name__}", path=display)
+        raise ConfigError(f"expected a mapping of NAME: value, got {type(data).__name__}", path=display, line=1)
+    lines = _key_lines(text)
     secrets: dict[str, str] = {}
     for key, value in data.items():
         # Values are never echoed in errors: the message names the key only.
-        if not isinstance(key, str) or not _ENV_VAR_RE.match(key):
-            raise ConfigError(f"{key!r} is not an environment variable name (A-Z, 0-9, _)", path=display)
+        line = lines.get(key, 1)
+        if not isinstance(key, str) or not _ENV_VAR_RE.fullmatch(key):
+            raise ConfigError(f"{shown(key)} is not an environment variable name (A-Z, 0-9, _)",
+                              path=display, line=line)
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(f"expected a string value, got {type(value).__name__}", path=display, field=key)
+            raise ConfigError(f"expected a string value, got {type(value).__name__}", path=display, line=line,
+                              field=key)
         text_value = str(value)
-        if "\n" in text_value or "\r" in text_value:
-            raise ConfigError("a value must be a single line (it goes into an EnvironmentFile)",
-                              path=display, field=key)
+        problem = env_value_problem(text_value)
+        if problem:
+            raise ConfigError(f"the value {problem}", path=display, line=line, field=key)
         secrets[key] = text_value
     return secrets
 
@@ -157,14 +189,12 @@ def load_secrets(
         )
     password = resolve_password(display, password_provider, environ)
     try:
-        plaintext = decrypt_text(raw, password)
+        plaintext: bytes = _vault(password).decrypt(raw)
     except _AnsibleError:
         from_file = (os.environ if environ is None else environ).get(PASSWORD_FILE_ENV)
         source = f"the file named by {PASSWORD_FILE_ENV}" if from_file else "the password given"
         raise UsageError(f"{display}: cannot decrypt with {source} (wrong vault password?)") from None
-    except UnicodeDecodeError:
-        raise ConfigError("decrypted secrets are not UTF-8 text", path=display) from None
-    return parse_secrets(plaintext, display)
+    return parse_secrets(decode_utf8(plaintext, display, what="the decrypted secrets are "), display)
 
 
 def secret_vars(secrets: Mapping[str, str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,34 @@ _jinja = jinja2.Environment(
     autoescape=False,  # noqa: S701 - HCL and YAML, not HTML
 )
 _jinja.filters["tojson"] = lambda value: json.dumps(value)
+
+
+#: escapes of HCL's quoted strings (hclsyntax spec, "Template Literals"); any other control
+#: character is written as \uNNNN
+_HCL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def hcl_string(value: str) -> str:
+    """`value` as an HCL quoted string that Terraform reads back as exactly `value`.
+
+    A quoted string in HCL's native syntax is a template: `${` and `%{` start an interpolation or
+    a directive, so they are escaped as `$${` and `%%{` (a `$$${` reads back as `$${`), besides
+    the backslash escapes. (terraform.tfvars.json needs none of this: values of a JSON variables
+    file are literal.)
+    """
+    text = value.replace("${", "$${").replace("%{", "%%{")
+    out = []
+    for char in text:
+        if char in _HCL_ESCAPES:
+            out.append(_HCL_ESCAPES[char])
+        elif unicodedata.category(char) == "Cc":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+_jinja.filters["hcl"] = hcl_string
 
 
 @dataclass(frozen=True)
@@ -114,7 +143,7 @@ def hcl_type(value: Any, where: str = "") -> str:
             return "map(string)"
         if len(set(members.values())) == 1:
             return f"map({next(iter(members.values()))})"
-        return "object({" + ", ".join(f"{json.dumps(k)} = {t}" for k, t in members.items()) + "})"
+        return "object({" + ", ".join(f"{hcl_string(k)} = {t}" for k, t in members.items()) + "})"
     raise ConfigError(f"cannot pass {type(value).__name__} to terraform", field=where or None)
 
 

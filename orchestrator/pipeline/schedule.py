@@ -23,9 +23,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.config.rules import control_characters
 from orchestrator.config.schema import Schedule
 from orchestrator.config.secrets import PASSWORD_FILE_ENV, secrets_path
 from orchestrator.errors import UsageError
+from orchestrator.ids import shown
 
 CRON_DIR = Path("/etc/cron.d")
 #: how long a scheduled run waits for the environment lock before giving up (exit 75)
@@ -55,18 +57,32 @@ class CronEntry:
         """The crontab line (system crontab format: with the user field).
 
         cron turns an unescaped `%` of the command into a newline (crontab(5)): a path or
-        value with one is escaped as `\\%`, which cron hands to the shell as `%`.
+        value with one is escaped as `\\%`, which cron hands to the shell as `%`. A newline or
+        any other control character would start another entry (shlex.quote keeps them): the
+        line is refused instead (UsageError).
         """
-        return f"{self.expression} root {self.command.replace('%', chr(92) + '%')}"
+        line = f"{self.expression} root {self.command.replace('%', chr(92) + '%')}"
+        return one_line(line, "the cron line")
 
     def file_text(self) -> str:
         """The whole /etc/cron.d file: environment, then the line."""
         return (
-            f"# orchestrate scheduled rollout for environment {self.env}; managed by `orchestrate schedule`\n"
+            f"# orchestrate scheduled rollout for environment {one_line(self.env, 'the environment name')}; "
+            "managed by `orchestrate schedule`\n"
             "SHELL=/bin/sh\n"
-            f"PATH={self.path_env}\n"
+            f"PATH={one_line(self.path_env, 'PATH')}\n"
             f"{self.line}\n"
         )
+
+
+def one_line(text: str, what: str) -> str:
+    """`text` when it holds no control character (newline, carriage return, NUL, ...), else a
+    UsageError: in /etc/cron.d such a character ends the entry and starts another, run as root."""
+    bad = control_characters(text)
+    if bad:
+        raise UsageError(f"{what} would hold control characters ({', '.join(bad)}): {shown(text)}; nothing "
+                         "was written")
+    return text
 
 
 def cron_file_name(project_dir: Path, env: str) -> str:
@@ -145,6 +161,9 @@ def build_entry(
     project = loaded.project_dir.resolve()
     argv = [str(exe), "--project-dir", str(project), "up", env.name, "--json", "--lock-wait", str(lock_wait)]
     release_path = release or (configured.release if configured else "")
+    if release is not None:
+        one_line(release, "--release")
+    one_line(str(loaded.project_dir.resolve()), "the project directory")
     if release_path:
         path = Path(release_path)
         argv += ["--release", str(path if path.is_absolute() else project / path)]
@@ -153,7 +172,7 @@ def build_entry(
     cargo_bin = Path.home() / ".cargo" / "bin"
     path_env = ":".join([str(exe.parent), str(cargo_bin), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
                          "/usr/bin", "/sbin", "/bin"])
-    return CronEntry(
+    entry = CronEntry(
         env=env.name,
         expression=expr,
         argv=argv,
@@ -162,6 +181,8 @@ def build_entry(
         path_env=path_env,
         environment=environment,
     )
+    entry.file_text()  # a control character anywhere is refused now, before anything is shown or written
+    return entry
 
 
 def install(entry: CronEntry, cron_dir: Path = CRON_DIR) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +23,8 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import UsageError
 from orchestrator.files import sha256_file
+from orchestrator.ids import is_release_id, is_version, shown
 from orchestrator.tools.cargo import DEFAULT_VERSION, build_only, build_project, cargo_version
-
-RELEASE_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]*-[0-9a-f]{12}$")
-
 
 LineSink = Callable[[str], None]
 
@@ -50,13 +47,16 @@ class Release:
 
 
 def release_id(version: str, sha256: str) -> str:
-    """`<version>-<first 12 hex of sha256>` (a contract: docs/contracts.md)."""
-    return f"{version}-{sha256[:12]}"
+    """`<version>-<first 12 hex of sha256>`; UsageError when `version` cannot be part of an id.
 
-
-def is_release_id(text: str) -> bool:
-    """Whether `text` looks like a release id (used to validate `rollback --to`)."""
-    return bool(RELEASE_ID_RE.match(text))
+    The id becomes a directory on the controller and on every host: a version such as
+    `1.0/../../x` or one holding Jinja or a newline is refused before anything is staged.
+    """
+    rid = f"{version}-{sha256[:12]}"
+    if not is_version(version) or not is_release_id(rid):
+        raise UsageError(f"version {shown(version)} cannot be part of a release id: expected letters, digits "
+                         "and . + _ - (at most 64, starting with a letter or digit), such as 1.4.0")
+    return rid
 
 
 def version_for_binary(binary: Path) -> str:
@@ -84,6 +84,7 @@ def prepare_release(loaded: LoadedEnvironment, path: Path, *, on_output: LineSin
         manifest = path / "Cargo.toml"
         if not manifest.is_file():
             raise UsageError(f"--release {path}: a directory must be a cargo project (no Cargo.toml in it)")
+        release_id(cargo_version(manifest), "0" * 12)  # a bad version is refused before cargo runs
         binary = build_project(path, on_output=on_output, env=build_env)
         version = cargo_version(manifest)
     else:

@@ -32,7 +32,7 @@ from orchestrator.fleet.inventory import app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.tools.ansible import HostEvent
 
-BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z$")
+BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z\Z")  # \Z: a trailing newline is not an id
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 MANIFEST = "MANIFEST.sha256"
 ARCHIVE = "data.tar.gz"

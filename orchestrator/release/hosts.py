@@ -24,7 +24,8 @@ from orchestrator.config.secrets import SECRETS_VAR
 from orchestrator.errors import AnsibleError, UsageError
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
-from orchestrator.release.artifact import Release, is_release_id, prepare_release
+from orchestrator.ids import is_release_id, require_release_id, shown
+from orchestrator.release.artifact import Release, prepare_release
 from orchestrator.release.results import (
     CLEANUP_TASK,
     MODULE,
@@ -35,9 +36,9 @@ from orchestrator.release.results import (
     ReleaseInterrupted,
     ReleaseRun,
     ReleaseRunError,
-    _opt,
     outcomes,
     previous_to_restore,
+    reported_release,
     to_restore,
 )
 from orchestrator.release.transitions import HostTransitions, _checked
@@ -168,8 +169,8 @@ def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = 
 
     `transitions` records idle -> rolled_back (or failed) per host as the rollback goes.
     """
-    if to is not None and not is_release_id(to):
-        raise UsageError(f"--to {to!r} is not a release id such as 0.2.0-0123456789ab")
+    if to is not None:
+        require_release_id(to, "--to")
     hosts = app_hosts(loaded)
     if transitions is not None:
         transitions.release = to
@@ -211,8 +212,10 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
     run = ReleaseRun(env=loaded.name, action=action, run_id=result.run_id, state="deployed", target=target,
                      hosts=found, run=result, evidence_dir=evidence_dir, release=release, strategy=strategy)
     cleanup_failures = [f for f in result.failures if f.task == CLEANUP_TASK]
-    if result.ok or (cleanup_failures and len(cleanup_failures) == len(result.failures)
-                     and not any(h.failed for h in found)):
+    # a host that reported something other than a release id fails the run, whatever Ansible said
+    bad_reports = [h for h in found if h.bad_report]
+    if not bad_reports and (result.ok or (cleanup_failures and len(cleanup_failures) == len(result.failures)
+                                          and not any(h.failed for h in found))):
         # every host passed its gate; a host whose old releases could not be removed afterwards
         # (unreachable for a moment, a disk error) keeps them until the next deploy
         run.state = "deployed" if any(h.changed for h in found) else "unchanged"
@@ -220,7 +223,7 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
         return run
 
     run.state = "failed"
-    gate_failures = [h for h in found if h.failed and (h.rolled_back or h.healthy is False)]
+    gate_failures = [h for h in found if h.failed and not h.bad_report and (h.rolled_back or h.healthy is False)]
     restore = to_restore(found, target)
     if restore:
         run.restored_hosts = restore
@@ -231,7 +234,8 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
                            on_event=transitions.events("restore", on_event) if transitions is not None else on_event)
     if result.interrupted_by is not None:
         raise ReleaseInterrupted(_interrupted_message(action, target, result.interrupted_by, run), run)
-    failures = result.summary_line() or f"ansible-playbook exited with {result.rc} ({result.status})"
+    failures = "; ".join(filter(None, [*(h.message for h in bad_reports), result.summary_line()])) \
+        or f"ansible-playbook exited with {result.rc} ({result.status})"
     if run.restore is not None and not run.restore.ok:
         raise ReleaseRunError(
             f"{action} failed and restoring the hosts that had switched failed too; the fleet may be on "
@@ -283,10 +287,20 @@ def status(loaded: LoadedEnvironment, *, tuned: bool = True) -> FleetStatus:
             ))
             continue
         res = task.result
+        # what the host reports is checked like any input: a current release that is not a release id
+        # leaves the host unhealthy (what it runs is unknown); other odd names are only left out
+        release, problem = reported_release(host.name, res, "release")
+        previous, previous_problem = reported_release(host.name, res, "previous_release")
+        listed = res.get("releases")
+        listed = listed if isinstance(listed, list) else []
+        releases = [str(r) for r in listed if is_release_id(r)]
+        others = [shown(r, 40) for r in listed if not is_release_id(r)]
+        listed_problem = (f"{host.name} listed {', '.join(others)} among its releases, which are not release ids "
+                          "(not used)") if others else ""
         found.append(HostStatus(
-            name=host.name, address=host.address, release=_opt(res.get("release")),
-            previous_release=_opt(res.get("previous_release")), unit=str(res.get("unit") or "unknown"),
-            healthy=bool(res.get("healthy")), releases=[str(r) for r in res.get("releases") or []],
+            name=host.name, address=host.address, release=release, previous_release=previous,
+            unit=str(res.get("unit") or "unknown"), healthy=bool(res.get("healthy")) and not problem,
+            releases=releases, error="; ".join(filter(None, [problem, previous_problem, listed_problem])),
         ))
     if not found:
         raise AnsibleError(f"status of {loaded.name} returned nothing: {result.summary_line() or result.status}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.errors import HealthGateFailed, Interrupted, OrchestratorError
+from orchestrator.ids import is_release_id, shown
 from orchestrator.release.artifact import Release
 from orchestrator.tools.ansible import HostEvent, PlaybookResult, TaskResult
 
@@ -31,6 +32,9 @@ class HostOutcome:
     message: str = ""
     previous_before: str | None = None
     """What `previous` named before the call (a fleet restore puts it back)."""
+    bad_report: bool = False
+    """The host reported a release that is not a release id (the message says which): the value
+    was dropped, the host counts as failed and is never restored from its own report."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -149,8 +153,35 @@ class FleetStatus:
         return {"env": self.env, "release": self.release, "hosts": [h.as_dict() for h in self.hosts]}
 
 
+#: what each release field of rust_release's result means, for messages
+REPORTED_RELEASES = {
+    "release_before": "its release before the run", "release": "its release",
+    "previous_release": "its previous release", "previous_before": "its previous release before the run",
+}
+
+
+def reported_release(host: str, res: Mapping[str, Any], key: str) -> tuple[str | None, str]:
+    """A release id a host reported under `key`, checked: (the id or None, "" or the problem).
+
+    A host reports what its `current`/`previous` links name; whoever controls the host controls
+    that text. Only a whole-string release id is taken; anything else (a path, Jinja, a newline)
+    is dropped and named in the problem, never passed on.
+    """
+    value = res.get(key)
+    if not value:
+        return None, ""
+    if is_release_id(value):
+        return str(value), ""
+    what = REPORTED_RELEASES.get(key, key)
+    return None, f"{host} reported {what} as {shown(value)}, which is not a release id (not used)"
+
+
 def outcomes(results: list[TaskResult], addresses: Mapping[str, str]) -> list[HostOutcome]:
-    """Per-host outcome of the rust_release calls of a run (the last call per host wins)."""
+    """Per-host outcome of the rust_release calls of a run (the last call per host wins).
+
+    A host whose report names something that is not a release id is failed, with the problem as
+    its message (see `reported_release`).
+    """
     last: dict[str, TaskResult] = {}
     for result in results:
         # the role's other phases call the module too (status, the cleanup after a rollout); a
@@ -160,16 +191,18 @@ def outcomes(results: list[TaskResult], addresses: Mapping[str, str]) -> list[Ho
     found = []
     for host, result in sorted(last.items()):
         res = result.result
-        failed = result.status in {"failed", "unreachable"}
+        checked = {key: reported_release(host, res, key) for key in REPORTED_RELEASES}
+        problems = [problem for _, problem in checked.values() if problem]
+        failed = result.status in {"failed", "unreachable"} or bool(problems)
         found.append(HostOutcome(
             name=host, address=addresses.get(host, ""),
-            release_before=_opt(res.get("release_before")), release=_opt(res.get("release")),
-            previous_release=_opt(res.get("previous_release")), switched=bool(res.get("switched")),
+            release_before=checked["release_before"][0], release=checked["release"][0],
+            previous_release=checked["previous_release"][0], switched=bool(res.get("switched")),
             rolled_back=bool(res.get("rolled_back")),
             healthy=res.get("healthy") if isinstance(res.get("healthy"), bool) else None,
             changed=bool(res.get("changed")), failed=failed,
-            message=str(res.get("msg", "")) if failed else "",
-            previous_before=_opt(res.get("previous_before")),
+            message="; ".join(problems) if problems else str(res.get("msg", "")) if failed else "",
+            previous_before=checked["previous_before"][0], bad_report=bool(problems),
         ))
     return found
 
@@ -195,10 +228,6 @@ def previous_to_restore(hosts: list[HostOutcome], restore: Mapping[str, str]) ->
     later `orchestrate rollback` would switch the host to it.
     """
     return {h.name: h.previous_before or NO_PREVIOUS for h in hosts if h.name in restore}
-
-
-def _opt(value: object) -> str | None:
-    return str(value) if value else None
 
 
 #: roles/rust_service tasks whose outcome moves a host: the binary copy (fetch.yml) and the one

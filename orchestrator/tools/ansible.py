@@ -5,6 +5,15 @@ points at it) and ansible-runner's artifacts. Settings are tuned by default (for
 pipelining, SSH ControlPersist with a short control path, no implicit fact gathering); `tuned=False`
 keeps stock Ansible settings for the benchmark.
 
+Every value handed to Ansible is data, never a template: the extra vars (`extravars.yml` in the
+run dir) and the secrets are written as YAML whose root mapping is tagged `!unsafe`, which makes
+every string in it unsafe for Ansible, mapping keys included (`unsafe_yaml`), and passed with
+`-e @FILE`. Ansible then never renders them, so
+an environment value, a secret or a release id a host reported that reads
+`{{ lookup('pipe', ...) }}` reaches its module argument as those characters and runs nothing on
+the controller. (Extra vars given as JSON on the command line, ansible-runner's way, are trusted
+templates.)
+
 Secrets never land in the run dir, nor on any disk: `secret_vars` go to Ansible through a 0600
 file in /dev/shm that is deleted as soon as the playbook has started (a killed run's is removed by
 the next run), Ansible's own controller-side temp dir is in /dev/shm and removed after the run, and
@@ -19,6 +28,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -30,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import yaml
 
 from orchestrator.errors import AnsibleError, HostError, Interrupted
 from orchestrator.files import private_dir, ssh_control_dir
@@ -327,6 +339,81 @@ class EventCollector:
                 setattr(summary, attr, int(count))
 
 
+# --- extra vars: data, never templates ----------------------------------------------------------
+
+#: Ansible's YAML tag for data that is never templated
+UNSAFE_TAG = "!unsafe"
+
+
+class _UnsafeRoot(dict[str, Any]):
+    """The document's top-level mapping, written with UNSAFE_TAG."""
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """SafeDumper for extra vars files: the root mapping tagged `!unsafe`, every string double-quoted
+    (any character survives, escaped; nothing is folded; a quoted scalar is always a string)."""
+
+
+def _represent_root(dumper: yaml.SafeDumper, value: _UnsafeRoot) -> yaml.MappingNode:
+    return dumper.represent_mapping(UNSAFE_TAG, value)
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+
+
+_UnsafeDumper.add_representer(_UnsafeRoot, _represent_root)
+_UnsafeDumper.add_representer(str, _represent_str)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """`value` as the builtins the dumper knows (str, int, float, bool, None, list, dict)."""
+    if value is None or type(value) is bool:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)  # a str subclass (an enum) as its text
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {_plain(key, where): _plain(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    raise TypeError(f"extra var {where}: cannot pass a {type(value).__name__} to Ansible")
+
+
+def unsafe_yaml(variables: Mapping[str, Any]) -> str:
+    """A YAML document of `variables` for `-e @FILE` that Ansible never templates.
+
+    The root mapping is tagged `!unsafe`, which makes every string below it, mapping keys
+    included, unsafe for Ansible: data, not a template. (Tagging each string instead would not
+    do: Ansible resolves an `!unsafe` scalar as if it were unquoted, so `!unsafe "yes"` would come
+    back as True and `!unsafe ""` as None.) Non-ASCII and control characters are written as
+    escapes, so the file is ASCII and every value comes back from Ansible's loader as it was
+    (pure: property-tested against that loader).
+    """
+    data = _UnsafeRoot({str(key): _plain(value, str(key)) for key, value in variables.items()})
+    return yaml.dump(data, Dumper=_UnsafeDumper, allow_unicode=False, default_flow_style=False,
+                     sort_keys=True, width=1 << 30)
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write `text` to a new mode-0600 file at `path` (replacing an older one)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text)
+    return path
+
+
+def extra_vars_cmdline(files: Sequence[Path]) -> str:
+    """ansible-playbook options reading each vars file, in order (pure)."""
+    return " ".join(f"-e {shlex.quote('@' + str(path))}" for path in files)
+
+
 # --- running --------------------------------------------------------------------------------------
 
 
@@ -361,6 +448,9 @@ class PlaybookRun:
     None: no check (cloud hosts). See `check_inventory_addresses`."""
 
 
+#: the run's (non-secret) extra vars, in its run dir
+EXTRA_VARS_FILE = "extravars.yml"
+
 #: names of a run's files in /dev/shm: NAME-PID-* (PID: the orchestrate process; see remove_orphans)
 SECRETS_NAME = "orch-secrets"
 LOCAL_TEMP_NAME = "orch-ansible"
@@ -368,7 +458,7 @@ LOCAL_TEMP_NAME = "orch-ansible"
 
 @contextlib.contextmanager
 def secret_vars_file(secret_vars: Mapping[str, Any]) -> Iterator[Path | None]:
-    """A 0600 JSON file of `secret_vars` in memory-backed storage (/dev/shm), for `-e @PATH`.
+    """A 0600 file of `secret_vars` (`unsafe_yaml`) in memory-backed storage (/dev/shm), for `-e @PATH`.
 
     Deleted on exit at the latest; run_playbook deletes it as soon as the playbook has started,
     i.e. once ansible-playbook has read its extra vars (they are read once, when the CLI sets up,
@@ -381,12 +471,12 @@ def secret_vars_file(secret_vars: Mapping[str, Any]) -> Iterator[Path | None]:
         yield None
         return
     shm = Path("/dev/shm")
-    fd, name = tempfile.mkstemp(prefix=f"{SECRETS_NAME}-{os.getpid()}-", suffix=".json",
+    fd, name = tempfile.mkstemp(prefix=f"{SECRETS_NAME}-{os.getpid()}-", suffix=".yml",
                                 dir=str(shm) if shm.is_dir() else None)
     path = Path(name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(dict(secret_vars), handle)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(unsafe_yaml(secret_vars))
         yield path
     finally:
         path.unlink(missing_ok=True)
@@ -569,6 +659,7 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     started = time.monotonic()
     if Path("/dev/shm").is_dir():
         remove_orphans()
+    vars_files = [write_private(run_dir / EXTRA_VARS_FILE, unsafe_yaml(run.extra_vars))] if run.extra_vars else []
     with secret_vars_file(run.secret_vars) as secrets_path, local_temp_dir() as local_temp, \
             cancel_on_signals() as signalled:
         collector = EventCollector(on_event, on_start=functools.partial(_forget, secrets_path)
@@ -579,7 +670,6 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
             "playbook": str(run.playbook),
             "inventory": str(run.inventory),
             "envvars": runner_env(settings, cfg_path, local_temp),
-            "extravars": dict(run.extra_vars),
             "event_handler": collector,
             "quiet": True,
             "suppress_env_files": True,
@@ -587,8 +677,10 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
             "ident": run.run_id,
             "cancel_callback": lambda: signalled() is not None,
         }
-        if secrets_path is not None:
-            kwargs["cmdline"] = f"-e @{secrets_path}"
+        # never ansible-runner's `extravars`: it passes them as JSON, which Ansible templates
+        files = [*vars_files, *([secrets_path] if secrets_path is not None else [])]
+        if files:
+            kwargs["cmdline"] = extra_vars_cmdline(files)
         if run.limit:
             kwargs["limit"] = run.limit
         try:
@@ -613,7 +705,7 @@ def _scrub_command_record(path: Path) -> None:
     """Drop the process environment from ansible-runner's `command` record.
 
     The record copies the whole environment of the run, which may hold cloud credentials;
-    the argv stays (it holds only non-secret extra vars and the path of the secrets file).
+    the argv stays (it holds only the paths of the vars files).
     """
     try:
         record = json.loads(path.read_text())

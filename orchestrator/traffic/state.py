@@ -14,6 +14,7 @@ from typing import Any, Literal
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.inventory import Host
+from orchestrator.ids import is_release_id, shown
 
 Color = Literal["blue", "green"]
 
@@ -95,9 +96,16 @@ def read_state(loaded: LoadedEnvironment) -> TrafficState:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise TrafficError(f"{path}: unreadable traffic state: {exc}") from None
+    releases = dict(data.get("releases") or {})
+    # the file is read back into deploys and rollbacks: only colours and whole release ids pass
+    for color, release in releases.items():
+        if color not in COLORS or not is_release_id(release):
+            raise TrafficError(f"{path}: releases: {shown(color)}: {shown(release)} is not a colour's release id")
+    for key in ("active", "previous"):
+        if data.get(key) not in (None, *COLORS):
+            raise TrafficError(f"{path}: {key}: {shown(data.get(key))} is not one of blue, green")
     return TrafficState(weights={str(k): int(v) for k, v in (data.get("weights") or {}).items()},
-                        active=data.get("active"), previous=data.get("previous"),
-                        releases=dict(data.get("releases") or {}))
+                        active=data.get("active"), previous=data.get("previous"), releases=releases)
 
 
 def write_state(loaded: LoadedEnvironment, state: TrafficState) -> None:

@@ -183,7 +183,13 @@ def test_secret_vars_live_in_a_private_file_only_during_the_run() -> None:
     with secret_vars_file({"rust_service_secret_env": {"HELLO_SECRET": "s3cr3t"}}) as path:
         assert path is not None
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert json.loads(path.read_text())["rust_service_secret_env"]["HELLO_SECRET"] == "s3cr3t"
+        # as ansible-playbook reads `-e @FILE`: the value is there, and it is never a template
+        from ansible.parsing.dataloader import DataLoader
+        from ansible.template import is_trusted_as_template
+
+        loaded = DataLoader().load_from_file(str(path), trusted_as_template=True)
+        value = loaded["rust_service_secret_env"]["HELLO_SECRET"]
+        assert value == "s3cr3t" and not is_trusted_as_template(value)
         # named after this process, so that a later run can remove it if this one is killed
         assert path.name.startswith(f"orch-secrets-{os.getpid()}-")
         if Path("/dev/shm").is_dir():

@@ -99,7 +99,12 @@ def test_clear_text_secrets_are_refused(loaded: LoadedEnvironment) -> None:
         ("A:\n  nested: 1\n", "A: expected a string value, got dict"),
         ("A: true\n", "A: expected a string value, got bool"),
         ("- a\n", "expected a mapping of NAME: value, got list"),
-        ('A: "two\\nlines"\n', "A: a value must be a single line"),
+        ('A: "two\\nlines"\n', "secrets.yml:1: A: the value holds \\n, which an EnvironmentFile cannot carry"),
+        ('A: ok\nB: "two\\0nul"\n', "secrets.yml:2: B: the value holds \\x00"),
+        ('A: ok\n\nC: "two\\rcr"\n', "secrets.yml:3: C: the value holds \\r"),
+        ("A: ok\nB: two" + "x" * 70000 + "\n", "secrets.yml:2: B: the value is 70003 bytes long"),
+        ("A: ok\n\nlower: x\n", "secrets.yml:3: 'lower' is not an environment variable name"),
+        ("A: ok\nB: two\x01\n", "secrets.yml:2: a character YAML does not allow"),
     ],
 )
 def test_invalid_secrets_are_named_without_their_values(text: str, expected: str) -> None:

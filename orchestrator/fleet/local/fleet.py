@@ -102,7 +102,7 @@ READY_POLL = 0.05
 NSPAWN_PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
 
 
-_HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")  # \Z: a trailing newline is no host name
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,15 @@ Shared by the role's filter plugin (the unit's ExecStart) and the rust_release m
 release hooks), so that an argument means the same in both places.
 
 Arguments arrive as untrusted data. They are never templated: the only expansion is the fixed
-set of placeholders below, with Python's str.format brace rules (`{{` and `}}` are literal
-braces), and every other `{...}` is refused.
+set of placeholders below. A placeholder is `{name}` with one of those names; `{word}` with any
+other identifier-like word is refused (a typo such as `{prot}` would otherwise reach the service
+as those characters); every other brace is literal, so `{{ x }}`, `{}` or `${1:-x}` reach the
+service byte for byte. (The controller checks the same rules: orchestrator.config.schema.check_args.)
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 #: placeholders an argument may use; the caller supplies their values
@@ -28,41 +31,27 @@ def control_characters(text):
     return sorted({repr(c)[1:-1] for c in text if unicodedata.category(c) == "Cc"})
 
 
-def expand(template, values, where):
-    """`template` with each `{name}` replaced by values[name] (str.format brace rules).
+#: `{word}`: a placeholder when the word is one of PLACEHOLDERS, an error for any other word
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-    `{{` and `}}` stand for literal braces; an unknown `{name}`, a format spec (`{port:>5}`) or
-    an unmatched brace raises CommandLineError naming `where`. Values are inserted as they are
-    and never expanded again.
+
+def expand(template, values, where):
+    """`template` with each `{name}` of `values` replaced by its value, in one pass.
+
+    `{word}` with an identifier-like word that is not a placeholder raises CommandLineError
+    naming `where`; every other brace stays as it is. Values are inserted as they are and never
+    expanded again.
     """
-    out = []
-    i = 0
-    while i < len(template):
-        char = template[i]
-        if char == "{" and template.startswith("{{", i):
-            out.append("{")
-            i += 2
-        elif char == "{":
-            end = template.find("}", i + 1)
-            if end == -1:
-                raise CommandLineError(f"{where}: '{{' at offset {i} has no closing '}}' (write '{{{{' for a literal brace)")
-            name = template[i + 1:end]
-            if name not in values:
-                valid = ", ".join("{" + key + "}" for key in sorted(values))
-                shown = name if len(name) <= 40 else name[:40] + "..."
-                raise CommandLineError(f"{where}: unknown placeholder {{{shown}}}; valid: {valid} "
-                                       "(write '{{' and '}}' for literal braces)")
-            out.append(str(values[name]))
-            i = end + 1
-        elif char == "}" and template.startswith("}}", i):
-            out.append("}")
-            i += 2
-        elif char == "}":
-            raise CommandLineError(f"{where}: '}}' at offset {i} closes nothing (write '}}}}' for a literal brace)")
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
+    def replace(match):
+        name = match.group(1)
+        if name not in values:
+            valid = ", ".join("{" + key + "}" for key in sorted(values))
+            shown = name if len(name) <= 40 else name[:40] + "..."
+            raise CommandLineError(f"{where}: unknown placeholder {{{shown}}}; valid: {valid} "
+                                   "(any other brace is literal)")
+        return str(values[name])
+
+    return _PLACEHOLDER.sub(replace, template)
 
 
 def expand_argv(argv, values, where):

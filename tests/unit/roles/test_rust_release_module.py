@@ -110,10 +110,10 @@ HOOK_VALUES = {"port": 8080, "data_dir": "/var/lib/hello", "config_dir": "/etc/h
 
 
 def test_hooks_expand_placeholders_with_the_new_release_directory(mod: ModuleType) -> None:
-    hooks = {"before_switch": ["{release_dir}/migrate", "--data={data_dir}", "{{literal}}"],
+    hooks = {"before_switch": ["{release_dir}/migrate", "--data={data_dir}", "{{ literal }}"],
              "after_switch": ["/bin/true", 8080]}
     assert mod.hook_argvs(hooks, HOOK_VALUES) == {
-        "before_switch": ["/opt/hello/releases/1.0.0-aaaaaaaaaaaa/migrate", "--data=/var/lib/hello", "{literal}"],
+        "before_switch": ["/opt/hello/releases/1.0.0-aaaaaaaaaaaa/migrate", "--data=/var/lib/hello", "{{ literal }}"],
         "after_switch": ["/bin/true", "8080"],
     }
     assert mod.hook_argvs({"before_switch": []}, HOOK_VALUES) == {}

@@ -9,6 +9,7 @@ and not from the code under test; a sample of hostile arguments also goes throug
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -173,13 +174,24 @@ def test_control_characters_are_refused(cmd: ModuleType, bad: str) -> None:
     ("{port}", "8080"),
     ("--data-dir={data_dir}/x", "--data-dir=/var/lib/hello/x"),
     ("{release_dir}/static:{config_dir}:{name}", "/opt/hello/current/static:/etc/hello:hello"),
-    ("{{port}}", "{port}"),
-    ("{{{port}}}", "{8080}"),
-    ("json={{\"a\": 1}}", 'json={"a": 1}'),
-    ("{{ x }}", "{ x }"),
+    # every brace that is not part of a {placeholder} is literal, byte for byte
+    ("{{ x }}", "{{ x }}"),
+    ("{{port}}", "{8080}"),
+    ("{{{port}}}", "{{8080}}"),
+    ("json={\"a\": 1}", 'json={"a": 1}'),
+    ("{}", "{}"),
+    ("{0}", "{0}"),
+    ("{port:>5}", "{port:>5}"),
+    ("{ port }", "{ port }"),
+    ("${1:-x}", "${1:-x}"),
+    ("{port", "{port"),
+    ("port}", "port}"),
+    ("}{", "}{"),
+    ("{% if x %}{# c #}", "{% if x %}{# c #}"),
     ("no braces $HOME %n", "no braces $HOME %n"),
 ])
-def test_placeholders_expand_once_with_format_brace_rules(cmd: ModuleType, template: str, expected: str) -> None:
+def test_placeholders_expand_once_and_other_braces_are_literal(cmd: ModuleType, template: str,
+                                                               expected: str) -> None:
     assert cmd.expand(template, VALUES, "arg") == expected
 
 
@@ -187,19 +199,37 @@ def test_a_value_is_never_expanded_again(cmd: ModuleType) -> None:
     assert cmd.expand("{data_dir}", {**VALUES, "data_dir": "/d/{port}"}, "arg") == "/d/{port}"
 
 
+@given(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40))
+def test_text_without_a_word_in_braces_reaches_the_service_unchanged(cmd: ModuleType, text: str) -> None:
+    if re.search(r"\{[A-Za-z_][A-Za-z0-9_]*\}", text):
+        return
+    assert cmd.expand(text, VALUES, "arg") == text
+
+
 @pytest.mark.parametrize(("template", "message"), [
     ("{prot}", r"rust_service_args\[1\]: unknown placeholder \{prot\}; valid: \{config_dir\}, \{data_dir\}"),
-    ("{port:>5}", r"unknown placeholder \{port:>5\}"),
-    ("{0}", r"unknown placeholder \{0\}"),
-    ("{}", r"unknown placeholder \{\}"),
     ("${HOME}", r"unknown placeholder \{HOME\}"),
-    ("{port", "has no closing"),
-    ("port}", "closes nothing"),
-    ("{{port}", "closes nothing"),
+    ("{{x}}", r"unknown placeholder \{x\}"),
+    ("a{Port}b", r"unknown placeholder \{Port\}"),
+    ("{_}", r"unknown placeholder \{_\}"),
 ])
-def test_other_braces_are_refused_naming_the_argument(cmd: ModuleType, template: str, message: str) -> None:
+def test_an_unknown_word_in_braces_is_refused_naming_the_argument(cmd: ModuleType, template: str,
+                                                                 message: str) -> None:
     with pytest.raises(cmd.CommandLineError, match=message):
         cmd.expand_argv(["ok", template], VALUES, "rust_service_args")
+
+
+def test_the_role_and_the_controller_know_the_same_placeholders(cmd: ModuleType) -> None:
+    from orchestrator.config.schema import ARG_PLACEHOLDERS, check_args
+
+    assert tuple(sorted(cmd.PLACEHOLDERS)) == tuple(sorted(ARG_PLACEHOLDERS))
+    for template in ("{prot}", "{{x}}", "{port}", "{{ x }}", "${1:-x}", "a\nb"):
+        try:
+            cmd.expand_argv([template], VALUES, "args")
+            role_refuses = False
+        except cmd.CommandLineError:
+            role_refuses = True
+        assert (check_args([template]) is not None) == role_refuses, template
 
 
 def test_arguments_must_be_strings_or_numbers(cmd: ModuleType) -> None:
