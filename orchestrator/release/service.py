@@ -29,6 +29,7 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import ExitStatus, OrchestratorError
 from orchestrator.fleet.inventory import app_hosts
+from orchestrator.monitoring.logs import keep_gate_evidence
 from orchestrator.release.artifact import Release, prepare_release
 from orchestrator.release.backup import create_backup
 from orchestrator.release.hosts import DeployRequest, deploy, rollback, status
@@ -246,7 +247,7 @@ class ReleaseService:
                                        release_id=release.id, on_event=self.on_event, on_decision=record,
                                        run_id=step.run.id)
         except (TrafficGateFailed, GateFailedRestored, ReleaseRunError) as exc:
-            raise self._failed(exc, outcome) from exc
+            raise self._failed(exc, outcome, step) from exc
         outcome.strategy = up_deploy.strategy
         outcome.detail = dict(up_deploy.detail)
         step.detail.update(up_deploy.detail)
@@ -271,7 +272,7 @@ class ReleaseService:
                 outcome.hosts = rollback(self.loaded, to, tuned=tuned, on_event=self.on_event,
                                          transitions=HostTransitions.for_run(step.run))
             except (GateFailedRestored, ReleaseRunError) as exc:
-                raise self._failed(exc, outcome) from exc
+                raise self._failed(exc, outcome, step) from exc
         step.detail.update(outcome.journal_detail())
         if outcome.release:
             step.run.set_release(outcome.release)
@@ -305,19 +306,29 @@ class ReleaseService:
                 # every app host now runs the release: no colour is left to switch back to
                 note_host_deploy(self.loaded, outcome.hosts.target)
         except (TrafficGateFailed, GateFailedRestored, ReleaseRunError) as exc:
-            raise self._failed(exc, outcome) from exc
+            raise self._failed(exc, outcome, step) from exc
         step.detail.update(outcome.journal_detail())
         if outcome.release:
             step.run.set_release(outcome.release)
 
     def _failed(self, exc: TrafficGateFailed | GateFailedRestored | ReleaseRunError,
-                outcome: ReleaseOutcome) -> ReleaseFailed:
-        """The outcome of a failed release (what ran and what the hosts are on), as the error to raise."""
+                outcome: ReleaseOutcome, step: StepHandle) -> ReleaseFailed:
+        """The outcome of a failed release (what ran and what the hosts are on), as the error to raise.
+
+        The failing hosts' central log lines since the step started join the gate's evidence."""
         if isinstance(exc, TrafficGateFailed):
             outcome.traffic = exc.result
+            run = exc.result.deploy
+            failing = sorted(exc.result.restored_hosts)
+            if not failing and run is not None:
+                failing = [h.name for h in run.hosts]
         else:
             exc.run.strategy = exc.run.strategy or outcome.strategy
-            outcome.hosts = exc.run
+            outcome.hosts = run = exc.run
+            failing = [h.name for h in exc.run.hosts if h.failed]
+        evidence = run.evidence_dir if run is not None and run.evidence_dir is not None \
+            else self.loaded.paths.evidence(step.run.id)
+        keep_gate_evidence(self.loaded, evidence, failing, since=step.started)
         restored = isinstance(exc, (TrafficGateFailed, GateFailedRestored))
         status = ExitStatus.ROLLED_BACK if restored else ExitStatus.FAILED
         return ReleaseFailed(exc.message, outcome, exit_status=status, hint=exc.hint)
