@@ -34,6 +34,7 @@ from orchestrator.errors import AnsibleError, OrchestratorError, UsageError
 from orchestrator.fleet.inventory import Host, fleet_hosts
 from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.fleet.render import render_template
+from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.monitoring.log_rules import add_log_rule_tests, add_log_rules, log_route_cases
 from orchestrator.monitoring.logs import playbook_vars as logs_playbook_vars
 from orchestrator.monitoring.rules import (
@@ -312,4 +313,6 @@ def deploy_monitoring(loaded: LoadedEnvironment, *, tuned: bool = True) -> Monit
     result = run_env_playbook(loaded, "monitoring.yml", extra, tuned=tuned)
     if not result.ok:
         raise AnsibleError(f"monitoring.yml failed: {result.summary_line() or result.status}")
+    # a new monitoring host gets the delivery metrics now, not only after the next release
+    publish_after_run(loaded)
     return MonitoringDeployment(files=files, run=result)

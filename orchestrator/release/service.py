@@ -29,8 +29,9 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import ExitStatus, OrchestratorError
 from orchestrator.fleet.inventory import app_hosts
+from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.monitoring.logs import keep_gate_evidence
-from orchestrator.release.artifact import Release, prepare_release
+from orchestrator.release.artifact import Release, built_at, prepare_release
 from orchestrator.release.backup import create_backup
 from orchestrator.release.hosts import DeployRequest, deploy, rollback, status
 from orchestrator.release.results import EventSink, GateFailedRestored, ReleaseRun, ReleaseRunError
@@ -46,6 +47,7 @@ from orchestrator.release.traffic import (
     traffic_release,
 )
 from orchestrator.release.transitions import HostTransitions
+from orchestrator.runs.identity import isoformat
 from orchestrator.runs.journal import StepHandle
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
 from orchestrator.runs.session import LockedRun, locked_run
@@ -165,10 +167,21 @@ class ReleaseService:
     @contextlib.contextmanager
     def session(self, command: str, argv: Sequence[str], *, steps: Sequence[str],
                 wait: float | None = DEFAULT_LOCK_WAIT) -> Iterator[LockedRun]:
-        """The environment lock and a journalled run of `command` (the same path for every entry point)."""
-        with locked_run(self.loaded.state_dir, command=command, argv=list(argv), steps=list(steps), wait=wait,
-                        on_wait=self.info, env=self.loaded.name) as session:
-            yield session
+        """The environment lock and a journalled run of `command` (the same path for every entry point).
+
+        Once the run has ended and the lock is released, the delivery metrics on the monitoring host
+        are written again (best effort: orchestrator.monitoring.delivery)."""
+        entered = False
+        try:
+            with locked_run(self.loaded.state_dir, command=command, argv=list(argv), steps=list(steps), wait=wait,
+                            on_wait=self.info, env=self.loaded.name) as session:
+                entered = True
+                yield session
+        except Exception:
+            if entered:
+                publish_after_run(self.loaded, self.info)
+            raise
+        publish_after_run(self.loaded, self.info)
 
     def deploy(self, command: DeployCommand) -> ReleaseOutcome:
         """Deploy `command.release_path` under the lock, as a journalled run `deploy`."""
@@ -200,7 +213,7 @@ class ReleaseService:
         self.info(f"deploying {command.release_path} to {self.loaded.name} ({ran})")
         # the artifact first: a release that does not build, test or stage changes nothing
         release = prepare_release(self.loaded, command.release_path, on_output=self.on_output)
-        step.update(release=release.id, sha256=release.sha256)
+        step.update(release=release.id, sha256=release.sha256, built=isoformat(built_at(release)))
         transitions = None
         if command.backup:
             transitions = HostTransitions.for_run(step.run, release=release.id)
