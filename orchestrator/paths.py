@@ -16,6 +16,8 @@
         backups/<backup id>/           controller copies of backups
         traffic.json                   the load balancer's split (a cache of HAProxy's state)
         monitoring/                    rendered Prometheus and Alertmanager files
+        pki/                           the environment's CA (its key never leaves the controller) and
+                                       the hosts' certificates for central logs (keys 0600)
         heal.json  heal.token          the running heal server and its webhook token
         hosts/<name>/                  a local fleet's host overlays
 
@@ -95,6 +97,11 @@ class EnvPaths:
     @property
     def monitoring(self) -> Path:
         return self.root / "monitoring"
+
+    @property
+    def pki(self) -> Path:
+        """The environment's own CA and the host certificates it signed (central logs' TLS)."""
+        return self.root / "pki"
 
     @property
     def heal_state(self) -> Path:

@@ -518,6 +518,47 @@ class Rollout(_Model):
         return "canary" if self.strategy in HOST_CANARY_STRATEGIES else "rolling"
 
 
+_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$")
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as `512M` or `1G` (binary units, as journalctl's --vacuum-size)."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as 512M, 1G, 2T")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+class MonitoringLogs(_Model):
+    """Central logs on the monitoring host and the alerts read from the journals."""
+
+    enabled: bool = Field(
+        default=True,
+        description="every host sends its journal to systemd-journal-remote on the monitoring host (HTTPS, "
+                    "certificates of the environment's own CA) and counts panics and restart-limit hits for "
+                    "the log alerts; needs a monitoring host")
+    max_size: str = Field(default="1G", description="disk space the central journals may use, such as 512M, 1G")
+    max_age: Duration = Field(default="30d", description="central journal files older than this are removed")
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _max_size(cls, value: object) -> str:
+        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+        if not _SIZE_RE.match(text) or parse_size(text) < 1024**2:
+            raise ValueError(f"{value!r} is not a size of at least 1M such as 512M, 1G, 2T")
+        return text
+
+    @field_validator("max_age")
+    @classmethod
+    def _max_age(cls, value: str) -> str:
+        if parse_duration(value) < 3600:
+            raise ValueError(f"{value!r} must be at least 1h")
+        return value
+
+
 class Monitoring(_Model):
     enabled: bool = True
     scrape_interval: Duration = "15s"
@@ -525,6 +566,7 @@ class Monitoring(_Model):
     alert_for: Duration = "30s"
     error_ratio_threshold: float = Field(default=0.05, gt=0, lt=1)
     retention: Duration = "7d"
+    logs: MonitoringLogs = Field(default_factory=MonitoringLogs)
 
 
 class Healing(_Model):

@@ -22,6 +22,7 @@ from orchestrator.monitoring.files import (
     render_monitoring_texts,
     write_monitoring,
 )
+from orchestrator.monitoring.log_rules import log_route_cases
 from orchestrator.monitoring.rules import REMEDIATIONS, RULES_FILE, RULES_TEST_FILE, RouteCase, alert_rules, route_cases
 from orchestrator.tools import promtool
 from orchestrator.tools.promtool import ToolCheck
@@ -118,7 +119,7 @@ def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = 
             promtool.check_config(root / PROMETHEUS_FILE),
             promtool.test_rules(root / RULES_TEST_FILE),
             promtool.check_alertmanager_config(root / ALERTMANAGER_FILE),
-            *test_routes(root / ALERTMANAGER_FILE, route_cases(loaded.env)),
+            *test_routes(root / ALERTMANAGER_FILE, [*route_cases(loaded.env), *log_route_cases(loaded.env)]),
         ]
     problems = check_heal_policy(loaded, playbooks_dir)
     checks.append(ToolCheck(

@@ -34,6 +34,9 @@ from orchestrator.errors import AnsibleError, OrchestratorError, UsageError
 from orchestrator.fleet.inventory import Host, fleet_hosts
 from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.fleet.render import render_template
+from orchestrator.monitoring.delivery import publish_after_run
+from orchestrator.monitoring.log_rules import add_log_rule_tests, add_log_rules, log_route_cases
+from orchestrator.monitoring.logs import playbook_vars as logs_playbook_vars
 from orchestrator.monitoring.rules import (
     DEFAULT_RECEIVER,
     HAPROXY_JOB,
@@ -194,12 +197,14 @@ def render_monitoring_texts(
     )
     source = os.path.relpath(loaded.path, loaded.project_dir) if loaded.path.is_absolute() else loaded.path
     header = f"# Rendered by orchestrate from {source}; do not edit.\n"
-    routes = [{"labels": c.labels, "receiver": c.receiver} for c in route_cases(env)]
+    routes = [{"labels": c.labels, "receiver": c.receiver} for c in [*route_cases(env), *log_route_cases(env)]]
+    rules = add_log_rules(rules_document(env), env)
+    rule_tests = add_log_rule_tests(rules_test_document(env), env)
     return {
         PROMETHEUS_FILE: prometheus,
         ALERTMANAGER_FILE: alertmanager,
-        RULES_FILE: header + yaml.safe_dump(rules_document(env), sort_keys=False, width=200),
-        RULES_TEST_FILE: header + yaml.safe_dump(rules_test_document(env), sort_keys=False, width=200),
+        RULES_FILE: header + yaml.safe_dump(rules, sort_keys=False, width=200),
+        RULES_TEST_FILE: header + yaml.safe_dump(rule_tests, sort_keys=False, width=200),
         ROUTES_FILE: json.dumps(routes, indent=2) + "\n",
     }
 
@@ -306,7 +311,11 @@ def deploy_monitoring(loaded: LoadedEnvironment, *, tuned: bool = True) -> Monit
         raise UsageError(f"{loaded.name} has no inventory yet ({inventory}): run `orchestrate up {loaded.name}` first")
     ensure_heal_token(loaded)
     files = render_monitoring(loaded)
-    result = run_env_playbook(loaded, "monitoring.yml", playbook_extra_vars(loaded), tuned=tuned)
+    # central logs (playbooks/logs.yml, imported by monitoring.yml): the certificates are made first
+    extra = {**playbook_extra_vars(loaded), **logs_playbook_vars(loaded)}
+    result = run_env_playbook(loaded, "monitoring.yml", extra, tuned=tuned)
     if not result.ok:
         raise AnsibleError(f"monitoring.yml failed: {result.summary_line() or result.status}")
+    # a new monitoring host gets the delivery metrics now, not only after the next release
+    publish_after_run(loaded)
     return MonitoringDeployment(files=files, run=result)

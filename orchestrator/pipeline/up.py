@@ -18,10 +18,11 @@ the run ends early as a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.render import render_environment
+from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
 from orchestrator.release.artifact import Release, peek_release_id
 from orchestrator.runs.journal import Journal, StepHandle
@@ -112,13 +114,15 @@ class _Stages:
         if self.request.release_path is None:
             step.detail["release"] = None
             return
-        from orchestrator.release.artifact import prepare_release
+        from orchestrator.release.artifact import built_at, prepare_release
+        from orchestrator.runs.identity import isoformat
 
         release = prepare_release(self.loaded, self.request.release_path)
         self.release = release
         self.release_id = release.id
         self.staged_binary = release.binary
-        step.detail.update(release=release.id, sha256=release.sha256, binary=str(release.binary))
+        step.detail.update(release=release.id, sha256=release.sha256, binary=str(release.binary),
+                           built=isoformat(built_at(release)))
         step.run.set_release(release.id)
 
     def render(self, step: StepHandle) -> None:
@@ -305,9 +309,10 @@ def up(
     confirm = request.confirm if must_confirm else None
     stages = _Stages(loaded=loaded, request=_with_confirm(request, confirm), info=say, on_terraform=on_terraform,
                      on_host_event=on_host_event)
-    with locked_run(loaded.state_dir, command="up", argv=request.argv, steps=STEPS, resume=request.resume,
-                    wait=request.lock_wait, on_wait=say, env=loaded.name,
-                    release=None) as session:
+    with _publish_delivery_metrics(loaded, say) as ran, \
+            locked_run(loaded.state_dir, command="up", argv=request.argv, steps=STEPS, resume=request.resume,
+                       wait=request.lock_wait, on_wait=say, env=loaded.name, release=None) as session:
+        ran.append(True)
         run = session.run
         resumed_at: str | None = None
         if session.resume_point is not None:
@@ -326,6 +331,7 @@ def up(
                 say(f"resuming run {run.id} at step {resumed_at}")
             _execute(run, stages, say)
             noop = False
+        ran.append(not noop)
         record = run.record()
         # the render step carries the fingerprint a later no-op check compares with
         steps = [s.as_dict() for s in record.steps]
@@ -333,6 +339,22 @@ def up(
     return UpResult(env=loaded.name, run_id=run.id, noop=noop, release=stages.release_id or record.release,
                     steps=steps, status=stages.status, resumed_at=resumed_at,
                     duration=final.duration if final else None)
+
+
+@contextlib.contextmanager
+def _publish_delivery_metrics(loaded: LoadedEnvironment, say: Info) -> Iterator[list[bool]]:
+    """After a run that did something (not a no-op, not refused by the lock), once its lock is
+    released: the delivery metrics on the monitoring host, best effort. The block appends True
+    when the run started and False when it turned out a no-op."""
+    ran: list[bool] = []
+    try:
+        yield ran
+    except Exception:
+        if ran and all(ran):
+            publish_after_run(loaded, say)
+        raise
+    if ran and all(ran):
+        publish_after_run(loaded, say)
 
 
 def _execute(run: Any, stages: _Stages, say: Info) -> None:

@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,10 @@ def peek_release_id(path: Path) -> str:
             raise UsageError(f"--release {path}: a directory must be a cargo project (no Cargo.toml in it)")
         return release_id(cargo_version(manifest), sha256_file(build_only(path)))
     return release_id(version_for_binary(path), sha256_file(path))
+
+
+def built_at(release: Release) -> datetime:
+    """When `release`'s binary was built: the modification time of the binary handed in, or for a
+    cargo project of the staged copy, made right after its build (the start of its lead time)."""
+    path = release.source if release.source.is_file() else release.binary
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)

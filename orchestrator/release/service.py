@@ -30,7 +30,9 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import ExitStatus, OrchestratorError
 from orchestrator.fleet.inventory import app_hosts
-from orchestrator.release.artifact import Release, prepare_release
+from orchestrator.monitoring.delivery import publish_after_run
+from orchestrator.monitoring.logs import keep_gate_evidence
+from orchestrator.release.artifact import Release, built_at, prepare_release
 from orchestrator.release.backup import create_backup
 from orchestrator.release.hosts import DeployRequest, deploy, rollback, status
 from orchestrator.release.results import (
@@ -52,6 +54,7 @@ from orchestrator.release.traffic import (
     traffic_release,
 )
 from orchestrator.release.transitions import HostTransitions
+from orchestrator.runs.identity import isoformat
 from orchestrator.runs.journal import StepHandle
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
 from orchestrator.runs.session import LockedRun, locked_run
@@ -171,10 +174,21 @@ class ReleaseService:
     @contextlib.contextmanager
     def session(self, command: str, argv: Sequence[str], *, steps: Sequence[str],
                 wait: float | None = DEFAULT_LOCK_WAIT) -> Iterator[LockedRun]:
-        """The environment lock and a journalled run of `command` (the same path for every entry point)."""
-        with locked_run(self.loaded.state_dir, command=command, argv=list(argv), steps=list(steps), wait=wait,
-                        on_wait=self.info, env=self.loaded.name) as session:
-            yield session
+        """The environment lock and a journalled run of `command` (the same path for every entry point).
+
+        Once the run has ended and the lock is released, the delivery metrics on the monitoring host
+        are written again (best effort: orchestrator.monitoring.delivery)."""
+        entered = False
+        try:
+            with locked_run(self.loaded.state_dir, command=command, argv=list(argv), steps=list(steps), wait=wait,
+                            on_wait=self.info, env=self.loaded.name) as session:
+                entered = True
+                yield session
+        except Exception:
+            if entered:
+                publish_after_run(self.loaded, self.info)
+            raise
+        publish_after_run(self.loaded, self.info)
 
     def deploy(self, command: DeployCommand) -> ReleaseOutcome:
         """Deploy `command.release_path` under the lock, as a journalled run `deploy`."""
@@ -206,7 +220,7 @@ class ReleaseService:
         self.info(f"deploying {command.release_path} to {self.loaded.name} ({ran})")
         # the artifact first: a release that does not build, test or stage changes nothing
         release = prepare_release(self.loaded, command.release_path, on_output=self.on_output)
-        step.update(release=release.id, sha256=release.sha256)
+        step.update(release=release.id, sha256=release.sha256, built=isoformat(built_at(release)))
         transitions = None
         if command.backup:
             transitions = HostTransitions.for_run(step.run, release=release.id)
@@ -253,7 +267,7 @@ class ReleaseService:
                                        release_id=release.id, on_event=self.on_event, on_decision=record,
                                        run_id=step.run.id)
         except (TrafficGateFailed, GateFailedRestored, ReleaseRunError) as exc:
-            raise self._failed(exc, outcome) from exc
+            raise self._failed(exc, outcome, step) from exc
         except ReleaseInterrupted as exc:
             self._carry_outcome(exc, outcome)
             raise
@@ -281,7 +295,7 @@ class ReleaseService:
                 outcome.hosts = rollback(self.loaded, to, tuned=tuned, on_event=self.on_event,
                                          transitions=HostTransitions.for_run(step.run))
             except (GateFailedRestored, ReleaseRunError) as exc:
-                raise self._failed(exc, outcome) from exc
+                raise self._failed(exc, outcome, step) from exc
             except ReleaseInterrupted as exc:
                 self._carry_outcome(exc, outcome)
                 raise
@@ -318,7 +332,7 @@ class ReleaseService:
                 # every app host now runs the release: no colour is left to switch back to
                 note_host_deploy(self.loaded, outcome.hosts.target)
         except (TrafficGateFailed, GateFailedRestored, ReleaseRunError) as exc:
-            raise self._failed(exc, outcome) from exc
+            raise self._failed(exc, outcome, step) from exc
         except ReleaseInterrupted as exc:
             self._carry_outcome(exc, outcome)
             raise
@@ -334,13 +348,23 @@ class ReleaseService:
         exc.result = outcome
 
     def _failed(self, exc: TrafficGateFailed | GateFailedRestored | ReleaseRunError,
-                outcome: ReleaseOutcome) -> ReleaseFailed:
-        """The outcome of a failed release (what ran and what the hosts are on), as the error to raise."""
+                outcome: ReleaseOutcome, step: StepHandle) -> ReleaseFailed:
+        """The outcome of a failed release (what ran and what the hosts are on), as the error to raise.
+
+        The failing hosts' central log lines since the step started join the gate's evidence."""
         if isinstance(exc, TrafficGateFailed):
             outcome.traffic = exc.result
+            run = exc.result.deploy
+            failing = sorted(exc.result.restored_hosts)
+            if not failing and run is not None:
+                failing = [h.name for h in run.hosts]
         else:
             exc.run.strategy = exc.run.strategy or outcome.strategy
-            outcome.hosts = exc.run
+            outcome.hosts = run = exc.run
+            failing = [h.name for h in exc.run.hosts if h.failed]
+        evidence = run.evidence_dir if run is not None and run.evidence_dir is not None \
+            else self.loaded.paths.evidence(step.run.id)
+        keep_gate_evidence(self.loaded, evidence, failing, since=step.started)
         restored = isinstance(exc, (TrafficGateFailed, GateFailedRestored))
         status = ExitStatus.ROLLED_BACK if restored else ExitStatus.FAILED
         return ReleaseFailed(exc.message, outcome, exit_status=status, hint=exc.hint)

@@ -38,7 +38,7 @@ from orchestrator.fleet.render import hcl_string, render_environment
 from orchestrator.pipeline.schedule import build_entry
 from orchestrator.release.hosts import role_vars
 from orchestrator.tools.ansible import unsafe_yaml
-from tests.conftest import REPO, copy_project
+from tests.support.project import REPO, copy_project
 from tests.unit.roles.helpers import load_module_utils
 
 # --- the values ------------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ RECIPE: tuple[str, ...] = (
     # by the node exporter on every host.
     "prometheus-node-exporter",
     "haproxy",
+    # central logs: systemd-journal-upload on every host, systemd-journal-remote on the monitoring
+    # host (both in this one package in bookworm)
+    "systemd-journal-remote",
 )
 
 
@@ -100,6 +103,9 @@ DISABLED_UNITS: tuple[str, ...] = (
     "prometheus-alertmanager.service",
     "prometheus-node-exporter.service",
     "haproxy.service",
+    "systemd-journal-remote.socket",
+    "systemd-journal-remote.service",
+    "systemd-journal-upload.service",
 )
 
 

@@ -4,6 +4,8 @@
 #   (blue-green smoke load on the idle colour) and Prometheus' API (the traffic gates' queries);
 # - the load balancer: the service port (client traffic, HAProxy health checks);
 # - the monitoring host: the service port (/metrics scrapes) and the exporter ports;
+# - every host of the fleet (group `fleet`): the monitoring host's journal receiver (central logs,
+#   HTTPS with client certificates of the environment's CA);
 # - the clients (lb_ingress_cidrs): HTTP on the load balancer only.
 # Alertmanager and the node exporter of the monitoring host are used over loopback only.
 
@@ -13,7 +15,9 @@ locals {
   haproxy_exporter_port = 8405
   # Prometheus on the monitoring host (roles/prometheus prometheus_listen_address).
   prometheus_port = 9090
-  tags            = merge(var.tags, { "orchestrate:fleet" = var.name })
+  # The monitoring host's journal receiver (roles/journal_remote journal_remote_port).
+  journal_remote_port = 19532
+  tags                = merge(var.tags, { "orchestrate:fleet" = var.name })
 }
 
 data "aws_availability_zones" "available" {
@@ -64,6 +68,26 @@ resource "aws_route_table_association" "this" {
 }
 
 # Rules are inline so that a rule added behind Terraform's back shows up as drift of the group.
+
+# Every instance of the fleet carries this group, which has no rule of its own: the monitoring
+# host admits journal uploads from its members. (The app and lb groups cannot be named there:
+# they already name the monitoring group, and inline rules may not refer to each other in a cycle.)
+resource "aws_security_group" "fleet" {
+  name        = "${var.name}-fleet"
+  description = "Every host of ${var.name}: may upload its journal to the monitoring host"
+  vpc_id      = aws_vpc.this.id
+
+  egress {
+    description = "Everything out (package mirrors, artifact downloads)"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-fleet" })
+}
+
 resource "aws_security_group" "monitoring" {
   name        = "${var.name}-monitoring"
   description = "Monitoring host of ${var.name}: SSH and Prometheus from the admin CIDR"
@@ -83,6 +107,14 @@ resource "aws_security_group" "monitoring" {
     to_port     = local.prometheus_port
     protocol    = "tcp"
     cidr_blocks = [var.admin_cidr]
+  }
+
+  ingress {
+    description     = "Journal uploads from every host of the fleet (client certificates checked on the host)"
+    from_port       = local.journal_remote_port
+    to_port         = local.journal_remote_port
+    protocol        = "tcp"
+    security_groups = [aws_security_group.fleet.id]
   }
 
   egress {
@@ -157,7 +189,7 @@ resource "aws_instance" "app" {
   ami                    = var.ami_id
   instance_type          = var.instance_type
   subnet_id              = aws_subnet.this[count.index % length(aws_subnet.this)].id
-  vpc_security_group_ids = [aws_security_group.app.id]
+  vpc_security_group_ids = [aws_security_group.app.id, aws_security_group.fleet.id]
   key_name               = aws_key_pair.this.key_name
 
   metadata_options {
@@ -171,7 +203,7 @@ resource "aws_instance" "monitoring" {
   ami                    = var.ami_id
   instance_type          = var.monitoring_instance_type
   subnet_id              = aws_subnet.this[0].id
-  vpc_security_group_ids = [aws_security_group.monitoring.id]
+  vpc_security_group_ids = [aws_security_group.monitoring.id, aws_security_group.fleet.id]
   key_name               = aws_key_pair.this.key_name
 
   metadata_options {
@@ -241,7 +273,7 @@ resource "aws_instance" "lb" {
   ami                    = var.ami_id
   instance_type          = var.lb_instance_type
   subnet_id              = aws_subnet.this[0].id
-  vpc_security_group_ids = [aws_security_group.lb[0].id]
+  vpc_security_group_ids = [aws_security_group.lb[0].id, aws_security_group.fleet.id]
   key_name               = aws_key_pair.this.key_name
 
   metadata_options {

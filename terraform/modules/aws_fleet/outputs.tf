@@ -33,9 +33,9 @@ output "vpc_id" {
 }
 
 output "security_group_ids" {
-  description = "IDs of the security groups: app, monitoring and (with lb_count = 1) lb."
+  description = "IDs of the security groups: app, monitoring, fleet (every instance) and (with lb_count = 1) lb."
   value = merge(
-    { app = aws_security_group.app.id, monitoring = aws_security_group.monitoring.id },
+    { app = aws_security_group.app.id, monitoring = aws_security_group.monitoring.id, fleet = aws_security_group.fleet.id },
     { for group in aws_security_group.lb : "lb" => group.id },
   )
 }

@@ -12,6 +12,7 @@ from orchestrator.config.loader import Project
 from orchestrator.fleet.inventory import Host
 from orchestrator.monitoring.checks import test_routes, verify_monitoring
 from orchestrator.monitoring.files import ALERTMANAGER_FILE, MonitoringLayout, render_monitoring_texts, write_monitoring
+from orchestrator.monitoring.log_rules import log_route_cases
 from orchestrator.monitoring.rules import RULES_FILE, RULES_TEST_FILE, RouteCase, route_cases
 from orchestrator.tools.promtool import check_rules, test_rules
 
@@ -30,7 +31,8 @@ def test_shipped_environment_passes_every_check(project_copy: Path, name: str) -
     names = [c.name for c in report.checks]
     assert {"promtool check config", "promtool check rules", "promtool test rules", "amtool check-config",
             "heal policy"} <= set(names)
-    assert sum(n.startswith("route ") for n in names) == len(route_cases(Project(project_copy).load(name).env))
+    env = Project(project_copy).load(name).env
+    assert sum(n.startswith("route ") for n in names) == len(route_cases(env)) + len(log_route_cases(env))
     test_output = next(c for c in report.checks if c.name == "promtool test rules").detail
     assert "SUCCESS" in test_output
 

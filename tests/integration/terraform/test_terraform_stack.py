@@ -76,7 +76,7 @@ def test_first_plan_finds_the_whole_fleet_to_add(stack: Stack) -> None:
     data = json.loads(result.stdout)
     assert data["env"] == "prod" and data["changes"] is True
     assert data["summary"]["by_type"]["aws_instance"] == {"add": 5, "change": 0, "destroy": 0}
-    assert data["summary"]["by_type"]["aws_security_group"]["add"] == 3
+    assert data["summary"]["by_type"]["aws_security_group"]["add"] == 4  # app, monitoring, lb, fleet
     assert data["summary"]["totals"]["destroy"] == 0
     plan_file = Path(data["plan_file"])
     assert plan_file == stack.project / ".orchestrate" / "prod" / "terraform" / "plan.tfplan"
@@ -143,11 +143,14 @@ def ingress_rules(aws: Any) -> dict[str, set[tuple[str, int, int, str]]]:
 
 def test_security_groups_open_only_what_the_fleet_needs(applied: Stack, aws: Any) -> None:
     rules = ingress_rules(aws)
-    assert sorted(rules) == ["app", "lb", "monitoring"]
+    assert sorted(rules) == ["app", "fleet", "lb", "monitoring"]
+    assert rules["fleet"] == set()  # a marker every instance carries: it admits nothing itself
     ssh, node_exporter = ("tcp", 22, 22), ("tcp", 9100, 9100)
     service = ("tcp", SERVICE_PORT, SERVICE_PORT)
     # SSH only from the admin CIDR, on every host
     for name, found in rules.items():
+        if name == "fleet":
+            continue
         assert {r[3] for r in found if r[1] <= 22 <= r[2]} == {ADMIN_CIDR}, name
     # node exporter only from the monitoring host's group (which scrapes it)
     assert {r[3] for group in ("app", "lb") for r in rules[group] if r[:3] == node_exporter} == {"sg:monitoring"}
@@ -158,7 +161,8 @@ def test_security_groups_open_only_what_the_fleet_needs(applied: Stack, aws: Any
         (*service, ADMIN_CIDR),  # the controller's blue-green smoke load on the idle colour
         (*node_exporter, "sg:monitoring"),
     }
-    assert rules["monitoring"] == {(*ssh, ADMIN_CIDR), ("tcp", 9090, 9090, ADMIN_CIDR)}  # gates query Prometheus
+    assert rules["monitoring"] == {(*ssh, ADMIN_CIDR), ("tcp", 9090, 9090, ADMIN_CIDR),  # gates query Prometheus
+                                   ("tcp", 19532, 19532, "sg:fleet")}  # journal uploads of every host
     assert rules["lb"] == {(*ssh, ADMIN_CIDR), ("tcp", 80, 80, "0.0.0.0/0"), ("tcp", 8405, 8405, "sg:monitoring"),
                            (*node_exporter, "sg:monitoring")}
     # nothing is open to the whole VPC or the internet, except the load balancer's HTTP port
@@ -369,7 +373,7 @@ def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any,
     assert "Traceback" not in same.stderr
 
     assert destroyer.returncode == 0, err
-    # 6 instances (app_count 4 since the concurrent applies), 3 security groups, network, key pair
-    assert json.loads(out)["destroyed"] == 17
+    # 6 instances (app_count 4 since the concurrent applies), 4 security groups, network, key pair
+    assert json.loads(out)["destroyed"] == 18
     assert fleet_instances(aws) == []
     assert not (applied.project / ".orchestrate" / "prod" / "inventory.yml").exists()
