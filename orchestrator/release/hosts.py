@@ -21,7 +21,7 @@ from typing import Any, Literal
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration
 from orchestrator.config.secrets import SECRETS_VAR
-from orchestrator.errors import AnsibleError, UsageError
+from orchestrator.errors import UsageError
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.release.artifact import Release, is_release_id, prepare_release
@@ -29,12 +29,9 @@ from orchestrator.release.results import (
     CLEANUP_TASK,
     MODULE,
     EventSink,
-    FleetStatus,
     GateFailedRestored,
-    HostStatus,
     ReleaseRun,
     ReleaseRunError,
-    _opt,
     outcomes,
     previous_to_restore,
     to_restore,
@@ -64,6 +61,14 @@ class DeployRequest:
     """Ansible host pattern the deploy is limited to (blue-green: the idle colour's hosts)."""
     prepared: Release | None = None
     """The release already built and staged from `release_path` (not prepared a second time)."""
+
+
+def limited_hosts(hosts: list[Host], limit: str | None) -> list[Host]:
+    """The hosts a run limited to `limit` (host names separated by commas or colons) works on (pure)."""
+    if not limit:
+        return hosts
+    names = {n.strip() for n in limit.replace(":", ",").split(",") if n.strip()}
+    return [h for h in hosts if h.name in names]
 
 
 def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str, Any]:
@@ -138,7 +143,7 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     that cannot be staged in this run (no backup, run already aborted) is TransitionRefused
     before any host changes, and a move refused during the run is raised after it.
     """
-    hosts = app_hosts(loaded)
+    hosts = limited_hosts(app_hosts(loaded), request.limit)
     strategy: Strategy = request.strategy or loaded.env.rollout.host_strategy
     rollout = strategy_vars(loaded, strategy, [h.name for h in hosts])
     release = request.prepared or prepare_release(loaded, request.release_path, on_output=on_output,
@@ -162,21 +167,23 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
 
 
 def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = True,
-             on_event: EventSink | None = None, transitions: HostTransitions | None = None) -> ReleaseRun:
-    """Switch every app host to its previous release, or to release `to`, health-gated.
+             on_event: EventSink | None = None, transitions: HostTransitions | None = None,
+             limit: str | None = None) -> ReleaseRun:
+    """Switch every app host (or those of `limit`, names separated by commas) to its previous
+    release, or to release `to`, health-gated.
 
     `transitions` records idle -> rolled_back (or failed) per host as the rollback goes.
     """
     if to is not None and not is_release_id(to):
         raise UsageError(f"--to {to!r} is not a release id such as 0.2.0-0123456789ab")
-    hosts = app_hosts(loaded)
+    hosts = limited_hosts(app_hosts(loaded), limit)
     if transitions is not None:
         transitions.release = to
         transitions.require([h.name for h in hosts], "rollback")
     run_id = new_run_id()
     evidence_dir = loaded.paths.evidence(run_id)
     extra = {**role_vars(loaded, evidence_dir), "rollback_to": to or ""}
-    result = _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id,
+    result = _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id, limit=limit,
                   on_event=transitions.events("rollback", on_event) if transitions is not None else on_event)
     # the fleet restore after a failed rollback is not a deploy's restore: the state machine has no
     # move for undoing a rollback (rolled_back is final), so the restore's events drive nothing
@@ -239,29 +246,3 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
         )
     raise ReleaseRunError(f"{action} failed: {failures}", run)
 
-
-def status(loaded: LoadedEnvironment, *, tuned: bool = True) -> FleetStatus:
-    """Current and previous release, unit state and health of every app host (one module call each)."""
-    hosts = app_hosts(loaded)
-    result = _run(loaded, "status.yml", role_vars(loaded, None), tuned=tuned, run_id=new_run_id() + "-status")
-    by_host = {r.host: r for r in result.results_of(MODULE) if r.status != "skipped"}
-    found = []
-    for host in hosts:
-        task = by_host.get(host.name)
-        if task is None or task.status in {"failed", "unreachable"}:
-            failure = result.last_failure(host.name)
-            found.append(HostStatus(
-                name=host.name, address=host.address, release=None, previous_release=None,
-                unit="unreachable" if task is None or task.status == "unreachable" else "unknown",
-                healthy=False, error=failure.message if failure else "no result",
-            ))
-            continue
-        res = task.result
-        found.append(HostStatus(
-            name=host.name, address=host.address, release=_opt(res.get("release")),
-            previous_release=_opt(res.get("previous_release")), unit=str(res.get("unit") or "unknown"),
-            healthy=bool(res.get("healthy")), releases=[str(r) for r in res.get("releases") or []],
-        ))
-    if not found:
-        raise AnsibleError(f"status of {loaded.name} returned nothing: {result.summary_line() or result.status}")
-    return FleetStatus(env=loaded.name, hosts=found, duration=result.duration)

@@ -308,6 +308,9 @@ class PlaybookRun:
     allowed_networks: Sequence[str] | None = None
     """IPv4 networks every host of the inventory must be on (a local fleet's bridge subnet);
     None: no check (cloud hosts). See `check_inventory_addresses`."""
+    check: bool = False
+    """Ansible's check mode (`--check`): modules that support it report what they would change and
+    change nothing; the others are skipped."""
 
 
 #: names of a run's files in /dev/shm: NAME-PID-* (PID: the orchestrate process; see remove_orphans)
@@ -454,6 +457,14 @@ def check_inventory_addresses(inventory: Path, allowed_networks: Sequence[str]) 
             )
 
 
+def run_cmdline(run: PlaybookRun, secrets_path: Path | None) -> str:
+    """ansible-playbook options beyond ansible-runner's own (pure): the secrets file, check mode."""
+    parts = [f"-e @{secrets_path}"] if secrets_path is not None else []
+    if run.check:
+        parts.append("--check")
+    return " ".join(parts)
+
+
 def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | None = None) -> PlaybookResult:
     """Run `run.playbook` with ansible-runner; return the summary (failures are in the result).
 
@@ -495,8 +506,9 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
             "timeout": run.timeout,
             "ident": run.run_id,
         }
-        if secrets_path is not None:
-            kwargs["cmdline"] = f"-e @{secrets_path}"
+        cmdline = run_cmdline(run, secrets_path)
+        if cmdline:
+            kwargs["cmdline"] = cmdline
         if run.limit:
             kwargs["limit"] = run.limit
         try:
