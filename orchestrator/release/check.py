@@ -134,6 +134,9 @@ def host_check(host: Host, results: Sequence[TaskResult], *, target: str, probed
             continue
         if changed and result.task not in _QUIET_TASKS and not result.task.startswith(STAGE_TASK_PREFIX):
             other.append(result.task)
+    # a no_log task's result is censored down to its status, which then reads `ok`: the role's
+    # report of the keys that change is what says the file would change
+    env = env or bool(keys)
     return HostCheck(name=host.name, address=host.address, release_before=before, release_after=after,
                      unit_changed=unit, env_changed=env, env_keys=keys if env else [], hooks=hooks,
                      other=sorted(set(other)), error=failure)

@@ -67,3 +67,12 @@ def test_other_changes_and_failures_are_reported() -> None:
     assert data["changes"] is True and data["action"] == "check"
     assert [h.name for h in check.failed] == ["dev-app-2"]
     assert data["hosts"][0]["release_before"] == TARGET and data["hosts"][0]["release"] == TARGET
+
+
+def test_a_censored_env_file_task_is_read_from_the_roles_report() -> None:
+    # no_log hides the module's result, `changed` included: the event says ok
+    results = [task("Write the service's environment file", "ok", "rust_env_file",
+                    censored="the output has been hidden due to the fact that 'no_log: true' was specified"),
+               task(ENV_REPORT_TASK, "ok", "ansible.builtin.debug", msg="/etc/hello/hello.env: NEW_KEY")]
+    found = host_check(HOST, results, target=TARGET, probed_release=TARGET)
+    assert found.env_changed and found.env_keys == ["NEW_KEY"] and found.changes
