@@ -36,6 +36,9 @@ class DashDashCommand(click.Command):
     made before click parses the rest.
     """
 
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "-- CMD [ARGS]..."]
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if "--" in args:
             index = args.index("--")

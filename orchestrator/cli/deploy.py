@@ -11,7 +11,7 @@ from orchestrator.cli._release import release_service, render_outcome
 from orchestrator.config.secrets import load_secrets
 from orchestrator.errors import ExitStatus, OrchestratorError
 from orchestrator.fleet.inventory import app_hosts
-from orchestrator.release.service import DeployCommand
+from orchestrator.release.service import DeployCommand, ReleaseOutcome
 from orchestrator.release.strategies import resolve_strategy
 
 STRATEGIES = ["rolling", "canary", "canary-hosts", "canary-traffic", "blue-green"]
@@ -58,10 +58,18 @@ def command(app: AppContext, env_name: str, release_path: Path, strategy: str | 
     outcome = release_service(app, loaded).deploy(DeployCommand(
         release_path=release_path, strategy=strategy, secrets=secrets, backup=not skip_backup,
         tuned=not stock_ansible, argv=argv, lock_wait=lock_wait, limit=limit, check=check))
+    if outcome.check is not None and outcome.check.failed:
+        names = ", ".join(f"{h.name} ({h.error})" for h in outcome.check.failed)
+        raise CheckIncomplete(f"could not check {names}", outcome)
     app.emit(outcome.as_dict(), lambda: render_outcome(app, outcome))
     if outcome.check is not None:
-        if outcome.check.failed:
-            names = ", ".join(f"{h.name} ({h.error})" for h in outcome.check.failed)
-            raise OrchestratorError(f"could not check {names}")
         return ExitStatus.CHANGES if outcome.check.changes else ExitStatus.OK
     return ExitStatus.OK
+
+
+class CheckIncomplete(OrchestratorError):
+    """`deploy --check` could not check some hosts (exit 1); carries what it found on the others."""
+
+    def __init__(self, message: str, result: ReleaseOutcome) -> None:
+        super().__init__(message)
+        self.result = result
