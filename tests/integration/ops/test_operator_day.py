@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from orchestrator.fleet.local.terraform import fleet_for
+from orchestrator.release.probe import fleet_status
 from orchestrator.runs.audit import AuditLog
 
 FleetEnv = Any
@@ -143,7 +144,7 @@ def fleet(module_unbooted_project: Any, hello_builds: Builds, listener: Listener
 
 def test_status_of_three_hosts_in_under_a_second(fleet: FleetEnv, hello_builds: Builds) -> None:
     seconds, outputs = [], []
-    for _ in range(3):
+    for _ in range(5):
         started = time.monotonic()
         result = run(fleet, "status", "dev", "--json")
         seconds.append(time.monotonic() - started)
@@ -156,8 +157,10 @@ def test_status_of_three_hosts_in_under_a_second(fleet: FleetEnv, hello_builds: 
     for host in data["hosts"]:
         assert {"name", "address", "release", "previous_release", "unit", "healthy"} <= set(host)
         assert (host["release"], host["unit"], host["healthy"]) == (v1, "active", True)
-    # the whole command, Python's start included (the best of three: other work shares the CPUs)
-    assert min(seconds) < 1.0, f"status took {seconds}"
+    # the whole command, Python's start included (the best of five: other work shares the two CPUs)
+    assert min(seconds) < 1.0, f"status took {seconds} s (load average {os.getloadavg()})"
+    # the probes themselves, in process
+    assert min(fleet_status(fleet.loaded).duration for _ in range(3)) < 0.5
     # no playbook ran: no run folder was left behind
     runs = fleet.state_dir / "runs"
     before = len(list(runs.iterdir()))
