@@ -12,6 +12,8 @@
                    argv an orchestrate run recorded (same inventory, playbook, extra vars,
                    ansible.cfg), 5 and 20 hosts, interleaved pairs, every run a release change: < 5 %
   up               first `orchestrate up` of 3 hosts, then the no-op one: < first / 4 and < 5 s
+  status           `orchestrate status ENV --json` of 3 app hosts (the whole command, Python's start included)
+                   against a plain parallel ssh + curl of the same data: < 1 s
   rollback         failed health gate -> previous release healthy on all 5 hosts: < 3 s
   heal             service killed -> healthy again through monitoring + heal webhook: < 15 s
   traffic          under load through HAProxy (bench/traffic.py): the blue-green switch back (about 1 s,
@@ -258,6 +260,59 @@ def fig_up(settings: Settings) -> list[Row]:
                 verdict(ratio < 0.25 and again.seconds < 5.0), data)]
 
 
+# --- status: direct probes against plain parallel ssh + curl ---------------------------------------------
+
+
+def plain_status(fleet: common.FleetEnv, command: str, port: int, path: str) -> float:
+    """The same data by hand: one plain `ssh HOST COMMAND` and one `curl` per app host, all at once."""
+    argv = []
+    for host in fleet.group("app"):
+        argv.append(fleet.ssh_argv(host, command))
+        address = fleet.network.assert_own_address(host.address)
+        argv.append(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                     f"http://{address}:{port}{path}"])
+    started = time.perf_counter()
+    procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for a in argv]
+    outputs = [p.communicate(timeout=30)[0] for p in procs]
+    elapsed = time.perf_counter() - started
+    if any(p.returncode != 0 for p in procs) or not all(outputs):
+        raise RuntimeError(f"plain ssh+curl failed: {[p.returncode for p in procs]}")
+    return elapsed
+
+
+def fig_status(settings: Settings) -> list[Row]:
+    from orchestrator.release.hosts import DeployRequest, deploy
+    from orchestrator.release.probe import ServiceLayout, status_command
+
+    b = settings.builds()
+    size, runs = 3, settings.pick(10, 3)
+    with Fleets("status") as fleets:
+        fleet = fleets.boot(app_count=size)
+        deploy(fleet.loaded, DeployRequest(release_path=b.v1))
+        layout = ServiceLayout.of(fleet.loaded)
+        command = status_command(layout)
+        cli, probe, plain = [], [], []
+        for _ in range(runs):  # interleaved, so that a busy moment bills both
+            outcome = run_orchestrate(fleet.project_dir, "status", fleet.env_name, "--json").check()
+            hosts = outcome.json().get("hosts") or []
+            if len(hosts) != size or not all(h.get("healthy") for h in hosts):
+                raise RuntimeError(f"status did not report {size} healthy hosts: {outcome.stdout[-500:]}")
+            cli.append(outcome.seconds)
+            plain.append(plain_status(fleet, command, layout.port, layout.health_path))
+        from orchestrator.release.probe import fleet_status
+
+        for _ in range(runs):
+            probe.append(fleet_status(fleet.loaded).duration)
+    median, base, inner = statistics.median(cli), statistics.median(plain), statistics.median(probe)
+    ratio = median / base if base else float("inf")
+    data = {"hosts": size, "runs": runs, "cli_s": cli, "cli_median_s": median, "probe_s": probe,
+            "probe_median_s": inner, "plain_ssh_curl_s": plain, "plain_median_s": base, "ratio_to_plain": ratio,
+            "load_average": common.load_average()}
+    return [Row("status", f"status --json of {size} app hosts (whole command) vs plain parallel ssh+curl",
+                f"{median:.2f} s vs {base:.2f} s ({ratio:.1f}x; probes alone {inner:.2f} s, {inner / base:.1f}x)",
+                "< 1 s", verdict(median < 1.0), data)]
+
+
 # --- rollback from a failed health gate -----------------------------------------------------------------
 
 
@@ -457,6 +512,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "boot": fig_boot,
     "deploy-overhead": fig_deploy_overhead,
     "up": fig_up,
+    "status": fig_status,
     "rollback": fig_rollback,
     "heal": fig_heal,
     "traffic": fig_traffic,

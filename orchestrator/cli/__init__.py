@@ -39,6 +39,8 @@ class _VerbGroup(click.Group):
 @click.group(cls=_VerbGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="orchestrate")
 @click.option("--debug", is_flag=True, help="Show tracebacks and command output tails on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no status messages on stderr (errors still show).")
+@click.option("-v", "--verbose", is_flag=True, help="Show every step of the progress (skipped tasks, waits).")
 @click.option(
     "--project-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -46,14 +48,19 @@ class _VerbGroup(click.Group):
     help=f"Project directory (default: ${PROJECT_DIR_ENV} or the current directory).",
 )
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, project_dir: Path | None) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool, project_dir: Path | None) -> None:
     """Render, provision, deploy and heal a Rust service on a fleet.
 
-    Every verb takes --json for machine-readable output on stdout.
-    Exit codes: 0 done, 1 failed, 2 bad input, 3 rolled back, 4 changes found,
+    Every verb takes --json for machine-readable output on stdout; progress goes to stderr (live
+    bars on a terminal). Exit codes: 0 done, 1 failed, 2 bad input, 3 rolled back, 4 changes found,
     75 environment lock busy, 130 interrupted.
+
+    Shell completion (bash): eval "$(_ORCHESTRATE_COMPLETE=bash_source orchestrate)"
     """
-    ctx.obj = AppContext(project_dir=(project_dir or default_project_dir()).resolve(), debug=debug)
+    if quiet and verbose:
+        raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
+    ctx.obj = AppContext(project_dir=(project_dir or default_project_dir()).resolve(), debug=debug,
+                         verbosity=-1 if quiet else 1 if verbose else 0)
 
 
 def _register_verbs() -> None:

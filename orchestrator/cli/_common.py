@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli._tables import print_table
 from orchestrator.config.loader import LoadedEnvironment, Project
-from orchestrator.errors import ExitStatus, OrchestratorError
+from orchestrator.errors import ExitStatus, OrchestratorError, UsageError
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,6 +43,25 @@ class AppContext:
     stdout: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
     result_renderer: Callable[[Any], None] | None = None
     """Shows the result an error carries (e.g. the hosts of a failed deploy) in human output."""
+    verbosity: int = 0
+    """-1 with -q/--quiet (no progress, no info), 0 by default, 1 with -v/--verbose (everything)."""
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def quiet(self) -> bool:
+        return self.verbosity < 0
+
+    @property
+    def verbose(self) -> bool:
+        return self.verbosity > 0
+
+    def on_exit(self, close: Callable[[], None]) -> None:
+        """Call `close` when the verb ends, whichever way (stops live progress displays)."""
+        self.closers.append(close)
+
+    def close(self) -> None:
+        while self.closers:
+            self.closers.pop()()
 
     @property
     def project(self) -> Project:
@@ -51,11 +71,15 @@ class AppContext:
         return self.project.load(env_name)
 
     def info(self, message: str) -> None:
-        """A progress or status message on stderr (also under --json: stdout carries only JSON)."""
-        self.stderr.print(message)
+        """A progress or status message on stderr (also under --json: stdout carries only JSON);
+        nothing with -q/--quiet."""
+        if not self.quiet:
+            self.stderr.print(message)
 
     def emit(self, data: Any, human: Callable[[], None] | None = None) -> None:
-        """The verb's result: JSON on stdout under --json, else the human rendering."""
+        """The verb's result: JSON on stdout under --json, else the human rendering (after any live
+        progress display has stopped)."""
+        self.close()
         if self.json_output:
             click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
         elif human is not None:
@@ -117,7 +141,10 @@ def verb(func: F) -> F:
         assert app is not None
         app.json_output = json_output
         try:
-            status = func(app, *args, **kwargs)
+            try:
+                status = func(app, *args, **kwargs)
+            finally:
+                app.close()
         except OrchestratorError as exc:
             _report(app, exc, exc.exit_status)
             ctx.exit(int(exc.exit_status))
@@ -180,5 +207,43 @@ def _report_interrupt(app: AppContext, exc: KeyboardInterrupt) -> None:
                                "exit_code": int(ExitStatus.INTERRUPTED)}, indent=2, default=str))
 
 
+def _project_dir_of(ctx: click.Context) -> Path:
+    given = ctx.find_root().params.get("project_dir")
+    return Path(given or default_project_dir()).resolve()
+
+
+def complete_env(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of ENV: the project's environment names."""
+    try:
+        names = Project(_project_dir_of(ctx)).environment_names()
+    except OSError:
+        return []
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+def complete_host(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of HOST: the hosts of ENV's inventory (none before provisioning)."""
+    from orchestrator.fleet.inventory import hosts_from_inventory, load_inventory
+    from orchestrator.paths import EnvPaths
+
+    env_name = ctx.params.get("env_name")
+    if not env_name:
+        return []
+    try:
+        hosts = hosts_from_inventory(load_inventory(EnvPaths(_project_dir_of(ctx), str(env_name)).inventory))
+    except (OSError, ValueError):
+        return []
+    return [CompletionItem(h.name) for h in hosts if h.name.startswith(incomplete)]
+
+
 def env_argument(func: F) -> F:
-    return click.argument("env_name", metavar="ENV")(func)
+    return click.argument("env_name", metavar="ENV", shell_complete=complete_env)(func)
+
+
+def confirm_protected(app: AppContext, loaded: LoadedEnvironment, yes: bool, what: str) -> None:
+    """A protected environment needs --yes without a terminal, or a confirmation with one."""
+    if not loaded.env.protected or yes:
+        return
+    if not app.interactive:
+        raise UsageError(f"{loaded.name} is protected: pass --yes to {what} without a terminal")
+    click.confirm(f"{what.capitalize()} in protected environment {loaded.name}?", abort=True, err=True)

@@ -5,63 +5,47 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import click
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext
+from orchestrator.cli._progress import GateProgress, HostProgress
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.errors import UsageError
+from orchestrator.release.check import DeployCheck
 from orchestrator.release.results import ReleaseRun
 from orchestrator.release.service import ReleaseOutcome, ReleaseService
 from orchestrator.release.traffic import TrafficRelease
 from orchestrator.tools.ansible import HostEvent
 from orchestrator.traffic.gates import GateDecision
 
-_STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red"}
 
-
-def progress(app: AppContext) -> Callable[[HostEvent], None] | None:
-    """A live per-host line for every task outcome on stderr; nothing under --json."""
+def progress(app: AppContext, title: str = "deploy",
+             hosts: list[str] | None = None) -> Callable[[HostEvent], None] | None:
+    """Live per-host progress on stderr (cli/_progress.py); nothing under --json."""
     if app.json_output:
         return None
-
-    def show(event: HostEvent) -> None:
-        if event.status == "skipped":
-            return
-        style = _STYLE.get(event.status, "white")
-        detail = f" [dim]{event.message}[/dim]" if event.message else ""
-        app.stderr.print(f"  {event.host:<14} [{style}]{event.status:<11}[/{style}] {event.task}{detail}")
-
-    return show
+    return HostProgress(app, title, hosts)
 
 
-def gate_line(app: AppContext) -> Callable[[GateDecision], None]:
-    """One stderr line per traffic gate decision."""
-
-    def show(decision: GateDecision) -> None:
-        app.info(f"  gate at {decision.step}%: {'go' if decision.go else 'roll back'} ({decision.requests} "
-                 f"requests, {decision.failed} failed, {decision.reason}; {decision.source})")
-
-    return show
+def gate_line(app: AppContext, loaded: LoadedEnvironment | None = None) -> Callable[[GateDecision], None]:
+    """The traffic gates' decisions on stderr, with the weight the new colour has."""
+    return GateProgress(app, loaded.env.rollout.traffic_steps if loaded is not None else [])
 
 
 def release_service(app: AppContext, loaded: LoadedEnvironment) -> ReleaseService:
     """The release service of `loaded`, reporting to this terminal; its outcome tables are shown
     also when a release fails (the verb boundary renders the error's result)."""
-    events = progress(app)
+    events = progress(app, "release", _app_host_names(loaded))
     app.result_renderer = lambda result: render_outcome(app, result) if isinstance(result, ReleaseOutcome) else None
     return ReleaseService(loaded, info=app.info, on_event=events,
                           on_output=(lambda line: app.info(f"  [dim]{line}[/dim]")) if events else None,
-                          on_decision=gate_line(app))
+                          on_decision=gate_line(app, loaded))
 
 
-def confirm_protected(app: AppContext, loaded: LoadedEnvironment, yes: bool, what: str) -> None:
-    """A protected environment needs --yes without a terminal, or a confirmation with one."""
-    if not loaded.env.protected or yes:
-        return
-    if not app.interactive:
-        raise UsageError(f"{loaded.name} is protected: pass --yes to {what} without a terminal")
-    click.confirm(f"{what.capitalize()} in protected environment {loaded.name}?", abort=True, err=True)
+def _app_host_names(loaded: LoadedEnvironment) -> list[str] | None:
+    from orchestrator.fleet.inventory import fleet_hosts
+
+    names = [h.name for h in fleet_hosts(loaded) if "app" in h.groups]
+    return names or None
 
 
 def render_run(app: AppContext, run: ReleaseRun) -> None:
@@ -90,9 +74,33 @@ def render_traffic(app: AppContext, result: TrafficRelease) -> None:
                      f"({result.release or '-'}), switch {result.switch_seconds:.3f} s")
 
 
+def render_check(app: AppContext, check: DeployCheck) -> None:
+    """`deploy --check`: per host what would change (release before -> after, unit, env file keys,
+    hooks, other tasks)."""
+    table = Table("host", "release", "unit", "env file", "hooks", "other", box=None)
+    for host in check.hosts:
+        release = (f"{host.release_before or '-'} -> {host.release_after or '-'}" if host.release_changes
+                   else f"{host.release_after or '-'} (unchanged)")
+        env = ("-" if not host.env_changed else ", ".join(host.env_keys) if host.env_keys
+               else "changes (names not reported)")
+        other = "; ".join(host.other) or "-"
+        if host.error:
+            other = f"[red]{host.error}[/red]"
+        table.add_row(host.name, release, "changes" if host.unit_changed else "-", env,
+                      ", ".join(host.hooks) or "-", other)
+    app.stdout_print(table)
+    for note in check.notes:
+        app.info(f"note: {note}")
+    changing = [h.name for h in check.hosts if h.changes]
+    app.stdout_print(f"check {check.release}: " + (f"{len(changing)} of {len(check.hosts)} hosts would change"
+                                                   if changing else "nothing would change"))
+
+
 def render_outcome(app: AppContext, outcome: ReleaseOutcome) -> None:
-    """Whatever ran: the traffic release, the host-level run, or the one line `up` recorded."""
-    if outcome.traffic is not None:
+    """Whatever ran: the check, the traffic release, the host-level run, or the one line `up` recorded."""
+    if outcome.check is not None:
+        render_check(app, outcome.check)
+    elif outcome.traffic is not None:
         render_traffic(app, outcome.traffic)
     elif outcome.hosts is not None:
         render_run(app, outcome.hosts)
@@ -113,7 +121,7 @@ def progress_sink(app: AppContext) -> Callable[[HostEvent], None]:
     """Each host's task outcomes on stderr, as they happen (skipped tasks are not news)."""
 
     def sink(event: HostEvent) -> None:
-        if event.status == "skipped":
+        if app.quiet or (event.status == "skipped" and not app.verbose):
             return
         detail = f": {event.message}" if event.message else ""
         app.stderr.print(f"  {event.host}: {event.status:<11} {event.task}{detail}", markup=False)

@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
-from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext
-from orchestrator.tools.terraform import ACTION_COLUMNS, PlanSummary, ProgressEvent
-
-_VERBS = {"create": "creating", "update": "updating", "delete": "destroying", "replace": "replacing",
-          "read": "reading", "noop": "unchanged"}
-_DONE = {"create": "created", "update": "updated", "delete": "destroyed", "replace": "replaced", "read": "read"}
+from orchestrator.cli._progress import StepProgress, TerraformProgress
+from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.tools.terraform import ACTION_COLUMNS, PlanSummary
 
 
-class ProgressPrinter:
-    """Live terraform progress on stderr: one line per resource start, progress and completion.
-
-    `  ADDRESS: creating…`, `  ADDRESS: still creating (10s)`, `  ADDRESS: created (12s)`: the
-    resource, what happens to it and terraform's elapsed seconds for it.
-    """
-
-    def __init__(self, app: AppContext) -> None:
-        self.app = app
-        self.started = time.monotonic()
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if self.app.json_output:
-            return
-        elapsed = f" ({event.elapsed:.0f}s)" if event.elapsed is not None else ""
-        # addresses carry brackets (aws_instance.app[0], ["key"]): never rich markup
-        address = escape(event.address)
-        if event.phase == "start":
-            self.app.stderr.print(f"  {address}: {_VERBS.get(event.action, event.action)}…")
-        elif event.phase == "progress":
-            self.app.stderr.print(f"  {address}: still {_VERBS.get(event.action, event.action)}{elapsed}",
-                                  style="dim")
-        elif event.phase == "complete":
-            self.app.stderr.print(f"  [green]{address}: {_DONE.get(event.action, event.action)}{elapsed}[/green]")
-        elif event.phase == "errored":
-            self.app.stderr.print(f"  [red]{address}: {event.action} failed{elapsed}[/red]")
-        elif event.phase == "drift":
-            self.app.stderr.print(f"  [yellow]{address}: changed outside Terraform[/yellow]")
+class ProgressPrinter(TerraformProgress):
+    """Live terraform progress on stderr (cli/_progress.py): a bar of the resources done and a
+    spinner per resource on a terminal; else one line per resource start and completion
+    (`  ADDRESS: creating…`, `  ADDRESS: created (12s)`), and with -v the progress ticks."""
 
 
 def summary_table(summary: PlanSummary, title: str) -> Table:
@@ -57,3 +28,15 @@ def summary_table(summary: PlanSummary, title: str) -> Table:
     table.add_section()
     table.add_row("total", *(str(totals[c]) for c in ACTION_COLUMNS), style="bold")
     return table
+
+
+def ensure_local_image(app: AppContext, loaded: LoadedEnvironment) -> None:
+    """A local fleet's host image, built (debootstrap, about a minute, once per machine) with its
+    progress shown before terraform boots hosts from it; nothing when it is there or not local."""
+    if loaded.env.target != "local":
+        return
+    from orchestrator.fleet.local.image import ImageRecipe, ImageStore
+
+    store, recipe = ImageStore(), ImageRecipe()
+    if not store.unpacked(recipe):
+        store.ensure(recipe, on_progress=StepProgress(app, "local host image"))

@@ -8,6 +8,7 @@ from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli._terraform import ProgressPrinter
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet.provision import drift
+from orchestrator.notify.webhooks import notify_drift
 
 
 @click.command("drift")
@@ -21,6 +22,9 @@ def command(app: AppContext, env_name: str) -> ExitStatus:
     loaded = app.load(env_name)
     app.info(f"checking {env_name} for drift…")
     outcome = drift(loaded, on_progress=ProgressPrinter(app))
+    for delivery in notify_drift(loaded, [item.address for item in outcome.drift]):
+        if not delivery.ok:
+            app.info(f"notifying {delivery.target} of the drift failed: {delivery.error} (kept in the audit log)")
 
     def human() -> None:
         if not outcome.drift:

@@ -1,6 +1,10 @@
-"""`orchestrate monitoring render|check ENV`: Prometheus/Alertmanager configuration and its tests."""
+"""`orchestrate monitoring render|deploy|check|dashboard ENV`: Prometheus/Alertmanager configuration,
+its tests, and the Grafana dashboard."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import click
 
@@ -74,3 +78,41 @@ def check(app: AppContext, env_name: str) -> ExitStatus:
 
     app.emit(report.as_dict(), human)
     return ExitStatus.OK if report.ok else ExitStatus.FAILED
+
+
+@command.command("dashboard")
+@env_argument
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Write the dashboard JSON to FILE (default: stdout).")
+@verb
+def dashboard(app: AppContext, env_name: str, output: Path | None) -> ExitStatus:
+    """A Grafana dashboard of ENV: request rate, error ratio and latency per host and per colour,
+    health probes, releases, alerts; deploys, rollbacks and canary steps from the journal as
+    annotations. Checked before it is written (schemaVersion, unique panel ids, every query with
+    promtool); exit 1 when a check fails. `monitoring deploy` also places it next to Prometheus
+    (/etc/prometheus/dashboards/).
+    """
+    from orchestrator.fleet.inventory import fleet_hosts
+    from orchestrator.monitoring.checks import verify_dashboard
+    from orchestrator.monitoring.dashboard import build_dashboard, journal_events, queries
+
+    loaded = app.load(env_name)
+    board = build_dashboard(loaded, fleet_hosts(loaded), journal_events(loaded))
+    checks = verify_dashboard(board)
+    failed = [c for c in checks if not c.ok]
+    text = json.dumps(board, indent=2) + "\n"
+    if output is not None and not failed:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+    if output is None:
+        click.echo(text, nl=False)
+    elif app.json_output:
+        click.echo(json.dumps({"env": env_name, "file": str(output), "panels": len(board["panels"]),
+                               "queries": len(queries(board)), "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        app.stdout_print(str(output))
+    for check in checks:
+        app.info(f"{'[green]ok[/green]' if check.ok else '[red]FAILED[/red]'}  {check.name}")
+        if not check.ok and check.detail:
+            app.info(check.detail)
+    return ExitStatus.FAILED if failed else ExitStatus.OK

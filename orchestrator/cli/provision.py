@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
-from orchestrator.cli._terraform import ProgressPrinter, summary_table
+from orchestrator.cli._terraform import ProgressPrinter, ensure_local_image, summary_table
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet.provision import PlanOutcome, ProvisionOutcome, needs_confirmation, provision
 from orchestrator.runs.session import locked_run
@@ -32,6 +32,7 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
         return click.confirm(f"apply this plan to {env_name}?", default=False, err=True)
 
     app.info(f"provisioning {env_name} ({loaded.env.target})…")
+    ensure_local_image(app, loaded)
     # The environment lock keeps a deploy or another provision on this controller out; the S3
     # state lock (use_lockfile) does the same for runs elsewhere. The journal lists the run.
     with locked_run(loaded.state_dir, command="provision", argv=["provision", env_name], steps=["provision"],

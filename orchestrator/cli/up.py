@@ -10,7 +10,7 @@ from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
 from orchestrator.cli._release import progress
-from orchestrator.cli._terraform import ProgressPrinter, summary_table
+from orchestrator.cli._terraform import ProgressPrinter, ensure_local_image, summary_table
 from orchestrator.ids import require_run_id
 from orchestrator.pipeline.up import UpRequest, UpResult, up
 
@@ -55,10 +55,11 @@ def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool
         app.print_table(summary_table(plan.summary, f"plan for {env_name}"), err=True)
         return click.confirm(f"apply this plan to protected environment {env_name}?", default=False, err=True)
 
+    ensure_local_image(app, loaded)
     request = UpRequest(argv=argv, release_path=release_path, yes=yes, interactive=app.interactive,
                         lock_wait=lock_wait, resume=resume, force=force, confirm=confirm)
     result: UpResult = up(loaded, request, info=app.info, on_terraform=ProgressPrinter(app),
-                          on_host_event=progress(app))
+                          on_host_event=progress(app, "up"))
 
     def human() -> None:
         if result.status:

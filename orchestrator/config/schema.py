@@ -606,6 +606,56 @@ class Schedule(_Model):
         return value
 
 
+NotifyEvent = Literal["deploy", "rollback", "gate_failed", "heal", "escalation", "drift"]
+
+
+#: events a webhook can subscribe to (`notify.webhooks[].events`; all of them when omitted)
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("deploy", "rollback", "gate_failed", "heal", "escalation", "drift")
+
+
+class SecretRef(_Model):
+    """A value kept in the environment's vault file (secrets.yml) under `secret`."""
+
+    secret: str
+
+    @field_validator("secret")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _ENV_VAR_RE.match(value):
+            raise ValueError(f"{value!r} is not a secret name of secrets.yml (A-Z, 0-9, _)")
+        return value
+
+
+def _webhook_url(value: object) -> object:
+    if isinstance(value, str):
+        if not re.match(r"^https?://[^\s/]+", value.strip()):
+            raise PydanticCustomError("webhook_url", "expected an http:// or https:// URL or {secret: NAME}")
+        return value.strip()
+    if isinstance(value, dict):
+        name = value.get("secret")
+        if set(value) != {"secret"} or not isinstance(name, str) or not _ENV_VAR_RE.match(name):
+            raise PydanticCustomError("webhook_url", "expected {secret: NAME}, NAME a key of secrets.yml (A-Z, 0-9, _)")
+        return SecretRef(secret=name)
+    raise PydanticCustomError("webhook_url", "expected an http:// or https:// URL or {secret: NAME}")
+
+
+class Webhook(_Model):
+    """An incoming webhook (Slack, Mattermost or any JSON endpoint) and the events it gets."""
+
+    url: Annotated[str | SecretRef, BeforeValidator(_webhook_url)]
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS),
+                                      description="events posted to this webhook (default: all)")
+
+    def wants(self, event: str) -> bool:
+        return event in self.events
+
+
+class Notify(_Model):
+    """Where deploys, rollbacks, failed gates, healing, escalations and drift are announced."""
+
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
 class Environment(_Model):
     """One deployment environment, as written in inventories/<name>/environment.yml."""
 
@@ -619,6 +669,9 @@ class Environment(_Model):
     monitoring: Monitoring = Field(default_factory=Monitoring)
     healing: Healing = Field(default_factory=Healing)
     schedule: Schedule | None = None
+    notify: Notify = Field(default_factory=Notify)
+    keep_run_folders: int = Field(default=50, ge=1, le=100_000,
+                                  description="playbook run folders kept under .orchestrate/ENV/runs/ (newest)")
 
     @field_validator("name")
     @classmethod

@@ -125,6 +125,13 @@ def fleet_hosts(loaded: LoadedEnvironment) -> list[Host]:
     return hosts_from_inventory(load_inventory(loaded.paths.inventory))
 
 
+def colour_halves(hosts: Iterable[Host]) -> tuple[list[Host], list[Host]]:
+    """The app hosts split as the traffic strategies split them (pure): blue, the hosts at even
+    positions in name order, and green, the odd ones (orchestrator.traffic.state.colors)."""
+    ordered = sorted(hosts, key=lambda h: h.name)
+    return ordered[0::2], ordered[1::2]
+
+
 def app_hosts(loaded: LoadedEnvironment) -> list[Host]:
     """The app hosts of the environment's inventory, sorted by name (Ansible's order).
 

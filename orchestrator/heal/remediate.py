@@ -28,6 +28,7 @@ from orchestrator.heal.server import (
     default_listeners,
 )
 from orchestrator.monitoring.files import ensure_heal_token, read_heal_token
+from orchestrator.notify.heal import NotifyingAudit
 from orchestrator.release.hosts import role_vars
 from orchestrator.release.service import ReleaseService
 from orchestrator.release.traffic import switch_back_pending
@@ -162,7 +163,8 @@ def build_server(
     if remediator is None:
         remediator = PlaybookRemediator(loaded, service=service)
     if audit is None:
-        audit = AuditLog(loaded.state_dir, env=env.name, timeout=AUDIT_TIMEOUT)
+        # every remediation and escalation is also posted to the environment's webhooks (notify:)
+        audit = NotifyingAudit(AuditLog(loaded.state_dir, env=env.name, timeout=AUDIT_TIMEOUT), loaded)
     return HealServer(
         policy=HealPolicy(PolicySettings.from_env(env)),
         remediator=remediator,

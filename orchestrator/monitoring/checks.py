@@ -5,17 +5,22 @@ its playbook; throttles cover alert_for).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration
 from orchestrator.fleet.inventory import Host, fleet_hosts
+from orchestrator.monitoring.dashboard import check_dashboard, promtool_rules
 from orchestrator.monitoring.files import (
     ALERTMANAGER_FILE,
+    DASHBOARD_FILE,
     HEAL_TOKEN_FILE,
     PROMETHEUS_FILE,
     MonitoringLayout,
@@ -120,6 +125,7 @@ def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = 
             promtool.test_rules(root / RULES_TEST_FILE),
             promtool.check_alertmanager_config(root / ALERTMANAGER_FILE),
             *test_routes(root / ALERTMANAGER_FILE, [*route_cases(loaded.env), *log_route_cases(loaded.env)]),
+            *verify_dashboard(json.loads((root / DASHBOARD_FILE).read_text())),
         ]
     problems = check_heal_policy(loaded, playbooks_dir)
     checks.append(ToolCheck(
@@ -127,3 +133,16 @@ def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = 
         "\n".join(f"{p.rule}: {p.message}" for p in problems),
     ))
     return VerificationReport(env=loaded.env.name, checks=checks)
+
+
+def verify_dashboard(dashboard: dict[str, Any]) -> list[ToolCheck]:
+    """The Grafana dashboard's structure (schemaVersion, unique panel ids, grid, targets) and every
+    query it makes, as recording rules through `promtool check rules`."""
+    problems = check_dashboard(dashboard)
+    results = [ToolCheck("dashboard structure", not problems, "check_dashboard", "\n".join(problems))]
+    with tempfile.TemporaryDirectory(prefix="orchestrate-dashboard-") as scratch:
+        path = Path(scratch) / "dashboard-queries.rules.yml"
+        path.write_text(yaml.safe_dump(promtool_rules(dashboard), sort_keys=False, width=10_000))
+        found = promtool.check_rules(path)
+    results.append(replace(found, name="dashboard queries (promtool check rules)"))
+    return results

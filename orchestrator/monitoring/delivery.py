@@ -32,11 +32,10 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError
 from orchestrator.fleet.inventory import fleet_hosts
-from orchestrator.monitoring.logs import monitoring_host, ssh_target
+from orchestrator.monitoring.logs import monitoring_host, run_on_monitor
 from orchestrator.runs.identity import utcnow
 from orchestrator.runs.journal import JOURNAL_FILE, Journal
 from orchestrator.runs.report import RESULTS, DeliveryReport, Deployment, by_strategy, delivery_report
-from orchestrator.tools.ssh import run_ssh
 
 #: the node exporter's textfile directory on the monitoring host (roles/log_events uses it too)
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
@@ -156,7 +155,7 @@ def publish_delivery_metrics(loaded: LoadedEnvironment) -> Published | None:
         return None
     with Journal.open(loaded.state_dir, env=loaded.name) as journal:
         report = delivery_report(journal, since=None)
-    run_ssh(ssh_target(loaded, monitor), upload_argv(), input_text=exposition(report), timeout=PUBLISH_TIMEOUT_S)
+    run_on_monitor(loaded, monitor, upload_argv(), input_text=exposition(report), timeout=PUBLISH_TIMEOUT_S)
     return Published(host=monitor.name, path=f"{TEXTFILE_DIR}/{TEXTFILE}", deploys=report.overall.deploys)
 
 

@@ -7,6 +7,7 @@ fleet's inventory into `.orchestrate/<env>/monitoring/`:
                                         (every lb host), prometheus
     rules/orchestrate.rules.yml         ServiceDown, HealthFailing, HighErrorRate, HostUnreachable
     rules/orchestrate.rules.test.yml    a promtool unit test per rule, firing and not firing
+    dashboard.json                      a Grafana dashboard of the same metrics (monitoring/dashboard.py)
     alertmanager.yml                    remediable alerts -> the heal webhook (bearer token), others -> default
     routes.json                         the routing cases `amtool config routes test` must confirm
 
@@ -34,6 +35,7 @@ from orchestrator.errors import AnsibleError, OrchestratorError, UsageError
 from orchestrator.fleet.inventory import Host, fleet_hosts
 from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.fleet.render import render_template
+from orchestrator.monitoring.dashboard import DashboardEvent, build_dashboard, journal_events
 from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.monitoring.log_rules import add_log_rule_tests, add_log_rules, log_route_cases
 from orchestrator.monitoring.logs import playbook_vars as logs_playbook_vars
@@ -67,6 +69,9 @@ ALERTMANAGER_FILE = "alertmanager.yml"
 
 
 ROUTES_FILE = "routes.json"
+
+
+DASHBOARD_FILE = "dashboard.json"
 
 
 HEAL_TOKEN_FILE = "heal.token"  # noqa: S105 - a file name, not a secret
@@ -194,6 +199,7 @@ def render_monitoring_texts(
         group_interval=_group_interval(env),
         repeat_interval=env.healing.throttle,
         dependent_alerts="|".join(r.name for r in alert_rules(env) if r.name != "HostUnreachable"),
+        notify_urls=alertmanager_webhooks(env),
     )
     source = os.path.relpath(loaded.path, loaded.project_dir) if loaded.path.is_absolute() else loaded.path
     header = f"# Rendered by orchestrate from {source}; do not edit.\n"
@@ -206,7 +212,24 @@ def render_monitoring_texts(
         RULES_FILE: header + yaml.safe_dump(rules, sort_keys=False, width=200),
         RULES_TEST_FILE: header + yaml.safe_dump(rule_tests, sort_keys=False, width=200),
         ROUTES_FILE: json.dumps(routes, indent=2) + "\n",
+        DASHBOARD_FILE: dashboard_text(loaded, hosts),
     }
+
+
+def dashboard_text(loaded: LoadedEnvironment, hosts: Sequence[Host], events: Sequence[DashboardEvent] = ()) -> str:
+    """The Grafana dashboard as the file placed next to Prometheus (orchestrator.monitoring.dashboard)."""
+    return json.dumps(build_dashboard(loaded, hosts, events), indent=2) + "\n"
+
+
+def alertmanager_webhooks(env: Environment) -> list[str]:
+    """The notify webhooks Alertmanager posts its own alerts to: those taking heal or escalation
+    events, given as plain URLs (Alertmanager 0.25 has no url_file: a URL from the vault file
+    would sit in clear in its configuration, so it is left out)."""
+    found = []
+    for webhook in env.notify.webhooks:
+        if isinstance(webhook.url, str) and (webhook.wants("heal") or webhook.wants("escalation")):
+            found.append(webhook.url)
+    return list(dict.fromkeys(found))
 
 
 def _address(host: Host) -> str:
@@ -241,6 +264,8 @@ def render_monitoring(
     hosts = list(hosts) if hosts is not None else fleet_hosts(loaded)
     directory = monitoring_dir(loaded)
     texts = render_monitoring_texts(loaded, hosts, layout)
+    # the copy placed next to Prometheus carries the journal's deploys and canary steps so far
+    texts[DASHBOARD_FILE] = dashboard_text(loaded, hosts, journal_events(loaded))
     files = write_monitoring(directory, texts)
     port = layout.service_port or loaded.env.service.port
     return MonitoringFiles(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,11 +32,12 @@ from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration, parse_size
-from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.fleet.guard import address_check
-from orchestrator.fleet.inventory import Host, fleet_hosts, load_inventory
+from orchestrator.errors import CommandError, OrchestratorError, UsageError
+from orchestrator.fleet.inventory import Host, fleet_hosts
+from orchestrator.fleet.remote import connection
 from orchestrator.monitoring.pki import ensure_pki
-from orchestrator.tools.ssh import SshTarget, run_ssh
+from orchestrator.tools.process import CommandResult
+from orchestrator.tools.ssh import SSH_FAILED, describe_failure, remote_argv, run_ssh
 
 #: where the monitoring host receives uploads (the TLS front of roles/journal_remote)
 FRONT_PORT = 19532
@@ -158,17 +158,18 @@ def playbook_vars(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = None
     }
 
 
-def ssh_target(loaded: LoadedEnvironment, host: Host) -> SshTarget:
-    """How the controller reaches `host`: the inventory's user, key and SSH options (as Ansible does).
-
-    The address is checked against the project's own bridge first (local fleets).
-    """
-    all_vars = (load_inventory(loaded.paths.inventory).get("all") or {}).get("vars") or {}
-    address = address_check(loaded)(host.address)
-    key = all_vars.get("ansible_ssh_private_key_file")
-    return SshTarget(address=address, user=str(all_vars.get("ansible_user") or "root"),
-                     private_key=str(key) if key else None,
-                     options=tuple(shlex.split(str(all_vars.get("ansible_ssh_common_args") or ""))))
+def run_on_monitor(loaded: LoadedEnvironment, host: Host, argv: list[str], *, timeout: float,
+                   input_text: str | None = None, ok_codes: tuple[int, ...] = (0,)) -> CommandResult:
+    """Run `argv` on `host` as Ansible reaches it (the inventory's user and key, the environment's
+    known_hosts, the address guard first); CommandError when it exits otherwise than `ok_codes`."""
+    conn = connection(loaded)
+    result = run_ssh(conn.target(host), remote_argv(argv), guard=conn.guard, timeout=timeout, input_text=input_text)
+    if result.returncode not in ok_codes:
+        raise CommandError(f"{host.name}: {' '.join(argv[:3])} exited with {result.returncode}"
+                           + (f": {describe_failure(result)}" if result.returncode == SSH_FAILED else ""),
+                           argv=list(argv), returncode=result.returncode,
+                           output_tail=(result.stderr or result.stdout)[-2000:])
+    return result
 
 
 def _epoch(moment: datetime, *, up: bool = False) -> str:
@@ -263,7 +264,7 @@ class CentralLogs:
             since = datetime.now(UTC) - since
         argv = journalctl_argv(host, since=since, until=until, lines=lines)
         try:
-            result = run_ssh(ssh_target(self.loaded, self.monitor), argv, timeout=timeout, ok_codes=(0, 1))
+            result = run_on_monitor(self.loaded, self.monitor, argv, timeout=timeout, ok_codes=(0, 1))
         except OrchestratorError as exc:
             raise LogsError(f"reading the central logs of {host} on {self.monitor.name} failed: {exc.message}",
                             hint=getattr(exc, "output_tail", None) or None) from exc

@@ -41,6 +41,28 @@ PROMETHEUS_JOB = "prometheus"
 HAPROXY_JOB = "haproxy"
 
 
+#: the service's metrics the rules (and the traffic gates and the dashboard) select on
+REQUESTS_METRIC = "hello_requests_total"
+"""Counter of answered requests, labels `path` and `code`."""
+
+
+BUILD_INFO_METRIC = "hello_build_info"
+"""Always 1, labels `version` and `build_id`: present only when the binary is ours."""
+
+
+#: HAProxy exporter metrics of the app servers behind the load balancer (label `server`: the host)
+HAPROXY_RESPONSES_METRIC = "haproxy_server_http_responses_total"
+
+
+HAPROXY_CONNECTION_ERRORS_METRIC = "haproxy_server_connection_errors_total"
+
+
+HAPROXY_RESPONSE_ERRORS_METRIC = "haproxy_server_response_errors_total"
+
+
+HAPROXY_RESPONSE_TIME_METRIC = "haproxy_server_response_time_average_seconds"
+
+
 #: share of /healthz answers that must fail before HealthFailing holds
 HEALTH_FAILURE_RATIO = 0.5
 
@@ -130,18 +152,18 @@ def alert_rules(env: Environment) -> list[AlertRule]:
             # Two real signals of the service: most /healthz probes (deploy gates, load balancer)
             # answered 5xx, or /metrics answers without hello_build_info (not our binary).
             expr=(
-                f'({by} (rate(hello_requests_total{{{job},path="{health}",code=~"5.."}}[{window}]))'
-                f' / {by} (rate(hello_requests_total{{{job},path="{health}"}}[{window}]))'
+                f'({by} (rate({REQUESTS_METRIC}{{{job},path="{health}",code=~"5.."}}[{window}]))'
+                f' / {by} (rate({REQUESTS_METRIC}{{{job},path="{health}"}}[{window}]))'
                 f" > {HEALTH_FAILURE_RATIO})"
                 f" or ({by} (up{{{job}}}) == 1"
-                f" unless on (host, instance) {by} (hello_build_info{{{job}}}) == 1)"
+                f" unless on (host, instance) {by} ({BUILD_INFO_METRIC}{{{job}}}) == 1)"
             ),
             severity="critical",
             remediation="restart",
             summary=f"{service} on {{host}} is up but not healthy",
             description=(
                 f"{{instance}} answers /metrics, but most {health} probes over the last {window} failed "
-                f"or it does not report hello_build_info. Remediation restarts it."
+                f"or it does not report {BUILD_INFO_METRIC}. Remediation restarts it."
             ),
             for_=for_,
             clears_in=window,
@@ -150,8 +172,8 @@ def alert_rules(env: Environment) -> list[AlertRule]:
             name="HighErrorRate",
             # Prometheus' own scrapes of /metrics always succeed and would dilute the ratio.
             expr=(
-                f'{by} (rate(hello_requests_total{{{job},path!="/metrics",code=~"5.."}}[{window}]))'
-                f' / {by} (rate(hello_requests_total{{{job},path!="/metrics"}}[{window}]))'
+                f'{by} (rate({REQUESTS_METRIC}{{{job},path!="/metrics",code=~"5.."}}[{window}]))'
+                f' / {by} (rate({REQUESTS_METRIC}{{{job},path!="/metrics"}}[{window}]))'
                 f" > {threshold:g}"
             ),
             severity="critical",
@@ -243,14 +265,14 @@ def _service_series(t: _Timing, *, up: int = 1, build_info: bool = True, node_up
     series = [
         _series("up", svc, f"{up}x{n}"),
         _series("up", {"job": NODE_JOB, "host": _HOST, "instance": _NODE_INSTANCE}, f"{node_up}x{n}"),
-        _series("hello_requests_total", {**svc, "path": "/healthz", "code": "200"}, f"0+{health_ok}x{n}"),
-        _series("hello_requests_total", {**svc, "path": "/healthz", "code": "500"}, f"0+{health_fail}x{n}"),
-        _series("hello_requests_total", {**svc, "path": "/", "code": "200"}, f"0+{ok}x{n}"),
-        _series("hello_requests_total", {**svc, "path": "/", "code": "500"}, f"0+{fail}x{n}"),
-        _series("hello_requests_total", {**svc, "path": "/metrics", "code": "200"}, f"0+1x{n}"),
+        _series(REQUESTS_METRIC, {**svc, "path": "/healthz", "code": "200"}, f"0+{health_ok}x{n}"),
+        _series(REQUESTS_METRIC, {**svc, "path": "/healthz", "code": "500"}, f"0+{health_fail}x{n}"),
+        _series(REQUESTS_METRIC, {**svc, "path": "/", "code": "200"}, f"0+{ok}x{n}"),
+        _series(REQUESTS_METRIC, {**svc, "path": "/", "code": "500"}, f"0+{fail}x{n}"),
+        _series(REQUESTS_METRIC, {**svc, "path": "/metrics", "code": "200"}, f"0+1x{n}"),
     ]
     if build_info:
-        series.append(_series("hello_build_info", {**svc, "version": "0.1.0", "build_id": "test"}, f"1x{n}"))
+        series.append(_series(BUILD_INFO_METRIC, {**svc, "version": "0.1.0", "build_id": "test"}, f"1x{n}"))
     return series
 
 

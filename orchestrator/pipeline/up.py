@@ -211,9 +211,9 @@ class _Stages:
         step.detail.update(changed=result.changed, weights=read_state(self.loaded).weights)
 
     def verify(self, step: StepHandle) -> None:
-        from orchestrator.release.hosts import status
+        from orchestrator.release.probe import fleet_status
 
-        fleet = status(self.loaded, tuned=self.request.tuned)
+        fleet = fleet_status(self.loaded)
         self.status = fleet.as_dict()
         expected = self.release_id
         if expected is None and all(h.release is None for h in fleet.hosts):
@@ -266,10 +266,10 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
         local, specs = fleet_for(stages.loaded)
         if any(host.state != "running" or host.launcher != "alive" for host in local.status(specs)):
             return False
-    from orchestrator.release.hosts import status
+    from orchestrator.release.probe import fleet_status
 
     try:
-        fleet = status(stages.loaded, tuned=stages.request.tuned)
+        fleet = fleet_status(stages.loaded)
     except OrchestratorError:
         return False
     stages.status = fleet.as_dict()

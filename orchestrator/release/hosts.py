@@ -21,24 +21,21 @@ from typing import Any, Literal
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration
 from orchestrator.config.secrets import SECRETS_VAR
-from orchestrator.errors import AnsibleError, UsageError
+from orchestrator.errors import UsageError
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
-from orchestrator.ids import is_release_id, require_release_id, shown
+from orchestrator.ids import require_release_id
 from orchestrator.release.artifact import Release, prepare_release
 from orchestrator.release.results import (
     CLEANUP_TASK,
     MODULE,
     EventSink,
-    FleetStatus,
     GateFailedRestored,
-    HostStatus,
     ReleaseInterrupted,
     ReleaseRun,
     ReleaseRunError,
     outcomes,
     previous_to_restore,
-    reported_release,
     to_restore,
 )
 from orchestrator.release.transitions import HostTransitions, _checked
@@ -66,6 +63,14 @@ class DeployRequest:
     """Ansible host pattern the deploy is limited to (blue-green: the idle colour's hosts)."""
     prepared: Release | None = None
     """The release already built and staged from `release_path` (not prepared a second time)."""
+
+
+def limited_hosts(hosts: list[Host], limit: str | None) -> list[Host]:
+    """The hosts a run limited to `limit` (host names separated by commas or colons) works on (pure)."""
+    if not limit:
+        return hosts
+    names = {n.strip() for n in limit.replace(":", ",").split(",") if n.strip()}
+    return [h for h in hosts if h.name in names]
 
 
 def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str, Any]:
@@ -140,7 +145,7 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     that cannot be staged in this run (no backup, run already aborted) is TransitionRefused
     before any host changes, and a move refused during the run is raised after it.
     """
-    hosts = app_hosts(loaded)
+    hosts = limited_hosts(app_hosts(loaded), request.limit)
     strategy: Strategy = request.strategy or loaded.env.rollout.host_strategy
     rollout = strategy_vars(loaded, strategy, [h.name for h in hosts])
     release = request.prepared or prepare_release(loaded, request.release_path, on_output=on_output,
@@ -164,14 +169,16 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
 
 
 def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = True,
-             on_event: EventSink | None = None, transitions: HostTransitions | None = None) -> ReleaseRun:
-    """Switch every app host to its previous release, or to release `to`, health-gated.
+             on_event: EventSink | None = None, transitions: HostTransitions | None = None,
+             limit: str | None = None) -> ReleaseRun:
+    """Switch every app host (or those of `limit`, names separated by commas) to its previous
+    release, or to release `to`, health-gated.
 
     `transitions` records idle -> rolled_back (or failed) per host as the rollback goes.
     """
     if to is not None:
         require_release_id(to, "--to")
-    hosts = app_hosts(loaded)
+    hosts = limited_hosts(app_hosts(loaded), limit)
     if transitions is not None:
         transitions.release = to
         transitions.require([h.name for h in hosts], "rollback")
@@ -179,7 +186,7 @@ def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = 
     evidence_dir = loaded.paths.evidence(run_id)
     extra = {**role_vars(loaded, evidence_dir), "rollback_to": to or ""}
     result = _interruptible(lambda: _run(
-        loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id,
+        loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id, limit=limit,
         on_event=transitions.events("rollback", on_event) if transitions is not None else on_event))
     # the fleet restore after a failed rollback is not a deploy's restore: the state machine has no
     # move for undoing a rollback (rolled_back is final), so the restore's events drive nothing
@@ -269,39 +276,3 @@ def _interrupted_message(action: str, target: str | None, signal_name: str, run:
         return f"{stopped} stopped by {signal_name}; the hosts that had switched are back: {back}"
     return f"{stopped} stopped by {signal_name}; no host had switched"
 
-
-def status(loaded: LoadedEnvironment, *, tuned: bool = True) -> FleetStatus:
-    """Current and previous release, unit state and health of every app host (one module call each)."""
-    hosts = app_hosts(loaded)
-    result = _run(loaded, "status.yml", role_vars(loaded, None), tuned=tuned, run_id=new_run_id() + "-status")
-    by_host = {r.host: r for r in result.results_of(MODULE) if r.status != "skipped"}
-    found = []
-    for host in hosts:
-        task = by_host.get(host.name)
-        if task is None or task.status in {"failed", "unreachable"}:
-            failure = result.last_failure(host.name)
-            found.append(HostStatus(
-                name=host.name, address=host.address, release=None, previous_release=None,
-                unit="unreachable" if task is None or task.status == "unreachable" else "unknown",
-                healthy=False, error=failure.message if failure else "no result",
-            ))
-            continue
-        res = task.result
-        # what the host reports is checked like any input: a current release that is not a release id
-        # leaves the host unhealthy (what it runs is unknown); other odd names are only left out
-        release, problem = reported_release(host.name, res, "release")
-        previous, previous_problem = reported_release(host.name, res, "previous_release")
-        listed = res.get("releases")
-        listed = listed if isinstance(listed, list) else []
-        releases = [str(r) for r in listed if is_release_id(r)]
-        others = [shown(r, 40) for r in listed if not is_release_id(r)]
-        listed_problem = (f"{host.name} listed {', '.join(others)} among its releases, which are not release ids "
-                          "(not used)") if others else ""
-        found.append(HostStatus(
-            name=host.name, address=host.address, release=release, previous_release=previous,
-            unit=str(res.get("unit") or "unknown"), healthy=bool(res.get("healthy")) and not problem,
-            releases=releases, error="; ".join(filter(None, [problem, previous_problem, listed_problem])),
-        ))
-    if not found:
-        raise AnsibleError(f"status of {loaded.name} returned nothing: {result.summary_line() or result.status}")
-    return FleetStatus(env=loaded.name, hosts=found, duration=result.duration)

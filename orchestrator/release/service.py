@@ -28,15 +28,22 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.errors import ExitStatus, OrchestratorError
-from orchestrator.fleet.inventory import app_hosts
+from orchestrator.config.schema import SecretRef
+from orchestrator.errors import ExitStatus, OrchestratorError, UsageError
+from orchestrator.fleet.inventory import Host, app_hosts
+from orchestrator.fleet.select import ansible_limit, match_hosts, split_patterns
 from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.monitoring.logs import keep_gate_evidence
+from orchestrator.notify.webhooks import Notifier, failures
 from orchestrator.release.artifact import Release, built_at, prepare_release
 from orchestrator.release.backup import create_backup
-from orchestrator.release.hosts import DeployRequest, deploy, rollback, status
+from orchestrator.release.check import DeployCheck, check_deploy
+from orchestrator.release.hosts import DeployRequest, deploy, release_vars, role_vars, rollback, strategy_vars
+from orchestrator.release.notices import outcome_notification
+from orchestrator.release.probe import fleet_status
 from orchestrator.release.results import (
     EventSink,
+    FleetStatus,
     GateFailedRestored,
     ReleaseInterrupted,
     ReleaseRun,
@@ -54,12 +61,13 @@ from orchestrator.release.traffic import (
     traffic_release,
 )
 from orchestrator.release.transitions import HostTransitions
-from orchestrator.runs.identity import isoformat
+from orchestrator.runs.identity import ProcessIdentity, isoformat, utcnow
 from orchestrator.runs.journal import StepHandle
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
 from orchestrator.runs.session import LockedRun, locked_run
 from orchestrator.tools.process import LineCallback
 from orchestrator.traffic.gates import GateDecision
+from orchestrator.traffic.state import colors, other, read_state
 
 NO_BACKUP_NOTE = "not recorded: --skip-backup (a host is staged only once backed up)"
 
@@ -76,6 +84,10 @@ class DeployCommand:
     tuned: bool = True
     argv: Sequence[str] = ()
     lock_wait: float | None = DEFAULT_LOCK_WAIT
+    limit: tuple[str, ...] = ()
+    """App host names or globs the deploy is limited to (none: every app host; not with a traffic strategy)."""
+    check: bool = False
+    """Only say what would change on each host (Ansible's check mode): no lock, no backup, no change."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ class RollbackCommand:
     tuned: bool = True
     argv: Sequence[str] = ()
     lock_wait: float | None = DEFAULT_LOCK_WAIT
+    limit: tuple[str, ...] = ()
+    """App host names or globs to roll back (host by host, even after a traffic release)."""
 
 
 @dataclass
@@ -105,9 +119,13 @@ class ReleaseOutcome:
     """The run in the environment's journal (`orchestrate runs ENV RUN_ID`)."""
     detail: dict[str, Any] = field(default_factory=dict)
     """What `up` records for its deploy step when no deploy ran (first release, already serving)."""
+    check: DeployCheck | None = None
+    """`deploy --check`: what would change, per host (nothing ran)."""
 
     @property
     def release(self) -> str | None:
+        if self.check is not None:
+            return self.check.release
         if self.traffic is not None:
             return self.traffic.release
         if self.hosts is not None:
@@ -116,6 +134,8 @@ class ReleaseOutcome:
 
     @property
     def state(self) -> str:
+        if self.check is not None:
+            return "would_change" if self.check.changes else "unchanged"
         if self.traffic is not None:
             return self.traffic.state
         if self.hosts is not None:
@@ -124,7 +144,9 @@ class ReleaseOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         """The result's JSON: the host-level run's or the traffic release's shape, plus what ran."""
-        if self.traffic is not None:
+        if self.check is not None:
+            base = self.check.as_dict()
+        elif self.traffic is not None:
             base = self.traffic.as_dict()
         elif self.hosts is not None:
             base = self.hosts.as_dict()
@@ -191,9 +213,13 @@ class ReleaseService:
         publish_after_run(self.loaded, self.info)
 
     def deploy(self, command: DeployCommand) -> ReleaseOutcome:
-        """Deploy `command.release_path` under the lock, as a journalled run `deploy`."""
+        """Deploy `command.release_path` under the lock, as a journalled run `deploy`; with
+        `command.check`, only say what would change (no lock, no run, nothing changes)."""
         app_hosts(self.loaded)  # no inventory: a UsageError before the lock is even taken
         ran = resolve_strategy(self.loaded, command.strategy)
+        limited = self._limited(command.limit, ran)
+        if command.check:
+            return self.check(command, ran, limited)
         argv = command.argv or ["deploy", self.loaded.name, "--release", str(command.release_path)]
         with self.session("deploy", argv, steps=["deploy"], wait=command.lock_wait) as session, \
                 session.run.step("deploy") as step:
@@ -201,17 +227,23 @@ class ReleaseService:
 
     def rollback(self, command: RollbackCommand) -> ReleaseOutcome:
         """Roll back under the lock, as a journalled run `rollback`."""
-        app_hosts(self.loaded)
+        limited = self._limited(command.limit, None)
         argv = command.argv or ["rollback", self.loaded.name, *(["--to", command.to] if command.to else [])]
         with self.session("rollback", argv, steps=["rollback"], wait=command.lock_wait) as session, \
                 session.run.step("rollback") as step:
-            return self.rollback_step(step, command.to, tuned=command.tuned)
+            return self.rollback_step(step, command.to, tuned=command.tuned,
+                                      limit=ansible_limit(limited) if limited else None)
 
     # --- the work, inside a run's step ----------------------------------------------------------
 
     def deploy_step(self, step: StepHandle, command: DeployCommand, *,
                     ran: RanStrategy | None = None) -> ReleaseOutcome:
-        """Prepare, back up and deploy inside `step` (its run holds the lock)."""
+        """Prepare, back up and deploy inside `step` (its run holds the lock); the webhooks hear how
+        it ended (`deploy`, or `gate_failed` when a gate failed and the hosts are back)."""
+        return self._notified(step, "deploy", command.secrets, lambda: self._deploy_step(step, command, ran=ran))
+
+    def _deploy_step(self, step: StepHandle, command: DeployCommand, *,
+                     ran: RanStrategy | None = None) -> ReleaseOutcome:
         ran = ran or resolve_strategy(self.loaded, command.strategy)
         requested = command.strategy or self.loaded.env.rollout.strategy
         step.update(strategy=ran, requested_strategy=requested)
@@ -232,16 +264,49 @@ class ReleaseService:
             transitions.backed_up(backup.id, [(h.host, h.release_id) for h in backup.hosts])
         else:
             step.update(host_transitions=NO_BACKUP_NOTE)
+        limited = self._limited(command.limit, ran)
         request = DeployRequest(release_path=command.release_path, strategy=host_strategy(ran), tuned=command.tuned,
-                                secret_vars=command.secrets, prepared=release)
+                                secret_vars=self._service_secrets(command.secrets), prepared=release,
+                                limit=ansible_limit(limited) if limited else None)
+        if limited:
+            step.update(limit=[h.name for h in limited])
         self._run_release(step, outcome, request, ran, transitions)
+        return outcome
+
+    def check(self, command: DeployCommand, ran: RanStrategy, limited: list[Host] | None) -> ReleaseOutcome:
+        """`deploy --check`: prepare the artifact, then run the deploy in Ansible's check mode on the
+        hosts it would touch (the limit; the idle colour under a traffic strategy). No lock, no
+        backup, no journal run: nothing changes on any host."""
+        requested = command.strategy or self.loaded.env.rollout.strategy
+        outcome = ReleaseOutcome(env=self.loaded.name, action="deploy", strategy=ran, requested_strategy=requested)
+        self.info(f"checking what deploying {command.release_path} to {self.loaded.name} would change ({ran})")
+        release = prepare_release(self.loaded, command.release_path, on_output=self.on_output)
+        hosts = limited or app_hosts(self.loaded)
+        notes = []
+        if is_traffic(ran):
+            state = read_state(self.loaded)
+            idle = other(state.active or "blue")
+            hosts = colors(hosts)[idle]
+            notes.append(f"{ran} deploys to the idle colour ({idle}) first: {', '.join(h.name for h in hosts)}")
+        extra = {**role_vars(self.loaded, None), **release_vars(release),
+                 **strategy_vars(self.loaded, "rolling", [h.name for h in hosts])}
+        outcome.check = check_deploy(self.loaded, hosts, release, extra, secret_vars=command.secrets, strategy=ran,
+                                     tuned=command.tuned, on_event=self.on_event)
+        outcome.check.notes[:0] = notes
         return outcome
 
     def deploy_for_up(self, step: StepHandle, release: Release, *, secrets: Mapping[str, Any],
                       tuned: bool = True) -> ReleaseOutcome:
         """`up`'s deploy step: the hosts were backed up by its backup step, the artifact built by its
         build step. Under a traffic strategy a first release (nothing serves yet) goes to every
-        host, and a release the serving colour already runs is left as it is."""
+        host, and a release the serving colour already runs is left as it is. The webhooks hear of
+        it unless nothing changed (a scheduled `up` that finds the release serving is no news)."""
+        return self._notified(step, "deploy", secrets, lambda: self._deploy_for_up(step, release, secrets=secrets,
+                                                                                   tuned=tuned),
+                              release=release.id, quiet_when_unchanged=True)
+
+    def _deploy_for_up(self, step: StepHandle, release: Release, *, secrets: Mapping[str, Any],
+                       tuned: bool = True) -> ReleaseOutcome:
         ran = resolve_strategy(self.loaded, None)
         requested = self.loaded.env.rollout.strategy
         step.update(strategy=ran, requested_strategy=requested)
@@ -249,14 +314,14 @@ class ReleaseService:
                                  journal_run=step.run.id)
         transitions = HostTransitions.for_run(step.run, release=release.id)
         request = DeployRequest(release_path=release.source, strategy=host_strategy(ran), tuned=tuned,
-                                secret_vars=secrets, prepared=release)
+                                secret_vars=self._service_secrets(secrets), prepared=release)
         if not is_traffic(ran):
             self._run_release(step, outcome, request, ran, transitions)
             return outcome
         decisions: list[dict[str, Any]] = []
 
         def record(decision: GateDecision) -> None:
-            decisions.append(decision.as_dict())
+            decisions.append({**decision.as_dict(), "at": isoformat(utcnow())})
             step.update(decisions=decisions)
             if self.on_decision is not None:
                 self.on_decision(decision)
@@ -278,10 +343,17 @@ class ReleaseService:
             step.run.set_release(up_deploy.release)
         return outcome
 
-    def rollback_step(self, step: StepHandle, to: str | None, *, tuned: bool = True) -> ReleaseOutcome:
+    def rollback_step(self, step: StepHandle, to: str | None, *, tuned: bool = True,
+                      limit: str | None = None) -> ReleaseOutcome:
         """Inside `step`: the switch back to the colour that served before when a traffic release left
-        one (and no `to` is named), else each app host to its previous release (or `to`)."""
-        if to is None and switch_back_pending(self.loaded):
+        one (and no `to` or `limit` is named), else each app host (of `limit`) to its previous
+        release (or `to`). The webhooks hear of it (`rollback`)."""
+        return self._notified(step, "rollback", None, lambda: self._rollback_step(step, to, tuned=tuned, limit=limit),
+                              release=to)
+
+    def _rollback_step(self, step: StepHandle, to: str | None, *, tuned: bool = True,
+                       limit: str | None = None) -> ReleaseOutcome:
+        if to is None and limit is None and switch_back_pending(self.loaded):
             self.info(f"switching {self.loaded.name}'s traffic back to the previous colour")
             result = switch_back(self.loaded)
             outcome = ReleaseOutcome(env=self.loaded.name, action="rollback", strategy="switch-back",
@@ -293,7 +365,7 @@ class ReleaseService:
             try:
                 # each app host idle -> rolled_back (or failed) in the journal, as it happens
                 outcome.hosts = rollback(self.loaded, to, tuned=tuned, on_event=self.on_event,
-                                         transitions=HostTransitions.for_run(step.run))
+                                         transitions=HostTransitions.for_run(step.run), limit=limit)
             except (GateFailedRestored, ReleaseRunError) as exc:
                 raise self._failed(exc, outcome, step) from exc
             except ReleaseInterrupted as exc:
@@ -304,11 +376,69 @@ class ReleaseService:
             step.run.set_release(outcome.release)
         return outcome
 
-    def fleet_status(self, *, tuned: bool = True) -> Any:
-        """Every app host's release, previous release, unit and health."""
-        return status(self.loaded, tuned=tuned)
+    def fleet_status(self, *, tuned: bool = True) -> FleetStatus:
+        """Every app host's release, previous release, unit and health, probed directly (no playbook;
+        `tuned` is accepted for the callers that pass it)."""
+        return fleet_status(self.loaded)
+
+    # --- notifications --------------------------------------------------------------------------
+
+    def _service_secrets(self, secrets: Mapping[str, Any]) -> dict[str, Any]:
+        """The service's secrets: the vault's, less the ones `notify:` uses (webhook URLs are the
+        tool's, not the service's environment)."""
+        used = {w.url.secret for w in self.loaded.env.notify.webhooks if isinstance(w.url, SecretRef)}
+        return {k: v for k, v in secrets.items() if k not in used}
+
+    def _notified(self, step: StepHandle, event: str, secrets: Mapping[str, Any] | None,
+                  work: Callable[[], ReleaseOutcome], *, release: str | None = None,
+                  quiet_when_unchanged: bool = False) -> ReleaseOutcome:
+        """Run `work` and tell the webhooks how it ended (`gate_failed` for a deploy whose gate failed
+        with the hosts back); what the posts did goes into the step's detail (the journal). A failure
+        to notify never changes how the release ended."""
+        try:
+            outcome = work()
+        except ReleaseFailed as exc:
+            gate = exc.exit_status == ExitStatus.ROLLED_BACK and event == "deploy"
+            self._notify(step, "gate_failed" if gate else event, exc.result, secrets, error=exc.message)
+            raise
+        except OrchestratorError as exc:
+            failed = ReleaseOutcome(env=self.loaded.name, action=event, strategy=event, journal_run=step.run.id,
+                                    detail={"state": "failed", "release": step.detail.get("release", release)})
+            self._notify(step, event, failed, secrets, error=exc.message)
+            raise
+        if not (quiet_when_unchanged and outcome.state == "unchanged"):
+            self._notify(step, event, outcome, secrets)
+        return outcome
+
+    def _notify(self, step: StepHandle, event: str, outcome: ReleaseOutcome, secrets: Mapping[str, Any] | None,
+                *, error: str = "") -> None:
+        try:
+            notifier = Notifier.for_env(self.loaded, secrets=dict(secrets) if secrets is not None else None)
+            if not notifier.wants(event):
+                return
+            notice = outcome_notification(event, env=self.loaded.name, release=outcome.release, state=outcome.state,
+                                          run_id=step.run.id, strategy=outcome.strategy, hosts_run=outcome.hosts,
+                                          traffic=outcome.traffic, user=ProcessIdentity.current().user, error=error)
+            deliveries = notifier.send(notice)
+            recorded = [*step.detail.get("notifications", []), *(d.as_dict() for d in deliveries)]
+            step.update(notifications=recorded)
+            for delivery in failures(deliveries):
+                self.info(f"notifying {delivery.target} of {event} failed: {delivery.error} "
+                          f"(kept in run {step.run.id})")
+        except Exception as exc:  # never let a notification change how a release ended
+            self.info(f"notifying the webhooks of {event} failed: {type(exc).__name__}: {exc}")
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _limited(self, patterns: Sequence[str], ran: RanStrategy | None) -> list[Host] | None:
+        """The app hosts `--limit` names (names or globs), or None without a limit. A traffic strategy
+        moves traffic between whole colours: a limit is refused with it."""
+        if not patterns:
+            return None
+        if ran is not None and is_traffic(ran):
+            raise UsageError(f"--limit deploys host by host; {ran} moves traffic between whole colours (use "
+                             "--strategy rolling or canary-hosts with --limit)")
+        return match_hosts(app_hosts(self.loaded), split_patterns(patterns), what="app host")
 
     def _run_release(self, step: StepHandle, outcome: ReleaseOutcome, request: DeployRequest, ran: RanStrategy,
                      transitions: HostTransitions | None) -> None:
@@ -317,7 +447,7 @@ class ReleaseService:
                 decisions: list[dict[str, Any]] = []
 
                 def record(decision: GateDecision) -> None:
-                    decisions.append(decision.as_dict())
+                    decisions.append({**decision.as_dict(), "at": isoformat(utcnow())})
                     step.update(decisions=decisions)
                     if self.on_decision is not None:
                         self.on_decision(decision)
@@ -329,8 +459,9 @@ class ReleaseService:
                 outcome.hosts = deploy(self.loaded, request, on_event=self.on_event, on_output=self.on_output,
                                        transitions=transitions)
                 outcome.hosts.strategy = ran
-                # every app host now runs the release: no colour is left to switch back to
-                note_host_deploy(self.loaded, outcome.hosts.target)
+                if request.limit is None:
+                    # every app host now runs the release: no colour is left to switch back to
+                    note_host_deploy(self.loaded, outcome.hosts.target)
         except (TrafficGateFailed, GateFailedRestored, ReleaseRunError) as exc:
             raise self._failed(exc, outcome, step) from exc
         except ReleaseInterrupted as exc:

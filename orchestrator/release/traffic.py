@@ -43,7 +43,8 @@ from orchestrator.errors import HealthGateFailed, UsageError
 from orchestrator.fleet.guard import own_network
 from orchestrator.fleet.inventory import app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook
-from orchestrator.release.hosts import DeployRequest, deploy, role_vars, status
+from orchestrator.release.hosts import DeployRequest, deploy, role_vars
+from orchestrator.release.probe import fleet_status
 from orchestrator.release.results import ReleaseRun, previous_to_restore
 from orchestrator.release.strategies import RanStrategy, TrafficStrategy, note_host_deploy
 from orchestrator.release.transitions import HostTransitions
@@ -353,7 +354,7 @@ def switch_back(loaded: LoadedEnvironment) -> TrafficRelease:
     release = state.releases.get(target)
     if release is None:
         # not recorded (a colour deployed before the LB was configured): what its hosts run
-        on = {h.release for h in status(loaded).hosts if h.name in groups[target]}
+        on = {h.release for h in fleet_status(loaded).hosts if h.name in groups[target]}
         release = on.pop() if len(on) == 1 else None
         if release is not None:
             state.releases[target] = release
@@ -395,7 +396,7 @@ def release_for_up(loaded: LoadedEnvironment, request: TrafficRequest, *, releas
     """
     state = read_state(loaded)
     names = [h.name for h in app_hosts(loaded)]
-    fleet = {h.name: h for h in status(loaded, tuned=request.deploy.tuned).hosts}
+    fleet = {h.name: h for h in fleet_status(loaded).hosts}
     serving = [n for n in names if state.weights.get(n, FULL) > 0]
     if not any(fleet[n].release for n in serving if n in fleet):
         run = deploy(loaded, replace(request.deploy, strategy="rolling"), on_event=on_event,

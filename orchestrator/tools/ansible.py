@@ -446,6 +446,9 @@ class PlaybookRun:
     allowed_networks: Sequence[str] | None = None
     """IPv4 networks every host of the inventory must be on (a local fleet's bridge subnet);
     None: no check (cloud hosts). See `check_inventory_addresses`."""
+    check: bool = False
+    """Ansible's check mode (`--check`): modules that support it report what they would change and
+    change nothing; the others are skipped."""
 
 
 #: the run's (non-secret) extra vars, in its run dir
@@ -628,6 +631,7 @@ def check_inventory_addresses(inventory: Path, allowed_networks: Sequence[str]) 
             )
 
 
+
 def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | None = None) -> PlaybookResult:
     """Run `run.playbook` with ansible-runner; return the summary (failures are in the result).
 
@@ -679,8 +683,9 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
         }
         # never ansible-runner's `extravars`: it passes them as JSON, which Ansible templates
         files = [*vars_files, *([secrets_path] if secrets_path is not None else [])]
-        if files:
-            kwargs["cmdline"] = extra_vars_cmdline(files)
+        cmdline = " ".join(filter(None, [extra_vars_cmdline(files), "--check" if run.check else ""]))
+        if cmdline:
+            kwargs["cmdline"] = cmdline
         if run.limit:
             kwargs["limit"] = run.limit
         try:

@@ -148,6 +148,83 @@ def run_command(
     return result
 
 
+class RunningCommand:
+    """A command started by `start_command` that streams its output while the caller goes on.
+
+    For long-lived commands whose output is the point (`journalctl -f` over SSH): every line goes
+    to a callback as it arrives; `stop()` ends the whole process group (SIGTERM, then SIGKILL).
+    """
+
+    def __init__(self, args: list[str], proc: subprocess.Popen[str], readers: list[threading.Thread]) -> None:
+        self.argv = args
+        self._proc = proc
+        self._readers = readers
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        """The return code once the command has ended, else None."""
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to `timeout` seconds (None: until it ends); its return code, or None when still running.
+
+        Once it has ended, the output read so far has been delivered to the callbacks.
+        """
+        try:
+            code = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return code
+
+    def stop(self, grace: float = 2.0) -> None:
+        """End the command and everything it started (idempotent)."""
+        if self._proc.poll() is None:
+            _kill_group(self._proc, signal.SIGTERM, grace)
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+
+def start_command(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    on_stdout: LineCallback,
+    on_stderr: LineCallback | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RunningCommand:
+    """Start `argv` (argv list, no shell, its own process group) and stream its output lines to
+    `on_stdout` / `on_stderr` from reader threads; return at once. The caller ends it with
+    `RunningCommand.stop()` or waits for it with `.wait()`."""
+    args = [os.fspath(a) for a in argv]
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    try:
+        proc = subprocess.Popen(
+            args, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, errors="replace", start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(f"{args[0]}: program not found (is it installed? run `make up`)", argv=args,
+                           returncode=None, output_tail="") from exc
+
+    def pump(stream: IO[str], callback: LineCallback | None) -> None:
+        for line in iter(stream.readline, ""):
+            if callback is not None:
+                callback(line.rstrip("\n"))
+        stream.close()
+
+    readers = [threading.Thread(target=pump, args=(proc.stdout, on_stdout), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, on_stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
+    return RunningCommand(args, proc, readers)
+
+
 def start_detached(
     argv: Sequence[str | os.PathLike[str]],
     *,

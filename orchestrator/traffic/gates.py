@@ -15,7 +15,15 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import parse_duration
 from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, hosts_from_inventory, load_inventory
-from orchestrator.monitoring.rules import HAPROXY_JOB, SERVICE_JOB
+from orchestrator.monitoring.rules import (
+    HAPROXY_CONNECTION_ERRORS_METRIC,
+    HAPROXY_JOB,
+    HAPROXY_RESPONSE_ERRORS_METRIC,
+    HAPROXY_RESPONSE_TIME_METRIC,
+    HAPROXY_RESPONSES_METRIC,
+    REQUESTS_METRIC,
+    SERVICE_JOB,
+)
 from orchestrator.tools.prometheus import PrometheusAPI, PrometheusError
 from orchestrator.traffic.loadgen import LoadReport
 
@@ -107,15 +115,15 @@ def prometheus_queries(backend: str, servers: list[str], window: str) -> dict[st
     """
     sel = f'job="{HAPROXY_JOB}",proxy="{backend}",server=~"{promql_servers(servers)}"'
     errors = " + ".join(f"sum(increase({metric}{{{sel}}}[{window}]))" for metric in
-                        ("haproxy_server_connection_errors_total", "haproxy_server_response_errors_total"))
-    answered = f"sum(increase(haproxy_server_http_responses_total{{{sel}}}[{window}]))"
-    failed = f'sum(increase(haproxy_server_http_responses_total{{{sel},code="5xx"}}[{window}])) + {errors}'
+                        (HAPROXY_CONNECTION_ERRORS_METRIC, HAPROXY_RESPONSE_ERRORS_METRIC))
+    answered = f"sum(increase({HAPROXY_RESPONSES_METRIC}{{{sel}}}[{window}]))"
+    failed = f'sum(increase({HAPROXY_RESPONSES_METRIC}{{{sel},code="5xx"}}[{window}])) + {errors}'
     requests = f"{answered} + {errors}"
     return {
         "requests": requests,
         "failed": failed,
         "error_ratio": f"({failed}) / ({requests})",
-        "latency_seconds": f"avg(avg_over_time(haproxy_server_response_time_average_seconds{{{sel}}}[{window}]))",
+        "latency_seconds": f"avg(avg_over_time({HAPROXY_RESPONSE_TIME_METRIC}{{{sel}}}[{window}]))",
     }
 
 
@@ -129,8 +137,8 @@ def service_queries(hosts: list[str]) -> dict[str, str]:
     without any 5xx has no such series, hence `or vector(0)`.
     """
     sel = f'job="{SERVICE_JOB}",host=~"{promql_servers(hosts)}",path!="/metrics"'
-    requests = f"sum(hello_requests_total{{{sel}}})"
-    failed = f'(sum(hello_requests_total{{{sel},code=~"5.."}}) or vector(0))'
+    requests = f"sum({REQUESTS_METRIC}{{{sel}}})"
+    failed = f'(sum({REQUESTS_METRIC}{{{sel},code=~"5.."}}) or vector(0))'
     return {"requests": requests, "failed": failed, "error_ratio": f"{failed} / {requests}"}
 
 

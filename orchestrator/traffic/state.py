@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.fleet.inventory import Host
+from orchestrator.fleet.inventory import Host, colour_halves
 from orchestrator.ids import is_release_id, shown
 
 Color = Literal["blue", "green"]
@@ -46,8 +46,8 @@ class TrafficState:
 
 def colors(hosts: list[Host]) -> dict[Color, list[Host]]:
     """Blue: the app hosts at even positions in name order; green: the odd ones."""
-    ordered = sorted(hosts, key=lambda h: h.name)
-    return {"blue": ordered[0::2], "green": ordered[1::2]}
+    blue, green = colour_halves(hosts)
+    return {"blue": blue, "green": green}
 
 
 def other(color: Color) -> Color:

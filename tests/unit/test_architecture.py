@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tools", "models"),
     ("runs",),
     ("fleet",),
-    ("monitoring",),
+    ("monitoring", "logs", "notify"),
     ("traffic",),
     ("release",),
     ("heal", "verify"),

@@ -95,28 +95,27 @@ def test_1_only_whole_release_ids_are_taken_from_a_host(reported: Any) -> None:
     assert found.failed == bool(reported)
 
 
-def test_1_status_takes_only_release_ids_from_hosts(project_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_1_status_takes_only_release_ids_from_hosts() -> None:
     from orchestrator.fleet.inventory import Host
+    from orchestrator.fleet.remote import HostRun
+    from orchestrator.release.probe import host_status
 
-    loaded = Project(project_copy).load("dev")
-    reports = {
-        "app-1": {"release": PAYLOAD, "previous_release": "0.1.0-aaaaaaaaaaaa", "healthy": True, "unit": "active",
-                  "releases": ["0.1.0-aaaaaaaaaaaa", PAYLOAD]},
-        "app-2": {"release": "0.2.0-bbbbbbbbbbbb", "previous_release": None, "healthy": True, "unit": "active",
-                  "releases": ["0.2.0-bbbbbbbbbbbb", "old copy"]},
-    }
-    result = PlaybookResult(run_id="s", run_dir=project_copy, playbook="status.yml", rc=0, status="successful",
-                            duration=0.1, results=[TaskResult(h, "status", "rust_release", "ok", r)
-                                                   for h, r in reports.items()])
-    monkeypatch.setattr(release_hosts, "app_hosts", lambda _: [Host(h, "10.0.0.1", ("app",)) for h in reports])
-    monkeypatch.setattr(release_hosts, "_run", lambda *_, **__: result)
-    found = {h.name: h for h in release_hosts.status(loaded).hosts}
-    assert found["app-1"].release is None and not found["app-1"].healthy
-    assert found["app-1"].releases == ["0.1.0-aaaaaaaaaaaa"]
-    assert "app-1 reported its release as" in found["app-1"].error and "not a release id" in found["app-1"].error
+    def probe(host: str, current: str, previous: str, releases: str) -> HostRun:
+        # what `status_command` prints on a host whose links and release dirs are as given
+        out = f"current={current}\nprevious={previous}\nunit=active\nreleases={releases}\n"
+        return HostRun(host, "10.0.0.1", 0, out, "", 0.1)
+
+    app1 = host_status(Host("app-1", "10.0.0.1", ("app",)),
+                       probe("app-1", f"releases/{PAYLOAD}", "releases/0.1.0-aaaaaaaaaaaa",
+                             f"0.1.0-aaaaaaaaaaaa {PAYLOAD}"), True, "")
+    assert app1.release is None and not app1.healthy
+    assert app1.releases == ["0.1.0-aaaaaaaaaaaa"]
+    assert "app-1 reported its release as" in app1.error and "not a release id" in app1.error
     # a stray directory among the releases is left out, the host stays healthy
-    assert found["app-2"].healthy and found["app-2"].releases == ["0.2.0-bbbbbbbbbbbb"]
-    assert "'old copy'" in found["app-2"].error
+    app2 = host_status(Host("app-2", "10.0.0.2", ("app",)),
+                       probe("app-2", "releases/0.2.0-bbbbbbbbbbbb", "", "0.2.0-bbbbbbbbbbbb old"), True, "")
+    assert app2.healthy and app2.release == "0.2.0-bbbbbbbbbbbb" and app2.releases == ["0.2.0-bbbbbbbbbbbb"]
+    assert "'old'" in app2.error
 
 
 def test_ids_are_matched_as_whole_strings() -> None:

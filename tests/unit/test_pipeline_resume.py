@@ -1,6 +1,6 @@
 """`up` resumed late in a run: what the passed-over steps found comes from the journal.
 
-The fleet is a stand-in here (orchestrator.release.hosts.status is replaced): these tests are about what
+The fleet is a stand-in here (orchestrator.release.probe.fleet_status is replaced): these tests are about what
 the pipeline compares the fleet with, not about asking hosts (tests/integration/up does that).
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.pipeline.up import END, STEPS, UpRequest, VerifyFailed, up
-from orchestrator.release import hosts as deploy_module
+from orchestrator.release import probe as probe_module
 from orchestrator.release.results import FleetStatus, HostStatus
 from orchestrator.runs.journal import Journal
 
@@ -45,13 +45,13 @@ def fleet_on(monkeypatch: pytest.MonkeyPatch, *releases: str) -> list[str]:
     """Make `status` report one healthy host per release; returns the calls made."""
     calls: list[str] = []
 
-    def status(loaded: LoadedEnvironment, *, tuned: bool = True) -> FleetStatus:
+    def status(loaded: LoadedEnvironment) -> FleetStatus:
         calls.append(loaded.name)
         hosts = [HostStatus(name=f"dev-app-{i}", address=f"10.0.0.{i}", release=r, previous_release=None,
                             unit="active", healthy=True) for i, r in enumerate(releases, start=1)]
         return FleetStatus(env=loaded.name, hosts=hosts, duration=0.1)
 
-    monkeypatch.setattr(deploy_module, "status", status)
+    monkeypatch.setattr(probe_module, "fleet_status", status)
     return calls
 
 

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.action == "build-image":
-            print(ImageStore().ensure(ImageRecipe()))
+            # each phase on stderr (debootstrap's own progress lines while it builds), the path on stdout
+            print(ImageStore().ensure(ImageRecipe(), on_progress=lambda phase: print(f"image: {phase}", file=sys.stderr,
+                                                                                      flush=True)))
             return 0
         if args.action == "gc":
             for name in collect_garbage():

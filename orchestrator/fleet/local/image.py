@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -255,30 +256,40 @@ class ImageStore:
     def unpacked(self, recipe: ImageRecipe) -> bool:
         return self.marker(recipe).is_file() and self.rootfs(recipe).is_dir()
 
-    def ensure(self, recipe: ImageRecipe | None = None, *, mirror: str | None = None) -> Path:
+    def ensure(self, recipe: ImageRecipe | None = None, *, mirror: str | None = None,
+               on_progress: Callable[[str], None] | None = None) -> Path:
         """The unpacked rootfs of `recipe`, building and caching it first when needed.
 
         Safe to call from several processes at once: building and unpacking happen under an
         exclusive lock, and a cache whose tarball does not match its sidecar is rebuilt.
+        `on_progress` hears each phase (debootstrap's own `I:` lines while it builds).
         """
         recipe = recipe or ImageRecipe()
         if self.unpacked(recipe):
             return self.rootfs(recipe)
+        say = on_progress or (lambda phase: None)
+        say("waiting for the image lock")
         with file_lock(self.lock_path(recipe)):
             if self.unpacked(recipe):
                 return self.rootfs(recipe)
             if not self.cache_valid(recipe):
-                self._build(recipe, mirror or debian_mirror())
+                # the progress callback only when there is one (a stand-in _build may not take it)
+                self._build(recipe, mirror or debian_mirror(), *([say] if on_progress is not None else []))
+            say("unpacking the cached image")
             self._unpack(recipe)
         return self.rootfs(recipe)
 
-    def _build(self, recipe: ImageRecipe, mirror: str) -> None:
+    def _build(self, recipe: ImageRecipe, mirror: str, say: Callable[[str], None] = lambda phase: None) -> None:
         build_dir = self.root_dir / recipe.hash / "build"
         shutil.rmtree(build_dir, ignore_errors=True)
         build_dir.mkdir(parents=True)
         try:
-            run_command(debootstrap_argv(recipe, build_dir, mirror), timeout=1800)
+            say(f"debootstrap {recipe.suite} from {mirror}")
+            run_command(debootstrap_argv(recipe, build_dir, mirror), timeout=1800,
+                        on_stdout=lambda line: say(line[3:]) if line.startswith("I: ") else None)
+            say("preparing the root file system")
             prepare_rootfs(build_dir)
+            say("packing the image")
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             tarball, sidecar = self.tarball(recipe), self.sidecar(recipe)
             sidecar.unlink(missing_ok=True)

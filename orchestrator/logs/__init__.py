@@ -1,0 +1,1 @@
+"""Logs of the fleet's hosts: journal queries, merging by time, and where the journal is read from."""
