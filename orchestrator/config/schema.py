@@ -19,6 +19,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from orchestrator.config.args import ARG_PLACEHOLDERS, DEFAULT_ARGS, check_args
+
 _DURATION_RE = re.compile(r"^(?:(\d+)(ms|s|m|h|d|w))+$")
 
 
@@ -268,11 +270,98 @@ class HealthCheck(_Model):
         return value
 
 
+_METRIC_NAME_RE = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+#: one PromQL label matcher (`class="5xx"`, `code=~"5.."`); `errors` is a comma-separated list of them
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\\n]|\\.)*"\s*'
+
+
+_MATCHERS_RE = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*,?\s*")
+
+
+_URL_PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
+
+
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9_@+=:,.-]+")
+
+
+def _argv(value: object, *, program: bool = False) -> list[str]:
+    """An argv list of the environment file (service.args, a hook), checked like the role reads it."""
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of strings, got {type(value).__name__}")
+    value = [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+    problem = check_args(value)
+    if problem:
+        raise ValueError(problem)
+    argv = [str(arg) for arg in value]
+    if program and argv and not argv[0]:
+        raise ValueError("[0]: the program is empty")
+    return argv
+
+
+class ServiceMetrics(_Model):
+    """The service's own Prometheus metrics: where they are and which counter counts its requests."""
+
+    path: str = Field(default="/metrics", description="path of the Prometheus text format on the service's port")
+    requests: str = Field(description="a counter of the requests the service handled, e.g. http_requests_total")
+    errors: str = Field(description="label matchers selecting the failed requests of that counter, e.g. "
+                                    "'code=~\"5..\"'")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not _URL_PATH_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a URL path such as /metrics (letters, digits and . _ ~ - /)")
+        return value
+
+    @field_validator("requests")
+    @classmethod
+    def _requests(cls, value: str) -> str:
+        if not _METRIC_NAME_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Prometheus metric name such as http_requests_total")
+        return value
+
+    @field_validator("errors")
+    @classmethod
+    def _errors(cls, value: str) -> str:
+        if not _MATCHERS_RE.fullmatch(value) or not value.strip():
+            raise ValueError(f"{value!r} is not a list of PromQL label matchers such as 'code=~\"5..\"' or "
+                             "'class=\"5xx\"'")
+        return value.strip().rstrip(",").strip()
+
+
+class ServiceHooks(_Model):
+    """Commands run on each host when it switches to a new release (argv lists, no shell)."""
+
+    before_switch: list[str] = Field(default_factory=list, description="runs before the switch; on failure the host "
+                                     "keeps serving its release and the deploy counts as a failed gate")
+    after_switch: list[str] = Field(default_factory=list, description="runs once the health gate passed; on "
+                                    "failure the host switches back")
+
+    @field_validator("before_switch", "after_switch", mode="before")
+    @classmethod
+    def _hook(cls, value: object) -> list[str]:
+        return _argv(value, program=True)
+
+    def as_role_input(self) -> dict[str, list[str]]:
+        """The role's rust_service_hooks: only the hooks that are set."""
+        return {name: list(argv) for name, argv in (("before_switch", self.before_switch),
+                                                     ("after_switch", self.after_switch)) if argv}
+
+
 class Service(_Model):
     name: str
+    binary: str = Field(default="", description="executable inside the release; empty: the service's name")
+    args: list[str] = Field(default_factory=lambda: list(DEFAULT_ARGS),
+                            description="the service's arguments, with placeholders " +
+                                        ", ".join("{" + p + "}" for p in ARG_PLACEHOLDERS))
     port: int = Field(default=8080, ge=1, le=65535)
     user: str = ""
     health: HealthCheck = Field(default_factory=HealthCheck)
+    metrics: ServiceMetrics | None = Field(default=None, description="the service's Prometheus metrics; "
+                                           "absent or false: none (error ratios from the load balancer)")
+    hooks: ServiceHooks = Field(default_factory=ServiceHooks)
     keep_releases: int = Field(default=5, ge=2, le=100)
     data_dir: str = ""
     config: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -282,6 +371,27 @@ class Service(_Model):
     def _name(cls, value: str) -> str:
         if not _SERVICE_NAME_RE.match(value):
             raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("binary")
+    @classmethod
+    def _binary(cls, value: str) -> str:
+        if value and (not _FILE_NAME_RE.fullmatch(value) or value in (".", "..")):
+            raise ValueError(f"{value!r} is not a file name (letters, digits and _@+=:,.-; no '/')")
+        return value
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, value: object) -> list[str]:
+        return _argv(value)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics(cls, value: object) -> object:
+        if value is False:
+            return None
+        if value is True or not isinstance(value, (dict, type(None), ServiceMetrics)):
+            raise ValueError(f"expected a mapping with path, requests and errors, or false; got {value!r}")
         return value
 
     @field_validator("data_dir")
@@ -306,6 +416,11 @@ class Service(_Model):
     @property
     def effective_data_dir(self) -> str:
         return self.data_dir or f"/var/lib/{self.name}"
+
+    @property
+    def effective_binary(self) -> str:
+        """The executable's file name inside a release (`binary`, else the service's name)."""
+        return self.binary or self.name
 
 
 #: rollout.strategy and `deploy --strategy`: rolling and canary-hosts deploy host by host (batches,
@@ -379,6 +494,21 @@ class Monitoring(_Model):
     alert_for: Duration = "30s"
     error_ratio_threshold: float = Field(default=0.05, gt=0, lt=1)
     retention: Duration = "7d"
+    rule_files: list[str] = Field(
+        default_factory=list,
+        description="the operator's own alert rules: globs relative to inventories/ENV/ of NAME.rules.yml files, "
+                    "each with its promtool test NAME.rules.test.yml beside it")
+
+    @field_validator("rule_files")
+    @classmethod
+    def _rule_files(cls, value: list[str]) -> list[str]:
+        for index, pattern in enumerate(value):
+            parts = pattern.split("/")
+            if not pattern.strip() or pattern.startswith("/") or ".." in parts or any(
+                    ord(c) < 32 or ord(c) == 127 for c in pattern):
+                raise ValueError(f"[{index}]: {pattern!r} is not a glob relative to the environment's directory "
+                                 "such as rules/*.rules.yml (no leading '/', no '..')")
+        return value
 
 
 class Healing(_Model):
