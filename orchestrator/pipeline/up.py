@@ -30,7 +30,7 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.render import render_environment
 from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
-from orchestrator.release.artifact import Release, peek_release_id
+from orchestrator.release.artifact import Release, peek_release_id, staged_release
 from orchestrator.runs.journal import Journal, StepHandle
 from orchestrator.runs.records import RunRecord
 from orchestrator.runs.session import locked_run
@@ -358,8 +358,10 @@ def _restore_from_journal(stages: _Stages, record: RunRecord) -> None:
         stages.staged_binary = Path(str(build["binary"]))
         if stages.request.release_path is not None and build.get("release") and build.get("sha256"):
             rid = str(build["release"])
-            stages.release = Release(id=rid, version=rid.rsplit("-", 1)[0], sha256=str(build["sha256"]),
-                                     binary=stages.staged_binary, source=stages.request.release_path)
+            # the staged record knows a bundle's archive too; without it, the binary of the build step
+            stages.release = staged_release(stages.loaded, rid) or Release(
+                id=rid, version=rid.rsplit("-", 1)[0], sha256=str(build["sha256"]), binary=stages.staged_binary,
+                source=stages.request.release_path)
     if details.get("render", {}).get("fingerprint"):
         stages.fingerprint = str(details["render"]["fingerprint"])
 
