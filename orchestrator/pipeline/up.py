@@ -63,7 +63,12 @@ class UpRequest:
     """What `orchestrate up ENV` asks for."""
 
     argv: list[str]
-    release_path: Path | None = None
+    release_path: Path | str | None = None
+    """A binary, a cargo project, a bundle or a URL (orchestrator.release.artifact)."""
+    sha256: str | None = None
+    """--sha256: required for a URL, checked for a file."""
+    version: str | None = None
+    """--version: the release's version, whatever the artifact says."""
     yes: bool = False
     interactive: bool = False
     lock_wait: float | None = None
@@ -114,7 +119,8 @@ class _Stages:
             return
         from orchestrator.release.artifact import prepare_release
 
-        release = prepare_release(self.loaded, self.request.release_path)
+        release = prepare_release(self.loaded, self.request.release_path, sha256=self.request.sha256,
+                                  version=self.request.version)
         self.release = release
         self.release_id = release.id
         self.staged_binary = release.binary
@@ -185,7 +191,9 @@ class _Stages:
 
         release = self.release
         if release is None or not release.binary.is_file():
-            release = prepare_release(self.loaded, self.request.release_path)  # a resumed run's artifact is gone
+            # a resumed run's artifact is gone
+            release = prepare_release(self.loaded, self.request.release_path, sha256=self.request.sha256,
+                                      version=self.request.version)
         service = ReleaseService(self.loaded, info=self.info, on_event=self.on_host_event)
         # staged -> switched -> verified (or failed -> rolled_back) per host, live, from backed_up;
         # `canary` is the canary by weight behind an LB, the canary hosts without one
@@ -239,7 +247,8 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     if previous is None:
         return False
     if stages.request.release_path is not None:
-        stages.release_id = peek_release_id(stages.request.release_path)
+        stages.release_id = peek_release_id(stages.request.release_path, sha256=stages.request.sha256,
+                                            version=stages.request.version)
         if previous.release != stages.release_id:
             return False
     else:

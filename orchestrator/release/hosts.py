@@ -40,7 +40,7 @@ from orchestrator.release.results import (
     to_restore,
 )
 from orchestrator.release.transitions import HostTransitions, _checked
-from orchestrator.tools.ansible import PlaybookResult, new_run_id
+from orchestrator.tools.ansible import PlaybookResult, new_run_id, unsafe
 
 Strategy = Literal["rolling", "canary"]
 
@@ -81,8 +81,9 @@ def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str,
     return {
         "rust_service_name": service.name,
         "rust_service_binary": service.effective_binary,
-        "rust_service_args": list(service.args),
-        "rust_service_hooks": service.hooks.as_role_input(),
+        # data, not templates: each argument reaches the service as written
+        "rust_service_args": unsafe(list(service.args)),
+        "rust_service_hooks": unsafe(service.hooks.as_role_input()),
         "rust_service_user": service.effective_user,
         "rust_service_data_dir": service.effective_data_dir,
         "rust_service_port": service.port,

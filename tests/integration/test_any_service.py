@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 import urllib.parse
@@ -201,7 +202,10 @@ def test_a_failing_release_exits_3_with_the_previous_release_serving(ledger_flee
     for host in fleet.group("app"):
         assert fleet.http_get(host.address, "/ready", port=PORT)[0] == 200
     if which == "failmigrate":
-        assert "before_switch" in err or "hook" in err, err[-3000:]
+        # the hook's own output is the evidence of the failed switch
+        evidence = Path(re.search(r"evidence: (\S+)", err).group(1))  # type: ignore[union-attr]
+        hooks = [p.read_text() for p in evidence.glob("*/hook.txt")]
+        assert hooks and all("before_switch" in h and "migration failed on purpose" in h for h in hooks), hooks
 
 
 def test_a_service_without_metrics_deploys_by_canary_on_the_load_balancers_figures(

@@ -54,8 +54,10 @@ def test_a_service_with_its_own_contract_becomes_the_roles_inputs(project_copy: 
     loaded = Project(project_copy).load("dev")
     inputs = role_vars(loaded, None)
     assert inputs["rust_service_binary"] == "ledgerd"
-    assert inputs["rust_service_args"] == LEDGER["args"]
-    assert inputs["rust_service_hooks"] == {"before_switch": LEDGER["hooks"]["before_switch"]}
+    # marked unsafe: Ansible passes them on without templating them
+    assert inputs["rust_service_args"] == [{"__ansible_unsafe": arg} for arg in LEDGER["args"]]
+    assert inputs["rust_service_hooks"] == {"before_switch": [{"__ansible_unsafe": arg}
+                                                              for arg in LEDGER["hooks"]["before_switch"]]}
     assert inputs["rust_service_health_path"] == "/ready" and inputs["rust_service_port"] == 9300
     binary = Release(id="0.1.0-0123456789ab", version="0.1.0", sha256="0" * 64, binary=tmp_path / "ledgerd",
                      source=tmp_path / "ledgerd")
@@ -115,3 +117,10 @@ def test_rule_files_are_relative_globs(project_copy: Path) -> None:
 def test_check_args_placeholders_and_literal_braces(argv: Any, problem: str | None) -> None:
     found = check_args(argv)
     assert (found is None) if problem is None else (found is not None and found.startswith(problem)), found
+
+
+def test_unsafe_marks_every_string_for_ansible() -> None:
+    from orchestrator.tools.ansible import unsafe
+
+    assert unsafe({"before_switch": ["{{ x }}", "{port}"], "n": 3}) == {
+        "before_switch": [{"__ansible_unsafe": "{{ x }}"}, {"__ansible_unsafe": "{port}"}], "n": 3}
