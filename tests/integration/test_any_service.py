@@ -231,3 +231,39 @@ def _sha12(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def test_rollback_switches_back_to_the_release_that_served(ledger_fleet: FleetEnv) -> None:
+    fleet = ledger_fleet
+    lb = fleet.group("lb")[0]
+    data = run(fleet, "rollback")
+    # after the canary by weight above, the colour that served before takes the traffic back
+    assert data["strategy"] == "switch-back" and data["state"] == "switched_back", data
+    releases(fleet)  # every host healthy
+    status, body = http_get(f"http://{lb.address}/ready", network=fleet.network)
+    assert (status, body.strip()) == (200, "ready")
+
+
+def test_a_killed_ledger_is_restarted_by_the_heal_server(ledger_fleet: FleetEnv) -> None:
+    fleet = ledger_fleet
+    victim = fleet.group("app")[0]
+    # systemd must not bring it back itself: Restart=no until the next daemon-reload from /etc
+    fleet.ssh(victim, "mkdir -p /run/systemd/system/ledger.service.d && "
+                      "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/ledger.service.d/no-restart.conf && "
+                      "systemctl daemon-reload && systemctl kill -s KILL ledger.service")
+    down_seen, deadline = False, time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            status = fleet.http_get(victim.address, "/ready", port=PORT)[0]
+        except OSError:
+            status = 0
+        if status != 200:
+            down_seen = True
+        elif down_seen:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"ledger on {victim.name} did not come back within 90 s: {acted(fleet)}")
+    assert down_seen
+    assert ("ServiceDown", victim.name) in acted(fleet)  # the probe saw nothing answer; the heal server acted
+    assert fleet.ssh(victim, "systemctl show -p Restart --value ledger.service").stdout.strip() == "no"

@@ -113,4 +113,5 @@ def test_bundles_from_http_https_and_s3_deploy_and_a_wrong_sha256_changes_nothin
         assert result["release"] == f"0.1.0-{sha256(bundles.c)[:12]}"
         assert host_state(fleet)[1].strip().endswith(str(result["release"]))
         host = fleet.group("app")[0]
-        assert fleet.http_get(host.address, "/ready", port=9300) == (200, "ready")
+        status, body = fleet.http_get(host.address, "/ready", port=9300)
+        assert (status, body.strip()) == (200, "ready")
