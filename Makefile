@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:/usr/local/bin:/usr/sbin:/sbi
 
 # Debian packages the tool and its tests need on the controller.
 DEB_PACKAGES := systemd-container debootstrap iproute2 openssh-client rsync curl \
-                prometheus prometheus-alertmanager haproxy strace
+                prometheus prometheus-alertmanager prometheus-blackbox-exporter haproxy strace
 DEB_STAMP := $(VENV)/.debs-$(shell echo $(DEB_PACKAGES) | sha256sum | cut -c1-12)
 PY_STAMP := $(VENV)/.installed
 EXAMPLE := examples/hello-service

@@ -12,7 +12,8 @@
         lock  lock.json                the environment lock and its holder
         runs/<id>/                     ansible-runner's private data dirs
         evidence/<run id>/<host>/      what a failed health gate left behind
-        artifacts/<release id>/        staged releases
+        artifacts/<release id>/        staged releases (a bundle's archive beside: <release id>.tar.gz)
+        downloads/<sha256>/            releases fetched from a URL, kept by their sha256
         backups/<backup id>/           controller copies of backups
         traffic.json                   the load balancer's split (a cache of HAProxy's state)
         monitoring/                    rendered Prometheus and Alertmanager files
@@ -84,7 +85,14 @@ class EnvPaths:
         return self.root / "evidence" / run_id
 
     def artifact(self, release_id: str) -> Path:
-        return self.root / "artifacts" / release_id
+        return self.artifacts / release_id
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    def download(self, sha256: str) -> Path:
+        return self.root / "downloads" / sha256
 
     @property
     def backups(self) -> Path:

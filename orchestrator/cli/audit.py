@@ -9,7 +9,7 @@ from rich.table import Column, Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.runs import short_time, state_dir_of
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import UsageError
 from orchestrator.runs.audit import AUDIT_FILE, AuditEntry, AuditLog, verify_state_dir
 from orchestrator.runs.identity import parse_time, utcnow

@@ -9,7 +9,7 @@ from rich.table import Column, Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
 from orchestrator.cli.runs import state_dir_of
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import UsageError
 from orchestrator.runs.identity import utcnow
 from orchestrator.runs.journal import JOURNAL_FILE, Journal

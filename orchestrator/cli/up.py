@@ -13,6 +13,7 @@ from orchestrator.cli._release import progress
 from orchestrator.cli._terraform import ProgressPrinter, ensure_local_image, summary_table
 from orchestrator.ids import require_run_id
 from orchestrator.pipeline.up import UpRequest, UpResult, up
+from orchestrator.tools.download import is_url
 
 
 def _status_table(status: dict[str, Any]) -> Table:
@@ -26,16 +27,21 @@ def _status_table(status: dict[str, Any]) -> Table:
 
 @click.command("up")
 @env_argument
-@click.option("--release", "release_path", type=click.Path(path_type=Path), default=None,
-              help="A built binary, or a cargo project directory (tested and built first).")
+@click.option("--release", "release", default=None, metavar="PATH|URL",
+              help="A built binary, a cargo project directory (tested and built first), a .tar.gz bundle, or "
+                   "an https://, http:// or s3:// URL of one (with --sha256).")
+@click.option("--sha256", default=None, metavar="HEX",
+              help="sha256 of the release file: required for a URL, checked for a local file.")
+@click.option("--version", "version", default=None, metavar="VERSION",
+              help="The release's version (default: the bundle's VERSION file, else `BINARY --version`).")
 @click.option("--yes", is_flag=True, help="Change a protected environment without asking (required without a TTY).")
 @lock_wait_option
 @click.option("--force", is_flag=True, help="Run every stage even when nothing changed.")
 @click.option("--resume", "resume", metavar="RUN_ID", default=None, hidden=True,
               help="Continue run RUN_ID (used by `orchestrate resume`).")
 @verb
-def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool, lock_wait: float,
-            force: bool, resume: str | None) -> None:
+def command(app: AppContext, env_name: str, release: str | None, sha256: str | None, version: str | None,
+            yes: bool, lock_wait: float, force: bool, resume: str | None) -> None:
     """Bring ENV to the wanted state: build -> render -> provision -> inventory -> backup
     -> deploy -> lb -> monitoring -> verify, each step journalled; `orchestrate resume RUN_ID`
     continues an interrupted run."""
@@ -43,9 +49,11 @@ def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool
         require_run_id(resume, "--resume")
     loaded = app.load(env_name)
     argv = ["up", env_name]
-    if release_path is not None:
-        release_path = release_path.resolve()
-        argv += ["--release", str(release_path)]
+    release_path: Path | str | None = None
+    if release is not None:
+        release_path = release if is_url(release) else Path(release).resolve()
+        argv += ["--release", str(release_path), *(["--sha256", sha256] if sha256 else []),
+                 *(["--version", version] if version else [])]
     if yes:
         argv.append("--yes")
     if force:
@@ -56,7 +64,8 @@ def command(app: AppContext, env_name: str, release_path: Path | None, yes: bool
         return click.confirm(f"apply this plan to protected environment {env_name}?", default=False, err=True)
 
     ensure_local_image(app, loaded)
-    request = UpRequest(argv=argv, release_path=release_path, yes=yes, interactive=app.interactive,
+    request = UpRequest(argv=argv, release_path=release_path, sha256=sha256, version=version, yes=yes,
+                        interactive=app.interactive,
                         lock_wait=lock_wait, resume=resume, force=force, confirm=confirm)
     result: UpResult = up(loaded, request, info=app.info, on_terraform=ProgressPrinter(app),
                           on_host_event=progress(app, "up"))

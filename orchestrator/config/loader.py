@@ -22,14 +22,8 @@ from pydantic import (
     ValidationError,
 )
 
-from orchestrator.config.schema import (
-    HOST_CANARY_STRATEGIES,
-    TRAFFIC_ONLY_STRATEGIES,
-    Environment,
-    TerraformLocal,
-    default_bridge_name,
-    parse_duration,
-)
+from orchestrator.config.schema import HOST_CANARY_STRATEGIES, TRAFFIC_ONLY_STRATEGIES, Environment, TerraformLocal
+from orchestrator.config.types import default_bridge_name, parse_duration
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.paths import EnvPaths
 
@@ -229,6 +223,10 @@ def load_environment_file(path: Path, project_dir: Path) -> LoadedEnvironment:
         problems = []
         for error in exc.errors():
             loc, message = _describe(error)
+            item = re.match(r"\[(\d+)\]: ", message)  # a list item's problem: point at the item's line
+            if item and (*loc, int(item.group(1))) in lines:
+                loc = (*loc, int(item.group(1)))
+                message = message[item.end():]
             line = _line_for(lines, loc) or 1
             problems.append((line, ".".join(str(p) for p in loc), message))
         problems.sort(key=lambda p: p[0])

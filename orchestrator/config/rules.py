@@ -63,6 +63,9 @@ MAX_ENV_VALUE_BYTES = 65536
 #: the placeholders of service arguments (roles/rust_service: rust_service_args and hooks)
 ARG_PLACEHOLDERS = ("config_dir", "data_dir", "name", "port", "release_dir")
 
+#: the service's command line when the environment file gives none (hello-service's flags)
+DEFAULT_ARGS = ("--port", "{port}", "--data-dir", "{data_dir}")
+
 
 def control_characters(text: str) -> list[str]:
     """The distinct control characters (Unicode Cc: C0, DEL, C1) of `text`, as escapes."""

@@ -10,42 +10,37 @@ directories for the service, cron expressions that cron would not run.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from orchestrator.config.rules import (
     ARG_PLACEHOLDERS,
-    control_characters,
+    DEFAULT_ARGS,
     cron_problem,
     data_dir_problem,
-    env_value_problem,
     system_account_problem,
 )
+from orchestrator.config.types import (
+    _SIZE_RE,
+    Duration,
+    EnvValue,
+    Line,
+    Text,
+    _Model,
+    check_args,
+    parse_duration,
+    parse_size,
+)
 from orchestrator.ids import shown as _shown
-
-_DURATION_RE = re.compile(r"(?:(\d+)(ms|s|m|h|d|w))+")
-
-
-_DURATION_PART_RE = re.compile(r"(\d+)(ms|s|m|h|d|w)")
-
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 _ENV_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,15}")
 
@@ -62,24 +57,6 @@ _HOST_PREFIX_RE = re.compile(r"[a-z][a-z0-9-]{0,19}")
 _BRIDGE_RE = re.compile(r"[a-z][a-z0-9-]{0,14}")
 
 
-_BRIDGE_NAME_MAX = 15  # IFNAMSIZ - 1
-
-
-def default_bridge_name(host_prefix: str) -> str:
-    """The bridge of a local fleet whose env file names none: `orch-PREFIX`, or a hashed short form.
-
-    Host prefixes are unique per machine (host names are), and so are these names: a prefix
-    too long for the 15 characters of an interface name keeps its start and gets 5 hex of
-    its sha256 (`or-PREFIX6-xxxxx`).
-    """
-    name = f"orch-{host_prefix}"
-    if len(name) <= _BRIDGE_NAME_MAX:
-        return name
-    digest = hashlib.sha256(host_prefix.encode()).hexdigest()[:5]
-    return f"or-{host_prefix[:6]}-{digest}"
-
-
-
 #: characters of a health-check path: it goes into haproxy.cfg, a PromQL label matcher and a URL
 _HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
 
@@ -87,113 +64,7 @@ _HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
 _AWS_REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
 
 
-_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _line(value: str) -> str:
-    """A string written into a unit, cron line, HAProxy/Prometheus file or HCL: no control characters."""
-    bad = control_characters(value)
-    if bad:
-        raise ValueError(f"{_shown(value)} holds control characters ({', '.join(bad)}); expected one line "
-                         "of printable text")
-    return value
-
-
-def _text(value: str) -> str:
-    """Free text shown to people (a description): lines and tabs, no other control characters."""
-    bad = [c for c in control_characters(value) if c not in ("\\n", "\\t")]
-    if bad:
-        raise ValueError(f"{_shown(value)} holds control characters ({', '.join(bad)})")
-    return value
-
-
-Line = Annotated[str, AfterValidator(_line)]
 """One line of printable text (no newline, NUL or other control character)."""
-
-
-Text = Annotated[str, AfterValidator(_text)]
-
-
-def _env_value(value: str | int | float | bool) -> str | int | float | bool:
-    problem = env_value_problem(value)
-    if problem:
-        raise ValueError(f"the value {problem}")
-    return value
-
-
-EnvValue = Annotated[str | int | float | bool, AfterValidator(_env_value)]
-
-
-def check_args(argv: Sequence[object]) -> str | None:
-    """Why the service arguments `argv` cannot be passed (None: they can), as the role reads them.
-
-    Each argument is a string (or number) without control characters. A placeholder is `{name}`
-    with one of ARG_PLACEHOLDERS; `{word}` with any other identifier-like word is an error (a
-    typo would reach the service verbatim); every other brace is literal, so `{{ x }}` reaches the
-    service byte for byte. (roles/rust_service/module_utils/rust_service_cmdline.py, same rules.)
-    """
-    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
-        return f"expected a list of strings, got {type(argv).__name__}"
-    for index, arg in enumerate(argv):
-        if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
-            return f"[{index}]: expected a string, got {type(arg).__name__}"
-        text = str(arg)
-        bad = control_characters(text)
-        if bad:
-            return f"[{index}]: control characters are not allowed ({', '.join(bad)})"
-        unknown = [m.group(1) for m in _PLACEHOLDER_RE.finditer(text) if m.group(1) not in ARG_PLACEHOLDERS]
-        if unknown:
-            valid = ", ".join("{" + name + "}" for name in ARG_PLACEHOLDERS)
-            return f"[{index}]: unknown placeholder {{{unknown[0]}}}; valid: {valid}"
-    return None
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Prometheus-style duration such as `90s`, `5m` or `1h30m`."""
-    if not _DURATION_RE.fullmatch(text):
-        raise ValueError(f"{_shown(text)} is not a duration such as 500ms, 30s, 5m, 1h")
-    return sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART_RE.findall(text))
-
-
-def _escape(message: str) -> str:
-    """Protect literal braces from pydantic's message templating."""
-    return message.replace("{", "{{").replace("}", "}}")
-
-
-def _duration(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise PydanticCustomError("duration", "expected a duration such as 500ms, 30s, 5m, 1h")
-    text = f"{value}s" if isinstance(value, int) else value.strip()
-    if not _DURATION_RE.fullmatch(text):
-        raise PydanticCustomError(
-            "duration", _escape(f"{_shown(value)} is not a duration such as 500ms, 30s, 5m, 1h"), {"value": value}
-        )
-    return text
-
-
-Duration = Annotated[str, BeforeValidator(_duration)]
-
-
-class _Model(BaseModel):
-    """Base of every config section: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        # pydantic's own extra="forbid" message does not list the valid keys; operators
-        # need them, so unknown keys are reported here with the list.
-        if isinstance(data, dict):
-            known = set(cls.model_fields)
-            for key in data:
-                if key not in known:
-                    raise PydanticCustomError(
-                        "unknown_key",
-                        _escape(f"unknown key {str(key)!r} (valid keys: {', '.join(cls.model_fields)})"),
-                        {"key": str(key)},
-                    )
-        return data
 
 
 class LocalFleetVars(_Model):
@@ -393,11 +264,98 @@ class HealthCheck(_Model):
         return value
 
 
+_METRIC_NAME_RE = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+#: one PromQL label matcher (`class="5xx"`, `code=~"5.."`); `errors` is a comma-separated list of them
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\\n]|\\.)*"\s*'
+
+
+_MATCHERS_RE = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*,?\s*")
+
+
+_URL_PATH_RE = re.compile(r"/[A-Za-z0-9._~/-]{0,255}")
+
+
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9_@+=:,.-]+")
+
+
+def _argv(value: object, *, program: bool = False) -> list[str]:
+    """An argv list of the environment file (service.args, a hook), checked like the role reads it."""
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of strings, got {type(value).__name__}")
+    value = [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+    problem = check_args(value)
+    if problem:
+        raise ValueError(problem)
+    argv = [str(arg) for arg in value]
+    if program and argv and not argv[0]:
+        raise ValueError("[0]: the program is empty")
+    return argv
+
+
+class ServiceMetrics(_Model):
+    """The service's own Prometheus metrics: where they are and which counter counts its requests."""
+
+    path: str = Field(default="/metrics", description="path of the Prometheus text format on the service's port")
+    requests: str = Field(description="a counter of the requests the service handled, e.g. http_requests_total")
+    errors: str = Field(description="label matchers selecting the failed requests of that counter, e.g. "
+                                    "'code=~\"5..\"'")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not _URL_PATH_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a URL path such as /metrics (letters, digits and . _ ~ - /)")
+        return value
+
+    @field_validator("requests")
+    @classmethod
+    def _requests(cls, value: str) -> str:
+        if not _METRIC_NAME_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Prometheus metric name such as http_requests_total")
+        return value
+
+    @field_validator("errors")
+    @classmethod
+    def _errors(cls, value: str) -> str:
+        if not _MATCHERS_RE.fullmatch(value) or not value.strip():
+            raise ValueError(f"{value!r} is not a list of PromQL label matchers such as 'code=~\"5..\"' or "
+                             "'class=\"5xx\"'")
+        return value.strip().rstrip(",").strip()
+
+
+class ServiceHooks(_Model):
+    """Commands run on each host when it switches to a new release (argv lists, no shell)."""
+
+    before_switch: list[str] = Field(default_factory=list, description="runs before the switch; on failure the host "
+                                     "keeps serving its release and the deploy counts as a failed gate")
+    after_switch: list[str] = Field(default_factory=list, description="runs once the health gate passed; on "
+                                    "failure the host switches back")
+
+    @field_validator("before_switch", "after_switch", mode="before")
+    @classmethod
+    def _hook(cls, value: object) -> list[str]:
+        return _argv(value, program=True)
+
+    def as_role_input(self) -> dict[str, list[str]]:
+        """The role's rust_service_hooks: only the hooks that are set."""
+        return {name: list(argv) for name, argv in (("before_switch", self.before_switch),
+                                                     ("after_switch", self.after_switch)) if argv}
+
+
 class Service(_Model):
     name: str
+    binary: str = Field(default="", description="executable inside the release; empty: the service's name")
+    args: list[str] = Field(default_factory=lambda: list(DEFAULT_ARGS),
+                            description="the service's arguments, with placeholders " +
+                                        ", ".join("{" + p + "}" for p in ARG_PLACEHOLDERS))
     port: int = Field(default=8080, ge=1, le=65535)
     user: str = Field(default="", description="system user of the service; empty: the service's name")
     health: HealthCheck = Field(default_factory=HealthCheck)
+    metrics: ServiceMetrics | None = Field(default=None, description="the service's Prometheus metrics; "
+                                           "absent or false: none (error ratios from the load balancer)")
+    hooks: ServiceHooks = Field(default_factory=ServiceHooks)
     keep_releases: int = Field(default=5, ge=2, le=100)
     data_dir: str = Field(default="", description="below /var/lib, /srv or /opt; empty: /var/lib/<name>")
     config: dict[str, EnvValue] = Field(default_factory=dict)
@@ -422,6 +380,27 @@ class Service(_Model):
             problem = None
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("binary")
+    @classmethod
+    def _binary(cls, value: str) -> str:
+        if value and (not _FILE_NAME_RE.fullmatch(value) or value in (".", "..")):
+            raise ValueError(f"{value!r} is not a file name (letters, digits and _@+=:,.-; no '/')")
+        return value
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, value: object) -> list[str]:
+        return _argv(value)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics(cls, value: object) -> object:
+        if value is False:
+            return None
+        if value is True or not isinstance(value, (dict, type(None), ServiceMetrics)):
+            raise ValueError(f"expected a mapping with path, requests and errors, or false; got {value!r}")
         return value
 
     @field_validator("data_dir")
@@ -452,6 +431,11 @@ class Service(_Model):
     @property
     def effective_data_dir(self) -> str:
         return self.data_dir or f"/var/lib/{self.name}"
+
+    @property
+    def effective_binary(self) -> str:
+        """The executable's file name inside a release (`binary`, else the service's name)."""
+        return self.binary or self.name
 
 
 #: rollout.strategy and `deploy --strategy`: rolling and canary-hosts deploy host by host (batches,
@@ -518,20 +502,6 @@ class Rollout(_Model):
         return "canary" if self.strategy in HOST_CANARY_STRATEGIES else "rolling"
 
 
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$")
-
-
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size such as `512M` or `1G` (binary units, as journalctl's --vacuum-size)."""
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a size such as 512M, 1G, 2T")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-
-
 class MonitoringLogs(_Model):
     """Central logs on the monitoring host and the alerts read from the journals."""
 
@@ -567,6 +537,22 @@ class Monitoring(_Model):
     error_ratio_threshold: float = Field(default=0.05, gt=0, lt=1)
     retention: Duration = "7d"
     logs: MonitoringLogs = Field(default_factory=MonitoringLogs)
+
+    rule_files: list[str] = Field(
+        default_factory=list,
+        description="the operator's own alert rules: globs relative to inventories/ENV/ of NAME.rules.yml files, "
+                    "each with its promtool test NAME.rules.test.yml beside it")
+
+    @field_validator("rule_files")
+    @classmethod
+    def _rule_files(cls, value: list[str]) -> list[str]:
+        for index, pattern in enumerate(value):
+            parts = pattern.split("/")
+            if not pattern.strip() or pattern.startswith("/") or ".." in parts or any(
+                    ord(c) < 32 or ord(c) == 127 for c in pattern):
+                raise ValueError(f"[{index}]: {pattern!r} is not a glob relative to the environment's directory "
+                                 "such as rules/*.rules.yml (no leading '/', no '..')")
+        return value
 
 
 class Healing(_Model):

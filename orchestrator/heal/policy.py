@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.config.schema import Environment, parse_duration
+from orchestrator.config.schema import Environment
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import OrchestratorError
 from orchestrator.monitoring.rules import REMEDIATIONS, alert_rules
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import fleet_hosts
 from orchestrator.heal.policy import Alert

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from orchestrator.config.schema import Environment, parse_duration
+from orchestrator.config.schema import Environment
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import LockBusy, OrchestratorError, UsageError
 from orchestrator.heal.http import MAX_CONNECTIONS, REQUEST_DEADLINE, HttpFront, Reply
 from orchestrator.heal.policy import Alert, Decision, HealError, HealPolicy, Verdict, WebhookError, parse_webhook

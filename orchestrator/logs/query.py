@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import UsageError
 from orchestrator.logs.entries import FIELDS
 

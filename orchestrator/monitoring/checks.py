@@ -15,11 +15,12 @@ from typing import Any
 import yaml
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.fleet.inventory import Host, fleet_hosts
 from orchestrator.monitoring.dashboard import check_dashboard, promtool_rules
 from orchestrator.monitoring.files import (
     ALERTMANAGER_FILE,
+    BLACKBOX_FILE,
     DASHBOARD_FILE,
     HEAL_TOKEN_FILE,
     PROMETHEUS_FILE,
@@ -28,6 +29,7 @@ from orchestrator.monitoring.files import (
     write_monitoring,
 )
 from orchestrator.monitoring.log_rules import log_route_cases
+from orchestrator.monitoring.operator import find_rule_files, remediation_problems
 from orchestrator.monitoring.rules import REMEDIATIONS, RULES_FILE, RULES_TEST_FILE, RouteCase, alert_rules, route_cases
 from orchestrator.tools import promtool
 from orchestrator.tools.promtool import ToolCheck
@@ -106,6 +108,33 @@ def check_heal_policy(loaded: LoadedEnvironment, playbooks_dir: Path | None = No
     return problems
 
 
+def operator_rule_checks(loaded: LoadedEnvironment) -> list[ToolCheck]:
+    """The operator's rules files (monitoring.rule_files): each found, named NAME.rules.yml, with its
+    test beside it; `promtool check rules` and `promtool test rules`; remediations the heal policy
+    knows. Every failure's detail starts with the file it is about."""
+    found = find_rule_files(loaded)
+    checks = [ToolCheck(f"rule_files {where}", False, "monitoring.rule_files", f"{where}: {problem}")
+              for where, problem in found.problems]
+    for rules in found.files:
+        checks.append(_named(promtool.check_rules_named(rules.path, rules.display), rules.display))
+        test = rules.display.removesuffix(rules.path.name) + rules.test.name
+        if not rules.test.is_file():
+            checks.append(ToolCheck(f"promtool test rules {test}", False, "monitoring.rule_files",
+                                    f"{rules.display}: has no test {test} beside it (a promtool rule test, "
+                                    "`promtool test rules`)"))
+        else:
+            checks.append(_named(promtool.test_rules_named(rules.test, test), test))
+        problems = remediation_problems(rules)
+        checks.append(ToolCheck(f"remediations {rules.display}", not problems, "monitoring.rule_files",
+                                "\n".join(f"{rules.display}: {p}" for p in problems)))
+    return checks
+
+
+def _named(check: ToolCheck, display: str) -> ToolCheck:
+    """`check` with a failure's detail starting with the file it is about."""
+    return check if check.ok else replace(check, detail=f"{display}: {check.detail}")
+
+
 def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = None,
                       playbooks_dir: Path | None = None) -> VerificationReport:
     """Render `loaded`'s monitoring files into a scratch directory and run every check on them.
@@ -124,7 +153,9 @@ def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = 
             promtool.check_config(root / PROMETHEUS_FILE),
             promtool.test_rules(root / RULES_TEST_FILE),
             promtool.check_alertmanager_config(root / ALERTMANAGER_FILE),
+            promtool.check_blackbox_config(root / BLACKBOX_FILE),
             *test_routes(root / ALERTMANAGER_FILE, [*route_cases(loaded.env), *log_route_cases(loaded.env)]),
+            *operator_rule_checks(loaded),
             *verify_dashboard(json.loads((root / DASHBOARD_FILE).read_text())),
         ]
     problems = check_heal_policy(loaded, playbooks_dir)

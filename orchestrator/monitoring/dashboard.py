@@ -27,11 +27,12 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.fleet.inventory import Host, colour_halves
 from orchestrator.monitoring.rules import (
-    BUILD_INFO_METRIC,
     HAPROXY_JOB,
-    HAPROXY_RESPONSE_TIME_METRIC,
-    REQUESTS_METRIC,
-    SERVICE_JOB,
+    HAPROXY_RESPONSE_TIME,
+    HEALTH_JOB,
+    PROBE_STATUS,
+    PROBE_SUCCESS,
+    error_counters,
     rate_window,
 )
 
@@ -139,51 +140,58 @@ def build_dashboard(loaded: LoadedEnvironment, hosts: Sequence[Host],
     window = rate_window(env)
     health = env.service.health.path
     app = [h for h in hosts if "app" in h.groups]
-    svc = f'job="{SERVICE_JOB}"'
-    traffic = f'{svc},path!="/metrics"'
+    counters = error_counters(env)  # the service's own counter, else HAProxy's per server, else none
+    per = counters.by.split(",")[0].strip() if counters is not None else "host"
 
-    def requests(sel: str, by: str = "") -> str:
-        return f"sum{by} (rate({REQUESTS_METRIC}{{{sel}}}[{window}]))"
+    def requests(extra: str = "", by: str = "") -> str:
+        assert counters is not None
+        return f"sum{by} (rate({counters.requests(extra)}[{window}]))"
 
-    def errors(sel: str, by: str = "") -> str:
-        return f"{requests(sel + ',code=~' + chr(34) + '5..' + chr(34), by)} / {requests(sel, by)}"
+    def errors(extra: str = "", by: str = "") -> str:
+        assert counters is not None
+        return f"sum{by} (rate({counters.failed(extra)}[{window}])) / {requests(extra, by)}"
 
     def latency(sel: str, by: str = "") -> str:
-        return f"avg{by} ({HAPROXY_RESPONSE_TIME_METRIC}{{{sel}}})"
+        return f"avg{by} ({HAPROXY_RESPONSE_TIME}{{{sel}}})"
 
     lb = f'job="{HAPROXY_JOB}",proxy="{env.service.name}"'
+    has_lb = any("lb" in h.groups for h in hosts) or env.terraform.vars.lb_count > 0
     grid = _Layout()
     panels: list[dict[str, Any]] = [grid.row("Per host")]
-    panels.append(grid.panel("Request rate per host", [_target(requests(traffic, " by (host)"), "{{host}}")],
-                             unit="reqps", description=f"{REQUESTS_METRIC} (without Prometheus' own scrapes)"))
-    panels.append(grid.panel("Error ratio per host (5xx)", [_target(errors(traffic, " by (host)"), "{{host}}")],
-                             unit="percentunit", description="the share HighErrorRate judges"))
-    panels.append(grid.panel("Latency per host (load balancer)",
-                             [_target(latency(lb, " by (server)"), "{{server}}")], unit="s",
-                             description=f"{HAPROXY_RESPONSE_TIME_METRIC}: HAProxy's mean response time per server"))
-    panels.append(grid.row("Per colour (blue-green and canary by weight)"))
     blue, green = colour_halves(app)
     groups = {"blue": blue, "green": green}
-    per_colour = {c: f'{traffic},host=~"{_hosts_re(h.name for h in groups[c])}"' for c in ("blue", "green")}
+    if counters is not None:
+        panels.append(grid.panel("Request rate per host", [_target(requests(by=f" by ({per})"), f"{{{{{per}}}}}")],
+                                 unit="reqps", description=f"{counters.metric} ({counters.source})"))
+        panels.append(grid.panel("Error ratio per host", [_target(errors(by=f" by ({per})"), f"{{{{{per}}}}}")],
+                                 unit="percentunit", description=f"the share HighErrorRate judges: {counters.errors}"))
+    if has_lb:
+        panels.append(grid.panel("Latency per host (load balancer)",
+                                 [_target(latency(lb, " by (server)"), "{{server}}")], unit="s",
+                                 description=f"{HAPROXY_RESPONSE_TIME}: HAProxy's mean response time per server"))
+    panels.append(grid.row("Per colour (blue-green and canary by weight)"))
+    label = "server" if counters is not None and counters.source == "haproxy" else "host"
+    per_colour = {c: f'{label}=~"{_hosts_re(h.name for h in groups[c])}"' for c in ("blue", "green")}
     per_server = {c: f'{lb},server=~"{_hosts_re(h.name for h in groups[c])}"' for c in ("blue", "green")}
-    panels.append(grid.panel("Request rate per colour", [_target(requests(sel), c) for c, sel in per_colour.items()],
-                             unit="reqps",
-                             description="; ".join(f"{c}: {', '.join(h.name for h in groups[c]) or '-'}"
-                                                   for c in ("blue", "green"))))
-    panels.append(grid.panel("Error ratio per colour (5xx)", [_target(errors(sel), c) for c, sel in per_colour.items()],
-                             unit="percentunit"))
-    panels.append(grid.panel("Latency per colour (load balancer)",
-                             [_target(latency(sel), c) for c, sel in per_server.items()], unit="s"))
+    members = "; ".join(f"{c}: {', '.join(h.name for h in groups[c]) or '-'}" for c in ("blue", "green"))
+    if counters is not None:
+        rates = [_target(requests(sel), c) for c, sel in per_colour.items()]
+        ratios = [_target(errors(sel), c) for c, sel in per_colour.items()]
+        panels.append(grid.panel("Request rate per colour", rates, unit="reqps", description=members))
+        panels.append(grid.panel("Error ratio per colour", ratios, unit="percentunit"))
+    if has_lb:
+        panels.append(grid.panel("Latency per colour (load balancer)",
+                                 [_target(latency(sel), c) for c, sel in per_server.items()], unit="s"))
     panels.append(grid.row("Health"))
-    probe = f'{svc},path="{health}"'
-    panels.append(grid.panel(f"Health probes answered (not 5xx), {health}",
-                             [_target(f"1 - ({errors(probe, ' by (host)')})", "{{host}}")], unit="percentunit",
-                             description="deploy gates and load-balancer checks; HealthFailing fires below 50 %"))
-    panels.append(grid.panel("Service up (scraped)", [_target(f"up{{{svc}}}", "{{host}}")], kind="state-timeline",
-                             description="ServiceDown fires when 0 while the host answers"))
-    panels.append(grid.panel("Release per host", [_target(f"max by (host, version) ({BUILD_INFO_METRIC}{{{svc}}})",
-                                                          "{{host}} {{version}}")],
-                             kind="table", description=f"{BUILD_INFO_METRIC}: the version each host's binary reports"))
+    probe = f'job="{HEALTH_JOB}"'
+    panels.append(grid.panel(f"Health probes answered 200, {health}",
+                             [_target(f"avg by (host) (avg_over_time({PROBE_SUCCESS}{{{probe}}}[{window}]))",
+                                      "{{host}}")], unit="percentunit",
+                             description="the blackbox exporter's GET of the health path; HealthFailing fires "
+                                         "below 50 %"))
+    panels.append(grid.panel("Health endpoint answers (HTTP status)",
+                             [_target(f"{PROBE_STATUS}{{{probe}}}", "{{host}}")],
+                             kind="state-timeline", description="0: nothing answered (ServiceDown fires)"))
     panels.append(grid.panel("Alerts firing", [_target('sum by (alertname, host) (ALERTS{alertstate="firing"})',
                                                        "{{alertname}} {{host}}")], width=24, height=6))
     annotations: list[dict[str, Any]] = [{

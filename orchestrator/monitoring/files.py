@@ -3,11 +3,14 @@
 Everything is rendered from the environment file (`monitoring:`, `healing:`, `service.port`) and the
 fleet's inventory into `.orchestrate/<env>/monitoring/`:
 
-    prometheus.yml                      scrape jobs service (every app host), node (every host), haproxy
-                                        (every lb host), prometheus
+    prometheus.yml                      scrape jobs health (the blackbox exporter probing every app host's
+                                        health path), service (every app host's /metrics, with
+                                        service.metrics), node (every host), haproxy (every lb host), prometheus
+    blackbox.yml                        the blackbox exporter's module that probes a health path
     rules/orchestrate.rules.yml         ServiceDown, HealthFailing, HighErrorRate, HostUnreachable
     rules/orchestrate.rules.test.yml    a promtool unit test per rule, firing and not firing
     dashboard.json                      a Grafana dashboard of the same metrics (monitoring/dashboard.py)
+    rules/operator-NAME.rules.yml       the operator's rules (monitoring.rule_files), as they are
     alertmanager.yml                    remediable alerts -> the heal webhook (bearer token), others -> default
     routes.json                         the routing cases `amtool config routes test` must confirm
 
@@ -30,7 +33,8 @@ from typing import Any
 import yaml
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import Environment, TerraformLocal, parse_duration
+from orchestrator.config.schema import Environment, TerraformLocal
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import AnsibleError, OrchestratorError, UsageError
 from orchestrator.fleet.inventory import Host, fleet_hosts
 from orchestrator.fleet.playbooks import run_env_playbook
@@ -39,10 +43,13 @@ from orchestrator.monitoring.dashboard import DashboardEvent, build_dashboard, j
 from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.monitoring.log_rules import add_log_rule_tests, add_log_rules, log_route_cases
 from orchestrator.monitoring.logs import playbook_vars as logs_playbook_vars
+from orchestrator.monitoring.operator import DEPLOYED_PREFIX, RULES_SUFFIX, find_rule_files, rule_texts
 from orchestrator.monitoring.rules import (
     DEFAULT_RECEIVER,
     HAPROXY_JOB,
     HEAL_RECEIVER,
+    HEALTH_JOB,
+    HEALTH_MODULE,
     NODE_JOB,
     PROMETHEUS_JOB,
     REMEDIATIONS,
@@ -66,6 +73,9 @@ PROMETHEUS_FILE = "prometheus.yml"
 
 
 ALERTMANAGER_FILE = "alertmanager.yml"
+
+
+BLACKBOX_FILE = "blackbox.yml"
 
 
 ROUTES_FILE = "routes.json"
@@ -92,6 +102,8 @@ class MonitoringLayout:
     config_dir: str = "/etc/prometheus"
     prometheus_address: str = "127.0.0.1:9090"
     alertmanager_address: str = "127.0.0.1:9093"
+    blackbox_address: str = "127.0.0.1:9115"
+    """The blackbox exporter that probes the health paths (on the monitoring host, beside Prometheus)."""
     node_exporter_port: int = 9100
     haproxy_metrics_port: int = 8405
     """Port of HAProxy's exporter on the LB hosts (roles/haproxy haproxy_metrics_port)."""
@@ -180,6 +192,11 @@ def render_monitoring_texts(
         alertmanager=layout.alertmanager_address,
         prometheus=layout.prometheus_address,
         service_job=SERVICE_JOB,
+        metrics=env.service.metrics,
+        health_job=HEALTH_JOB,
+        health_module=HEALTH_MODULE,
+        health_path=env.service.health.path,
+        blackbox=layout.blackbox_address,
         node_job=NODE_JOB,
         prometheus_job=PROMETHEUS_JOB,
         app_targets=[(h.name, f"{_address(h)}:{port}") for h in app_hosts],
@@ -206,13 +223,16 @@ def render_monitoring_texts(
     routes = [{"labels": c.labels, "receiver": c.receiver} for c in [*route_cases(env), *log_route_cases(env)]]
     rules = add_log_rules(rules_document(env), env)
     rule_tests = add_log_rule_tests(rules_test_document(env), env)
+    operator = {f"{Path(RULES_FILE).parent}/{name}": text for name, text in rule_texts(find_rule_files(loaded)).items()}
     return {
         PROMETHEUS_FILE: prometheus,
         ALERTMANAGER_FILE: alertmanager,
+        BLACKBOX_FILE: blackbox_config(env),
         RULES_FILE: header + yaml.safe_dump(rules, sort_keys=False, width=200),
         RULES_TEST_FILE: header + yaml.safe_dump(rule_tests, sort_keys=False, width=200),
         ROUTES_FILE: json.dumps(routes, indent=2) + "\n",
         DASHBOARD_FILE: dashboard_text(loaded, hosts),
+        **operator,
     }
 
 
@@ -232,6 +252,17 @@ def alertmanager_webhooks(env: Environment) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+
+def blackbox_config(env: Environment) -> str:
+    """The blackbox exporter's configuration: one module that GETs a health path and wants a 200,
+    as the deploy gate does (no redirect followed, IPv4 first)."""
+    module = {"prober": "http", "timeout": format_duration(min(parse_duration(env.monitoring.scrape_interval), 10.0)),
+              "http": {"method": "GET", "valid_status_codes": [200], "follow_redirects": False,
+                       "preferred_ip_protocol": "ip4"}}
+    header = f"# Rendered by orchestrate for environment {env.name}; do not edit.\n"
+    return header + yaml.safe_dump({"modules": {HEALTH_MODULE: module}}, sort_keys=False)
+
+
 def _address(host: Host) -> str:
     # Prometheus on the monitoring host reaches app hosts on their private address.
     address = host.private_address or host.address
@@ -239,7 +270,17 @@ def _address(host: Host) -> str:
 
 
 def write_monitoring(directory: Path, texts: dict[str, str]) -> list[Path]:
-    """Write `texts` under `directory` (only files whose content changed); return every path."""
+    """Write `texts` under `directory` (only files whose content changed); return every path.
+
+    Operator rules files that are no longer configured are removed (the role removes them from
+    the monitoring host too).
+    """
+    rules_dir = directory / Path(RULES_FILE).parent
+    if rules_dir.is_dir():
+        keep = {directory / name for name in texts}
+        for stale in rules_dir.glob(f"{DEPLOYED_PREFIX}*{RULES_SUFFIX}"):
+            if stale not in keep:
+                stale.unlink()
     written = []
     for name, text in texts.items():
         path = directory / name

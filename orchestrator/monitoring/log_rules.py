@@ -18,7 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.config.schema import Environment, parse_duration
+from orchestrator.config.schema import Environment
+from orchestrator.config.types import parse_duration
 from orchestrator.monitoring.rules import DEFAULT_RECEIVER, NODE_JOB, RouteCase, format_duration
 
 #: how long a logged event keeps its alert firing: a panic matters for a while after its restart

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import parse_duration, parse_size
+from orchestrator.config.types import parse_duration, parse_size
 from orchestrator.errors import CommandError, OrchestratorError, UsageError
 from orchestrator.fleet.inventory import Host, fleet_hosts
 from orchestrator.fleet.remote import connection

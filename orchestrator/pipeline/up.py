@@ -32,7 +32,7 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.render import render_environment
 from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
-from orchestrator.release.artifact import Release, peek_release_id
+from orchestrator.release.artifact import Release, peek_release_id, staged_release
 from orchestrator.runs.journal import Journal, StepHandle
 from orchestrator.runs.records import RunRecord
 from orchestrator.runs.session import locked_run
@@ -65,7 +65,12 @@ class UpRequest:
     """What `orchestrate up ENV` asks for."""
 
     argv: list[str]
-    release_path: Path | None = None
+    release_path: Path | str | None = None
+    """A binary, a cargo project, a bundle or a URL (orchestrator.release.artifact)."""
+    sha256: str | None = None
+    """--sha256: required for a URL, checked for a file."""
+    version: str | None = None
+    """--version: the release's version, whatever the artifact says."""
     yes: bool = False
     interactive: bool = False
     lock_wait: float | None = None
@@ -117,7 +122,8 @@ class _Stages:
         from orchestrator.release.artifact import built_at, prepare_release
         from orchestrator.runs.identity import isoformat
 
-        release = prepare_release(self.loaded, self.request.release_path)
+        release = prepare_release(self.loaded, self.request.release_path, sha256=self.request.sha256,
+                                  version=self.request.version)
         self.release = release
         self.release_id = release.id
         self.staged_binary = release.binary
@@ -192,7 +198,9 @@ class _Stages:
 
         release = self.release
         if release is None or not release.binary.is_file():
-            release = prepare_release(self.loaded, self.request.release_path)  # a resumed run's artifact is gone
+            # a resumed run's artifact is gone
+            release = prepare_release(self.loaded, self.request.release_path, sha256=self.request.sha256,
+                                      version=self.request.version)
         service = ReleaseService(self.loaded, info=self.info, on_event=self.on_host_event)
         # staged -> switched -> verified (or failed -> rolled_back) per host, live, from backed_up;
         # `canary` is the canary by weight behind an LB, the canary hosts without one
@@ -246,7 +254,8 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     if previous is None:
         return False
     if stages.request.release_path is not None:
-        stages.release_id = peek_release_id(stages.request.release_path)
+        stages.release_id = peek_release_id(stages.request.release_path, sha256=stages.request.sha256,
+                                            version=stages.request.version)
         if previous.release != stages.release_id:
             return False
     else:
@@ -384,8 +393,10 @@ def _restore_from_journal(stages: _Stages, record: RunRecord) -> None:
         stages.staged_binary = Path(str(build["binary"]))
         if stages.request.release_path is not None and build.get("release") and build.get("sha256"):
             rid = str(build["release"])
-            stages.release = Release(id=rid, version=rid.rsplit("-", 1)[0], sha256=str(build["sha256"]),
-                                     binary=stages.staged_binary, source=stages.request.release_path)
+            # the staged record knows a bundle's archive too; without it, the binary of the build step
+            stages.release = staged_release(stages.loaded, rid) or Release(
+                id=rid, version=rid.rsplit("-", 1)[0], sha256=str(build["sha256"]), binary=stages.staged_binary,
+                source=stages.request.release_path)
     if details.get("render", {}).get("fingerprint"):
         stages.fingerprint = str(details["render"]["fingerprint"])
 

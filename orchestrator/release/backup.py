@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.files import sha256_file
 from orchestrator.fleet.inventory import app_hosts

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import parse_duration
 from orchestrator.config.secrets import SECRETS_VAR
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import UsageError
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
@@ -39,7 +39,7 @@ from orchestrator.release.results import (
     to_restore,
 )
 from orchestrator.release.transitions import HostTransitions, _checked
-from orchestrator.tools.ansible import PlaybookInterrupted, PlaybookResult, new_run_id
+from orchestrator.tools.ansible import PlaybookInterrupted, PlaybookResult, new_run_id, unsafe
 
 Strategy = Literal["rolling", "canary"]
 
@@ -51,7 +51,8 @@ LineSink = Callable[[str], None]
 class DeployRequest:
     """What `orchestrate deploy` asks for."""
 
-    release_path: Path
+    release_path: Path | str
+    """A binary, a cargo project, a bundle or a URL (orchestrator.release.artifact)."""
     strategy: Strategy | None = None
     """None: the environment's rollout.strategy."""
     tuned: bool = True
@@ -63,6 +64,10 @@ class DeployRequest:
     """Ansible host pattern the deploy is limited to (blue-green: the idle colour's hosts)."""
     prepared: Release | None = None
     """The release already built and staged from `release_path` (not prepared a second time)."""
+    sha256: str | None = None
+    """--sha256: required for a URL, checked for a file."""
+    version: str | None = None
+    """--version: the release's version, whatever the artifact says."""
 
 
 def limited_hosts(hosts: list[Host], limit: str | None) -> list[Host]:
@@ -74,10 +79,18 @@ def limited_hosts(hosts: list[Host], limit: str | None) -> list[Host]:
 
 
 def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str, Any]:
-    """Inputs of roles/rust_service from the environment (never a secret)."""
+    """Inputs of roles/rust_service from the environment (never a secret).
+
+    The same for every action (deploy, rollback, restore, status): a rollback checks and runs the
+    executable `rust_service_binary` of the release it returns to, with the same command line.
+    """
     service = loaded.env.service
     return {
         "rust_service_name": service.name,
+        "rust_service_binary": service.effective_binary,
+        # data, not templates: each argument reaches the service as written
+        "rust_service_args": unsafe(list(service.args)),
+        "rust_service_hooks": unsafe(service.hooks.as_role_input()),
         "rust_service_user": service.effective_user,
         "rust_service_data_dir": service.effective_data_dir,
         "rust_service_port": service.port,
@@ -91,11 +104,14 @@ def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str,
 
 
 def release_vars(release: Release) -> dict[str, Any]:
+    """The role's release inputs: the staged executable, or the bundle's archive (unpacked on the host
+    under releases/<id>/) with the sha256 of the executable inside it."""
     return {
         "rust_service_release_id": release.id,
         "rust_service_release_version": release.version,
         "rust_service_release_sha256": release.sha256,
-        "rust_service_release_binary": str(release.binary),
+        "rust_service_release_binary": "" if release.archive is not None else str(release.binary),
+        "rust_service_release_archive": str(release.archive) if release.archive is not None else "",
     }
 
 
@@ -148,7 +164,8 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     hosts = limited_hosts(app_hosts(loaded), request.limit)
     strategy: Strategy = request.strategy or loaded.env.rollout.host_strategy
     rollout = strategy_vars(loaded, strategy, [h.name for h in hosts])
-    release = request.prepared or prepare_release(loaded, request.release_path, on_output=on_output,
+    release = request.prepared or prepare_release(loaded, request.release_path, sha256=request.sha256,
+                                                  version=request.version, on_output=on_output,
                                                   build_env=dict(request.build_env) if request.build_env else None)
     if transitions is not None:
         transitions.release = release.id

@@ -76,7 +76,8 @@ NO_BACKUP_NOTE = "not recorded: --skip-backup (a host is staged only once backed
 class DeployCommand:
     """A deploy as an operator (or cron) asks for it."""
 
-    release_path: Path
+    release_path: Path | str
+    """A binary, a cargo project, a .tar.gz bundle, or an https://, http:// or s3:// URL."""
     strategy: str | None = None
     """As asked (`canary` resolves against the inventory); None: the environment's rollout.strategy."""
     secrets: Mapping[str, Any] = field(default_factory=dict)
@@ -88,6 +89,10 @@ class DeployCommand:
     """App host names or globs the deploy is limited to (none: every app host; not with a traffic strategy)."""
     check: bool = False
     """Only say what would change on each host (Ansible's check mode): no lock, no backup, no change."""
+    sha256: str | None = None
+    """--sha256 of the artifact: required for a URL (a mismatch refuses the release), checked for a file."""
+    version: str | None = None
+    """--version: the release's version, whatever the artifact says."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,8 @@ class ReleaseService:
                                  journal_run=step.run.id)
         self.info(f"deploying {command.release_path} to {self.loaded.name} ({ran})")
         # the artifact first: a release that does not build, test or stage changes nothing
-        release = prepare_release(self.loaded, command.release_path, on_output=self.on_output)
+        release = prepare_release(self.loaded, command.release_path, sha256=command.sha256, version=command.version,
+                                  on_output=self.on_output)
         step.update(release=release.id, sha256=release.sha256, built=isoformat(built_at(release)))
         transitions = None
         if command.backup:

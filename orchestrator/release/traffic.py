@@ -6,17 +6,18 @@ running. A release goes to the idle colour (the host-level deploy of orchestrato
 limited to those hosts), passes its gates, and then gets the traffic:
 
 - blue-green: a bounded smoke load straight to the idle hosts must show an error ratio and mean
-  latency within the environment's limits; with a monitoring host, the idle hosts' own request
-  counters (the service job), as Prometheus scraped them after the smoke load, must also show an
-  error ratio within the limit. Then one switch of weights (idle 100, active 0).
+  latency within the environment's limits; with a monitoring host and service.metrics, the idle
+  hosts' own request counters (the service job), as Prometheus scraped them after the smoke load,
+  must also show an error ratio within the limit. Then one switch of weights (idle 100, active 0).
 - canary-traffic (what `canary` means when the environment has a load-balancer host; without one
   `canary` is the host-level canary, `canary-hosts` always is): the idle colour's share rises
   through rollout.traffic_steps; after each
   rollout.step_hold a gate measures the new colour's servers over the step and decides go or
   roll back. With a monitoring host (monitoring.enabled and a host in group monitoring) the gate
-  queries Prometheus there, which scrapes HAProxy's exporter on the LB host (responses by class,
-  connection and response errors, mean response time); without one it reads the same per-server
-  counters from HAProxy directly (`show stat`). A rollback puts every request back on the old
+  queries Prometheus there: the error ratio from the service's own counters over the step when
+  service.metrics names them, else from HAProxy's exporter on the LB host (responses by class,
+  connection and response errors), and HAProxy's mean response time; without one it reads the
+  per-server counters from HAProxy directly (`show stat`). A rollback puts every request back on the old
   colour.
 
 After a failed gate the idle hosts are also put back on the release they had (playbooks/
@@ -38,11 +39,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import HealthGateFailed, UsageError
 from orchestrator.fleet.guard import own_network
 from orchestrator.fleet.inventory import app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook
+from orchestrator.monitoring.rules import error_counters
 from orchestrator.release.hosts import DeployRequest, deploy, role_vars
 from orchestrator.release.probe import fleet_status
 from orchestrator.release.results import ReleaseRun, previous_to_restore
@@ -226,8 +228,11 @@ def blue_green(loaded: LoadedEnvironment, request: TrafficRequest, *, on_event: 
     merged = LoadReport(url="idle colour", samples=[s for r in reports for s in r.samples])
     max_error_ratio, max_latency_ms = rollout.max_error_ratio, 1000 * parse_duration(rollout.max_latency)
     decision = load_gate(0, merged, max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
-    if prometheus is not None:
-        decision = _service_decision(prometheus, groups[idle], decision,
+    counters = error_counters(loaded.env)
+    if prometheus is not None and counters is not None and counters.source == "service":
+        # the service's own error ratio; without service.metrics the smoke load is the measure (the
+        # idle colour gets no traffic through the load balancer to count)
+        decision = _service_decision(prometheus, counters, groups[idle], decision,
                                      max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
     _audit(loaded, decision, strategy="blue-green", release=run.target, run_id=run_id)
     if on_decision is not None:
@@ -307,8 +312,10 @@ def _canary_steps(loaded: LoadedEnvironment, request: TrafficRequest, lb: LoadBa
         switched += time.monotonic() - started
         sleep(hold)
         if prometheus is not None:
+            counters = error_counters(loaded.env)
             decision = _prometheus_decision(prometheus, lb.backend, step, groups[idle], began,
-                                            max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
+                                            max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms,
+                                            service=counters if counters and counters.source == "service" else None)
         else:
             decision = stat_gate(step, before, lb.stats(), groups[idle], max_error_ratio=max_error_ratio,
                                  max_latency_ms=max_latency_ms)

@@ -10,6 +10,8 @@ exception). argv are built by pure functions:
     amtool check-config FILE          an Alertmanager configuration
     amtool config routes test --config.file=FILE --verify.receivers=NAME LABEL=VALUE...
                                       which receiver an alert with these labels reaches (exit 1: another)
+    prometheus-blackbox-exporter --config.check --config.file=FILE
+                                      the blackbox exporter's modules
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from orchestrator.tools.process import run_command
 
 PROMTOOL = "promtool"
 AMTOOL = "amtool"
+
+BLACKBOX_EXPORTER = "prometheus-blackbox-exporter"
 
 #: bounds of a single checker run
 CHECK_TIMEOUT_S = 60
@@ -72,6 +76,11 @@ def amtool_routes_test_argv(path: Path, receiver: str, labels: Sequence[str]) ->
             *labels]
 
 
+def blackbox_check_config_argv(path: Path) -> list[str]:
+    """`prometheus-blackbox-exporter --config.check --config.file=FILE`."""
+    return [BLACKBOX_EXPORTER, "--config.check", f"--config.file={path}"]
+
+
 # --- runners --------------------------------------------------------------------------------
 
 
@@ -104,6 +113,24 @@ def test_rules(path: Path) -> ToolCheck:
 
 # pytest would collect a module-level `test_*` function imported into a test module.
 test_rules.__test__ = False  # type: ignore[attr-defined]
+
+
+def check_blackbox_config(path: Path) -> ToolCheck:
+    """The blackbox exporter's own check of its configuration."""
+    return run_check("blackbox exporter check config", blackbox_check_config_argv(path))
+
+
+def check_rules_named(path: Path, display: str) -> ToolCheck:
+    """`promtool check rules` on an operator's rules file, named by `display` in the result."""
+    return run_check(f"promtool check rules {display}", promtool_check_rules_argv(path))
+
+
+def test_rules_named(path: Path, display: str) -> ToolCheck:
+    """`promtool test rules` on an operator's test file (in its directory), named by `display`."""
+    return run_check(f"promtool test rules {display}", promtool_test_rules_argv(path), cwd=path.parent)
+
+
+test_rules_named.__test__ = False  # type: ignore[attr-defined]
 
 
 def check_alertmanager_config(path: Path) -> ToolCheck:

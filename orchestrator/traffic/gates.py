@@ -1,5 +1,10 @@
 """The traffic gates: go or roll back for a step of a traffic release, from HAProxy's counters,
 from Prometheus on the monitoring host, or from a bounded smoke load, against the rollout's limits.
+
+Through Prometheus, the error ratio is the service's own (the counter and failure matchers of
+service.metrics) when the environment names them, else HAProxy's per-server responses; the
+latency of a canary step is always HAProxy's. The metric names come from
+orchestrator.monitoring.rules, like the alert rules'.
 """
 
 from __future__ import annotations
@@ -12,17 +17,18 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, hosts_from_inventory, load_inventory
 from orchestrator.monitoring.rules import (
-    HAPROXY_CONNECTION_ERRORS_METRIC,
+    HAPROXY_CONNECTION_ERRORS,
+    HAPROXY_ERROR_CODE,
     HAPROXY_JOB,
-    HAPROXY_RESPONSE_ERRORS_METRIC,
-    HAPROXY_RESPONSE_TIME_METRIC,
-    HAPROXY_RESPONSES_METRIC,
-    REQUESTS_METRIC,
+    HAPROXY_RESPONSE_ERRORS,
+    HAPROXY_RESPONSE_TIME,
+    HAPROXY_RESPONSES,
     SERVICE_JOB,
+    ErrorCounters,
 )
 from orchestrator.tools.prometheus import PrometheusAPI, PrometheusError
 from orchestrator.traffic.loadgen import LoadReport
@@ -106,39 +112,50 @@ def promql_servers(names: list[str]) -> str:
     return pattern.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def prometheus_queries(backend: str, servers: list[str], window: str) -> dict[str, str]:
+def prometheus_queries(backend: str, servers: list[str], window: str,
+                       service: ErrorCounters | None = None) -> dict[str, str]:
     """The gate's PromQL over the last `window` for `servers` of HAProxy backend `backend` (pure).
 
-    Failures are 5xx answers plus connection and response errors, as in the `show stat` gate;
-    the latency is HAProxy's mean response time of the servers (last 1024 requests), averaged
-    over the window and the servers.
+    Without `service`, failures are HAProxy's 5xx answers plus connection and response errors, as
+    in the `show stat` gate. With `service` (the service's own counters, service.metrics), the
+    requests and failures are those the new colour's hosts counted over the window. The latency
+    is HAProxy's mean response time of the servers (last 1024 requests), averaged over the window
+    and the servers.
     """
     sel = f'job="{HAPROXY_JOB}",proxy="{backend}",server=~"{promql_servers(servers)}"'
+    latency = f"avg(avg_over_time({HAPROXY_RESPONSE_TIME}{{{sel}}}[{window}]))"
+    if service is not None:
+        hosts = f'host=~"{promql_servers(servers)}"'
+        requests = f"sum(increase({service.requests(hosts)}[{window}]))"
+        # a release without any failure may have no such series at all
+        failed = f"(sum(increase({service.failed(hosts)}[{window}])) or vector(0))"
+        return {"requests": requests, "failed": failed, "error_ratio": f"{failed} / {requests}",
+                "latency_seconds": latency}
     errors = " + ".join(f"sum(increase({metric}{{{sel}}}[{window}]))" for metric in
-                        (HAPROXY_CONNECTION_ERRORS_METRIC, HAPROXY_RESPONSE_ERRORS_METRIC))
-    answered = f"sum(increase({HAPROXY_RESPONSES_METRIC}{{{sel}}}[{window}]))"
-    failed = f'sum(increase({HAPROXY_RESPONSES_METRIC}{{{sel},code="5xx"}}[{window}])) + {errors}'
+                        (HAPROXY_CONNECTION_ERRORS, HAPROXY_RESPONSE_ERRORS))
+    answered = f"sum(increase({HAPROXY_RESPONSES}{{{sel}}}[{window}]))"
+    failed = f"sum(increase({HAPROXY_RESPONSES}{{{sel},{HAPROXY_ERROR_CODE}}}[{window}])) + {errors}"
     requests = f"{answered} + {errors}"
     return {
         "requests": requests,
         "failed": failed,
         "error_ratio": f"({failed}) / ({requests})",
-        "latency_seconds": f"avg(avg_over_time({HAPROXY_RESPONSE_TIME_METRIC}{{{sel}}}[{window}]))",
+        "latency_seconds": latency,
     }
 
 
-def service_queries(hosts: list[str]) -> dict[str, str]:
+def service_queries(service: ErrorCounters, hosts: list[str]) -> dict[str, str]:
     """PromQL of the service's own request counters on `hosts`, as last scraped (pure).
 
     Not increase() over the smoke load: the deploy has just restarted the service, and a series
     such as the first `/` answers appears with its value already up (increase() misses a series'
     first sample). The counters of the fresh process are the new release's requests: deploy and
-    LB health checks and the smoke load. Prometheus' scrapes of /metrics are left out; a release
-    without any 5xx has no such series, hence `or vector(0)`.
+    LB health checks, health probes, scrapes and the smoke load. A release without any failure
+    may have no failure series at all, hence `or vector(0)`.
     """
-    sel = f'job="{SERVICE_JOB}",host=~"{promql_servers(hosts)}",path!="/metrics"'
-    requests = f"sum({REQUESTS_METRIC}{{{sel}}})"
-    failed = f'(sum({REQUESTS_METRIC}{{{sel},code=~"5.."}}) or vector(0))'
+    sel = f'host=~"{promql_servers(hosts)}"'
+    requests = f"sum({service.requests(sel)})"
+    failed = f"(sum({service.failed(sel)}) or vector(0))"
     return {"requests": requests, "failed": failed, "error_ratio": f"{failed} / {requests}"}
 
 
@@ -224,11 +241,14 @@ def monitoring_host(loaded: LoadedEnvironment) -> Host | None:
 
 
 def _prometheus_decision(prometheus: PrometheusAPI, backend: str, step: int, servers: list[str],
-                         started: float, *, max_error_ratio: float, max_latency_ms: float) -> GateDecision:
-    """Wait for a scrape after the hold, then query the step's window (`started`: epoch seconds)."""
+                         started: float, *, max_error_ratio: float, max_latency_ms: float,
+                         service: ErrorCounters | None = None) -> GateDecision:
+    """Wait for a scrape after the hold, then query the step's window (`started`: epoch seconds);
+    the error ratio from the service's own counters when `service` names them."""
     ended = time.time()
-    queries = prometheus_queries(backend, servers, step_window(prometheus, started))
-    values, failure = _query_all(prometheus, f'job="{HAPROXY_JOB}"', ended, queries)
+    queries = prometheus_queries(backend, servers, step_window(prometheus, started), service)
+    scraped = f'job="{HAPROXY_JOB}"' if service is None else f'job=~"{HAPROXY_JOB}|{SERVICE_JOB}"'
+    values, failure = _query_all(prometheus, scraped, ended, queries)
     decision = prometheus_gate(step, queries, values, max_error_ratio=max_error_ratio, max_latency_ms=max_latency_ms)
     return replace(decision, reason=failure) if failure else decision
 
@@ -246,13 +266,13 @@ def _query_all(prometheus: PrometheusAPI, scraped: str, since: float,
         return {}, f"Prometheus could not be asked: {exc}"
 
 
-def _service_decision(prometheus: PrometheusAPI, hosts: list[str], smoke: GateDecision, *,
+def _service_decision(prometheus: PrometheusAPI, service: ErrorCounters, hosts: list[str], smoke: GateDecision, *,
                       max_error_ratio: float, max_latency_ms: float) -> GateDecision:
     """Blue-green: Prometheus' error ratio of the new release on the idle hosts, scraped after the
     smoke load, and the smoke load's latency; a failed smoke load is a no-go whatever Prometheus
     saw (refused connections never reach the service's counters)."""
     ended = time.time()
-    queries = service_queries(hosts)
+    queries = service_queries(service, hosts)
     values, failure = _query_all(prometheus, f'job="{SERVICE_JOB}",host=~"{promql_servers(hosts)}"', ended,
                                  queries)
     decision = prometheus_gate(smoke.step, queries, values, max_error_ratio=max_error_ratio,

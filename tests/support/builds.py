@@ -115,3 +115,38 @@ def build_traffic(base: Path) -> TrafficBuilds:
     """v1, v2, v3 and flaky under `base` (see the module's docstring)."""
     return TrafficBuilds(v1=build_version(base, "v1", "0.1.0"), v2=build_version(base, "v2", "0.2.0"),
                          v3=build_version(base, "v3", "0.3.0"), flaky=build_version(base, "flaky", "0.4.0", "flaky"))
+
+
+LEDGER = REPO / "examples" / "ledger-service"
+
+
+@dataclass(frozen=True)
+class LedgerBundles:
+    """Release bundles of examples/ledger-service (make-bundle.sh): three good releases (0.1.0, builds
+    `a`, `b` and `c`: different binaries), one whose /ready answers 500 (`broken`), one whose
+    `ledgerd migrate` fails (`failmigrate`)."""
+
+    a: Path
+    b: Path
+    c: Path
+    broken: Path
+    failmigrate: Path
+
+
+def make_ledger_bundle(base: Path, name: str, *features: str, build_id: str | None = None) -> Path:
+    """`make-bundle.sh [--features F] base/NAME.tar.gz` with its own target dir per feature set."""
+    target = base / ("target-" + ("-".join(features) or "plain"))
+    env = {"CARGO_TARGET_DIR": str(target), "LEDGER_BUILD_ID": build_id or name, "CARGO": str(find_cargo())}
+    out = base / f"{name}.tar.gz"
+    run_command([str(LEDGER / "make-bundle.sh"), *(["--features", ",".join(features)] if features else []), str(out)],
+                env=env, timeout=CARGO_TIMEOUT)
+    return out
+
+
+def build_ledger(base: Path) -> LedgerBundles:
+    """The bundles of LedgerBundles under `base`."""
+    base.mkdir(parents=True, exist_ok=True)
+    return LedgerBundles(a=make_ledger_bundle(base, "ledger-a"), b=make_ledger_bundle(base, "ledger-b"),
+                         c=make_ledger_bundle(base, "ledger-c"),
+                         broken=make_ledger_bundle(base, "ledger-broken", "broken"),
+                         failmigrate=make_ledger_bundle(base, "ledger-failmigrate", "failmigrate"))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config.loader import Project
-from orchestrator.config.schema import TerraformAws, TerraformLocal, parse_duration
+from orchestrator.config.schema import TerraformAws, TerraformLocal
+from orchestrator.config.types import parse_duration
 from orchestrator.errors import ConfigError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config.loader import Project
-from orchestrator.config.schema import parse_size
+from orchestrator.config.types import parse_size
 from orchestrator.errors import ConfigError
 
 BASE = ("name: x\ntarget: local\nterraform:\n  module: local_fleet\n  vars:\n    host_prefix: x\n"

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.config.loader import Project
-from orchestrator.config.schema import check_args
+from orchestrator.config.types import check_args
 from orchestrator.errors import UsageError
 from orchestrator.fleet.render import render_environment
 from orchestrator.ids import is_release_id, is_run_id

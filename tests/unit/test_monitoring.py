@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from orchestrator.config.loader import Project
-from orchestrator.config.schema import parse_duration
+from orchestrator.config.types import parse_duration
 from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
 from orchestrator.monitoring.checks import amtool_route_argv, check_heal_policy
 from orchestrator.monitoring.files import (
@@ -80,8 +80,8 @@ def test_error_rate_rule_uses_the_environment_threshold(project: Project) -> Non
     dev = {r.name: r for r in alert_rules(project.load("dev").env)}
     assert prod["HighErrorRate"].expr.endswith("> 0.02")
     assert dev["HighErrorRate"].expr.endswith("> 0.05")
-    # /metrics scrapes always succeed: counting them would dilute the ratio.
-    assert 'path!="/metrics"' in prod["HighErrorRate"].expr
+    # the example's own counter and failure matchers (service.metrics of the shipped environments)
+    assert 'rate(hello_requests_total{job="service",code=~"5.."}[1m])' in prod["HighErrorRate"].expr
 
 
 @pytest.mark.parametrize("name", ENVS)

@@ -18,6 +18,7 @@ import yaml
 from orchestrator.config.loader import Project
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+from orchestrator.monitoring.rules import ErrorCounters
 from orchestrator.release.strategies import host_strategy, note_host_deploy, pick_strategy, resolve_strategy
 from orchestrator.tools.prometheus import PrometheusAPI, PrometheusError
 from orchestrator.traffic.gates import (
@@ -160,9 +161,11 @@ def test_prometheus_gate_decides_on_the_values_and_refuses_no_data() -> None:
 
 
 def test_blue_green_prometheus_gate_takes_the_latency_of_the_smoke_load() -> None:
-    queries = service_queries(["p-app-1"])
+    counters = ErrorCounters("service", "ledger_http_responses_total", 'job="service"', 'class="5xx"', "host, instance")
+    queries = service_queries(counters, ["p-app-1"])
     assert set(queries) == {"requests", "failed", "error_ratio"}
-    assert all('job="service",host=~"p-app-1",path!="/metrics"' in q for q in queries.values())
+    assert 'ledger_http_responses_total{job="service",host=~"p-app-1"}' in queries["requests"]
+    assert 'ledger_http_responses_total{job="service",class="5xx",host=~"p-app-1"}' in queries["failed"]
     assert queries["failed"].endswith("or vector(0))")  # no 5xx series at all is a ratio of 0
     limits: dict[str, Any] = {"max_error_ratio": 0.05, "max_latency_ms": 500}
     good = prometheus_gate(0, queries, {"requests": 44.0, "failed": 0.0, "error_ratio": 0.0}, latency_ms=3.0,

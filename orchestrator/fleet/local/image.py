@@ -39,6 +39,9 @@ RECIPE: tuple[str, ...] = (
     # debootstrap skips Recommends; the monitoring rules tell "host down" from "service down"
     # by the node exporter on every host.
     "prometheus-node-exporter",
+    # Prometheus probes every service's health path through it (ServiceDown, HealthFailing):
+    # nothing is asked of the service's own metrics.
+    "prometheus-blackbox-exporter",
     "haproxy",
     # central logs: systemd-journal-upload on every host, systemd-journal-remote on the monitoring
     # host (both in this one package in bookworm)
@@ -103,6 +106,7 @@ DISABLED_UNITS: tuple[str, ...] = (
     "prometheus.service",
     "prometheus-alertmanager.service",
     "prometheus-node-exporter.service",
+    "prometheus-blackbox-exporter.service",
     "haproxy.service",
     "systemd-journal-remote.socket",
     "systemd-journal-remote.service",

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.config.schema import TerraformLocal, default_bridge_name
+from orchestrator.config.schema import TerraformLocal
+from orchestrator.config.types import default_bridge_name
 from orchestrator.errors import CommandError, HostError
 from orchestrator.files import file_lock
 from orchestrator.fleet.local.registry import LOCK_DIR, registry_entries

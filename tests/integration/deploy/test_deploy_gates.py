@@ -79,11 +79,9 @@ def extra_builds(tmp_path_factory: pytest.TempPathFactory) -> Extra:
 
 
 def relabeled(base: Path, binary: Path, version: str) -> Path:
-    """A copy of `binary` in a project dir whose Cargo.toml says `version`: same bytes, another
-    release id (orchestrator.release.artifact.version_for_binary reads the manifest two dirs above)."""
-    target = base / version / "target" / "release" / "hello-service"
+    """A copy of `binary` to deploy with `--version VERSION`: same bytes, another release id."""
+    target = base / version / "hello-service"
     target.parent.mkdir(parents=True)
-    (base / version / "Cargo.toml").write_text(f'[package]\nname = "hello-service"\nversion = "{version}"\n')
     shutil.copy2(binary, target)
     return target
 
@@ -279,8 +277,8 @@ def test_keep_two_releases_never_removes_current_or_previous(
     id3, id4 = release_id("0.3.0", sha256_file(r3)), release_id("0.4.0", sha256_file(r4))
     v1 = hello_builds.v1.release_id
 
-    for binary in (r3, r4):
-        code, _, err = fleet.orchestrate("deploy", "--release", str(binary), "--skip-backup")
+    for binary, version in ((r3, "0.3.0"), (r4, "0.4.0")):
+        code, _, err = fleet.orchestrate("deploy", "--release", str(binary), "--version", version, "--skip-backup")
         assert code == 0, err
     for host in app:  # everything older went, the last two stay
         assert links(fleet, host) == (id4, id3, sorted([id3, id4]))

@@ -1,7 +1,8 @@
-"""The alerting loop with real programs on loopback: a scrape target dies, Prometheus fires
-ServiceDown, Alertmanager posts it to the heal server (real webhook, bearer token), the policy
-decides, the heal server confirms with Prometheus that the alert still fires (and Alertmanager's
-API agrees), the remediation restarts the target, and the audit log holds the chain."""
+"""The alerting loop with real programs on loopback: a scrape target dies, the blackbox exporter's
+probe of its health path finds nothing answering, Prometheus fires ServiceDown, Alertmanager posts
+it to the heal server (real webhook, bearer token), the policy decides, the heal server confirms
+with Prometheus that the alert still fires (and Alertmanager's API agrees), the remediation
+restarts the target, and the audit log holds the chain."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from orchestrator.heal.present import JournalPresent, alert_windows
 from orchestrator.heal.remediate import ProjectLock
 from orchestrator.heal.server import HealServer, HealSettings, RemediationResult
 from orchestrator.monitoring.files import (
+    BLACKBOX_FILE,
     PROMETHEUS_FILE,
     MonitoringLayout,
     ensure_heal_token,
@@ -60,7 +62,7 @@ class RestartTarget:
 def test_killed_target_is_detected_routed_and_remediated(project_copy: Path, tmp_path: Path,
                                                          processes: Processes) -> None:
     loaded = Project(project_copy).load("dev")  # scrape 1s, evaluation 1s, for 2s
-    ports = {name: free_port() for name in ("target", "node", "prometheus", "alertmanager", "heal")}
+    ports = {name: free_port() for name in ("target", "node", "prometheus", "alertmanager", "heal", "blackbox")}
     start_target(processes, "target", ports["target"], "service")
     start_target(processes, "node", ports["node"], "node")
 
@@ -70,6 +72,7 @@ def test_killed_target_is_detected_routed_and_remediated(project_copy: Path, tmp
         config_dir=str(config_dir),
         prometheus_address=f"127.0.0.1:{ports['prometheus']}",
         alertmanager_address=f"127.0.0.1:{ports['alertmanager']}",
+        blackbox_address=f"127.0.0.1:{ports['blackbox']}",
         node_exporter_port=ports["node"],
         service_port=ports["target"],
         webhook_url=f"http://127.0.0.1:{ports['heal']}/alerts",
@@ -94,6 +97,11 @@ def test_killed_target_is_detected_routed_and_remediated(project_copy: Path, tmp
             f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{ports['alertmanager']}",
             "--cluster.listen-address=",
         ])
+        # ServiceDown reads the blackbox exporter's probes of the target's health path
+        processes.start("blackbox", [
+            "prometheus-blackbox-exporter", f"--config.file={config_dir / BLACKBOX_FILE}",
+            f"--web.listen-address=127.0.0.1:{ports['blackbox']}",
+        ])
         processes.start("prometheus", [
             "prometheus", f"--config.file={config_dir / PROMETHEUS_FILE}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
@@ -106,7 +114,7 @@ def test_killed_target_is_detected_routed_and_remediated(project_copy: Path, tmp
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             ups = {(r["metric"]["job"], r["value"][1]) for r in prometheus_query(prometheus, "up")}
-            if ups == {("service", "1"), ("node", "1"), ("prometheus", "1")}:
+            if ups == {("service", "1"), ("health", "1"), ("node", "1"), ("prometheus", "1")}:
                 break
             time.sleep(0.5)
         else:

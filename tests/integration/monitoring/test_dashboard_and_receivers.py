@@ -21,7 +21,7 @@ from orchestrator.config.loader import Project
 from orchestrator.fleet.inventory import Host
 from orchestrator.monitoring.checks import verify_dashboard
 from orchestrator.monitoring.files import ALERTMANAGER_FILE, MonitoringLayout, render_monitoring_texts, write_monitoring
-from orchestrator.monitoring.rules import BUILD_INFO_METRIC, HAPROXY_RESPONSE_TIME_METRIC, REQUESTS_METRIC
+from orchestrator.monitoring.rules import HAPROXY_RESPONSE_TIME, PROBE_SUCCESS
 from orchestrator.runs.journal import Journal
 
 from .conftest import OPENER, Processes, free_port, wait_http
@@ -72,7 +72,8 @@ def test_the_dashboard_passes_promtool_and_names_the_metrics(project_copy: Path,
     assert dashboard["schemaVersion"] >= 36
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    for name in (REQUESTS_METRIC, BUILD_INFO_METRIC, HAPROXY_RESPONSE_TIME_METRIC, "dev-app-1", "dev-app-2"):
+    # the environment's own request counter (dev declares hello's), the health probes, HAProxy's latency
+    for name in ("hello_requests_total", PROBE_SUCCESS, HAPROXY_RESPONSE_TIME, "dev-app-1", "dev-app-2"):
         assert name in text, name
     annotations = {a["name"]: a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a}
     assert run_id in annotations["Deploys and rollbacks (journal)"]

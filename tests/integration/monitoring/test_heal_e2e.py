@@ -96,7 +96,8 @@ def heal_server(fleet: FleetEnv, heal_port: int) -> Iterator[dict[str, Any]]:
 def wait_all_up(fleet: FleetEnv) -> None:
     """Until Prometheus on the monitoring host scrapes every service, node and HAProxy target."""
     monitor = fleet.group("monitoring")[0]
-    expected = {("service", h.name) for h in fleet.group("app")} | {("node", h.name) for h in fleet.hosts}
+    expected = ({(job, h.name) for h in fleet.group("app") for job in ("service", "health")}
+                | {("node", h.name) for h in fleet.hosts})
     expected |= {("haproxy", h.name) for h in fleet.group("lb")}  # HAProxy's exporter on a load balancer
     deadline = time.monotonic() + 90
     up: dict[tuple[str, str], str] = {}

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from orchestrator.config.loader import Project, kept_subnet
-from orchestrator.config.schema import LocalFleetVars, TerraformLocal, default_bridge_name
+from orchestrator.config.schema import LocalFleetVars, TerraformLocal
+from orchestrator.config.types import default_bridge_name
 from orchestrator.errors import HostError, UsageError
 from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import allowed_networks

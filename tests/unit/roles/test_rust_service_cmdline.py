@@ -220,7 +220,8 @@ def test_an_unknown_word_in_braces_is_refused_naming_the_argument(cmd: ModuleTyp
 
 
 def test_the_role_and_the_controller_know_the_same_placeholders(cmd: ModuleType) -> None:
-    from orchestrator.config.schema import ARG_PLACEHOLDERS, check_args
+    from orchestrator.config.schema import ARG_PLACEHOLDERS
+    from orchestrator.config.types import check_args
 
     assert tuple(sorted(cmd.PLACEHOLDERS)) == tuple(sorted(ARG_PLACEHOLDERS))
     for template in ("{prot}", "{{x}}", "{port}", "{{ x }}", "${1:-x}", "a\nb"):
