@@ -2,7 +2,6 @@
 
     .orchestrate/                      (in the project directory, git-ignored)
       ssh/id_ed25519                   the project's SSH key, shared by its environments
-      verify-cache/                    results of slow static checks, keyed by content
       <env>/
         inventory.yml  known_hosts     written by provisioning from Terraform's outputs
         network.json                   a local fleet's bridge and subnet, chosen once
@@ -18,11 +17,16 @@
         heal.json  heal.token          the running heal server and its webhook token
         hosts/<name>/                  a local fleet's host overlays
 
+Results of slow static checks (ansible-lint), keyed by the content they checked, are kept per user
+in `$XDG_CACHE_HOME/orchestrate/verify/` (default `~/.cache/...`): every checkout and copy of the
+project shares them.
+
 Modules take what they need from `EnvPaths`; none spells these names itself.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +44,9 @@ def ssh_key(project_dir: Path) -> Path:
     return state_root(project_dir) / "ssh" / "id_ed25519"
 
 
-def verify_cache(project_dir: Path) -> Path:
-    """Results of slow static checks, keyed by the content they checked."""
-    return state_root(project_dir) / "verify-cache"
+def verify_cache() -> Path:
+    """Results of slow static checks, keyed by the content (and tools) they checked, for every project."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orchestrate" / "verify"
 
 
 @dataclass(frozen=True)
