@@ -72,10 +72,11 @@ def version_for_binary(binary: Path) -> str:
 
 
 def prepare_release(loaded: LoadedEnvironment, path: Path, *, on_output: LineSink | None = None,
-                    build_env: dict[str, str] | None = None) -> Release:
-    """Build (when `path` is a cargo project), hash and stage a release for `loaded`.
+                    build_env: dict[str, str] | None = None, run_tests: bool = True) -> Release:
+    """Build (when `path` is a cargo project), hash, stage and seal a release for `loaded`.
 
-    Bad paths are a UsageError (exit 2); a failing build or test run is a ReleaseError (exit 1).
+    `run_tests=False` when the release gates ran the project's tests already (`up`). Bad paths are a
+    UsageError (exit 2); a failing build or test run is a ReleaseError (exit 1).
     """
     path = path.expanduser()
     if not path.exists():
@@ -84,7 +85,7 @@ def prepare_release(loaded: LoadedEnvironment, path: Path, *, on_output: LineSin
         manifest = path / "Cargo.toml"
         if not manifest.is_file():
             raise UsageError(f"--release {path}: a directory must be a cargo project (no Cargo.toml in it)")
-        binary = build_project(path, on_output=on_output, env=build_env)
+        binary = build_project(path, on_output=on_output, env=build_env, test=run_tests)
         version = cargo_version(manifest)
     else:
         if not os.access(path, os.X_OK):
