@@ -10,7 +10,9 @@
         lock  lock.json                the environment lock and its holder
         runs/<id>/                     ansible-runner's private data dirs
         evidence/<run id>/<host>/      what a failed health gate left behind
-        artifacts/<release id>/        staged releases
+        artifacts/<release id>/        staged releases (the files shipped to the hosts)
+        releases/<release id>/         release records: release.json, sbom.cdx.json, MANIFEST, MANIFEST.sig
+        release_signing_key(.pub)      the release signing key (ed25519, created on first use, 0600)
         backups/<backup id>/           controller copies of backups
         traffic.json                   the load balancer's split (a cache of HAProxy's state)
         monitoring/                    rendered Prometheus and Alertmanager files
@@ -86,6 +88,19 @@ class EnvPaths:
 
     def artifact(self, release_id: str) -> Path:
         return self.root / "artifacts" / release_id
+
+    @property
+    def releases(self) -> Path:
+        """Release records (SBOM, signed manifest), one directory per release id."""
+        return self.root / "releases"
+
+    def release(self, release_id: str) -> Path:
+        return self.releases / release_id
+
+    @property
+    def signing_key(self) -> Path:
+        """The environment's own release signing key (the public one beside it, `.pub`)."""
+        return self.root / "release_signing_key"
 
     @property
     def backups(self) -> Path:

@@ -7,7 +7,9 @@ either refuses the release before any host is touched. The release id is determi
 same release and the second deploy is a no-op.
 
 The binary is staged under `.orchestrate/<env>/artifacts/<id>/<service>` (installed under the
-service's name) next to a `RELEASE` file (json: id, version, sha256, source).
+service's name) next to a `RELEASE` file (json: id, version, sha256, source). The staged release is
+then sealed (orchestrator.release.signing): its signed manifest, and for a cargo project its SBOM
+(orchestrator.release.sbom), are recorded under `.orchestrate/<env>/releases/<id>/`.
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def prepare_release(loaded: LoadedEnvironment, path: Path, *, on_output: LineSin
         version = version_for_binary(path)
     digest = sha256_file(binary)
     rid = release_id(version, digest)
-    return stage(loaded, binary, Release(id=rid, version=version, sha256=digest, binary=binary, source=path))
+    staged = stage(loaded, binary, Release(id=rid, version=version, sha256=digest, binary=binary, source=path))
+    _seal(loaded, staged, project=path if path.is_dir() else None)
+    return staged
 
 
 def stage(loaded: LoadedEnvironment, binary: Path, release: Release) -> Release:
@@ -112,6 +116,19 @@ def stage(loaded: LoadedEnvironment, binary: Path, release: Release) -> Release:
     meta = {"id": staged.id, "version": staged.version, "sha256": staged.sha256, "source": str(staged.source)}
     (target_dir / "RELEASE").write_text(json.dumps(meta, indent=2) + "\n")
     return staged
+
+
+def _seal(loaded: LoadedEnvironment, release: Release, *, project: Path | None) -> None:
+    """Sign the staged release's manifest, with the SBOM of the cargo project it was built from."""
+    from orchestrator.release.sbom import sbom_for_project
+    from orchestrator.release.signing import Staged, seal
+
+    def sbom() -> str:
+        assert project is not None
+        return sbom_for_project(project, release_id=release.id, binary_sha256=release.sha256, env=loaded.name)
+
+    seal(loaded, Staged(id=release.id, version=release.version, directory=release.binary.parent,
+                        source=release.source), sbom=sbom if project is not None else None)
 
 
 def peek_release_id(path: Path) -> str:

@@ -39,6 +39,7 @@ from orchestrator.release.results import (
     previous_to_restore,
     to_restore,
 )
+from orchestrator.release.signing import Staged, sealed_for_shipping, signing_vars
 from orchestrator.release.transitions import HostTransitions, _checked
 from orchestrator.tools.ansible import PlaybookResult, new_run_id
 
@@ -66,11 +67,19 @@ class DeployRequest:
     """The release already built and staged from `release_path` (not prepared a second time)."""
 
 
-def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str, Any]:
-    """Inputs of roles/rust_service from the environment (never a secret)."""
+def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None, *, signers: bool = True) -> dict[str, Any]:
+    """Inputs of roles/rust_service from the environment (never a secret).
+
+    With `signers` (every switch: deploy, rollback, the restore after a failed deploy, heal), the
+    public keys the hosts verify a release's signed manifest with (orchestrator.release.signing);
+    without them a rollback would switch to a release directory without checking it.
+    """
     service = loaded.env.service
     return {
+        **(signing_vars(loaded) if signers else {}),
         "rust_service_name": service.name,
+        # the staged executable is named after the service (orchestrator.release.artifact.stage)
+        "rust_service_binary": service.name,
         "rust_service_user": service.effective_user,
         "rust_service_data_dir": service.effective_data_dir,
         "rust_service_port": service.port,
@@ -143,6 +152,9 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     rollout = strategy_vars(loaded, strategy, [h.name for h in hosts])
     release = request.prepared or prepare_release(loaded, request.release_path, on_output=on_output,
                                                   build_env=dict(request.build_env) if request.build_env else None)
+    # the signed manifest, checked against the staged files before any host is touched
+    sealed = sealed_for_shipping(loaded, Staged(id=release.id, version=release.version,
+                                                directory=release.binary.parent, source=release.source))
     if transitions is not None:
         transitions.release = release.id
     if before_ship is not None:
@@ -151,7 +163,7 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
         transitions.require([h.name for h in hosts], "deploy")
     run_id = new_run_id()
     evidence_dir = loaded.paths.evidence(run_id)
-    extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **rollout}
+    extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **sealed.role_vars(), **rollout}
     secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
     result = _run(loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id,
                   secret_vars=secret_vars, limit=request.limit,
@@ -243,7 +255,8 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
 def status(loaded: LoadedEnvironment, *, tuned: bool = True) -> FleetStatus:
     """Current and previous release, unit state and health of every app host (one module call each)."""
     hosts = app_hosts(loaded)
-    result = _run(loaded, "status.yml", role_vars(loaded, None), tuned=tuned, run_id=new_run_id() + "-status")
+    result = _run(loaded, "status.yml", role_vars(loaded, None, signers=False), tuned=tuned,
+                  run_id=new_run_id() + "-status")
     by_host = {r.host: r for r in result.results_of(MODULE) if r.status != "skipped"}
     found = []
     for host in hosts:
