@@ -140,7 +140,7 @@ class _Stages:
 
     def render(self, step: StepHandle) -> None:
         result = render_environment(self.loaded)
-        self.fingerprint = fingerprint(self.loaded, self.release_id)
+        self.fingerprint = fingerprint(self.loaded, self.release_id, source=self.request.release_path)
         step.detail.update(files=[str(p) for p in result.files], fingerprint=self.fingerprint)
         from orchestrator.verify.preflight import preflight
 
@@ -271,7 +271,7 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     else:
         stages.release_id = previous.release
     render_environment(stages.loaded)
-    stages.fingerprint = fingerprint(stages.loaded, stages.release_id)
+    stages.fingerprint = fingerprint(stages.loaded, stages.release_id, source=stages.request.release_path)
     if _recorded_fingerprint(previous) != stages.fingerprint:
         return False
     inventory = stages.loaded.paths.inventory
