@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import CommandError, OrchestratorError, UsageError
@@ -37,6 +37,9 @@ from orchestrator.runs.journal import StepHandle
 from orchestrator.tools import cargo
 from orchestrator.tools.process import tail
 from orchestrator.tools.versions import program_version
+
+if TYPE_CHECKING:
+    from orchestrator.verify.core import VerifyContext
 
 #: every gate, in the order they run
 GATES = ("cargo-fmt", "cargo-clippy", "cargo-test", "terraform-fmt", "terraform-validate", "checkov",
@@ -173,10 +176,11 @@ class _Context:
     """The cargo project to gate (None: the release is no cargo project)."""
     no_project: str
     """Why the cargo gates do not apply, when `project` is None."""
-    verify: Any = None
+    verify: VerifyContext | None = None
+    """The context the verify checks share (their scratch Terraform workspace, checkov's version)."""
     versions: dict[str, str] = field(default_factory=dict)
 
-    def verify_context(self) -> Any:
+    def verify_context(self) -> VerifyContext:
         if self.verify is None:
             from orchestrator.verify.core import VerifyContext
 
