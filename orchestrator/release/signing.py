@@ -141,10 +141,25 @@ def signing_key(loaded: LoadedEnvironment) -> SigningKey:
     return SigningKey(path=path, public=public, configured=False)
 
 
+def signer_public_key(loaded: LoadedEnvironment) -> str:
+    """The signing key's public line. A configured key whose private part is not on this controller
+    (rollbacks and heal only verify) is read from its `.pub` beside the path."""
+    configured = loaded.env.release.signing_key
+    if configured:
+        path = Path(configured).expanduser()
+        private = path if path.is_absolute() else loaded.project_dir / path
+        public_file = private.with_name(private.name + ".pub")
+        if not private.exists() and public_file.is_file():
+            line = public_file.read_text(encoding="utf-8").strip()
+            if line.startswith("ssh-ed25519 "):
+                return line
+    return signing_key(loaded).public
+
+
 def trusted_public_keys(loaded: LoadedEnvironment, key: SigningKey | None = None) -> list[str]:
     """The public keys the hosts accept: the signing key's, then release.trusted_keys (no repeats)."""
-    signer = key or signing_key(loaded)
-    found: dict[str, str] = {_key_material(signer.public): signer.public}
+    signer = key.public if key is not None else signer_public_key(loaded)
+    found: dict[str, str] = {_key_material(signer): signer}
     for line in loaded.env.release.trusted_keys:
         found.setdefault(_key_material(line), line)
     return list(found.values())

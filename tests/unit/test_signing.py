@@ -206,3 +206,13 @@ def test_a_configured_key_signs(project_copy: Path, tmp_path: Path) -> None:
     assert record.data["signer"].split()[1] == public.split()[1]
     assert not loaded.paths.signing_key.exists()  # no key of its own was created
     assert os.stat(project_copy / "keys" / "release").st_mode & 0o077 == 0
+
+
+def test_rollbacks_need_only_the_public_half_of_a_key_kept_elsewhere(project_copy: Path, tmp_path: Path) -> None:
+    public = new_key(project_copy / "keys" / "release")
+    (project_copy / "keys" / "release").unlink()  # the private half lives on another machine
+    set_release_config(project_copy, {"signing_key": "keys/release"})
+    loaded = load(project_copy)
+    assert role_vars(loaded, None)["rust_service_signing_public_keys"] == [public]
+    with pytest.raises(ConfigError, match="does not exist"):
+        signing.seal(loaded, staged(tmp_path))  # signing does need it
