@@ -17,6 +17,11 @@ DEB_PACKAGES := systemd-container debootstrap iproute2 openssh-client rsync curl
                 prometheus prometheus-alertmanager prometheus-blackbox-exporter haproxy strace
 DEB_STAMP := $(VENV)/.debs-$(shell echo $(DEB_PACKAGES) | sha256sum | cut -c1-12)
 PY_STAMP := $(VENV)/.installed
+# checkov (the checkov release gate) pins versions that conflict with ansible-core's and boto3's:
+# it gets a venv of its own, its program linked into $(BIN); the version is pyproject.toml's
+# optional dependency group `checkov`
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 EXAMPLE := examples/hello-service
 EXAMPLE_BIN := $(EXAMPLE)/target/release/hello-service
 # dev's vault password is public on purpose (inventories/dev/.vault-password-dev); never for prod
@@ -48,11 +53,18 @@ $(DEB_STAMP):
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-venv: $(PY_STAMP)
+venv: $(PY_STAMP) $(CHECKOV_STAMP)
 $(PY_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+$(CHECKOV_STAMP): pyproject.toml $(PY_STAMP)
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q $$($(BIN)/python -c 'import tomllib; \
+	  print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["checkov"]))')
+	ln -sfn ../checkov/bin/checkov $(BIN)/checkov
 	@touch $@
 
 example: $(EXAMPLE_BIN)

@@ -19,6 +19,9 @@
   traffic          under load through HAProxy (bench/traffic.py): the blue-green switch back (about 1 s,
                    no request lost) and the failed requests while a bad canary is rolled back (at the
                    first step)
+  gates            the release gates of the example service, warm (`orchestrate check dev --release
+                   examples/hello-service` after one untimed run: cargo fmt, clippy, test, terraform fmt
+                   and validate, checkov, ansible-lint, promtool): < 20 s
   plan-overhead    `orchestrate plan prod` against raw `terraform plan` on moto (plan_overhead.py): < 5 %
   deploy           `orchestrate deploy --skip-backup` (a release change) to 5, 20 and 50 hosts, tuned against
                    stock Ansible settings: tuned <= stock / 2, 50 hosts < 60 s; and the peak
@@ -504,6 +507,37 @@ def fig_memory(settings: Settings) -> list[Row]:
     return fig_deploy(settings, with_timings=False)
 
 
+# --- the release gates ---------------------------------------------------------------------------------
+
+
+def fig_gates(settings: Settings) -> list[Row]:
+    from tests.integration.conftest import _copy
+
+    runs = settings.pick(3, 1)
+    with Fleets("gates") as fleets, tempfile.TemporaryDirectory(prefix="bench-gates-") as tmp:
+        fleet = fleets.prepare(app_count=1, monitoring_count=1)
+        crate = _copy(Path(tmp) / "hello-service", "0.1.0", fix_tests=False)
+        argv = ["check", fleet.env_name, "--release", str(crate), "--json"]
+        warm = run_orchestrate(fleet.project_dir, *argv).check()  # builds the crate's test and clippy artifacts
+        log(f"gates: first (cold) run {warm.seconds:.1f} s")
+        outcomes = []
+        for _ in range(runs):
+            outcomes.append(run_orchestrate(fleet.project_dir, *argv).check())
+            log(f"gates: warm run {outcomes[-1].seconds:.1f} s")
+    median = statistics.median(o.seconds for o in outcomes)
+    last = outcomes[-1].json()
+    per_gate = {g["name"]: g["seconds"] for g in last.get("gates", [])}
+    if not last.get("ok") or len(per_gate) != 8:
+        raise RuntimeError(f"expected 8 passing gates, got {last.get('gates')}")
+    slowest = sorted(per_gate.items(), key=lambda item: -item[1])[:3]
+    data = {"runs_s": [o.seconds for o in outcomes], "cold_s": warm.seconds, "per_gate_s": per_gate,
+            "versions": {g["name"]: g["version"] for g in last["gates"]}}
+    return [Row("gates", "release gates of the example service (`orchestrate check`), warm",
+                f"{median:.1f} s (median of {runs}; slowest: "
+                + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest) + ")",
+                "< 20 s", verdict(median < 20.0), data)]
+
+
 # --- the run ------------------------------------------------------------------------------------------
 
 #: in the order of a full run
@@ -516,6 +550,7 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "rollback": fig_rollback,
     "heal": fig_heal,
     "traffic": fig_traffic,
+    "gates": fig_gates,
     "plan-overhead": fig_plan_overhead,
     "deploy": fig_deploy,
     "memory": fig_memory,

@@ -2,7 +2,6 @@
 
     .orchestrate/                      (in the project directory, git-ignored)
       ssh/id_ed25519                   the project's SSH key, shared by its environments
-      verify-cache/                    results of slow static checks, keyed by content
       <env>/
         inventory.yml  known_hosts     written by provisioning from Terraform's outputs
         network.json                   a local fleet's bridge and subnet, chosen once
@@ -14,6 +13,8 @@
         evidence/<run id>/<host>/      what a failed health gate left behind
         artifacts/<release id>/        staged releases (a bundle's archive beside: <release id>.tar.gz)
         downloads/<sha256>/            releases fetched from a URL, kept by their sha256
+        releases/<release id>/         release records: release.json, sbom.cdx.json, MANIFEST, MANIFEST.sig
+        release_signing_key(.pub)      the release signing key (ed25519, created on first use, 0600)
         backups/<backup id>/           controller copies of backups
         traffic.json                   the load balancer's split (a cache of HAProxy's state)
         monitoring/                    rendered Prometheus and Alertmanager files
@@ -22,11 +23,16 @@
         heal.json  heal.token          the running heal server and its webhook token
         hosts/<name>/                  a local fleet's host overlays
 
+Results of slow static checks (ansible-lint), keyed by the content they checked, are kept per user
+in `$XDG_CACHE_HOME/orchestrate/verify/` (default `~/.cache/...`): every checkout and copy of the
+project shares them.
+
 Modules take what they need from `EnvPaths`; none spells these names itself.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +50,9 @@ def ssh_key(project_dir: Path) -> Path:
     return state_root(project_dir) / "ssh" / "id_ed25519"
 
 
-def verify_cache(project_dir: Path) -> Path:
-    """Results of slow static checks, keyed by the content they checked."""
-    return state_root(project_dir) / "verify-cache"
+def verify_cache() -> Path:
+    """Results of slow static checks, keyed by the content (and tools) they checked, for every project."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orchestrate" / "verify"
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,19 @@ class EnvPaths:
 
     def download(self, sha256: str) -> Path:
         return self.root / "downloads" / sha256
+
+    @property
+    def releases(self) -> Path:
+        """Release records (SBOM, signed manifest), one directory per release id."""
+        return self.root / "releases"
+
+    def release(self, release_id: str) -> Path:
+        return self.releases / release_id
+
+    @property
+    def signing_key(self) -> Path:
+        """The environment's own release signing key (the public one beside it, `.pub`)."""
+        return self.root / "release_signing_key"
 
     @property
     def backups(self) -> Path:

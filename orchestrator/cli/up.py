@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
+from orchestrator.cli._gates import SKIP_HELP, gate_progress, render_report
 from orchestrator.cli._release import progress
 from orchestrator.cli._terraform import ProgressPrinter, ensure_local_image, summary_table
 from orchestrator.ids import require_run_id
@@ -37,14 +38,18 @@ def _status_table(status: dict[str, Any]) -> Table:
 @click.option("--yes", is_flag=True, help="Change a protected environment without asking (required without a TTY).")
 @lock_wait_option
 @click.option("--force", is_flag=True, help="Run every stage even when nothing changed.")
+@click.option("--skip-gate", "skip_gates", multiple=True, metavar="NAME", help=SKIP_HELP)
+@click.option("--reason", default="", metavar="TEXT", help="Why the gates named by --skip-gate are skipped.")
 @click.option("--resume", "resume", metavar="RUN_ID", default=None, hidden=True,
               help="Continue run RUN_ID (used by `orchestrate resume`).")
 @verb
 def command(app: AppContext, env_name: str, release: str | None, sha256: str | None, version: str | None,
-            yes: bool, lock_wait: float, force: bool, resume: str | None) -> None:
-    """Bring ENV to the wanted state: build -> render -> provision -> inventory -> backup
+            yes: bool, lock_wait: float, force: bool, skip_gates: tuple[str, ...], reason: str,
+            resume: str | None) -> None:
+    """Bring ENV to the wanted state: build -> render -> gates -> provision -> inventory -> backup
     -> deploy -> lb -> monitoring -> verify, each step journalled; `orchestrate resume RUN_ID`
-    continues an interrupted run."""
+    continues an interrupted run. A failed release gate (see `orchestrate check`) refuses the
+    release before any host changes (exit 1, the findings listed)."""
     if resume is not None:
         require_run_id(resume, "--resume")
     loaded = app.load(env_name)
@@ -58,6 +63,10 @@ def command(app: AppContext, env_name: str, release: str | None, sha256: str | N
         argv.append("--yes")
     if force:
         argv.append("--force")
+    for name in skip_gates:
+        argv += ["--skip-gate", name]
+    if reason:
+        argv += ["--reason", reason]
 
     def confirm(plan: Any) -> bool:
         app.print_table(summary_table(plan.summary, f"plan for {env_name}"), err=True)
@@ -65,10 +74,11 @@ def command(app: AppContext, env_name: str, release: str | None, sha256: str | N
 
     ensure_local_image(app, loaded)
     request = UpRequest(argv=argv, release_path=release_path, sha256=sha256, version=version, yes=yes,
-                        interactive=app.interactive,
-                        lock_wait=lock_wait, resume=resume, force=force, confirm=confirm)
+                        interactive=app.interactive, lock_wait=lock_wait, resume=resume, force=force,
+                        confirm=confirm, skip_gates=skip_gates, skip_reason=reason)
+    app.result_renderer = lambda result: render_report(app, result)  # the gates' table when they refuse
     result: UpResult = up(loaded, request, info=app.info, on_terraform=ProgressPrinter(app),
-                          on_host_event=progress(app, "up"))
+                          on_host_event=progress(app, "up"), on_gate=gate_progress(app))
 
     def human() -> None:
         if result.status:

@@ -10,11 +10,14 @@ directories for the service, cron expressions that cron would not run.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     ValidationInfo,
@@ -642,6 +645,52 @@ class Notify(_Model):
     webhooks: list[Webhook] = Field(default_factory=list)
 
 
+_ED25519_PUBLIC_RE = re.compile(r"^ssh-ed25519 ([A-Za-z0-9+/]+={0,2})(?: [^\x00-\x1f\x7f]*)?$")
+
+
+#: an ssh-ed25519 public key blob: the length-prefixed type name, then the 32-byte key
+_ED25519_BLOB_PREFIX = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
+
+
+def _ed25519_public_key(value: str) -> str:
+    line = value.strip()
+    match = _ED25519_PUBLIC_RE.match(line)
+    try:
+        blob = base64.b64decode(match.group(1), validate=True) if match else b""
+    except (binascii.Error, ValueError):
+        blob = b""
+    if not (blob.startswith(_ED25519_BLOB_PREFIX) and len(blob) == len(_ED25519_BLOB_PREFIX) + 32):
+        raise ValueError("expected one line 'ssh-ed25519 AAAA... [comment]' (the content of an ed25519 .pub file)")
+    return line
+
+
+Ed25519PublicKey = Annotated[str, AfterValidator(_ed25519_public_key)]
+
+
+class ReleaseSigning(_Model):
+    """Signed releases (orchestrator.release.signing): the key that signs this environment's releases
+    and the public keys its hosts accept."""
+
+    signing_key: Line = Field(
+        default="",
+        description="private ed25519 key (OpenSSH format, no passphrase, mode 0600) kept outside the "
+                    "state directory; relative paths are relative to the project directory; empty: "
+                    ".orchestrate/ENV/release_signing_key, created on first use")
+    @field_validator("signing_key")
+    @classmethod
+    def _key_path(cls, value: str) -> str:
+        # a path the controller opens: refused here when no file system could hold it
+        if len(value) > 4096 or any(len(part.encode()) > 255 for part in value.split("/")):
+            raise ValueError(f"{_shown(value)} is not a usable path (a name is longer than 255 bytes, or the "
+                             "path longer than 4096)")
+        return value
+
+    trusted_keys: list[Ed25519PublicKey] = Field(
+        default_factory=list,
+        description="more public keys the hosts accept besides the signing key's own, one "
+                    "'ssh-ed25519 AAAA... comment' line each (e.g. the previous key during a rotation)")
+
+
 class Environment(_Model):
     """One deployment environment, as written in inventories/<name>/environment.yml."""
 
@@ -658,6 +707,7 @@ class Environment(_Model):
     notify: Notify = Field(default_factory=Notify)
     keep_run_folders: int = Field(default=50, ge=1, le=100_000,
                                   description="playbook run folders kept under .orchestrate/ENV/runs/ (newest)")
+    release: ReleaseSigning = Field(default_factory=ReleaseSigning)
 
     @field_validator("name")
     @classmethod

@@ -30,8 +30,20 @@ def _tree_digest(paths: Iterable[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(loaded: LoadedEnvironment, release_id: str | None) -> str:
-    """sha256 over everything a run's outcome depends on, except the hosts themselves."""
+def _source_files(project: Path) -> list[Path]:
+    """The files of the cargo project at `project` the release gates judge (not target/, not dot dirs)."""
+    return [p for p in project.rglob("*")
+            if not any(part == "target" or part.startswith(".") for part in p.relative_to(project).parts[:-1])
+            and p.is_file()]
+
+
+def fingerprint(loaded: LoadedEnvironment, release_id: str | None, *, source: Path | str | None = None) -> str:
+    """sha256 over everything a run's outcome depends on, except the hosts themselves.
+
+    With `source` (the --release path), a cargo project's own files count too: the release gates
+    judge the source, and a change that leaves the binary as it was (a new test, a lint) must still
+    pass them.
+    """
     root = loaded.project_dir
     files: list[Path] = [loaded.path]
     for name in FINGERPRINT_DIRS:
@@ -48,6 +60,8 @@ def fingerprint(loaded: LoadedEnvironment, release_id: str | None) -> str:
         files.append(secrets)  # encrypted text: a changed secret changes the fingerprint
     digest = hashlib.sha256(_tree_digest(files, root).encode())
     digest.update(f"\0release={release_id or ''}".encode())
+    if isinstance(source, Path) and source.is_dir() and (source / "Cargo.toml").is_file():
+        digest.update(f"\0source={_tree_digest(_source_files(source), source)}".encode())
     return digest.hexdigest()
 
 

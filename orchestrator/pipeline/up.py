@@ -1,8 +1,10 @@
 """`orchestrate up`: every stage of a rollout, executed through the run journal.
 
-    build -> render -> provision -> inventory -> backup -> deploy -> lb -> monitoring -> verify
+    build -> render -> gates -> provision -> inventory -> backup -> deploy -> lb -> monitoring -> verify
 
-(deploy follows rollout.strategy: blue-green and canary by traffic weight go through
+(gates are the release gates of orchestrator.pipeline.gates: a failed one refuses the release before
+anything is provisioned or deployed; the build then skips the tests, which the gate `cargo-test`
+runs. deploy follows rollout.strategy: blue-green and canary by traffic weight go through
 orchestrator.release.traffic; lb configures the load balancer when the environment has one.)
 
 Each stage is idempotent and runs as a journal step (written before and after it runs), under
@@ -33,6 +35,7 @@ from orchestrator.fleet.render import render_environment
 from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
 from orchestrator.release.artifact import Release, peek_release_id, staged_release
+from orchestrator.pipeline.gates import GateRequest, GateResult, check_skips, gates_step
 from orchestrator.runs.journal import Journal, StepHandle
 from orchestrator.runs.records import RunRecord
 from orchestrator.runs.session import locked_run
@@ -47,7 +50,9 @@ CRASH_BEFORE_ENV = "ORCHESTRATE_CRASH_BEFORE_STEP"
 END = "end"
 
 
-STEPS = ("build", "render", "provision", "inventory", "backup", "deploy", "lb", "monitoring", "verify")
+#: a run recorded with another list (e.g. before the gates step existed) cannot be resumed by this
+#: version: the journal refuses it (NotResumable, steps_changed) and a new run starts over
+STEPS = ("build", "render", "gates", "provision", "inventory", "backup", "deploy", "lb", "monitoring", "verify")
 
 
 Confirm = Callable[[Any], bool]
@@ -80,6 +85,13 @@ class UpRequest:
     confirm: Confirm | None = None
     """Asked with the plan before a protected environment is changed (interactive runs)."""
     tuned: bool = True
+    skip_gates: tuple[str, ...] = ()
+    """Release gates passed over (`--skip-gate`, never for a protected environment), with `skip_reason`."""
+    skip_reason: str = ""
+
+    @property
+    def gate_request(self) -> GateRequest:
+        return GateRequest(release_path=self.release_path, skip=self.skip_gates, reason=self.skip_reason)
 
 
 @dataclass
@@ -94,10 +106,12 @@ class UpResult:
     status: dict[str, Any] | None = None
     resumed_at: str | None = None
     duration: float | None = None
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    """The release gates' results: name, status, seconds, findings, version, detail."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "run_id": self.run_id, "noop": self.noop, "release": self.release,
-                "resumed_at": self.resumed_at, "duration": self.duration, "steps": self.steps,
+                "resumed_at": self.resumed_at, "duration": self.duration, "gates": self.gates, "steps": self.steps,
                 "status": self.status}
 
 
@@ -108,12 +122,14 @@ class _Stages:
     info: Info
     on_terraform: Callable[[Any], None] | None = None
     on_host_event: Callable[[Any], None] | None = None
+    on_gate: Callable[[GateResult], None] | None = None
     release_id: str | None = None
     staged_binary: Path | None = None
     release: Release | None = None
     """The artifact the build step staged (rebuilt from the journal when a run resumes after it)."""
     fingerprint: str | None = None
     status: dict[str, Any] | None = None
+    gates_results: list[dict[str, Any]] = field(default_factory=list)
 
     def build(self, step: StepHandle) -> None:
         if self.request.release_path is None:
@@ -122,8 +138,9 @@ class _Stages:
         from orchestrator.release.artifact import built_at, prepare_release
         from orchestrator.runs.identity import isoformat
 
+        # the tests run once, as the gate cargo-test (unless an operator skipped it)
         release = prepare_release(self.loaded, self.request.release_path, sha256=self.request.sha256,
-                                  version=self.request.version)
+                                  version=self.request.version, run_tests=False)
         self.release = release
         self.release_id = release.id
         self.staged_binary = release.binary
@@ -134,12 +151,18 @@ class _Stages:
     def render(self, step: StepHandle) -> None:
         result = render_environment(self.loaded)
         self.loaded = result.loaded  # a local fleet's subnet, when chosen just now
-        self.fingerprint = fingerprint(self.loaded, self.release_id)
+        self.fingerprint = fingerprint(self.loaded, self.release_id, source=self.request.release_path)
         step.detail.update(files=[str(p) for p in result.files], fingerprint=self.fingerprint)
         from orchestrator.verify.preflight import preflight
 
         # before anything touches a host: environment file, heal policy, deploy model (exit 2 on failure)
         step.detail["preflight"] = {c.name: c.status for c in preflight(self.loaded)}
+
+    def gates(self, step: StepHandle) -> None:
+        """The release gates; GatesFailed (exit 1, the findings listed) refuses the release here."""
+        report = gates_step(step, self.loaded, self.request.gate_request, command="up", argv=self.request.argv,
+                            on_result=self.on_gate)
+        self.gates_results = [g.as_dict() for g in report.gates]
 
     def provision(self, step: StepHandle) -> None:
         from orchestrator.fleet.provision import provision
@@ -198,9 +221,9 @@ class _Stages:
 
         release = self.release
         if release is None or not release.binary.is_file():
-            # a resumed run's artifact is gone
+            # a resumed run's artifact is gone; this run's gates passed already
             release = prepare_release(self.loaded, self.request.release_path, sha256=self.request.sha256,
-                                      version=self.request.version)
+                                      version=self.request.version, run_tests=False)
         service = ReleaseService(self.loaded, info=self.info, on_event=self.on_host_event)
         # staged -> switched -> verified (or failed -> rolled_back) per host, live, from backed_up;
         # `canary` is the canary by weight behind an LB, the canary hosts without one
@@ -253,6 +276,9 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     previous = last_completed_up(journal)
     if previous is None:
         return False
+    gates = next((s.detail or {} for s in previous.steps if s.name == "gates"), {})
+    if set((gates.get("skipped_by_operator") or {}).get("gates") or []) - set(stages.request.skip_gates):
+        return False  # the gates an operator skipped last time run now
     if stages.request.release_path is not None:
         stages.release_id = peek_release_id(stages.request.release_path, sha256=stages.request.sha256,
                                             version=stages.request.version)
@@ -261,7 +287,7 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     else:
         stages.release_id = previous.release
     stages.loaded = render_environment(stages.loaded).loaded
-    stages.fingerprint = fingerprint(stages.loaded, stages.release_id)
+    stages.fingerprint = fingerprint(stages.loaded, stages.release_id, source=stages.request.release_path)
     if _recorded_fingerprint(previous) != stages.fingerprint:
         return False
     inventory = stages.loaded.paths.inventory
@@ -305,11 +331,13 @@ def up(
     info: Info | None = None,
     on_terraform: Callable[[Any], None] | None = None,
     on_host_event: Callable[[Any], None] | None = None,
+    on_gate: Callable[[GateResult], None] | None = None,
 ) -> UpResult:
     """Run (or resume) `up` for `loaded`; see the module docstring."""
     from orchestrator.fleet.provision import needs_confirmation
 
     say = info or (lambda message: None)
+    check_skips(loaded, request.gate_request)  # before the lock: a refused --skip-gate changes nothing
     # A protected environment without a terminal and without --yes is refused before the lock,
     # the journal or any host is touched.
     must_confirm = needs_confirmation(loaded, action="up", yes=request.yes, interactive=request.interactive)
@@ -317,7 +345,7 @@ def up(
         raise UsageError(f"environment {loaded.name!r} is protected: confirm interactively or pass --yes")
     confirm = request.confirm if must_confirm else None
     stages = _Stages(loaded=loaded, request=_with_confirm(request, confirm), info=say, on_terraform=on_terraform,
-                     on_host_event=on_host_event)
+                     on_host_event=on_host_event, on_gate=on_gate)
     with _publish_delivery_metrics(loaded, say) as ran, \
             locked_run(loaded.state_dir, command="up", argv=request.argv, steps=STEPS, resume=request.resume,
                        wait=request.lock_wait, on_wait=say, env=loaded.name, release=None) as session:
@@ -347,7 +375,7 @@ def up(
     final = session.final
     return UpResult(env=loaded.name, run_id=run.id, noop=noop, release=stages.release_id or record.release,
                     steps=steps, status=stages.status, resumed_at=resumed_at,
-                    duration=final.duration if final else None)
+                    duration=final.duration if final else None, gates=stages.gates_results)
 
 
 @contextlib.contextmanager
@@ -399,6 +427,7 @@ def _restore_from_journal(stages: _Stages, record: RunRecord) -> None:
                 source=stages.request.release_path)
     if details.get("render", {}).get("fingerprint"):
         stages.fingerprint = str(details["render"]["fingerprint"])
+    stages.gates_results = list(details.get("gates", {}).get("gates") or [])
 
 
 def _with_confirm(request: UpRequest, confirm: Confirm | None) -> UpRequest:

@@ -20,6 +20,10 @@ A release is staged as a directory `.orchestrate/<env>/artifacts/<id>/` holding 
 (named `service.binary`) or the bundle's files, next to a `RELEASE` file (json: id, version,
 sha256 of the executable, source, binary, archive); a bundle's archive itself, shipped to the
 hosts as it is, is kept beside it as `artifacts/<id>.tar.gz`.
+
+The staged release is then sealed (orchestrator.release.signing): its signed manifest, and for a
+cargo project its SBOM (orchestrator.release.sbom), are recorded under
+`.orchestrate/<env>/releases/<id>/`.
 """
 
 from __future__ import annotations
@@ -155,13 +159,14 @@ def fetch(loaded: LoadedEnvironment, url: str, sha256: str | None) -> Path:
 
 def prepare_release(loaded: LoadedEnvironment, path: Path | str, *, sha256: str | None = None,
                     version: str | None = None, on_output: LineSink | None = None,
-                    build_env: dict[str, str] | None = None) -> Release:
+                    build_env: dict[str, str] | None = None, run_tests: bool = True) -> Release:
     """Fetch (URL), build (cargo project), check (bundle), hash and stage a release for `loaded`.
 
     `sha256` (--sha256) is required for a URL and checked for a file too; `version` (--version)
     overrides every other source of the version. Bad paths and options are a UsageError (exit 2);
     a failing build or test run, a bad bundle or a download that is not what `sha256` says is a
-    ReleaseError/DownloadError (exit 1). Nothing on a host changes either way.
+    ReleaseError/DownloadError (exit 1). Nothing on a host changes either way. `run_tests=False`
+    when the release gates ran the project's tests already (`up`). The staged release is sealed.
     """
     if version is not None:
         check_version(version)
@@ -187,12 +192,16 @@ def prepare_release(loaded: LoadedEnvironment, path: Path | str, *, sha256: str 
             raise UsageError(f"--release {local}: a directory must be a cargo project (no Cargo.toml in it)")
         found = version or cargo_version(manifest)
         release_id(found, "0" * 12)  # a version that cannot be part of an id is refused before cargo runs
-        binary = build_project(local, on_output=on_output, env=build_env)
+        binary = build_project(local, on_output=on_output, env=build_env, test=run_tests)
         digest = sha256_file(binary)
-        return stage(loaded, binary, Release(id=release_id(found, digest), version=found, sha256=digest,
-                                             binary=binary, source=source))
+        staged = stage(loaded, binary, Release(id=release_id(found, digest), version=found, sha256=digest,
+                                               binary=binary, source=source))
+        _seal(loaded, staged, project=local)
+        return staged
     if bundle.is_bundle_name(local.name):
-        return stage_bundle(loaded, local, source=source, version=version)
+        staged = stage_bundle(loaded, local, source=source, version=version)
+        _seal(loaded, staged, project=None)
+        return staged
     if not os.access(local, os.X_OK):
         if local != source:  # downloaded: the mode is ours to set
             local.chmod(0o755)
@@ -201,8 +210,10 @@ def prepare_release(loaded: LoadedEnvironment, path: Path | str, *, sha256: str 
                              "a .tar.gz bundle)")
     digest = sha256_file(local)
     found = version_for_binary(local, asked=version)
-    return stage(loaded, local, Release(id=release_id(found, digest), version=found, sha256=digest,
-                                        binary=local, source=source))
+    staged = stage(loaded, local, Release(id=release_id(found, digest), version=found, sha256=digest,
+                                          binary=local, source=source))
+    _seal(loaded, staged, project=None)
+    return staged
 
 
 def _write_record(directory: Path, release: Release) -> None:
@@ -274,6 +285,19 @@ def staged_release(loaded: LoadedEnvironment, rid: str) -> Release | None:
     if release.id != rid or not binary.is_file() or (archive is not None and not archive.is_file()):
         return None
     return release
+
+
+def _seal(loaded: LoadedEnvironment, release: Release, *, project: Path | None) -> None:
+    """Sign the staged release's manifest, with the SBOM of the cargo project it was built from."""
+    from orchestrator.release.sbom import sbom_for_project
+    from orchestrator.release.signing import Staged, seal
+
+    def sbom() -> str:
+        assert project is not None
+        return sbom_for_project(project, release_id=release.id, binary_sha256=release.sha256, env=loaded.name)
+
+    seal(loaded, Staged(id=release.id, version=release.version, directory=release.binary.parent,
+                        source=release.source), sbom=sbom if project is not None else None)
 
 
 def peek_release_id(path: Path | str, *, sha256: str | None = None, version: str | None = None) -> str:

@@ -38,6 +38,7 @@ from orchestrator.release.results import (
     previous_to_restore,
     to_restore,
 )
+from orchestrator.release.signing import Staged, sealed_for_shipping, signing_vars
 from orchestrator.release.transitions import HostTransitions, _checked
 from orchestrator.tools.ansible import PlaybookInterrupted, PlaybookResult, new_run_id, unsafe
 
@@ -78,14 +79,18 @@ def limited_hosts(hosts: list[Host], limit: str | None) -> list[Host]:
     return [h for h in hosts if h.name in names]
 
 
-def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None) -> dict[str, Any]:
+def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None, *, signers: bool = True) -> dict[str, Any]:
     """Inputs of roles/rust_service from the environment (never a secret).
 
     The same for every action (deploy, rollback, restore, status): a rollback checks and runs the
     executable `rust_service_binary` of the release it returns to, with the same command line.
+    With `signers` (every switch: deploy, rollback, the restore after a failed deploy, heal), the
+    public keys the hosts verify a release's signed manifest with (orchestrator.release.signing);
+    without them a rollback would switch to a release directory without checking it.
     """
     service = loaded.env.service
     return {
+        **(signing_vars(loaded) if signers else {}),
         "rust_service_name": service.name,
         "rust_service_binary": service.effective_binary,
         # data, not templates: each argument reaches the service as written
@@ -167,6 +172,9 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     release = request.prepared or prepare_release(loaded, request.release_path, sha256=request.sha256,
                                                   version=request.version, on_output=on_output,
                                                   build_env=dict(request.build_env) if request.build_env else None)
+    # the signed manifest, checked against the staged files before any host is touched
+    sealed = sealed_for_shipping(loaded, Staged(id=release.id, version=release.version,
+                                                directory=release.binary.parent, source=release.source))
     if transitions is not None:
         transitions.release = release.id
     if before_ship is not None:
@@ -175,7 +183,7 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
         transitions.require([h.name for h in hosts], "deploy")
     run_id = new_run_id()
     evidence_dir = loaded.paths.evidence(run_id)
-    extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **rollout}
+    extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **sealed.role_vars(), **rollout}
     secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
     result = _interruptible(lambda: _run(
         loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id, secret_vars=secret_vars,

@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator import paths
 from orchestrator.config.loader import Project
+from orchestrator.files import atomic_write
 from orchestrator.fleet.render import render_environment
 from orchestrator.monitoring.checks import check_heal_policy as policy_problems
 from orchestrator.monitoring.checks import verify_monitoring
@@ -135,10 +136,15 @@ def _content_key(ctx: VerifyContext, purpose: str, paths: Sequence[Path]) -> str
     return digest.hexdigest()
 
 
+#: clean results remembered per check (the newest ones; several projects share the cache)
+CACHE_KEEP = 32
+
+
 def _cache_dir(ctx: VerifyContext) -> Path:
-    # Ansible results do not depend on the environment: clean results are remembered per
-    # content for every environment of the project (generated state, git-ignored).
-    return paths.verify_cache(ctx.project_dir)
+    # Ansible results depend on the files checked (relative paths and content, part of the key) and
+    # the tools, not on the environment or where the project lives: clean results are remembered
+    # for every checkout and copy of the project (a release gate lints the roles on every `up`).
+    return paths.verify_cache()
 
 
 def _remembered(ctx: VerifyContext, name: str, key: str) -> str:
@@ -149,9 +155,16 @@ def _remembered(ctx: VerifyContext, name: str, key: str) -> str:
 def _remember(ctx: VerifyContext, name: str, key: str, message: str) -> None:
     directory = _cache_dir(ctx)
     directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob(f"{name}-*.ok"):
+    atomic_write(directory / f"{name}-{key[:32]}.ok", message + "\n")
+    def age(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # another process pruned it meanwhile
+            return 0.0
+
+    stamps = sorted(directory.glob(f"{name}-*.ok"), key=age, reverse=True)
+    for old in stamps[CACHE_KEEP:]:
         old.unlink(missing_ok=True)
-    (directory / f"{name}-{key[:32]}.ok").write_text(message + "\n")
 
 
 @check("ansible-lint", "ansible-lint --profile production on playbooks and roles", needs_env=False)

@@ -10,12 +10,12 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.local.network import ensure_network
 
 # the check modules register their checks on import
-from orchestrator.verify import checks, graph, preflight
+from orchestrator.verify import checkov, checks, graph, preflight
 from orchestrator.verify.core import CHECKS, Check, CheckResult, VerifyContext, VerifyReport, _run_one
 
-#: the modules' checks run in this order (static checks, the resource graph, the deploy model),
-#: each module's in the order it registers them, whichever module was imported first
-MODULE_ORDER = (checks.__name__, graph.__name__, preflight.__name__)
+#: the modules' checks run in this order (static checks, checkov, the resource graph, the deploy
+#: model), each module's in the order it registers them, whichever module was imported first
+MODULE_ORDER = (checks.__name__, checkov.__name__, graph.__name__, preflight.__name__)
 
 
 def ordered_checks() -> list[Check]:

@@ -188,6 +188,12 @@ def assert_reaches_ansible_as_data(variables: dict[str, Any]) -> None:
 def _check_destinations(project: Path, loaded: Any, field: StringField, value: str) -> None:
     """Where an accepted value goes, it arrives as written."""
     env = loaded.env
+    if field.path == ("release", "signing_key") and value.strip():
+        # a path, read when a release is signed: a value that is no usable key is refused there, with its line
+        with pytest.raises(ConfigError, match=r"environment\.yml:\d+: release\.signing_key: "):
+            role_vars(loaded, None)
+        assert_reaches_ansible_as_data(role_vars(loaded, None, signers=False))
+        return
     assert_reaches_ansible_as_data(role_vars(loaded, None))
     if field.path[:2] == ("service", "config") and not field.key:
         envfile = load_module_utils()["rust_service_envfile"]

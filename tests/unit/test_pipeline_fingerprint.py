@@ -76,3 +76,20 @@ def test_another_release_turns_the_noop_off(project_copy: Path) -> None:
     loaded = rendered(project_copy)
     assert fingerprint(loaded, RELEASE) != fingerprint(loaded, "0.2.0-aaaaaaaaaaaa")
     assert fingerprint(loaded, RELEASE) != fingerprint(loaded, None)
+
+
+def test_a_change_to_the_cargo_projects_source_counts(project_copy: Path, tmp_path: Path) -> None:
+    # the release gates judge the source: a new lint or test changes the run even when the binary does not
+    loaded = rendered(project_copy)
+    crate = tmp_path / "svc"
+    (crate / "src").mkdir(parents=True)
+    (crate / "Cargo.toml").write_text('[package]\nname = "svc"\nversion = "0.1.0"\n')
+    (crate / "src" / "main.rs").write_text("fn main() {}\n")
+    before = fingerprint(loaded, RELEASE, source=crate)
+    (crate / "target" / "release").mkdir(parents=True)
+    (crate / "target" / "release" / "svc").write_text("built")
+    assert fingerprint(loaded, RELEASE, source=crate) == before  # build output is not source
+    (crate / "src" / "main.rs").write_text("fn main() {}\n#[test]\nfn t() {}\n")
+    assert fingerprint(loaded, RELEASE, source=crate) != before
+    binary = crate / "target" / "release" / "svc"
+    assert fingerprint(loaded, RELEASE, source=binary) == fingerprint(loaded, RELEASE)

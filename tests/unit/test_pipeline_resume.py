@@ -103,3 +103,20 @@ def test_resume_after_the_last_step_only_completes(loaded: LoadedEnvironment, mo
     assert (result.resumed_at, result.release) == (END, RELEASE)
     assert calls == []  # no step ran again, not even the no-op check
     assert run_state(loaded, run_id) == "completed"
+
+
+def test_a_run_recorded_before_the_gates_step_is_not_resumed(loaded: LoadedEnvironment) -> None:
+    from orchestrator.runs.journal import NotResumable, ResumeRefusal
+
+    old_steps = tuple(s for s in STEPS if s != "gates")
+    assert len(old_steps) == len(STEPS) - 1  # this version has a gates step after render
+    with Journal.open(loaded.state_dir, env=loaded.name) as journal:
+        run = journal.start_run("up", ["up", "dev", "--release", "/srv/hello"], steps=old_steps)
+        with run.step("build") as handle:
+            handle.detail.update(release=RELEASE, binary="/srv/staged/hello")
+        run.interrupt("killed")
+    with pytest.raises(NotResumable, match=r"this version runs \[.*'gates'") as refused:
+        resume(loaded, run.id)
+    assert refused.value.reason == ResumeRefusal.STEPS_CHANGED
+    assert refused.value.exit_status == 2
+    assert run_state(loaded, run.id) == "interrupted"  # left as it was: a new run starts over

@@ -21,6 +21,7 @@ from orchestrator.fleet.local.terraform import fleet_for
 from orchestrator.release.artifact import prepare_release, release_id
 from orchestrator.release.hosts import DeployRequest, deploy, release_vars, role_vars, strategy_vars
 from orchestrator.release.results import ReleaseRunError
+from orchestrator.release.signing import Staged, sealed_for_shipping
 from orchestrator.tools.ansible import PlaybookRun, run_playbook
 from orchestrator.tools.cargo import find_cargo
 from orchestrator.tools.process import run_command
@@ -118,8 +119,11 @@ def deploy_playbook(fleet: FleetEnv, binary: Path, **overrides: Any) -> Any:
     loaded = fleet.loaded
     release = prepare_release(loaded, binary)
     names = [h.name for h in fleet.group("app")]
-    extra = {**role_vars(loaded, None), **release_vars(release), **strategy_vars(loaded, "rolling", names),
-             **overrides}
+    # the signed manifest as `orchestrate deploy` ships it (the role requires it with signing keys)
+    sealed = sealed_for_shipping(loaded, Staged(id=release.id, version=release.version,
+                                                directory=release.binary.parent, source=release.source))
+    extra = {**role_vars(loaded, None), **release_vars(release), **sealed.role_vars(),
+             **strategy_vars(loaded, "rolling", names), **overrides}
     return run_playbook(PlaybookRun(
         playbook=fleet.project_dir / "playbooks" / "deploy.yml", inventory=fleet.inventory,
         project_dir=fleet.project_dir, runs_dir=fleet.state_dir / "runs", extra_vars=extra,
@@ -256,7 +260,9 @@ def test_a_binary_whose_sha256_differs_is_refused_on_the_host(fleet: FleetEnv, h
     run = caught.value.run
     failed = [h for h in run.hosts if h.failed]
     assert [h.name for h in failed] == [first.name]
-    assert "does not match the release's" in failed[0].message and not failed[0].switched
+    # the signed manifest names the file whose digest differs (the host checks it before the binary's sha256)
+    assert f"release {v1} refused: hello: sha256 " in failed[0].message and not failed[0].switched
+    assert "differs from the manifest's" in failed[0].message
     assert run.restored_hosts == {} and run.restore is None
     # the corrupt copy is on the first host, was never switched in; the second host was not touched
     good = sha256_file(hello_builds.v1.binary)

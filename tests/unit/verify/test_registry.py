@@ -8,7 +8,7 @@ from orchestrator.verify.runner import check_names
 
 def test_every_check_is_registered_once_in_order() -> None:
     assert check_names() == ["environment", "terraform-fmt", "terraform-validate", "ansible-syntax",
-                             "ansible-lint", "monitoring", "heal-policy", "resource-graph", "deploy-model"]
+                             "ansible-lint", "monitoring", "heal-policy", "checkov", "resource-graph", "deploy-model"]
 
 
 def test_preflight_finds_its_checks_without_the_runner() -> None:
