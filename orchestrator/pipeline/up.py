@@ -34,8 +34,8 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.render import render_environment
 from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
-from orchestrator.release.artifact import Release, peek_release_id, staged_release
 from orchestrator.pipeline.gates import GateRequest, GateResult, check_skips, gates_step
+from orchestrator.release.artifact import Release, peek_release_id, staged_release
 from orchestrator.runs.journal import Journal, StepHandle
 from orchestrator.runs.records import RunRecord
 from orchestrator.runs.session import locked_run
