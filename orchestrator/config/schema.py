@@ -46,6 +46,17 @@ _BRIDGE_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
 _BRIDGE_NAME_MAX = 15  # IFNAMSIZ - 1
 
 
+#: a login name useradd accepts (Debian's NAME_REGEX, without the trailing `$` of machine accounts)
+_LOGIN_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _login_user(value: str) -> str:
+    if not _LOGIN_USER_RE.match(value):
+        raise ValueError(f"{value!r} is not a login name: lowercase letters, digits, '_' and '-', "
+                         "starting with a letter or '_', at most 32")
+    return value
+
+
 def default_bridge_name(host_prefix: str) -> str:
     """The bridge of a local fleet whose env file names none: `orch-PREFIX`, or a hashed short form.
 
@@ -129,6 +140,11 @@ class LocalFleetVars(_Model):
         "chosen when the fleet is first rendered or provisioned and kept in .orchestrate/ENV/network.json "
         "(orchestrator.fleet.local.network.resolve_network), which loading reads",
     )
+    ssh_user: str = Field(
+        default="root",
+        description="login user of the hosts; any but root gets passwordless sudo and root's SSH login "
+        "is refused, as on cloud images (Ansible then runs with become)",
+    )
 
     @field_validator("host_prefix")
     @classmethod
@@ -136,6 +152,8 @@ class LocalFleetVars(_Model):
         if not _HOST_PREFIX_RE.match(value):
             raise ValueError(f"{value!r}: expected lowercase letters, digits and '-', starting with a letter, max 20")
         return value
+
+    _ssh_user = field_validator("ssh_user")(_login_user)
 
     @field_validator("bridge")
     @classmethod

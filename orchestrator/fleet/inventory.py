@@ -53,9 +53,11 @@ class ConnectionSettings:
     def ssh_common_args(self) -> str:
         args = ["-o IdentitiesOnly=yes"]
         if self.known_hosts is not None:
-            # Hosts the project created itself: their keys are recorded on first contact
-            # in a per-environment known_hosts file, which destroy cleans up.
-            args += [f"-o UserKnownHostsFile={self.known_hosts}", "-o StrictHostKeyChecking=accept-new"]
+            # Every host key is made by the controller and recorded in the environment's
+            # known_hosts before the host first boots (local hosts: fleet.local; cloud hosts:
+            # their cloud-init user data, fleet.cloudinit): a key that differs, or a host
+            # missing from the file, is refused. Never trust on first use.
+            args += [f"-o UserKnownHostsFile={self.known_hosts}", "-o StrictHostKeyChecking=yes"]
         return " ".join(args)
 
 

@@ -58,9 +58,15 @@ def control_dir(uid: int | None = None) -> Path:
 
 
 def ssh_argv(inventory: Mapping[str, Any], address: str, remote: list[str], *, uid: int | None = None) -> list[str]:
-    """ssh argv for `remote` on `address` with the inventory's user, key and known_hosts (pure)."""
+    """ssh argv for `remote` on `address` with the inventory's user, key and known_hosts (pure).
+
+    The helper drives HAProxy's admin socket, which only root may use: a login user other than
+    root runs it through `sudo -n` (passwordless, as Ansible's become; never a password prompt).
+    """
     all_vars = (inventory.get("all") or {}).get("vars") or {}
     user = str(all_vars.get("ansible_user") or "root")
+    if user != "root":
+        remote = ["sudo", "-n", *remote]
     argv = ["ssh"]
     key = all_vars.get("ansible_ssh_private_key_file")
     if key:
