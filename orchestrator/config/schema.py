@@ -193,6 +193,9 @@ class AwsFleetVars(_Model):
     lb_ingress_cidrs: list[str] = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)
     service_port: int = Field(default=8080, ge=1, le=65535)
     tags: dict[str, str] = Field(default_factory=dict)
+    ssh_user: str = Field(default="admin", description="login user of the AMI, with sudo ('admin' on Debian)")
+
+    _ssh_user = field_validator("ssh_user")(_login_user)
 
     @field_validator("vpc_cidr", "admin_cidr")
     @classmethod

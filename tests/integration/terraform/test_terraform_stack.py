@@ -7,10 +7,12 @@ in file order and only the last one (the concurrent destroy) tears it down.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import yaml
 
 from orchestrator.config.loader import Project
 from orchestrator.errors import OrchestratorError, StateLockError
+from orchestrator.fleet.cloudinit import parse_user_data
 from orchestrator.fleet.provision import terraform_for
 from orchestrator.tools.terraform import StalePlanError
 
@@ -164,6 +167,63 @@ def test_security_groups_open_only_what_the_fleet_needs(applied: Stack, aws: Any
     # nothing is open to the whole VPC or the internet, except the load balancer's HTTP port
     everywhere = [(g, r) for g, found in rules.items() for r in found if r[3] in {"0.0.0.0/0", "10.40.0.0/16"}]
     assert everywhere == [("lb", ("tcp", 80, 80, "0.0.0.0/0"))]
+
+
+def egress_rules(aws: Any) -> dict[str, set[tuple[str, int, int, str]]]:
+    """{group name: {(protocol, from, to, destination CIDR)}} of the prod fleet's egress rules."""
+    groups = aws("ec2").describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["orchestrate-prod-*"]}])["SecurityGroups"]
+    return {g["GroupName"].removeprefix("orchestrate-prod-"): {
+        (p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1), r["CidrIp"])
+        for p in g["IpPermissionsEgress"] for r in p.get("IpRanges", [])} for g in groups}
+
+
+def test_egress_is_the_vpc_and_web_ports_never_the_default_rule(applied: Stack, aws: Any) -> None:
+    # AWS's default egress rule (everything to 0.0.0.0/0) is revoked by the provider when it
+    # creates a group; a rule of ours equal to it was refused as InvalidPermission.Duplicate
+    # whenever that revocation had not taken effect yet
+    expected = {("-1", -1, -1, "10.40.0.0/16"), ("tcp", 443, 443, "0.0.0.0/0"), ("tcp", 80, 80, "0.0.0.0/0")}
+    assert egress_rules(aws) == {"app": expected, "monitoring": expected, "lb": expected}
+
+
+def test_known_hosts_holds_every_instances_key_from_its_user_data(applied: Stack, aws: Any) -> None:
+    state_dir = applied.project / ".orchestrate" / "prod"
+    inventory = yaml.safe_load((state_dir / "inventory.yml").read_text())
+    ssh_args = inventory["all"]["vars"]["ansible_ssh_common_args"]
+    assert "accept-new" not in (state_dir / "inventory.yml").read_text()
+    assert f"UserKnownHostsFile={state_dir / 'known_hosts'}" in ssh_args and "StrictHostKeyChecking=yes" in ssh_args
+    lines = (state_dir / "known_hosts").read_text().splitlines()
+    known = {line.split()[0]: " ".join(line.split()[1:3]) for line in lines}
+    ec2 = aws("ec2")
+    instances = {tag(i, "Name"): i for i in fleet_instances(aws)}
+    assert sorted(known) == sorted(i["PublicIpAddress"] for i in instances.values())
+    for name, instance in instances.items():
+        generated = (state_dir / "host-keys" / f"{name}.pub").read_text().split()
+        assert known[instance["PublicIpAddress"]] == " ".join(generated[:2]), name
+        # what cloud-init gets: the controller's key pair, the login user with sudo and our key
+        encoded = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
+        document = parse_user_data(base64.b64decode(encoded["UserData"]["Value"]).decode())
+        assert document["ssh_keys"]["ed25519_public"].split()[:2] == generated[:2]
+        assert document["ssh_keys"]["ed25519_private"] == (state_dir / "host-keys" / name).read_text()
+        assert document["ssh_deletekeys"] is True and document["ssh_genkeytypes"] == []
+        admin = document["users"][1]
+        assert document["users"][0] == "default" and admin["name"] == "admin"
+        assert admin["sudo"] == "ALL=(ALL) NOPASSWD:ALL" and document["disable_root"] is True
+    assert stat.S_IMODE((state_dir / "host-keys").stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (state_dir / "host-keys").iterdir()
+            if not p.name.endswith(".pub") and not p.name.startswith(".")} == {0o600}
+
+
+def test_no_private_host_key_reaches_the_state(applied: Stack, aws: Any) -> None:
+    # the provider keeps a hash of user_data in the state, never the text; the variables file that
+    # does hold the keys is this user's only
+    state = aws("s3").get_object(Bucket=BUCKET, Key=STATE_KEY)["Body"].read()
+    assert b"aws_instance" in state and b"terraform_data" in state
+    assert b"PRIVATE KEY" not in state and b"ed25519_private" not in state
+    terraform_dir = applied.project / ".orchestrate" / "prod" / "terraform"
+    assert stat.S_IMODE(terraform_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((terraform_dir / "terraform.tfvars.json").stat().st_mode) == 0o600
+    assert not list(terraform_dir.glob("*.tfstate"))  # never a local state file for aws
 
 
 def test_second_plan_finds_nothing_to_change(applied: Stack, run_orchestrate: Any) -> None:
