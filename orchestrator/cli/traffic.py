@@ -13,7 +13,6 @@ from orchestrator.cli._common import AppContext, env_argument, lock_wait_option,
 from orchestrator.errors import ExitStatus
 from orchestrator.runs.session import locked_run
 from orchestrator.traffic.lb import LoadBalancer, configure_lb
-from orchestrator.traffic.state import read_state
 
 
 @click.command("traffic")
@@ -34,8 +33,9 @@ def command(app: AppContext, env_name: str, configure: bool, lock_wait: float) -
                 session.run.step("configure") as step:
             result = configure_lb(loaded)
             step.detail.update(changed=result.changed)
-    servers = LoadBalancer(loaded).stats()
-    state = read_state(loaded)
+    lb = LoadBalancer(loaded)
+    servers = lb.stats()
+    state = lb.traffic_state(servers)  # HAProxy's split, with the cache's history
     data = {"env": env_name, **state.as_dict(), "servers": servers}
 
     def human() -> None:

@@ -1,9 +1,10 @@
 """Adapter over HAProxy's runtime on a load-balancer host.
 
 The haproxy role installs a helper, `/usr/local/sbin/orchestrate-haproxy`, that drives the
-admin socket (`show stat`, `get weight`, `set weight`: no reload, no request lost) and keeps the
-weights in the configuration file. The controller runs it over SSH, with the user, key and
-known_hosts of the environment's inventory, and reads the JSON it prints:
+admin socket (`show stat`, `get weight`, `set weight`: no reload, no request lost) and saves
+HAProxy's server-state file, which keeps the weights across reloads. The controller runs it over
+SSH, with the user, key and known_hosts of the environment's inventory, and reads the JSON it
+prints:
 
     {"servers": {"NAME": {"weight": 100, "status": "UP", "hrsp_2xx": 42, ...}, ...}}
 
@@ -37,6 +38,14 @@ Servers = dict[str, dict[str, Any]]
 
 class HAProxyError(OrchestratorError):
     """The helper on the LB host failed, or answered something other than its JSON."""
+
+
+class HelperMissing(HAProxyError):
+    """The LB host has no helper: its HAProxy was never configured by the haproxy role."""
+
+
+#: what the remote shell (or sudo) exits with when the helper is not installed
+NOT_FOUND = 127
 
 
 def helper_argv(action: str, backend: str, weights: Mapping[str, int] | None = None) -> list[str]:
@@ -108,6 +117,10 @@ class HAProxyRuntime:
         """Run `remote` (a helper argv) on the host; its servers, or HAProxyError naming the host."""
         control_dir().mkdir(mode=0o700, exist_ok=True)
         result = run_command(ssh_argv(self.inventory, self.address, remote), timeout=self.timeout, check=False)
+        # the shell says 127; sudo says 1 and "command not found"
+        if result.returncode == NOT_FOUND or (result.returncode == 1 and "command not found" in result.stderr):
+            raise HelperMissing(f"{self.name}: {remote[0]} is not installed (the load balancer was never "
+                                "configured: `orchestrate traffic ENV --configure`)")
         if result.returncode != 0:
             raise HAProxyError(f"{self.name}: {shlex.join(remote)} failed ({result.returncode}): "
                                f"{(result.stderr or result.stdout).strip()[-500:]}")
