@@ -8,10 +8,10 @@ import click
 from rich.table import Column, Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.cli.runs import short_time, state_dir_of
+from orchestrator.cli.runs import coordination_of, short_time
 from orchestrator.config.schema import parse_duration
 from orchestrator.errors import UsageError
-from orchestrator.runs.audit import AUDIT_FILE, AuditEntry, AuditLog
+from orchestrator.runs.audit import AuditEntry
 from orchestrator.runs.identity import parse_time, utcnow
 
 
@@ -35,15 +35,18 @@ def parse_since(text: str) -> datetime:
 @verb
 def command(app: AppContext, env_name: str, limit: int, since_text: str | None, verify: bool) -> None:
     """Show who did what to ENV, when, and how it ended: runs, lock takeovers, heal decisions."""
-    state_dir = state_dir_of(app, env_name)
+    coordination = coordination_of(app, env_name)
     since = parse_since(since_text) if since_text else None
-    if not (state_dir / AUDIT_FILE).exists():
+    if not coordination.has_audit():
         entries: list[AuditEntry] = []
         verified: int | None = 0 if verify else None
     else:
-        with AuditLog(state_dir, env=env_name) as log:
+        log = coordination.audit()
+        try:
             verified = log.verify() if verify else None
             entries = log.entries(limit, since=since)
+        finally:
+            log.close()
     data: dict[str, object] = {"env": env_name, "entries": [e.as_dict() for e in entries]}
     if verified is not None:
         data["verified"] = verified

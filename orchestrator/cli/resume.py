@@ -12,8 +12,28 @@ import click
 
 from orchestrator import paths
 from orchestrator.cli._common import AppContext, verb
-from orchestrator.errors import ExitStatus, UsageError
-from orchestrator.runs.journal import Journal, locate_run
+from orchestrator.cli.runs import coordination_of
+from orchestrator.errors import ConfigError, ExitStatus, UsageError
+from orchestrator.runs.backend import Coordination, LocalCoordination, S3Coordination
+from orchestrator.runs.journal import locate_run
+
+
+def _locate(app: AppContext, run_id: str) -> Coordination:
+    """The coordination whose journal holds `run_id`: a local journal under .orchestrate/, or the
+    shared journal of an environment whose state is in S3 (a run started on another controller)."""
+    state_root = paths.state_root(app.project_dir)
+    state_dir = locate_run(state_root, run_id)
+    if state_dir is not None:
+        return LocalCoordination(state_dir, state_dir.name)
+    for env_name in app.project.environment_names():
+        try:
+            coordination = coordination_of(app, env_name)
+        except ConfigError:
+            continue
+        if isinstance(coordination, S3Coordination) and coordination.has_run(run_id):
+            return coordination
+    raise UsageError(f"no run {run_id} in the journal of any environment of {app.project_dir}",
+                     hint="`orchestrate runs ENV` lists the runs of an environment")
 
 
 @click.command("resume")
@@ -23,12 +43,8 @@ from orchestrator.runs.journal import Journal, locate_run
 @verb
 def command(app: AppContext, run_id: str, lock_wait: float | None) -> int:
     """Continue run RUN_ID (see `orchestrate runs ENV`) from its first step not completed."""
-    state_root = paths.state_root(app.project_dir)
-    state_dir = locate_run(state_root, run_id)
-    if state_dir is None:
-        raise UsageError(f"no run {run_id} in the journal of any environment under {state_root}",
-                         hint="`orchestrate runs ENV` lists the runs of an environment")
-    with Journal.open(state_dir) as journal:
+    coordination = _locate(app, run_id)
+    with coordination.journal(run_ids=[run_id]) as journal:
         point = journal.resume_point(run_id)  # NotResumable says why (exit 2, or 75 if one is active)
     record = point.run
     ctx = click.get_current_context()

@@ -26,9 +26,8 @@ from orchestrator.config.loader import LoadedEnvironment, missing_subnet
 from orchestrator.config.schema import AwsFleetVars, TerraformAws, TerraformLocal
 from orchestrator.errors import ConfigError
 from orchestrator.fleet.local.network import ensure_network
+from orchestrator.tools.s3 import AWS_ENDPOINT_ENV as AWS_ENDPOINT_ENV  # re-exported
 from orchestrator.tools.terraform import LOCK_FILE
-
-AWS_ENDPOINT_ENV = "ORCHESTRATE_AWS_ENDPOINT"
 
 #: AWS services the aws_fleet module and the S3 backend talk to; all get the endpoint override
 AWS_SERVICES = ("ec2", "iam", "s3", "sts")

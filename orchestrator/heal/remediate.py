@@ -29,7 +29,7 @@ from orchestrator.monitoring.files import ensure_heal_token, read_heal_token
 from orchestrator.release.hosts import role_vars
 from orchestrator.release.service import ReleaseService
 from orchestrator.release.traffic import switch_back_pending
-from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.journal import StepHandle
 from orchestrator.runs.session import LockedRun
 from orchestrator.tools.ansible import new_run_id
@@ -153,7 +153,7 @@ def build_server(
     if remediator is None:
         remediator = PlaybookRemediator(loaded, service=service)
     if audit is None:
-        audit = AuditLog(loaded.state_dir, env=env.name)
+        audit = coordination_for(loaded).audit()
     return HealServer(
         policy=HealPolicy(PolicySettings.from_env(env)),
         remediator=remediator,

@@ -31,6 +31,7 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.render import render_environment
 from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
 from orchestrator.release.artifact import Release, peek_release_id
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.journal import Journal, StepHandle
 from orchestrator.runs.records import RunRecord
 from orchestrator.runs.session import locked_run
@@ -301,7 +302,7 @@ def up(
     confirm = request.confirm if must_confirm else None
     stages = _Stages(loaded=loaded, request=_with_confirm(request, confirm), info=say, on_terraform=on_terraform,
                      on_host_event=on_host_event)
-    with locked_run(loaded.state_dir, command="up", argv=request.argv, steps=STEPS, resume=request.resume,
+    with locked_run(coordination_for(loaded), command="up", argv=request.argv, steps=STEPS, resume=request.resume,
                     wait=request.lock_wait, on_wait=say, env=loaded.name,
                     release=None) as session:
         run = session.run

@@ -45,6 +45,7 @@ from orchestrator.release.traffic import (
     traffic_release,
 )
 from orchestrator.release.transitions import HostTransitions
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.journal import StepHandle
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
 from orchestrator.runs.session import LockedRun, locked_run
@@ -165,7 +166,7 @@ class ReleaseService:
     def session(self, command: str, argv: Sequence[str], *, steps: Sequence[str],
                 wait: float | None = DEFAULT_LOCK_WAIT) -> Iterator[LockedRun]:
         """The environment lock and a journalled run of `command` (the same path for every entry point)."""
-        with locked_run(self.loaded.state_dir, command=command, argv=list(argv), steps=list(steps), wait=wait,
+        with locked_run(coordination_for(self.loaded), command=command, argv=list(argv), steps=list(steps), wait=wait,
                         on_wait=self.info, env=self.loaded.name) as session:
             yield session
 

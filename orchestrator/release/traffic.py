@@ -49,7 +49,7 @@ from orchestrator.release.hosts import DeployRequest, deploy, role_vars, status
 from orchestrator.release.results import ReleaseRun, previous_to_restore
 from orchestrator.release.strategies import RanStrategy, TrafficStrategy, note_host_deploy
 from orchestrator.release.transitions import HostTransitions
-from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.backend import coordination_for
 from orchestrator.tools.ansible import HostEvent, PlaybookResult
 from orchestrator.traffic.gates import (
     GateDecision,
@@ -132,9 +132,12 @@ DecisionSink = Callable[[GateDecision], None]
 
 def _audit(loaded: LoadedEnvironment, decision: GateDecision, *, strategy: str, release: str | None,
            run_id: str | None) -> None:
-    with AuditLog(loaded.state_dir, env=loaded.name) as audit:
+    audit = coordination_for(loaded).audit()
+    try:
         audit.record(command=f"{strategy} gate", outcome="go" if decision.go else "rollback",
                      run_id=run_id, release=release, details=decision.as_dict())
+    finally:
+        audit.close()
 
 
 def _prepare_idle(loaded: LoadedEnvironment, lb: LoadBalancer, request: TrafficRequest,

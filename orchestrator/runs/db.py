@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -28,17 +28,24 @@ def connect(path: Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
+#: called with the connection after every committed write transaction (still under the
+#: database's thread lock): e.g. to copy what changed to shared storage
+AfterCommit = Callable[[sqlite3.Connection], None]
+
+
 class _Database:
     """One connection, a thread lock, and transactions that commit or roll back."""
 
-    def __init__(self, path: Path, schema: str, *, timeout: float) -> None:
+    def __init__(self, path: Path, schema: str, *, timeout: float, after_commit: AfterCommit | None = None) -> None:
         self.path = path
         self._mutex = threading.RLock()
         self._conn = connect(path, timeout=timeout)
+        self._after_commit: AfterCommit | None = None
         with self.write() as conn:
             # executescript() would COMMIT the open transaction: run the statements one by one
             for statement in _split_sql(schema):
                 conn.execute(statement)
+        self._after_commit = after_commit
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -51,6 +58,8 @@ class _Database:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            if self._after_commit is not None:
+                self._after_commit(self._conn)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
