@@ -20,7 +20,7 @@ from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, app_hosts, hosts_from_inventory, load_inventory
 from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.tools.ansible import HostEvent, PlaybookResult
-from orchestrator.tools.haproxy import HAProxyRuntime, HelperMissing, Servers
+from orchestrator.tools.haproxy import HAProxyError, HAProxyRuntime, HelperMissing, Servers
 from orchestrator.traffic.state import FULL, TrafficError, TrafficState, colors, from_runtime, read_state, write_state
 
 #: how long the LB's health checks may take to see a freshly deployed colour as up
@@ -72,13 +72,33 @@ def configure_lb(loaded: LoadedEnvironment, *, on_event: EventSink | None = None
                  tuned: bool = True) -> PlaybookResult:
     """Run playbooks/lb.yml (the reload keeps the running split); TrafficError when it fails.
 
-    The cache is refreshed from HAProxy afterwards.
+    HAProxy's server-state file carries the weights across the reload. Should a server come back
+    with another weight (an LB whose earlier configuration carried the weights itself, so the
+    saved state does not apply), its running weight of before is set again. The cache is
+    refreshed from HAProxy afterwards.
     """
+    before = _running_weights(loaded)
     result = run_env_playbook(loaded, "lb.yml", lb_vars(loaded), tuned=tuned, on_event=on_event)
     if not result.ok:
         raise TrafficError(f"configuring the load balancer failed: {result.summary_line() or result.status}")
-    LoadBalancer(loaded).traffic_state()
+    lb = LoadBalancer(loaded)
+    servers = lb.stats()
+    lost = {name: weight for name, weight in before.items()
+            if name in servers and int(servers[name].get("weight", -1)) != weight}
+    if lost:
+        servers = lb.set_weights(lost)
+    lb.traffic_state(servers)
     return result
+
+
+def _running_weights(loaded: LoadedEnvironment) -> dict[str, int]:
+    """The weights HAProxy runs with now; {} when it is not configured or not running yet."""
+    if not has_lb_host(loaded):
+        return {}
+    try:
+        return {name: int(entry.get("weight", 0)) for name, entry in LoadBalancer(loaded).stats().items()}
+    except HAProxyError:
+        return {}
 
 
 class LoadBalancer:
