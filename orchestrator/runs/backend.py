@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,6 +99,7 @@ class LocalCoordination:
     @contextlib.contextmanager
     def journal(self, *, transitions: TransitionRule | None = None, writer: bool = False,
                 run_ids: Sequence[str] = (), recent: int | None = None) -> Iterator[Journal]:
+        """The journal database itself (every run; the same object reads and writes)."""
         journal = Journal.open(self.state_dir, env=self.env, transitions=transitions)
         try:
             yield journal
@@ -127,7 +128,6 @@ class S3Coordination:
     env: str
     state_dir: Path
     """Where the private copies of the journal are made (removed after use)."""
-    _audit: Any = field(default=None, init=False, repr=False)
 
     @property
     def lock_key(self) -> str:
