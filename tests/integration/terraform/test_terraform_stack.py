@@ -284,6 +284,7 @@ class Contention:
     """Two operators' runs against one S3 state: see the `contended` fixture."""
 
     first: subprocess.CompletedProcess[str]
+    gated: subprocess.CompletedProcess[str]
     second: subprocess.CompletedProcess[str]
     locked_apply: BaseException
     stale_apply: BaseException
@@ -295,8 +296,9 @@ class Contention:
 def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
               tmp_path_factory: pytest.TempPathFactory) -> Contention:
     """A real change applied by `provision --yes` while another checkout (only the bucket is shared,
-    like a second operator) tries to apply: with `provision`, and with a plan file it saved before
-    the first run started (the race where both planned first).
+    like a second operator) tries to apply: with `provision` (the shared environment lock refuses
+    it), `plan` (the state lock refuses it) and a plan file it saved before the first run started
+    (the race where both planned first).
     """
     other = tmp_path_factory.mktemp("contended") / "other-checkout"
     for part in ("inventories", "terraform"):
@@ -314,8 +316,12 @@ def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
         assert time.monotonic() < deadline, f"the first provision never applied (lock: {operation})"
         time.sleep(0.1)
 
-    # The first run now holds the lock for its apply (provider load + a new instance: >10 s).
-    second = spawn(other, "provision", "prod", "--yes")
+    # The first run now holds the lock for its apply (provider load + a new instance: >10 s). The
+    # other checkout's provision is refused by the environment lock, shared beside the state (it
+    # would wait for it without --lock-wait 0); its plan, which takes no environment lock, by the
+    # state lock.
+    gated = run_orchestrate(other, "provision", "prod", "--yes", "--lock-wait", "0")
+    second = spawn(other, "plan", "prod")
     try:
         other_tf.apply(saved)
     except OrchestratorError as exc:
@@ -332,6 +338,7 @@ def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
         pytest.fail("a plan made before another apply was applied after it")
     return Contention(
         first=subprocess.CompletedProcess(first.args, first.returncode, out, err),
+        gated=gated,
         second=subprocess.CompletedProcess(second.args, second.returncode, second_out, second_err),
         locked_apply=locked_apply,
         stale_apply=stale_apply,
@@ -342,7 +349,13 @@ def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
 
 def test_concurrent_applies_are_refused_by_the_state_lock(contended: Contention) -> None:
     assert contended.first.returncode == 0, contended.first.stderr
-    # the other checkout's provision: refused (its plan step meets the apply's lock), one line, exit 75
+    # the other checkout's provision: refused by the shared environment lock, naming the first run
+    gated = contended.gated
+    assert gated.returncode == 75, gated.stderr
+    (refusal,) = [line for line in gated.stderr.splitlines() if line.startswith("error:")]
+    assert refusal.startswith("error: environment prod is locked by ")
+    assert "(orchestrate provision prod --yes" in refusal
+    # its plan: refused by the apply's state lock, one line, exit 75
     second = contended.second
     assert second.returncode == 75, second.stderr
     assert "Traceback" not in second.stderr
@@ -413,9 +426,11 @@ def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any,
         assert time.monotonic() < deadline, "the destroy never took the state lock"
         time.sleep(0.2)
 
-    second = run_orchestrate(other, "provision", "prod", "--yes")
-    # the same checkout is refused earlier, by the environment lock on this controller
+    second = run_orchestrate(other, "plan", "prod")  # no environment lock: terraform's state lock refuses it
+    # a provision, from this checkout or another, is refused earlier, by the environment lock
+    # shared beside the state
     same = run_orchestrate(applied.project, "provision", "prod", "--yes", "--lock-wait", "0")
+    gated = run_orchestrate(other, "provision", "prod", "--yes", "--lock-wait", "0")
     out, err = destroyer.communicate(timeout=300)
 
     assert second.returncode == 75, second.stderr
@@ -425,11 +440,15 @@ def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any,
         "error: terraform plan for prod refused: the Terraform state lock is held by another run (by ")
     assert ", for " in error_lines[0] and "lock ID " in error_lines[0]
     assert "Traceback" not in second.stderr
-    assert same.returncode == 75, same.stderr
-    assert "Traceback" not in same.stderr
+    for refused in (same, gated):
+        assert refused.returncode == 75, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert "error: environment prod is locked by " in refused.stderr
+        assert "(orchestrate destroy prod" in refused.stderr
 
     assert destroyer.returncode == 0, err
-    # 6 instances (app_count 4 since the concurrent applies), 3 security groups, network, key pair
-    assert json.loads(out)["destroyed"] == 17
+    # 6 instances (app_count 4 since the concurrent applies) and their 6 recorded host keys,
+    # 3 security groups, network, key pair
+    assert json.loads(out)["destroyed"] == 23
     assert fleet_instances(aws) == []
     assert not (applied.project / ".orchestrate" / "prod" / "inventory.yml").exists()
