@@ -115,9 +115,13 @@ class S3EnvironmentLock:
             raise OrchestratorError(f"the lock of environment {self.env} is already held by this object")
         deadline = None if wait is None else time.monotonic() + wait
         shown: str | None = None
+        retries = 3  # a record released (or being replaced) between the read and the write: ask again
         while True:
-            busy = self._try_acquire()
-            if busy is None:
+            acquired, busy = self._try_acquire()
+            if not acquired and busy is None and retries > 0:
+                retries -= 1
+                continue
+            if acquired:
                 if self.takeover is not None and self._audit is not None:
                     try:
                         self._audit.record(command="lock takeover", outcome="taken_over", run_id=self.run_id,
@@ -152,8 +156,8 @@ class S3EnvironmentLock:
         except (ValueError, KeyError, TypeError):
             return _Found(None, stored, DEFAULT_LEASE)
 
-    def _try_acquire(self) -> Holder | None:
-        """One attempt: None when acquired, else the holder (None inside when unreadable)."""
+    def _try_acquire(self) -> tuple[bool, Holder | None]:
+        """One attempt: (True, None) when acquired, else (False, the holder if its record reads)."""
         found = self._read()
         token = secrets.token_hex(8)
         since = isoformat(datetime.now(UTC))
@@ -161,7 +165,7 @@ class S3EnvironmentLock:
         if found is not None:
             reason = self._stale_reason(found)
             if reason is None:
-                return found.holder
+                return False, found.holder
             previous = found.holder or Holder(user="?", host="?", pid=0, command="(unreadable record)", env=self.env,
                                               since=since, lease_expires=since, token="")
             takeover = Takeover(previous=previous, reason=reason, at=since)
@@ -172,13 +176,13 @@ class S3EnvironmentLock:
         except PreconditionFailed:
             mine = self._read()  # a retried request of ours that had succeeded looks the same
             if mine is None or mine.holder is None or mine.holder.token != token:
-                return mine.holder if mine is not None else None
+                return False, mine.holder if mine is not None else None
             etag = mine.stored.etag
         with self._mutex:
             self._etag, self._token, self._since = etag, token, since
             self.takeover = takeover
             self.lost = False
-        return None
+        return True, None
 
     def _stale_reason(self, found: _Found) -> str | None:
         holder = found.holder
