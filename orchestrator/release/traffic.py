@@ -148,11 +148,12 @@ def _prepare_idle(loaded: LoadedEnvironment, lb: LoadBalancer, request: TrafficR
     if not groups["blue"] or not groups["green"]:
         raise UsageError(f"{request.strategy} needs at least 2 app hosts; {loaded.name} has {len(hosts)}")
     # HAProxy says which colour serves, never the cache: the release goes to the other one
-    state = lb.traffic_state()
+    servers = lb.stats()
+    state = lb.traffic_state(servers)
     active: Color = state.active or "blue"
     idle = other(active)
     drained = {n: FULL for n in groups[active]} | {n: 0 for n in groups[idle]}
-    if any(int(lb.stats().get(n, {}).get("weight", -1)) != w for n, w in drained.items()):
+    if any(int(servers.get(n, {}).get("weight", -1)) != w for n, w in drained.items()):
         lb.set_weights(drained)
         # requests already on their way to the idle hosts finish before those restart
         time.sleep(0.5)
