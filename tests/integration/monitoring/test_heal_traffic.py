@@ -17,8 +17,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port, http_get
-from .test_heal_e2e import current_release, example_binary, flaky_binary, heal_server, orchestrate, prometheus_up
+from tests.support.cli import orchestrate as orchestrate_cli
+from tests.support.net import free_port, http_get
+
+from .test_heal_e2e import current_release, example_binary, flaky_binary, heal_server, prometheus_up
+
+
+def orchestrate(fleet: FleetEnv, *args: str) -> tuple[int, dict[str, Any], str]:
+    """`orchestrate --project-dir P ARGS... --json` of the fleet's project copy."""
+    return orchestrate_cli(fleet.project_dir, *args)
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
 
@@ -80,7 +87,7 @@ def test_high_error_rate_after_blue_green_switches_the_traffic_back(fleet_factor
     def traffic() -> None:
         while not stop.is_set():
             try:
-                status = http_get(url, timeout=1)[0]
+                status = http_get(url, network=fleet.network, timeout=1)[0]
             except (OSError, urllib.error.URLError):
                 status = None
             answers[status] = answers.get(status, 0) + 1
