@@ -4,6 +4,7 @@
       ssh/id_ed25519                   the project's SSH key, shared by its environments
       <env>/
         inventory.yml  known_hosts     written by provisioning from Terraform's outputs
+        host-keys/<instance>           SSH host keys made for cloud instances (0600, in their user data)
         network.json                   a local fleet's bridge and subnet, chosen once
         terraform/                     the rendered root, plan files and plan JSON
         journal.db  audit.db           run journal and audit log
@@ -73,6 +74,11 @@ class EnvPaths:
     @property
     def known_hosts(self) -> Path:
         return self.root / "known_hosts"
+
+    @property
+    def host_keys(self) -> Path:
+        """SSH host keys the controller made for cloud instances, one pair per instance name."""
+        return self.root / "host-keys"
 
     @property
     def network(self) -> Path:

@@ -8,10 +8,11 @@ import click
 from rich.table import Column, Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
-from orchestrator.cli.runs import short_time, state_dir_of
+from orchestrator.cli.runs import coordination_of, short_time
 from orchestrator.config.types import parse_duration
 from orchestrator.errors import UsageError
-from orchestrator.runs.audit import AUDIT_FILE, AuditEntry, AuditLog, verify_state_dir
+from orchestrator.runs.audit import AuditEntry, verify_state_dir
+from orchestrator.runs.backend import LocalCoordination
 from orchestrator.runs.identity import parse_time, utcnow
 
 
@@ -35,13 +36,25 @@ def parse_since(text: str) -> datetime:
 @verb
 def command(app: AppContext, env_name: str, limit: int, since_text: str | None, verify: bool) -> None:
     """Show who did what to ENV, when, and how it ended: runs, lock takeovers, heal decisions."""
-    state_dir = state_dir_of(app, env_name)
+    coordination = coordination_of(app, env_name)
     since = parse_since(since_text) if since_text else None
-    verified = verify_state_dir(state_dir, env=env_name) if verify else None
-    entries: list[AuditEntry] = []
-    if (state_dir / AUDIT_FILE).exists():
-        with AuditLog(state_dir, env=env_name) as log:
+    if isinstance(coordination, LocalCoordination) and verify:
+        # the head file beside the log: a log cut short or removed fails, not only a changed entry
+        verified: int | None = verify_state_dir(coordination.state_dir, env=env_name)
+    else:
+        verified = None
+    if not coordination.has_audit():
+        entries: list[AuditEntry] = []
+        if verify and verified is None:
+            verified = 0
+    else:
+        log = coordination.audit()
+        try:
+            if verify and verified is None:
+                verified = log.verify()
             entries = log.entries(limit, since=since)
+        finally:
+            log.close()
     data: dict[str, object] = {"env": env_name, "entries": [e.as_dict() for e in entries]}
     if verified is not None:
         data["verified"] = verified

@@ -7,6 +7,7 @@ import click
 from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
 from orchestrator.cli._release import human_size, progress_sink
 from orchestrator.release.backup import DEFAULT_KEEP, BackupResult, create_backup
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.session import locked_run
 
 
@@ -27,7 +28,7 @@ def command(app: AppContext, env_name: str, keep: int, lock_wait: float) -> None
     app.info(f"backing up the app hosts of {env_name} ...")
     # The environment lock keeps a deploy or restore from changing the hosts mid-backup; the
     # journal lists the run in `orchestrate runs`.
-    with locked_run(loaded.state_dir, command="backup", argv=["backup", env_name], steps=["backup"],
+    with locked_run(coordination_for(loaded), command="backup", argv=["backup", env_name], steps=["backup"],
                     wait=lock_wait, on_wait=app.info, env=env_name) as session, \
             session.run.step("backup") as step:
         result = create_backup(loaded, keep=keep, on_event=None if app.json_output else progress_sink(app))

@@ -8,6 +8,7 @@ from orchestrator.cli._common import AppContext, env_argument, lock_wait_option,
 from orchestrator.cli._terraform import ProgressPrinter
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet.provision import destroy, needs_confirmation
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.session import locked_run
 
 
@@ -29,7 +30,7 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
                  lambda: app.stdout_print(f"{env_name}: not confirmed; nothing destroyed"))
         return ExitStatus.FAILED
     app.info(f"destroying {env_name} ({loaded.env.target})…")
-    with locked_run(loaded.state_dir, command="destroy", argv=["destroy", env_name], steps=["destroy"],
+    with locked_run(coordination_for(loaded), command="destroy", argv=["destroy", env_name], steps=["destroy"],
                     wait=lock_wait, on_wait=app.info, env=env_name) as session, \
             session.run.step("destroy") as step:
         outcome = destroy(loaded, on_progress=ProgressPrinter(app))

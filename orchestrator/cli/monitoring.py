@@ -50,12 +50,15 @@ def render(app: AppContext, env_name: str) -> None:
 def deploy(app: AppContext, env_name: str, lock_wait: float) -> None:
     """Render the monitoring files and apply them: node exporter on every host, Prometheus and
     Alertmanager on the monitoring host (validated there before reload)."""
-    from orchestrator.runs.lock import EnvironmentLock
+    from orchestrator.runs.backend import coordination_for
 
     loaded = app.load(env_name)
-    with EnvironmentLock(loaded.state_dir, command=f"orchestrate monitoring deploy {env_name}", env=env_name,
-                         wait=lock_wait, on_wait=app.info):
+    lock = coordination_for(loaded).lock(command=f"orchestrate monitoring deploy {env_name}", on_wait=app.info)
+    lock.acquire(lock_wait)
+    try:
         result = deploy_monitoring(loaded)
+    finally:
+        lock.release()
     app.emit(result.as_dict(), lambda: app.stdout_print(
         f"{env_name}: monitoring deployed ({result.run.summary_line() or result.run.status}, "
         f"{len(result.files.app_targets)} app targets, alerts to {result.files.webhook_url})"))

@@ -8,6 +8,7 @@ from orchestrator.cli._common import AppContext, env_argument, lock_wait_option,
 from orchestrator.cli._terraform import ProgressPrinter, ensure_local_image, summary_table
 from orchestrator.errors import ExitStatus
 from orchestrator.fleet.provision import PlanOutcome, ProvisionOutcome, needs_confirmation, provision
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.session import locked_run
 
 
@@ -15,8 +16,10 @@ from orchestrator.runs.session import locked_run
 @env_argument
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking, also on a protected environment.")
 @lock_wait_option
+@click.option("--resume", "resume", metavar="RUN_ID", default=None, hidden=True,
+              help="Continue run RUN_ID (used by `orchestrate resume`, also from another controller).")
 @verb
-def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> ExitStatus:
+def command(app: AppContext, env_name: str, yes: bool, lock_wait: float, resume: str | None) -> ExitStatus:
     """Plan ENV, then apply exactly that plan file; write .orchestrate/ENV/inventory.yml.
 
     A protected environment asks for confirmation after showing the plan; without a
@@ -33,9 +36,12 @@ def command(app: AppContext, env_name: str, yes: bool, lock_wait: float) -> Exit
 
     app.info(f"provisioning {env_name} ({loaded.env.target})…")
     ensure_local_image(app, loaded)
-    # The environment lock keeps a deploy or another provision on this controller out; the S3
-    # state lock (use_lockfile) does the same for runs elsewhere. The journal lists the run.
-    with locked_run(loaded.state_dir, command="provision", argv=["provision", env_name], steps=["provision"],
+    # The environment lock keeps a deploy or another provision out (on every controller when the
+    # environment's state is in S3); the S3 state lock (use_lockfile) is a second line for
+    # terraform runs outside orchestrate. The journal lists the run; `orchestrate resume` repeats
+    # its step (provisioning is idempotent), with --yes when the run had it.
+    argv = ["provision", env_name, *(["--yes"] if yes else [])]
+    with locked_run(coordination_for(loaded), command="provision", argv=argv, steps=["provision"], resume=resume,
                     wait=lock_wait, on_wait=app.info, env=env_name) as session, \
             session.run.step("provision") as step:
         outcome: ProvisionOutcome = provision(loaded, confirm=confirm if ask else None,

@@ -10,6 +10,7 @@ from orchestrator.cli._common import AppContext, env_argument, lock_wait_option,
 from orchestrator.cli._release import progress_sink
 from orchestrator.errors import ExitStatus, UsageError
 from orchestrator.release.backup import Source, check_backup_id, restore_backup
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.session import locked_run
 
 
@@ -39,7 +40,7 @@ def command(app: AppContext, env_name: str, backup_id: str, source: str, yes: bo
             app.info("not restored")
             return ExitStatus.FAILED
     app.info(f"restoring {backup_id} on the app hosts of {env_name} (from the {source} copies) ...")
-    with locked_run(loaded.state_dir, command="restore", argv=["restore", env_name, backup_id],
+    with locked_run(coordination_for(loaded), command="restore", argv=["restore", env_name, backup_id],
                     steps=["restore"], wait=lock_wait, on_wait=app.info, env=env_name) as session, \
             session.run.step("restore", backup_id=backup_id, source=source):
         result = restore_backup(loaded, backup_id, source=cast(Source, source),

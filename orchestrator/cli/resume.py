@@ -12,9 +12,37 @@ import click
 
 from orchestrator import paths
 from orchestrator.cli._common import AppContext, verb
-from orchestrator.errors import ExitStatus, UsageError
+from orchestrator.cli.runs import coordination_of
+from orchestrator.errors import ConfigError, ExitStatus, OrchestratorError, UsageError
 from orchestrator.ids import require_run_id
-from orchestrator.runs.journal import Journal, locate_run
+from orchestrator.runs.backend import Coordination, LocalCoordination, S3Coordination
+from orchestrator.runs.journal import locate_run
+
+
+def _locate(app: AppContext, run_id: str) -> Coordination:
+    """The coordination whose journal holds `run_id`: a local journal under .orchestrate/, or the
+    shared journal of an environment whose state is in S3 (a run started on another controller)."""
+    state_root = paths.state_root(app.project_dir)
+    unreadable: list[str] = []
+    state_dir = locate_run(state_root, run_id, unreadable=unreadable)
+    if state_dir is not None:
+        return LocalCoordination(state_dir, state_dir.name)
+    for env_name in app.project.environment_names():
+        try:
+            coordination = coordination_of(app, env_name)
+        except ConfigError:
+            continue
+        if not isinstance(coordination, S3Coordination):
+            continue
+        try:
+            if coordination.has_run(run_id):
+                return coordination
+        except OrchestratorError as exc:  # one unreachable bucket must not hide the others' runs
+            unreadable.append(f"{env_name}: {exc.message}")
+    hint = "`orchestrate runs ENV` lists the runs of an environment"
+    if unreadable:
+        hint += "; journals that could not be read (the run may be in one of them): " + "; ".join(unreadable)
+    raise UsageError(f"no run {run_id} in the journal of any environment of {app.project_dir}", hint=hint)
 
 
 @click.command("resume")
@@ -25,15 +53,8 @@ from orchestrator.runs.journal import Journal, locate_run
 def command(app: AppContext, run_id: str, lock_wait: float | None) -> int:
     """Continue run RUN_ID (see `orchestrate runs ENV`) from its first step not completed."""
     require_run_id(run_id, "RUN_ID")
-    state_root = paths.state_root(app.project_dir)
-    unreadable: list[str] = []
-    state_dir = locate_run(state_root, run_id, unreadable=unreadable)
-    if state_dir is None:
-        hint = "`orchestrate runs ENV` lists the runs of an environment"
-        if unreadable:
-            hint += "; journals that could not be read (the run may be in one of them): " + "; ".join(unreadable)
-        raise UsageError(f"no run {run_id} in the journal of any environment under {state_root}", hint=hint)
-    with Journal.open(state_dir) as journal:
+    coordination = _locate(app, run_id)
+    with coordination.journal(run_ids=[run_id]) as journal:
         point = journal.resume_point(run_id)  # NotResumable says why (exit 2, or 75 if one is active)
     record = point.run
     ctx = click.get_current_context()

@@ -9,10 +9,12 @@ import click
 from rich.table import Column, Table
 
 from orchestrator.cli._common import AppContext, env_argument, verb
+from orchestrator.errors import ConfigError
 from orchestrator.ids import require_run_id
 from orchestrator.paths import EnvPaths
+from orchestrator.runs.backend import Coordination, LocalCoordination, coordination_for
 from orchestrator.runs.identity import parse_time
-from orchestrator.runs.journal import JOURNAL_FILE, Journal, JournalError
+from orchestrator.runs.journal import JournalError
 from orchestrator.runs.records import RunRecord
 
 STATE_STYLE = {"running": "cyan", "completed": "green", "failed": "red", "interrupted": "yellow",
@@ -28,6 +30,17 @@ def state_dir_of(app: AppContext, env_name: str) -> Path:
     if env_name not in app.project.environment_names():
         app.load(env_name)  # raises the UsageError that lists the known environments
     return EnvPaths(app.project_dir, env_name).root
+
+
+def coordination_of(app: AppContext, env_name: str) -> Coordination:
+    """Where the environment's runs and audit log are: shared in S3 when its Terraform state is,
+    else its state dir. An environment file that does not load (being fixed) keeps the local
+    history readable."""
+    state_dir = state_dir_of(app, env_name)
+    try:
+        return coordination_for(app.load(env_name))
+    except ConfigError:
+        return LocalCoordination(state_dir, env_name)
 
 
 def short_time(text: str | None) -> str:
@@ -56,13 +69,13 @@ def command(app: AppContext, env_name: str, run_id: str | None, limit: int) -> N
     """
     if run_id is not None:
         require_run_id(run_id, "RUN_ID")
-    state_dir = state_dir_of(app, env_name)
-    if not (state_dir / JOURNAL_FILE).exists():
+    coordination = coordination_of(app, env_name)
+    if not coordination.has_runs():
         if run_id is not None:
             raise JournalError(f"no run {run_id}: environment {env_name} has no runs yet")
         app.emit({"env": env_name, "runs": []}, lambda: app.stdout_print(f"no runs of {env_name} yet"))
         return
-    with Journal.open(state_dir, env=env_name) as journal:
+    with coordination.journal(run_ids=[run_id] if run_id else (), recent=0 if run_id else limit) as journal:
         if run_id is None:
             runs = journal.runs(limit)
             app.emit({"env": env_name, "runs": [r.to_summary() for r in runs]}, lambda: _print_runs(app, runs))

@@ -11,9 +11,9 @@ from rich.table import Table
 
 from orchestrator.cli._common import AppContext, env_argument, lock_wait_option, verb
 from orchestrator.errors import ExitStatus
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.session import locked_run
 from orchestrator.traffic.lb import LoadBalancer, configure_lb
-from orchestrator.traffic.state import read_state
 
 
 @click.command("traffic")
@@ -29,13 +29,14 @@ def command(app: AppContext, env_name: str, configure: bool, lock_wait: float) -
     """
     loaded = app.load(env_name)
     if configure:
-        with locked_run(loaded.state_dir, command="traffic", argv=["traffic", env_name, "--configure"],
+        with locked_run(coordination_for(loaded), command="traffic", argv=["traffic", env_name, "--configure"],
                         steps=["configure"], wait=lock_wait, on_wait=app.info, env=env_name) as session, \
                 session.run.step("configure") as step:
             result = configure_lb(loaded)
             step.detail.update(changed=result.changed)
-    servers = LoadBalancer(loaded).stats()
-    state = read_state(loaded)
+    lb = LoadBalancer(loaded)
+    servers = lb.stats()
+    state = lb.traffic_state(servers)  # HAProxy's split, with the cache's history
     data = {"env": env_name, **state.as_dict(), "servers": servers}
 
     def human() -> None:

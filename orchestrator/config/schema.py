@@ -70,6 +70,17 @@ _AWS_REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
 """One line of printable text (no newline, NUL or other control character)."""
 
 
+#: a login name useradd accepts (Debian's NAME_REGEX, without the trailing `$` of machine accounts)
+_LOGIN_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _login_user(value: str) -> str:
+    if not _LOGIN_USER_RE.match(value):
+        raise ValueError(f"{value!r} is not a login name: lowercase letters, digits, '_' and '-', "
+                         "starting with a letter or '_', at most 32")
+    return value
+
+
 class LocalFleetVars(_Model):
     """Inputs of terraform/modules/local_fleet."""
 
@@ -88,6 +99,11 @@ class LocalFleetVars(_Model):
         "chosen when the fleet is first rendered or provisioned and kept in .orchestrate/ENV/network.json "
         "(orchestrator.fleet.local.network.resolve_network), which loading reads",
     )
+    ssh_user: str = Field(
+        default="root",
+        description="login user of the hosts; any but root gets passwordless sudo and root's SSH login "
+        "is refused, as on cloud images (Ansible then runs with become)",
+    )
 
     @field_validator("host_prefix")
     @classmethod
@@ -96,6 +112,8 @@ class LocalFleetVars(_Model):
             raise ValueError(f"{_shown(value)}: expected lowercase letters, digits and '-', starting with a letter, "
                              "max 20")
         return value
+
+    _ssh_user = field_validator("ssh_user")(_login_user)
 
     @field_validator("bridge")
     @classmethod
@@ -136,6 +154,9 @@ class AwsFleetVars(_Model):
     lb_ingress_cidrs: list[Line] = Field(default_factory=lambda: ["0.0.0.0/0"], min_length=1)
     service_port: int = Field(default=8080, ge=1, le=65535)
     tags: dict[Line, Line] = Field(default_factory=dict)
+    ssh_user: str = Field(default="admin", description="login user of the AMI, with sudo ('admin' on Debian)")
+
+    _ssh_user = field_validator("ssh_user")(_login_user)
 
     @field_validator("vpc_cidr", "admin_cidr")
     @classmethod

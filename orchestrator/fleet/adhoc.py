@@ -17,6 +17,7 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.remote import HostRun, connection, inventory_hosts, run_on_hosts
 from orchestrator.fleet.select import select_hosts
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
 from orchestrator.runs.session import locked_run
 from orchestrator.tools.ssh import remote_argv
@@ -88,7 +89,7 @@ def run_exec(loaded: LoadedEnvironment, request: ExecRequest, *,
     # what the journal and the audit log keep: the hosts as resolved, then the command
     argv = ["exec", loaded.name, *names, "--", *request.command]
     outcome = ExecOutcome(env=loaded.name, command=list(request.command))
-    with locked_run(loaded.state_dir, command="exec", argv=argv, steps=["exec"], wait=request.lock_wait,
+    with locked_run(coordination_for(loaded), command="exec", argv=argv, steps=["exec"], wait=request.lock_wait,
                     on_wait=info, env=loaded.name) as session, session.run.step("exec") as step:
         outcome.run_id = session.run.id
         step.update(command=list(request.command), hosts=names)

@@ -7,14 +7,14 @@ boto3 is imported lazily: `orchestrate plan` does not need it and should not pay
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import TerraformAws
 from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.fleet.render import AWS_ENDPOINT_ENV
+from orchestrator.tools.s3 import aws_client
+from orchestrator.tools.s3 import aws_endpoint as aws_endpoint  # re-exported
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -24,16 +24,9 @@ class AwsError(OrchestratorError):
     """An AWS API call failed (credentials, permissions, a bucket owned by someone else)."""
 
 
-def aws_endpoint() -> str | None:
-    """The endpoint override from ORCHESTRATE_AWS_ENDPOINT, or None for real AWS."""
-    return os.environ.get(AWS_ENDPOINT_ENV) or None
-
-
 def client(service: str, region: str) -> Any:
     """A boto3 client for `service` in `region`, pointed at the endpoint override if any."""
-    import boto3
-
-    return boto3.client(service, region_name=region, endpoint_url=aws_endpoint())  # type: ignore[call-overload]
+    return aws_client(service, region)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class Host:
     address: str
     groups: tuple[str, ...]
     private_address: str = ""
+    host_key: str = ""
+    """The host's SSH public key as its fleet module recorded it (cloud fleets); "" when the fleet
+    writes known_hosts itself (local hosts)."""
 
     @classmethod
     def from_output(cls, item: Mapping[str, Any]) -> Host:
@@ -38,6 +41,7 @@ class Host:
             address=str(item["address"]),
             groups=tuple(str(g) for g in item.get("groups", ())),
             private_address=str(item.get("private_address") or item["address"]),
+            host_key=str(item.get("host_key") or ""),
         )
 
 
@@ -53,9 +57,11 @@ class ConnectionSettings:
     def ssh_common_args(self) -> str:
         args = ["-o IdentitiesOnly=yes"]
         if self.known_hosts is not None:
-            # Hosts the project created itself: their keys are recorded on first contact
-            # in a per-environment known_hosts file, which destroy cleans up.
-            args += [f"-o UserKnownHostsFile={self.known_hosts}", "-o StrictHostKeyChecking=accept-new"]
+            # Every host key is made by the controller and recorded in the environment's
+            # known_hosts before the host first boots (local hosts: fleet.local; cloud hosts:
+            # their cloud-init user data, fleet.cloudinit): a key that differs, or a host
+            # missing from the file, is refused. Never trust on first use.
+            args += [f"-o UserKnownHostsFile={self.known_hosts}", "-o StrictHostKeyChecking=yes"]
         return " ".join(args)
 
 
@@ -75,6 +81,16 @@ def build_inventory(env_name: str, hosts: Iterable[Host], connection: Connection
         **dict(connection.extra_vars),
     }
     return {"all": {"vars": all_vars, "children": children}}
+
+
+def known_hosts_text(hosts: Iterable[Host]) -> str:
+    """known_hosts lines (`ADDRESS TYPE KEY`) of the hosts that carry a recorded key, by address."""
+    lines = []
+    for host in sorted(hosts, key=lambda h: h.address):
+        fields = host.host_key.split()
+        if len(fields) >= 2:
+            lines.append(f"{host.address} {fields[0]} {fields[1]}\n")
+    return "".join(lines)
 
 
 def write_inventory(path: Path, inventory: Mapping[str, Any]) -> Path:

@@ -9,6 +9,7 @@ nesting work the same. Nothing here prints or asks: confirmation is a callback t
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import TerraformLocal
 from orchestrator.errors import ExitStatus, OrchestratorError, TerraformError, UsageError
-from orchestrator.files import sha256_file
-from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+from orchestrator.files import atomic_write, sha256_file
+from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, known_hosts_text, write_inventory
 from orchestrator.fleet.render import render_environment
 from orchestrator.tools.terraform import (
     Drift,
@@ -271,6 +272,14 @@ def write_inventory_from_outputs(loaded: LoadedEnvironment, outputs: Mapping[str
     from orchestrator.fleet.local.keys import ssh_key_path
 
     hosts = hosts_from_outputs(outputs)
+    if any(h.host_key for h in hosts):
+        # cloud hosts: their keys as terraform recorded them at creation (made by the controller,
+        # given to cloud-init); the file is the whole truth, hosts that left take their keys along
+        missing = sorted(h.name for h in hosts if not h.host_key)
+        if missing:
+            raise TerraformError(f"terraform recorded no SSH host key for {', '.join(missing)}; "
+                                 "refusing to write a known_hosts file that would not check them")
+        atomic_write(loaded.paths.known_hosts, known_hosts_text(hosts))
     connection = ConnectionSettings(
         user=str(outputs.get("ssh_user") or "root"),
         private_key=ssh_key_path(loaded.project_dir),
@@ -294,12 +303,13 @@ def drift(loaded: LoadedEnvironment, *, on_progress: ProgressCallback | None = N
 
 
 def destroy(loaded: LoadedEnvironment, *, on_progress: ProgressCallback | None = None) -> DestroyOutcome:
-    """`terraform destroy`; removes the inventory and known_hosts of the destroyed hosts."""
+    """`terraform destroy`; removes the inventory, known_hosts and host keys of the destroyed hosts."""
     tf = terraform_for(loaded)
     tf.init(on_progress=on_progress)
     log = tf.destroy(on_progress=on_progress)
     for path in (loaded.paths.inventory, loaded.paths.known_hosts):
         path.unlink(missing_ok=True)
+    shutil.rmtree(loaded.paths.host_keys, ignore_errors=True)
     for name in (PLAN_FILE, PLAN_FILE + ".sha256", DRIFT_PLAN_FILE):
         (tf.working_dir / name).unlink(missing_ok=True)
     return DestroyOutcome(env=loaded.name, destroyed=int(log.change_summary.get("remove", 0)))

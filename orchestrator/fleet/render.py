@@ -7,6 +7,8 @@ environment's provider lock file (`inventories/<env>/.terraform.lock.hcl`, kept 
 repository) beside them. A local fleet without a subnet in its env file gets one here
 (orchestrator.fleet.local.network.ensure_network); the result carries the environment as rendered.
 Nothing rendered here ever contains a credential: those come from the environment at run time.
+An aws environment's variables do carry its instances' private SSH host keys (their cloud-init
+user data, `user_data`): the variables file is 0600 and the rendered root's directory 0700.
 """
 
 from __future__ import annotations
@@ -22,15 +24,17 @@ from typing import Any
 import jinja2
 
 from orchestrator.config.loader import LoadedEnvironment, missing_subnet
-from orchestrator.config.schema import TerraformAws, TerraformLocal
+from orchestrator.config.schema import AwsFleetVars, TerraformAws, TerraformLocal
 from orchestrator.errors import ConfigError
 from orchestrator.fleet.local.network import ensure_network
+from orchestrator.tools.s3 import AWS_ENDPOINT_ENV as AWS_ENDPOINT_ENV  # re-exported
 from orchestrator.tools.terraform import LOCK_FILE
-
-AWS_ENDPOINT_ENV = "ORCHESTRATE_AWS_ENDPOINT"
 
 #: AWS services the aws_fleet module and the S3 backend talk to; all get the endpoint override
 AWS_SERVICES = ("ec2", "iam", "s3", "sts")
+
+#: root variables Terraform must never show (plan output, logs)
+SENSITIVE_VARIABLES = frozenset({"user_data"})
 
 _jinja = jinja2.Environment(
     loader=jinja2.PackageLoader("orchestrator", "templates"),
@@ -114,12 +118,37 @@ def terraform_variables(loaded: LoadedEnvironment) -> dict[str, Any]:
         variables["project_dir"] = str(loaded.project_dir)
     else:
         # The project's key pair (shared with the local fleet): the public half goes to the
-        # instances through an aws_key_pair, the private half never leaves the controller.
+        # instances through an aws_key_pair and their user data, the private half never leaves
+        # the controller.
         from orchestrator.fleet.local.keys import ensure_ssh_key
 
-        public_key = ensure_ssh_key(loaded.project_dir).with_suffix(".pub")
-        variables["ssh_public_key"] = public_key.read_text().strip()
+        public_key = ensure_ssh_key(loaded.project_dir).with_suffix(".pub").read_text().strip()
+        variables["ssh_public_key"] = public_key
+        variables.update(aws_host_variables(loaded, public_key))
     return variables
+
+
+def aws_instance_names(fleet: AwsFleetVars) -> list[str]:
+    """The instances terraform/modules/aws_fleet makes, by name (the same order as its locals)."""
+    return ([f"{fleet.name}-app-{index}" for index in range(1, fleet.app_count + 1)]
+            + [f"{fleet.name}-monitoring"] + [f"{fleet.name}-lb"] * fleet.lb_count)
+
+
+def aws_host_variables(loaded: LoadedEnvironment, public_key: str) -> dict[str, dict[str, str]]:
+    """`user_data` and `host_public_keys` of every instance: the controller's host key of each
+    (made once, orchestrator.fleet.hostkeys) and the login user, as cloud-init reads them."""
+    from orchestrator.fleet.cloudinit import cloud_config, user_data
+    from orchestrator.fleet.hostkeys import ensure_host_keys
+
+    assert isinstance(loaded.env.terraform, TerraformAws)
+    fleet = loaded.env.terraform.vars
+    keys = ensure_host_keys(loaded.paths.host_keys, aws_instance_names(fleet))
+    return {
+        "user_data": {name: user_data(cloud_config(host_key=key, login_user=fleet.ssh_user,
+                                                   authorized_keys=[public_key], default_user=True))
+                      for name, key in keys.items()},
+        "host_public_keys": {name: key.public for name, key in keys.items()},
+    }
 
 
 def hcl_type(value: Any, where: str = "") -> str:
@@ -158,12 +187,15 @@ def render_environment(loaded: LoadedEnvironment) -> RenderResult:
     env = loaded.env
     terraform_dir = loaded.paths.terraform
     terraform_dir.mkdir(parents=True, exist_ok=True)
+    # plan files and the variables file hold the variables' values: this user's only
+    terraform_dir.chmod(0o700)
     variables = terraform_variables(loaded)
     context: dict[str, Any] = {
         "env": env,
         "module": env.terraform.module,
         "source": module_source(loaded, terraform_dir),
-        "variables": [{"name": name, "type": hcl_type(variables[name], name)} for name in sorted(variables)],
+        "variables": [{"name": name, "type": hcl_type(variables[name], name), "sensitive": name in SENSITIVE_VARIABLES}
+                      for name in sorted(variables)],
         "variable_width": max((len(name) for name in variables), default=0),
         "aws_services": AWS_SERVICES,
         "aws_service_width": max(len(s) for s in AWS_SERVICES),
@@ -186,5 +218,6 @@ def render_environment(loaded: LoadedEnvironment) -> RenderResult:
         path = terraform_dir / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
+        path.chmod(0o600)
         written.append(path)
     return RenderResult(env=env.name, terraform_dir=terraform_dir, files=written, loaded=loaded, lock_file=lock_file)

@@ -32,7 +32,7 @@ from orchestrator.notify.heal import NotifyingAudit
 from orchestrator.release.hosts import role_vars
 from orchestrator.release.service import ReleaseService
 from orchestrator.release.traffic import switch_back_pending
-from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.journal import StepHandle
 from orchestrator.runs.session import LockedRun
 from orchestrator.tools.ansible import new_run_id
@@ -164,7 +164,7 @@ def build_server(
         remediator = PlaybookRemediator(loaded, service=service)
     if audit is None:
         # every remediation and escalation is also posted to the environment's webhooks (notify:)
-        audit = NotifyingAudit(AuditLog(loaded.state_dir, env=env.name, timeout=AUDIT_TIMEOUT), loaded)
+        audit = NotifyingAudit(coordination_for(loaded).audit(timeout=AUDIT_TIMEOUT), loaded)
     return HealServer(
         policy=HealPolicy(PolicySettings.from_env(env)),
         remediator=remediator,

@@ -36,6 +36,7 @@ from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
 from orchestrator.pipeline.gates import GateRequest, GateResult, check_skips, gates_step
 from orchestrator.release.artifact import Release, peek_release_id, staged_release
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.journal import Journal, StepHandle
 from orchestrator.runs.records import RunRecord
 from orchestrator.runs.session import locked_run
@@ -347,7 +348,7 @@ def up(
     stages = _Stages(loaded=loaded, request=_with_confirm(request, confirm), info=say, on_terraform=on_terraform,
                      on_host_event=on_host_event, on_gate=on_gate)
     with _publish_delivery_metrics(loaded, say) as ran, \
-            locked_run(loaded.state_dir, command="up", argv=request.argv, steps=STEPS, resume=request.resume,
+            locked_run(coordination_for(loaded), command="up", argv=request.argv, steps=STEPS, resume=request.resume,
                        wait=request.lock_wait, on_wait=say, env=loaded.name, release=None) as session:
         ran.append(True)
         run = session.run

@@ -61,6 +61,7 @@ from orchestrator.release.traffic import (
     traffic_release,
 )
 from orchestrator.release.transitions import HostTransitions
+from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.identity import ProcessIdentity, isoformat, utcnow
 from orchestrator.runs.journal import StepHandle
 from orchestrator.runs.lock import DEFAULT_LOCK_WAIT
@@ -207,8 +208,8 @@ class ReleaseService:
         are written again (best effort: orchestrator.monitoring.delivery)."""
         entered = False
         try:
-            with locked_run(self.loaded.state_dir, command=command, argv=list(argv), steps=list(steps), wait=wait,
-                            on_wait=self.info, env=self.loaded.name) as session:
+            with locked_run(coordination_for(self.loaded), command=command, argv=list(argv), steps=list(steps),
+                            wait=wait, on_wait=self.info, env=self.loaded.name) as session:
                 entered = True
                 yield session
         except Exception:

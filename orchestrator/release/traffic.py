@@ -24,10 +24,12 @@ After a failed gate the idle hosts are also put back on the release they had (pl
 rollback.yml, no traffic reaches them meanwhile), so the fleet ends on the releases it had.
 
 Weights change through HAProxy's admin socket (no reload: no request is lost) by a helper the
-haproxy role installs on the LB host, run over SSH; the helper writes them into the config too,
-so a reload keeps them. The controller keeps the split in `.orchestrate/<env>/traffic.json`, which
-also renders the LB config (playbooks/lb.yml). `switch_back` (what `orchestrate rollback` does
-after a traffic release) is the one weight change back to the colour that served before.
+haproxy role installs on the LB host, run over SSH; HAProxy's own server-state file keeps them
+across reloads and restarts. Which colour serves and which is idle is read from HAProxy before any
+traffic move (`LoadBalancer.traffic_state`): `.orchestrate/<env>/traffic.json` is this
+controller's cache, never the truth, so a second checkout, or one whose cache was deleted, deploys
+to the colour HAProxy gives no traffic. `switch_back` (what `orchestrate rollback` does after a
+traffic release) is the one weight change back to the colour that served before.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from orchestrator.release.probe import fleet_status
 from orchestrator.release.results import ReleaseRun, previous_to_restore
 from orchestrator.release.strategies import RanStrategy, TrafficStrategy, note_host_deploy
 from orchestrator.release.transitions import HostTransitions
-from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.backend import coordination_for
 from orchestrator.tools.ansible import HostEvent, PlaybookResult
 from orchestrator.traffic.gates import (
     GateDecision,
@@ -61,7 +63,7 @@ from orchestrator.traffic.gates import (
     monitoring_host,
     stat_gate,
 )
-from orchestrator.traffic.lb import LoadBalancer, configure_lb, lb_url
+from orchestrator.traffic.lb import LoadBalancer, configure_lb, has_lb_host, lb_url
 from orchestrator.traffic.loadgen import LoadGenerator, LoadReport, LoadSpec
 from orchestrator.traffic.state import FULL, Color, TrafficState, colors, other, read_state, split_weights, write_state
 
@@ -133,13 +135,12 @@ DecisionSink = Callable[[GateDecision], None]
 
 def _audit(loaded: LoadedEnvironment, decision: GateDecision, *, strategy: str, release: str | None,
            run_id: str | None) -> None:
-    with AuditLog(loaded.state_dir, env=loaded.name) as audit:
+    audit = coordination_for(loaded).audit()
+    try:
         audit.record(command=f"{strategy} gate", outcome="go" if decision.go else "rollback",
                      run_id=run_id, release=release, details=decision.as_dict())
-
-
-def _active_color(state: TrafficState) -> Color:
-    return state.active or "blue"
+    finally:
+        audit.close()
 
 
 def _prepare_idle(loaded: LoadedEnvironment, lb: LoadBalancer, request: TrafficRequest,
@@ -149,11 +150,13 @@ def _prepare_idle(loaded: LoadedEnvironment, lb: LoadBalancer, request: TrafficR
     groups = {c: [h.name for h in hs] for c, hs in colors(hosts).items()}
     if not groups["blue"] or not groups["green"]:
         raise UsageError(f"{request.strategy} needs at least 2 app hosts; {loaded.name} has {len(hosts)}")
-    state = read_state(loaded)
-    active = _active_color(state)
+    # HAProxy says which colour serves, never the cache: the release goes to the other one
+    servers = lb.stats()
+    state = lb.traffic_state(servers)
+    active: Color = state.active or "blue"
     idle = other(active)
     drained = {n: FULL for n in groups[active]} | {n: 0 for n in groups[idle]}
-    if any(int(lb.stats().get(n, {}).get("weight", -1)) != w for n, w in drained.items()):
+    if any(int(servers.get(n, {}).get("weight", -1)) != w for n, w in drained.items()):
         lb.set_weights(drained)
         # requests already on their way to the idle hosts finish before those restart
         time.sleep(0.5)
@@ -342,14 +345,20 @@ def _canary_steps(loaded: LoadedEnvironment, request: TrafficRequest, lb: LoadBa
                           switch_seconds=switched + seconds, release=run.target, synthetic_load=synthetic)
 
 
+def _observed(loaded: LoadedEnvironment) -> TrafficState:
+    """The traffic state as HAProxy runs it (with the cache's history); the cache alone when the
+    environment has no load-balancer host."""
+    return LoadBalancer(loaded).traffic_state() if has_lb_host(loaded) else read_state(loaded)
+
+
 def switch_back_pending(loaded: LoadedEnvironment) -> bool:
-    """Whether the last traffic release left a colour to switch back to."""
-    return read_state(loaded).previous is not None
+    """Whether the last traffic release left a colour to switch back to (asked of HAProxy)."""
+    return _observed(loaded).previous is not None
 
 
 def switch_back(loaded: LoadedEnvironment) -> TrafficRelease:
     """Give all traffic back to the colour that served before the last switch (one weight change)."""
-    state = read_state(loaded)
+    state = _observed(loaded)
     if state.previous is None:
         raise UsageError(f"{loaded.name}: no traffic release to switch back from")
     groups = {c: [h.name for h in hs] for c, hs in colors(app_hosts(loaded)).items()}
@@ -401,7 +410,7 @@ def release_for_up(loaded: LoadedEnvironment, request: TrafficRequest, *, releas
     - Otherwise the traffic release, after configuring the LB when it was never configured from
       here or lacks an app host, so that its weights can move. TrafficGateFailed (exit 3) propagates.
     """
-    state = read_state(loaded)
+    state = _observed(loaded)
     names = [h.name for h in app_hosts(loaded)]
     fleet = {h.name: h for h in fleet_status(loaded).hosts}
     serving = [n for n in names if state.weights.get(n, FULL) > 0]

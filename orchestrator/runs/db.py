@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from orchestrator.errors import OrchestratorError
@@ -75,6 +75,11 @@ def connect(path: Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
+#: called with the connection after every committed write transaction (still under the
+#: database's thread lock): e.g. to copy what changed to shared storage
+AfterCommit = Callable[[sqlite3.Connection], None]
+
+
 class _Database:
     """One connection, a thread lock, and transactions that commit or roll back.
 
@@ -82,13 +87,14 @@ class _Database:
     caller's inside it, are raised as StateDatabaseError naming the file.
     """
 
-    def __init__(self, path: Path, schema: str, *, timeout: float) -> None:
+    def __init__(self, path: Path, schema: str, *, timeout: float, after_commit: AfterCommit | None = None) -> None:
         self.path = path
         self._mutex = threading.RLock()
         try:
             self._conn = connect(path, timeout=timeout)
         except sqlite3.Error as exc:
             raise StateDatabaseError(path, exc, "open it") from exc
+        self._after_commit: AfterCommit | None = None
         try:
             with self.write() as conn:
                 # executescript() would COMMIT the open transaction: run the statements one by one
@@ -97,6 +103,7 @@ class _Database:
         except StateDatabaseError:
             self._conn.close()
             raise
+        self._after_commit = after_commit
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -111,6 +118,8 @@ class _Database:
                 if isinstance(exc, sqlite3.Error):
                     raise StateDatabaseError(self.path, exc, "write to it") from exc
                 raise
+            if self._after_commit is not None:
+                self._after_commit(self._conn)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

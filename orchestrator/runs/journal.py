@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any
 
 from orchestrator.errors import ExitStatus, OrchestratorError
-from orchestrator.runs.db import _SCHEMA, StateDatabaseError, _Database
+from orchestrator.runs.db import _SCHEMA, AfterCommit, StateDatabaseError, _Database
 from orchestrator.runs.identity import ProcessIdentity, isoformat, new_run_id, utcnow
 from orchestrator.runs.records import (
     _STEP_DONE,
@@ -132,13 +132,15 @@ class Journal:
         initial_host_state: str = INITIAL_HOST_STATE,
         identity: ProcessIdentity | None = None,
         timeout: float = 30.0,
+        after_commit: AfterCommit | None = None,
     ) -> None:
         self.path = path
         self.env = env
         self.initial_host_state = initial_host_state
         self.identity = identity or ProcessIdentity.current()
         self._allowed = _as_predicate(transitions)
-        self._db = _Database(path, _SCHEMA, timeout=timeout)
+        # after_commit: a copy of the journal elsewhere follows every write (runs.s3journal)
+        self._db = _Database(path, _SCHEMA, timeout=timeout, after_commit=after_commit)
 
     @classmethod
     def open(

@@ -1,5 +1,6 @@
 """A locked, journalled run: the environment lock, a journal run and its audit record, together.
-Every command that changes an environment runs inside `locked_run`.
+Every command that changes an environment runs inside `locked_run`, given the environment's
+coordination (orchestrator.runs.backend.coordination_for: local files, or shared in S3).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.runs.audit import AuditLog
+from orchestrator.runs.backend import Coordination, LocalCoordination, Lock
 from orchestrator.runs.journal import Journal, Run, TransitionRule
-from orchestrator.runs.lock import EnvironmentLock, EnvironmentLocked, Takeover, WaitCallback
+from orchestrator.runs.lock import EnvironmentLocked, Takeover, WaitCallback
 from orchestrator.runs.records import ResumePoint, RunRecord
 
 
@@ -22,7 +23,7 @@ class LockedRun:
 
     run: Run
     journal: Journal
-    lock: EnvironmentLock
+    lock: Lock
     resume_point: ResumePoint | None = None
     #: the run as it ended, set when the block is left (the journal is closed by then)
     final: RunRecord | None = None
@@ -35,7 +36,7 @@ class LockedRun:
 
 @contextlib.contextmanager
 def locked_run(
-    state_dir: Path,
+    where: Coordination | Path,
     *,
     command: str,
     argv: Sequence[str] = (),
@@ -52,7 +53,9 @@ def locked_run(
     """Take the environment lock, start (or, with `resume=RUN_ID`, resume) a journalled run, and
     on the way out finish the run, write its audit record and release the lock.
 
-        with locked_run(state_dir, command="up", argv=argv, steps=STAGE_NAMES, wait=lock_wait,
+    `where` is the environment's coordination (a state dir: its local files).
+
+        with locked_run(coordination_for(loaded), command="up", argv=argv, steps=STAGE_NAMES, wait=lock_wait,
                         on_wait=app.info) as session:
             session.run.execute([(name, function) for name, function in STAGES])
 
@@ -62,9 +65,10 @@ def locked_run(
     EnvironmentLocked (exit 75) when the lock stays busy, after recording the refusal in the audit
     log, and NotResumable when `resume` names a run that cannot continue.
     """
+    coordination = where if not isinstance(where, Path) else LocalCoordination(where, env or where.name)
     described = lock_command or " ".join(["orchestrate", *(argv or [command])])
-    lock = EnvironmentLock(state_dir, command=described, env=env, on_wait=on_wait)
-    audit = AuditLog(state_dir, env=env)
+    lock = coordination.lock(command=described, on_wait=on_wait)
+    audit = coordination.audit()
     try:
         try:
             lock.acquire(wait)
@@ -73,8 +77,8 @@ def locked_run(
                          details={"argv": list(argv), "holder": exc.holder.as_dict() if exc.holder else None})
             raise
         try:
-            journal = Journal.open(state_dir, env=env, transitions=transitions)
-            try:
+            with coordination.journal(transitions=transitions, writer=True,
+                                      run_ids=[resume] if resume else ()) as journal:
                 point: ResumePoint | None = None
                 if resume is not None:
                     run, point = journal.resume(resume, steps=steps or None, plan_sha256=plan_sha256)
@@ -94,8 +98,6 @@ def locked_run(
                         details["resumed_at"] = point.step
                     session.final = run.record()
                     audit.record_run(session.final, details=details)
-            finally:
-                journal.close()
         finally:
             lock.release()
     finally:

@@ -589,7 +589,7 @@ def runner_env(settings: AnsibleSettings, cfg_path: Path, local_temp: Path | Non
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
         # ansible-runner turns host key checking off unless told otherwise; the inventory's
-        # ssh args (known_hosts file, accept-new) decide instead
+        # ssh args (the environment's known_hosts file, checked strictly) decide instead
         "ANSIBLE_HOST_KEY_CHECKING": "True",
     }
     if local_temp is not None:

@@ -1,9 +1,10 @@
 """Adapter over HAProxy's runtime on a load-balancer host.
 
 The haproxy role installs a helper, `/usr/local/sbin/orchestrate-haproxy`, that drives the
-admin socket (`show stat`, `get weight`, `set weight`: no reload, no request lost) and keeps the
-weights in the configuration file. The controller runs it over SSH, with the user, key and
-known_hosts of the environment's inventory, and reads the JSON it prints:
+admin socket (`show stat`, `get weight`, `set weight`: no reload, no request lost) and saves
+HAProxy's server-state file, which keeps the weights across reloads. The controller runs it over
+SSH, with the user, key and known_hosts of the environment's inventory, and reads the JSON it
+prints:
 
     {"servers": {"NAME": {"weight": 100, "status": "UP", "hrsp_2xx": 42, ...}, ...}}
 
@@ -39,6 +40,14 @@ class HAProxyError(OrchestratorError):
     """The helper on the LB host failed, or answered something other than its JSON."""
 
 
+class HelperMissing(HAProxyError):
+    """The LB host has no helper: its HAProxy was never configured by the haproxy role."""
+
+
+#: what the remote shell (or sudo) exits with when the helper is not installed
+NOT_FOUND = 127
+
+
 def helper_argv(action: str, backend: str, weights: Mapping[str, int] | None = None) -> list[str]:
     """The helper's argv on the LB host (pure): `state` or `set` of backend `backend`.
 
@@ -58,9 +67,15 @@ def control_dir(uid: int | None = None) -> Path:
 
 
 def ssh_argv(inventory: Mapping[str, Any], address: str, remote: list[str], *, uid: int | None = None) -> list[str]:
-    """ssh argv for `remote` on `address` with the inventory's user, key and known_hosts (pure)."""
+    """ssh argv for `remote` on `address` with the inventory's user, key and known_hosts (pure).
+
+    The helper drives HAProxy's admin socket, which only root may use: a login user other than
+    root runs it through `sudo -n` (passwordless, as Ansible's become; never a password prompt).
+    """
     all_vars = (inventory.get("all") or {}).get("vars") or {}
     user = str(all_vars.get("ansible_user") or "root")
+    if user != "root":
+        remote = ["sudo", "-n", *remote]
     argv = ["ssh"]
     key = all_vars.get("ansible_ssh_private_key_file")
     if key:
@@ -102,6 +117,10 @@ class HAProxyRuntime:
         """Run `remote` (a helper argv) on the host; its servers, or HAProxyError naming the host."""
         private_dir(control_dir())  # ours, 0700: refused when someone else made it
         result = run_command(ssh_argv(self.inventory, self.address, remote), timeout=self.timeout, check=False)
+        # the shell says 127; sudo says 1 and "command not found"
+        if result.returncode == NOT_FOUND or (result.returncode == 1 and "command not found" in result.stderr):
+            raise HelperMissing(f"{self.name}: {remote[0]} is not installed (the load balancer was never "
+                                "configured: `orchestrate traffic ENV --configure`)")
         if result.returncode != 0:
             raise HAProxyError(f"{self.name}: {shlex.join(remote)} failed ({result.returncode}): "
                                f"{(result.stderr or result.stdout).strip()[-500:]}")

@@ -1,6 +1,11 @@
 """The load balancer: HAProxy on the environment's lb host, configured by playbooks/lb.yml and
 driven at run time through the haproxy role's helper (orchestrator.tools.haproxy: weights on the
-admin socket, no reload, no request lost). Here: which host, which weights, and the recorded split.
+admin socket, no reload, no request lost). Here: which host, which weights, and the split.
+
+The split is HAProxy's runtime state, read from the LB host before any traffic move
+(`LoadBalancer.traffic_state`); HAProxy keeps it across reloads and restarts in its own
+server-state file, so the configuration gives every server the same initial weight and a reload
+never needs the controller's cache (`.orchestrate/ENV/traffic.json`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, app_hosts, hosts_from_inventory, load_inventory
 from orchestrator.fleet.playbooks import run_env_playbook
 from orchestrator.tools.ansible import HostEvent, PlaybookResult
-from orchestrator.tools.haproxy import HAProxyRuntime
-from orchestrator.traffic.state import FULL, TrafficError, backend_weights, read_state, write_state
+from orchestrator.tools.haproxy import HAProxyError, HAProxyRuntime, HelperMissing, Servers
+from orchestrator.traffic.state import FULL, TrafficError, TrafficState, colors, from_runtime, read_state, write_state
 
 #: how long the LB's health checks may take to see a freshly deployed colour as up
 UP_TIMEOUT = 15.0
@@ -44,8 +49,13 @@ def lb_url(loaded: LoadedEnvironment, path: str = "/") -> str:
 FRONTEND_PORT = 80
 
 
-def lb_vars(loaded: LoadedEnvironment, weights: Mapping[str, int]) -> dict[str, Any]:
-    """Extra vars of playbooks/lb.yml (pure given the hosts)."""
+def lb_vars(loaded: LoadedEnvironment) -> dict[str, Any]:
+    """Extra vars of playbooks/lb.yml (pure given the hosts).
+
+    Every server gets the same initial weight: the split is HAProxy's runtime state, which its
+    server-state file carries across reloads (HAProxy restores a saved weight only while the
+    configured initial weight stays what it was). A server new to the backend starts at FULL.
+    """
     service = loaded.env.service
     hosts = app_hosts(loaded)
     return {
@@ -53,23 +63,42 @@ def lb_vars(loaded: LoadedEnvironment, weights: Mapping[str, int]) -> dict[str, 
         "haproxy_backend_port": service.port,
         "haproxy_frontend_port": FRONTEND_PORT,
         "haproxy_health_path": service.health.path,
-        "haproxy_backends": [{"name": h.name, "address": h.private_address or h.address,
-                              "weight": int(weights.get(h.name, FULL))} for h in hosts],
+        "haproxy_backends": [{"name": h.name, "address": h.private_address or h.address, "weight": FULL}
+                             for h in hosts],
     }
 
 
 def configure_lb(loaded: LoadedEnvironment, *, on_event: EventSink | None = None,
                  tuned: bool = True) -> PlaybookResult:
-    """Run playbooks/lb.yml with the recorded weights; TrafficError when it fails."""
-    hosts = app_hosts(loaded)
-    weights = backend_weights(loaded, hosts)
-    result = run_env_playbook(loaded, "lb.yml", lb_vars(loaded, weights), tuned=tuned, on_event=on_event)
+    """Run playbooks/lb.yml (the reload keeps the running split); TrafficError when it fails.
+
+    HAProxy's server-state file carries the weights across the reload. Should a server come back
+    with another weight (an LB whose earlier configuration carried the weights itself, so the
+    saved state does not apply), its running weight of before is set again. The cache is
+    refreshed from HAProxy afterwards.
+    """
+    before = _running_weights(loaded)
+    result = run_env_playbook(loaded, "lb.yml", lb_vars(loaded), tuned=tuned, on_event=on_event)
     if not result.ok:
         raise TrafficError(f"configuring the load balancer failed: {result.summary_line() or result.status}")
-    state = read_state(loaded)
-    state.weights = weights
-    write_state(loaded, state)
+    lb = LoadBalancer(loaded)
+    servers = lb.stats()
+    lost = {name: weight for name, weight in before.items()
+            if name in servers and int(servers[name].get("weight", -1)) != weight}
+    if lost:
+        servers = lb.set_weights(lost)
+    lb.traffic_state(servers)
     return result
+
+
+def _running_weights(loaded: LoadedEnvironment) -> dict[str, int]:
+    """The weights HAProxy runs with now; {} when it is not configured or not running yet."""
+    if not has_lb_host(loaded):
+        return {}
+    try:
+        return {name: int(entry.get("weight", 0)) for name, entry in LoadBalancer(loaded).stats().items()}
+    except HAProxyError:
+        return {}
 
 
 class LoadBalancer:
@@ -83,15 +112,33 @@ class LoadBalancer:
         self.inventory = load_inventory(loaded.paths.inventory)
         self.runtime = HAProxyRuntime(self.inventory, self.address, name=self.host.name)
 
-    def stats(self) -> dict[str, dict[str, Any]]:
+    def stats(self) -> Servers:
         """Per-server weight, status and counters (`show stat` + `get weight`)."""
         return self.runtime.state(self.backend)
 
-    def set_weights(self, weights: Mapping[str, int]) -> dict[str, dict[str, Any]]:
-        """Change the running weights (admin socket) and persist them in the config; record them."""
+    def traffic_state(self, servers: Servers | None = None) -> TrafficState:
+        """The split as HAProxy runs it (`servers`, else asked now), with the cache's history
+        (orchestrator.traffic.state.from_runtime); the cache is rewritten with it.
+
+        An LB whose HAProxy was never configured from here (no helper yet) has no split: the
+        cache's history with no weights.
+        """
+        try:
+            running = servers if servers is not None else self.stats()
+        except HelperMissing:
+            return TrafficState(releases=read_state(self.loaded).releases)
+        groups = {color: [h.name for h in hosts] for color, hosts in colors(app_hosts(self.loaded)).items()}
+        weights = {name: int(entry.get("weight", 0)) for name, entry in running.items()}
+        state = from_runtime(weights, groups, read_state(self.loaded))
+        write_state(self.loaded, state)
+        return state
+
+    def set_weights(self, weights: Mapping[str, int]) -> Servers:
+        """Change the running weights (admin socket; HAProxy's server-state file keeps them across
+        reloads); the cache follows. Returns the servers as HAProxy runs them afterwards."""
         servers = self.runtime.set_weights(self.backend, weights)
         state = read_state(self.loaded)
-        state.weights.update({k: int(v) for k, v in weights.items()})
+        state.weights = {name: int(entry.get("weight", 0)) for name, entry in servers.items()}
         write_state(self.loaded, state)
         return servers
 

@@ -1,5 +1,10 @@
 """The traffic split of an environment: which colour serves, which is idle, the weights, and the
-release each colour runs (`.orchestrate/ENV/traffic.json`).
+release each colour runs.
+
+The truth is HAProxy's runtime state on the LB host (orchestrator.traffic.lb.LoadBalancer
+.traffic_state reads it before any traffic move); `.orchestrate/ENV/traffic.json` is this
+controller's cache of it, plus the history the load balancer cannot hold: which colour a switch
+back returns to, and the release of each colour. `from_runtime` merges the two (pure).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ FULL = 100
 
 @dataclass
 class TrafficState:
-    """The split the controller last set: weights per app host and which colour serves."""
+    """Weights per app host, which colour serves, and the history of the last switches."""
 
     weights: dict[str, int] = field(default_factory=dict)
     active: Color | None = None
@@ -116,10 +121,29 @@ def write_state(loaded: LoadedEnvironment, state: TrafficState) -> None:
     tmp.replace(path)
 
 
-def backend_weights(loaded: LoadedEnvironment, hosts: list[Host]) -> dict[str, int]:
-    """Weights the LB config is rendered with: the recorded split, else every app host at 100."""
-    recorded = read_state(loaded).weights
-    return {h.name: recorded.get(h.name, FULL) for h in hosts}
+def from_runtime(weights: Mapping[str, int], groups: Mapping[Color, list[str]], cached: TrafficState) -> TrafficState:
+    """The traffic state from HAProxy's running `weights` of the app hosts (the truth), with what
+    only the cache knows (pure).
+
+    - active: the colour that gets the traffic; when both get some (a canary stopped half-way, or
+      no traffic release yet), the one with the larger share, else the cache's, else blue;
+    - previous (the colour a switch back returns to): the cache's when the cache agrees with
+      HAProxy (same serving colour, and the previous colour drained); without such a cache, the
+      colour HAProxy gives weight 0 while the other serves, since its hosts keep their release;
+    - releases: the cache's (the load balancer does not know them).
+    """
+    share = {color: served_share(weights, names) for color, names in groups.items()}
+    blue, green = share.get("blue", 0.0), share.get("green", 0.0)
+    if blue != green:
+        active: Color = "blue" if blue > green else "green"
+    else:
+        active = cached.active or "blue"
+    drained = [c for c in COLORS if c != active and share.get(c, 0.0) == 0 and share.get(active, 0.0) > 0]
+    agrees = cached.active == active and (cached.previous is None or cached.previous in drained)
+    previous: Color | None = cached.previous if agrees else (drained[0] if drained else None)
+    return TrafficState(weights={name: int(weights[name]) for names in groups.values() for name in names
+                                 if name in weights},
+                        active=active, previous=previous, releases=dict(cached.releases))
 
 
 class TrafficError(OrchestratorError):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +42,7 @@ import pytest
 import yaml
 
 from orchestrator.config.loader import LoadedEnvironment, Project
+from orchestrator.config.schema import TerraformLocal
 from orchestrator.files import private_dir
 from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
 from orchestrator.fleet.local.fleet import HostSpec, LocalFleet, collect_garbage
@@ -112,6 +114,13 @@ class FleetEnv:
     def fleet(self) -> LocalFleet:
         return fleet_for(self.loaded)[0]
 
+    @property
+    def login_user(self) -> str:
+        """Who the controller logs in as (terraform.vars.ssh_user): root, or a user with sudo."""
+        terraform = self.loaded.env.terraform
+        assert isinstance(terraform, TerraformLocal)
+        return terraform.vars.ssh_user
+
     def group(self, name: str) -> list[HostSpec]:
         """Hosts of one group (app, monitoring, lb)."""
         return [h for h in self.hosts if name in h.groups]
@@ -119,18 +128,24 @@ class FleetEnv:
     def host(self, name: str) -> HostSpec:
         return next(h for h in self.hosts if h.name == name)
 
-    def ssh_argv(self, host: HostSpec, command: str) -> list[str]:
-        """ssh argv for `command` on `host` (its address checked against the fleet's bridge first)."""
+    def ssh_argv(self, host: HostSpec, command: str, *, user: str | None = None) -> list[str]:
+        """ssh argv for `command` on `host` as root (its address checked against the fleet's bridge
+        first): logged in as the fleet's login user, through `sudo -n` when that is not root.
+        `user` logs in as that user instead, without sudo."""
         address = self.network.assert_own_address(host.address)
+        login = user or self.login_user
+        if user is None and login != "root":
+            command = f"sudo -n sh -c {shlex.quote(command)}"
         return [
             "ssh", "-i", str(self.private_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "ConnectTimeout=5", f"root@{address}", command,
+            "-o", "ConnectTimeout=5", f"{login}@{address}", command,
         ]
 
-    def ssh(self, host: HostSpec, command: str, *, check: bool = True, timeout: float = 60) -> CommandResult:
-        """Run a shell command on `host` as root over SSH."""
-        return run_command(self.ssh_argv(host, command), check=check, timeout=timeout)
+    def ssh(self, host: HostSpec, command: str, *, check: bool = True, timeout: float = 60,
+            user: str | None = None) -> CommandResult:
+        """Run a shell command on `host` as root over SSH (as `user`, without sudo, when given)."""
+        return run_command(self.ssh_argv(host, command, user=user), check=check, timeout=timeout)
 
     def http_get(self, address: str, path: str, *, port: int = SERVICE_PORT) -> tuple[int, str]:
         """GET `path` of the service on `address` (checked against the fleet's own bridge first):
@@ -142,7 +157,7 @@ class FleetEnv:
         return orchestrate(self.project_dir, verb, self.env_name, *args, timeout=timeout)
 
     def write_inventory(self) -> Path:
-        connection = ConnectionSettings(user="root", private_key=ensure_ssh_key(self.project_dir),
+        connection = ConnectionSettings(user=self.login_user, private_key=ensure_ssh_key(self.project_dir),
                                         known_hosts=self.known_hosts)
         hosts = [Host(name=h.name, address=h.address, groups=h.groups, private_address=h.address)
                  for h in self.hosts]

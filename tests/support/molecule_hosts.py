@@ -1,6 +1,7 @@
 """Local hosts for Molecule scenarios: `python tests/support/molecule_hosts.py ACTION ...`.
 
-    create            boot a scenario's platforms as local hosts; print molecule's instance config
+    create            boot a scenario's platforms as local hosts (as root or, with --login-user, as a
+                      user with sudo); print molecule's instance config
     destroy           destroy the hosts `create` made for a scenario (idempotent)
     build             build the example service once per source hash; print the release as JSON
     render-monitoring render Prometheus/Alertmanager files for a scenario's hosts into a directory
@@ -161,11 +162,13 @@ class ScenarioFleet:
     subnet_marker: str
     hosts: dict[str, str]
     """instance name -> host name"""
+    login_user: str = "root"
+    """who molecule logs in as: root, or a user with passwordless sudo (root's login then refused)"""
 
     @property
     def fleet(self) -> LocalFleet:
         return LocalFleet(FleetNetwork(self.bridge, self.subnet), Path(self.fleet_dir) / "hosts",
-                          Path(self.fleet_dir), Path(self.known_hosts))
+                          Path(self.fleet_dir), Path(self.known_hosts), login_user=self.login_user)
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -184,7 +187,7 @@ def instance_config(fleet: ScenarioFleet, specs: dict[str, HostSpec]) -> list[di
         {
             "instance": instance,
             "address": fleet.fleet.network.assert_own_address(spec.address),
-            "user": "root",
+            "user": fleet.login_user,
             "port": 22,
             "identity_file": str(key),
             "host_name": spec.name,
@@ -194,10 +197,12 @@ def instance_config(fleet: ScenarioFleet, specs: dict[str, HostSpec]) -> list[di
     ]
 
 
-def create(platforms: Sequence[Platform], ephemeral_dir: Path) -> list[dict[str, Any]]:
+def create(platforms: Sequence[Platform], ephemeral_dir: Path, login_user: str = "root") -> list[dict[str, Any]]:
     """Boot one host per platform on a bridge and subnet of their own; return the instance config.
 
-    Runs again over an existing fleet start only what is not running (molecule create twice).
+    `login_user` other than root makes the hosts as cloud images are: that user with passwordless
+    sudo, root's SSH login refused (the scenario's plays use become). Runs again over an existing
+    fleet start only what is not running (molecule create twice).
     """
     if not platforms:
         raise MoleculeHostError("the scenario has no platforms")
@@ -223,7 +228,7 @@ def create(platforms: Sequence[Platform], ephemeral_dir: Path) -> list[dict[str,
         scenario = ScenarioFleet(
             tag=tag, bridge=tag, subnet=subnet, fleet_dir=str(fleet_dir),
             known_hosts=str(ephemeral_dir / "known_hosts"), subnet_marker=str(marker),
-            hosts={p.name: f"{tag}-{p.name}" for p in platforms},
+            hosts={p.name: f"{tag}-{p.name}" for p in platforms}, login_user=login_user,
         )
         # saved before anything boots: a failed create is still destroyed by `molecule destroy`
         scenario.save(state_file)
@@ -365,6 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("create", help="boot the scenario's hosts, print the instance config")
     p.add_argument("--ephemeral-dir", type=Path, required=True)
     p.add_argument("--platform", action="append", default=[], type=Platform.parse, help="NAME[:GROUP,GROUP]")
+    p.add_argument("--login-user", default="root", help="user molecule logs in as (not root: with sudo)")
     p = sub.add_parser("destroy", help="destroy the scenario's hosts")
     p.add_argument("--ephemeral-dir", type=Path, required=True)
     p = sub.add_parser("build", help="build the example service (cached by source hash)")
@@ -385,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: Any
         if args.action == "create":
-            result = create(args.platform, args.ephemeral_dir.absolute())
+            result = create(args.platform, args.ephemeral_dir.absolute(), args.login_user)
         elif args.action == "destroy":
             result = destroy(args.ephemeral_dir.absolute())
         elif args.action == "build":

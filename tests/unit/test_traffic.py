@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,6 +37,7 @@ from orchestrator.traffic.loadgen import LoadReport, Sample
 from orchestrator.traffic.state import (
     TrafficState,
     colors,
+    from_runtime,
     read_state,
     served_share,
     split_weights,
@@ -241,19 +243,66 @@ def _helper() -> ModuleType:
     return load_file_module(REPO / "roles" / "haproxy" / "files" / "orchestrate-haproxy.py", "orchestrate_haproxy")
 
 
-def test_helper_persists_weights_only_of_the_named_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+STATE_DUMP = ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight ...\n"
+              "3 hello 1 p-app-1 10.0.0.11 2 0 0 100 0 0 1 0 0 0 0 0 - 8080 - 0 0 - - 0\n")
+
+
+def test_helper_saves_the_server_state_file_and_never_edits_the_config(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     helper = _helper()
-    config = tmp_path / "haproxy.cfg"
-    config.write_text("backend hello\n    server p-app-1 10.0.0.11:8080 weight 100\n"
-                      "    server p-app-10 10.0.0.20:8080 weight 100\n")
-    monkeypatch.setattr(helper.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 0, "stderr": ""})())
-    helper.persist(str(config), "hello", {"p-app-1": 0})
-    assert config.read_text().splitlines()[1:] == ["    server p-app-1 10.0.0.11:8080 weight 0",
-                                                   "    server p-app-10 10.0.0.20:8080 weight 100"]
-    with pytest.raises(SystemExit, match="no single"):
-        helper.persist(str(config), "hello", {"p-app-2": 0})
+    assert not hasattr(helper, "persist")  # the split is runtime state, not configuration
+    monkeypatch.setattr(helper, "ask", lambda sock, command: STATE_DUMP if command == "show servers state" else "")
+    state_file = tmp_path / "server-state"
+    helper.save_state("/run/haproxy/admin.sock", str(state_file))
+    assert state_file.read_text() == STATE_DUMP
+    assert [p.name for p in tmp_path.iterdir()] == ["server-state"]  # written by rename, nothing left over
+    monkeypatch.setattr(helper, "ask", lambda sock, command: "Unknown command.\n")
+    with pytest.raises(SystemExit, match="haproxy answered no server state"):
+        helper.save_state("/run/haproxy/admin.sock", str(state_file))
+    assert state_file.read_text() == STATE_DUMP  # the last good state stays
     with pytest.raises(SystemExit, match=r"NAME=0\.\.256"):
         helper.parse_pairs("a=300")
+
+
+def test_helper_expect_compares_the_configured_initial_weights(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    helper = _helper()
+    running = {"p-app-1": {"weight": 0, "initial_weight": 100}, "p-app-2": {"weight": 100, "initial_weight": 100}}
+    monkeypatch.setattr(helper, "state", lambda sock, backend: running)
+    monkeypatch.setattr("sys.argv", ["orchestrate-haproxy", "expect", "--backend", "hello", "p-app-1=100,p-app-2=100"])
+    assert helper.main() == 0  # a runtime weight of 0 (restored from the state file) is not a mismatch
+    monkeypatch.setattr("sys.argv", ["orchestrate-haproxy", "expect", "--backend", "hello", "p-app-1=100"])
+    assert helper.main() == 1
+    assert "expected {'p-app-1': 100}" in capsys.readouterr().err
+
+
+GROUPS: dict[Any, list[str]] = {"blue": ["a-1", "a-3"], "green": ["a-2", "a-4"]}
+
+
+@pytest.mark.parametrize(("weights", "cached", "active", "previous"), [
+    # after a blue-green release to green: HAProxy gives blue 0
+    ({"a-1": 0, "a-2": 100, "a-3": 0, "a-4": 100}, TrafficState(), "green", "blue"),
+    ({"a-1": 0, "a-2": 100, "a-3": 0, "a-4": 100}, TrafficState(active="green", previous="blue"), "green", "blue"),
+    # the cache says a switch back already happened (nothing to return to): trusted, it agrees
+    ({"a-1": 0, "a-2": 100, "a-3": 0, "a-4": 100}, TrafficState(active="green", previous=None), "green", None),
+    # the cache disagrees with HAProxy (another controller switched): HAProxy wins
+    ({"a-1": 100, "a-2": 0, "a-3": 100, "a-4": 0}, TrafficState(active="green", previous="blue"), "blue", "green"),
+    # every host serves (no traffic release yet): blue, nothing to switch back to
+    ({"a-1": 100, "a-2": 100, "a-3": 100, "a-4": 100}, TrafficState(), "blue", None),
+    ({"a-1": 100, "a-2": 100, "a-3": 100, "a-4": 100}, TrafficState(active="green"), "green", None),
+    # a canary stopped at 25%: the colour with the larger share serves
+    ({"a-1": 3, "a-2": 1, "a-3": 3, "a-4": 1}, TrafficState(active="green"), "blue", None),
+])
+def test_the_split_comes_from_haproxy_and_the_history_from_the_cache(
+        weights: dict[str, int], cached: TrafficState, active: str, previous: str | None) -> None:
+    state = from_runtime(weights, GROUPS, replace(cached, releases={"blue": "v1"}))
+    assert (state.active, state.previous) == (active, previous)
+    assert state.weights == weights and state.releases == {"blue": "v1"}
+
+
+def test_servers_unknown_to_the_colours_are_left_out_of_the_split() -> None:
+    state = from_runtime({"a-1": 100, "a-2": 0, "old-9": 100}, {"blue": ["a-1"], "green": ["a-2"]}, TrafficState())
+    assert state.weights == {"a-1": 100, "a-2": 0} and (state.active, state.previous) == ("blue", "green")
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed on this machine")
@@ -264,12 +313,15 @@ def test_role_template_renders_a_config_haproxy_accepts(tmp_path: Path) -> None:
     variables = yaml.safe_load((REPO / "roles/haproxy/defaults/main.yml").read_text())
     variables.update(ansible_managed="managed", haproxy_backend_name="hello",
                      haproxy_admin_socket=str(tmp_path / "admin.sock"),
+                     haproxy_server_state_file=str(tmp_path / "server-state"),
                      haproxy_backends=[{"name": "p-app-1", "address": "127.0.0.1", "weight": 100},
-                                       {"name": "p-app-2", "address": "127.0.0.1", "weight": 0}])
+                                       {"name": "p-app-2", "address": "127.0.0.1", "weight": 100}])
     config = tmp_path / "haproxy.cfg"
     config.write_text(template.render(**variables))
     text = config.read_text()
-    assert "server p-app-2 127.0.0.1:8080 weight 0" in text
+    assert "server p-app-2 127.0.0.1:8080 weight 100" in text
+    # runtime weights come back from HAProxy's own state file at every start and reload
+    assert f"server-state-file {tmp_path / 'server-state'}" in text and "load-server-state-from-file global" in text
     assert "expose-fd listeners" in text and "master-worker" in text
     check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr

@@ -38,18 +38,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from orchestrator.errors import CommandError, HostError
-from orchestrator.fleet.local.supervisor import STOP_REQUESTED
-from orchestrator.tools.process import run_command, start_detached, tail
-
-if TYPE_CHECKING:
-    pass
-from typing import TYPE_CHECKING
-
+from orchestrator.fleet.cloudinit import cloud_config, generate_host_key
 from orchestrator.fleet.local.image import ImageRecipe, ImageStore
-from orchestrator.fleet.local.keys import _update_known_hosts, ensure_ssh_key, write_host_key
+from orchestrator.fleet.local.keys import _update_known_hosts, ensure_ssh_key
 from orchestrator.fleet.local.network import (
     FleetNetwork,
     delete_bridge_if_unused,
@@ -60,6 +54,7 @@ from orchestrator.fleet.local.processes import (
     _cmdline,
     _kill_cgroup,
     _mounted,
+    _overlay_mounts_with_upper,
     _pid_alive,
     _read,
     _remove_cgroups,
@@ -70,10 +65,9 @@ from orchestrator.fleet.local.processes import (
     system_state,
 )
 from orchestrator.fleet.local.registry import _register, _unregister, registry_entries
-
-if TYPE_CHECKING:
-    pass
-from orchestrator.fleet.local.processes import _overlay_mounts_with_upper
+from orchestrator.fleet.local.supervisor import STOP_REQUESTED
+from orchestrator.fleet.local.userdata import apply_cloud_config, install_authorized_key
+from orchestrator.tools.process import run_command, start_detached, tail
 
 HostLiveness = Literal["running", "stopped", "missing"]
 LauncherState = Literal["alive", "dead"]
@@ -89,6 +83,7 @@ START_ACTIONS: dict[str, str] = {
 }
 
 
+#: the login user of a fleet whose environment names none (terraform.vars.ssh_user)
 SSH_USER = "root"
 
 
@@ -173,6 +168,7 @@ class HostRecord:
     bridge: str
     subnet: str
     lowerdir: str
+    login_user: str = SSH_USER
 
     @classmethod
     def load(cls, path: Path) -> HostRecord:
@@ -201,12 +197,17 @@ class LocalFleet:
     `state_dir` holds one directory per host (upper/work/merged dirs, host.json, console.log,
     supervisor.pid). Everything is keyed by host name and bridge, so fleets of different
     projects and tests run side by side as long as their prefixes and bridges differ.
+
+    `login_user` is who the controller logs in as: root, or a user with passwordless sudo whose
+    hosts refuse root's SSH login, as cloud images do (the host's cloud-config says so, see
+    orchestrator.fleet.cloudinit).
     """
 
     network: FleetNetwork
     state_dir: Path
     project_dir: Path
     known_hosts: Path | None = None
+    login_user: str = SSH_USER
     store: ImageStore = field(default_factory=ImageStore)
     recipe: ImageRecipe = field(default_factory=ImageRecipe)
     boot_timeout: float = 90.0
@@ -328,6 +329,9 @@ class LocalFleet:
                 f"{spec.name} exists with address {record.address} on {record.bridge}; "
                 f"destroy it before giving it {spec.address} on {self.network.bridge}"
             )
+        if record is not None and record.login_user != self.login_user:
+            raise HostError(f"{spec.name} exists with login user {record.login_user}; "
+                            f"destroy it before making {self.login_user} its login user")
         if record is not None and (launcher := self.launcher(spec.name)) is not None:
             if launcher == "alive":
                 return "none"
@@ -354,6 +358,7 @@ class LocalFleet:
                 bridge=self.network.bridge,
                 subnet=self.network.subnet,
                 lowerdir=str(lowerdir),
+                login_user=self.login_user,
             )
         elif not Path(record.lowerdir).is_dir():
             raise HostError(f"{spec.name}: its image {record.lowerdir} is gone; destroy and recreate the host")
@@ -361,7 +366,7 @@ class LocalFleet:
         first_boot = not self._record_path(spec.name).exists()
         if first_boot:
             self._personalize(record, merged)
-        self._install_authorized_key(merged)
+        self._install_authorized_key(merged, record.login_user)
         record.save(self._record_path(spec.name))
         host_key = merged / "etc/ssh/ssh_host_ed25519_key.pub"
         assert self.known_hosts is not None
@@ -504,16 +509,15 @@ class LocalFleet:
         (network_dir / "10-host0.network").write_text(
             network_file(record.address, ipaddress.IPv4Network(record.subnet).prefixlen)
         )
-        write_host_key(merged / "etc/ssh/ssh_host_ed25519_key", f"root@{record.name}")
-
-    def _install_authorized_key(self, merged: Path) -> None:
+        # what cloud-init does on a cloud image's first boot, from the same document (login user,
+        # sudo, root's login, the controller's host key)
         public = ensure_ssh_key(self.project_dir).with_suffix(".pub").read_text()
-        ssh_dir = merged / "root/.ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        authorized = ssh_dir / "authorized_keys"
-        if not authorized.exists() or authorized.read_text() != public:
-            authorized.write_text(public)
-            authorized.chmod(0o600)
+        apply_cloud_config(merged, cloud_config(host_key=generate_host_key(f"root@{record.name}"),
+                                                login_user=record.login_user, authorized_keys=[public]))
+
+    def _install_authorized_key(self, merged: Path, user: str) -> None:
+        # every start: a host made before the project's key was (re)generated still lets it in
+        install_authorized_key(merged, user, ensure_ssh_key(self.project_dir).with_suffix(".pub").read_text())
 
 
 def collect_garbage() -> list[str]:

@@ -1,20 +1,15 @@
-"""SSH keys of the local fleet: the project's client key, each host's own host key (recorded in
-known_hosts before first contact).
+"""SSH keys of the local fleet: the project's client key, and the known_hosts file its hosts'
+keys (generated on the controller, orchestrator.fleet.cloudinit) are recorded in before first contact.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from orchestrator import paths
 from orchestrator.files import file_lock
 from orchestrator.tools.process import run_command
-
-if TYPE_CHECKING:
-    pass
 
 
 def ssh_key_path(project_dir: Path) -> Path:
@@ -61,23 +56,3 @@ def _update_known_hosts(path: Path, address: str, public_key: str | None) -> Non
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-
-
-def write_host_key(path: Path, comment: str) -> None:
-    """Write an ed25519 SSH host key pair (OpenSSH format, private 0600) at `path` and `path`.pub.
-
-    Generated in-process: one ssh-keygen per host would cost a process start on a box whose
-    two cores are busy booting twenty hosts.
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private)
-    path.with_name(path.name + ".pub").write_text(f"{public.decode()} {comment}\n")

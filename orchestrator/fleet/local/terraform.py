@@ -14,13 +14,14 @@ from orchestrator.errors import HostError
 
 if TYPE_CHECKING:
     from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.fleet.local.fleet import HostSpec, LocalFleet, LocalHostState, plan_hosts
+from orchestrator.fleet.local.fleet import SSH_USER, HostSpec, LocalFleet, LocalHostState, plan_hosts
 from orchestrator.fleet.local.network import FleetNetwork, ensure_network
 
 
 @dataclass(frozen=True)
 class TerraformHost:
-    """The `input` of one terraform_data resource of terraform/modules/local_fleet."""
+    """The `input` of one terraform_data resource of terraform/modules/local_fleet (`ssh_user`
+    absent from hosts made before it existed: root)."""
 
     name: str
     address: str
@@ -29,6 +30,7 @@ class TerraformHost:
     subnet: str
     state_dir: Path
     project_dir: Path
+    ssh_user: str = SSH_USER
 
     @classmethod
     def from_json(cls, text: str) -> TerraformHost:
@@ -43,12 +45,14 @@ class TerraformHost:
                 subnet=str(data["subnet"]),
                 state_dir=Path(data["state_dir"]),
                 project_dir=Path(data["project_dir"]),
+                ssh_user=str(data.get("ssh_user") or SSH_USER),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise HostError(f"bad host description from terraform: {exc}: {text[:200]}") from None
 
     def fleet(self) -> LocalFleet:
-        return LocalFleet(FleetNetwork(self.bridge, self.subnet), self.state_dir, self.project_dir)
+        return LocalFleet(FleetNetwork(self.bridge, self.subnet), self.state_dir, self.project_dir,
+                          login_user=self.ssh_user)
 
     def spec(self) -> HostSpec:
         return HostSpec(self.name, self.address, self.groups)
@@ -79,7 +83,8 @@ def fleet_for(loaded: LoadedEnvironment) -> tuple[LocalFleet, list[HostSpec]]:
         raise HostError(f"environment {loaded.name} is not a local fleet (target {loaded.env.target})")
     v = terraform.vars
     network = FleetNetwork(v.bridge, v.subnet)
-    fleet = LocalFleet(network, loaded.paths.hosts, loaded.project_dir, loaded.paths.known_hosts)
+    fleet = LocalFleet(network, loaded.paths.hosts, loaded.project_dir, loaded.paths.known_hosts,
+                       login_user=v.ssh_user)
     specs = plan_hosts(
         v.host_prefix, network, app_count=v.app_count, monitoring_count=v.monitoring_count, lb_count=v.lb_count
     )

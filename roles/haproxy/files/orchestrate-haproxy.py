@@ -1,15 +1,20 @@
 #!/usr/bin/python3
-"""Set HAProxy server weights through the admin socket, persist them, and report statistics.
+"""Set HAProxy server weights through the admin socket, keep them in HAProxy's server-state
+file, and report statistics.
 
 Installed on load-balancer hosts by the haproxy role; orchestrate runs it over SSH:
 
-    orchestrate-haproxy state  --backend B                  JSON: weights, status, counters per server
-    orchestrate-haproxy set    --backend B s1=100,s2=0      runtime weights, then written to the config
-    orchestrate-haproxy expect --backend B s1=100,s2=0      exit 0 when the running servers match
+    orchestrate-haproxy state      --backend B              JSON: weights, status, counters per server
+    orchestrate-haproxy set        --backend B s1=100,s2=0  runtime weights, then the server state saved
+    orchestrate-haproxy expect     --backend B s1=100,s2=0  exit 0 when the running servers are these,
+                                                            configured with these (initial) weights
+    orchestrate-haproxy save-state                          `show servers state` into the state file
 
-`set` changes the running weights first (no reload: no connection is touched), then rewrites the
-`weight` of those servers in the configuration file (validated with `haproxy -c` before it
-replaces the file), so that a later reload keeps the traffic split.
+The traffic split lives in HAProxy's runtime state, never in its configuration (which gives every
+server the same initial weight). The configuration loads the server-state file at start-up
+(`server-state-file`, `load-server-state-from-file global`), and the file is written after every
+`set` and, through the haproxy unit's drop-in, before every reload and stop: a reload or restart
+keeps the weights as they were.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 
@@ -76,23 +80,19 @@ def state(sock: str, backend: str) -> dict[str, dict[str, object]]:
     return servers
 
 
-def persist(config: str, backend: str, weights: dict[str, int]) -> None:
-    with open(config, encoding="utf-8") as handle:
-        text = handle.read()
-    for name, weight in weights.items():
-        pattern = re.compile(rf"^(\s*server\s+{re.escape(name)}\s.*?\bweight\s+)\d+", re.M)
-        text, count = pattern.subn(rf"\g<1>{weight}", text)
-        if count != 1:
-            raise SystemExit(f"{config}: no single `server {name} ... weight N` line")
-    fd, tmp = tempfile.mkstemp(prefix=".haproxy.cfg.", dir=os.path.dirname(config))
+def save_state(sock: str, path: str) -> None:
+    """Write `show servers state` (every backend) to `path`, atomically: what the next start loads."""
+    text = ask(sock, "show servers state")
+    if not text.lstrip().startswith("1"):  # the file format's version line
+        raise SystemExit(f"haproxy answered no server state: {text.strip()[:200]}")
+    fd, tmp = tempfile.mkstemp(prefix=".server-state.", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
-        check = subprocess.run(["haproxy", "-c", "-q", "-f", tmp], capture_output=True, text=True, check=False)
-        if check.returncode != 0:
-            raise SystemExit(f"the configuration with the new weights does not validate: {check.stderr.strip()}")
-        os.replace(tmp, config)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -101,18 +101,25 @@ def persist(config: str, backend: str, weights: dict[str, int]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", default="/run/haproxy/admin.sock")
-    parser.add_argument("--config", default="/etc/haproxy/haproxy.cfg")
-    parser.add_argument("action", choices=("state", "set", "expect"))
-    parser.add_argument("--backend", required=True)
+    parser.add_argument("--state-file", default="/var/lib/haproxy/server-state")
+    parser.add_argument("action", choices=("state", "set", "expect", "save-state"))
+    parser.add_argument("--backend")
     parser.add_argument("weights", nargs="?", default="")
     args = parser.parse_intermixed_args()
+    if args.action == "save-state":
+        save_state(args.socket, args.state_file)
+        return 0
+    if not args.backend:
+        parser.error(f"{args.action} needs --backend")
     if args.action == "state":
         json.dump({"backend": args.backend, "servers": state(args.socket, args.backend)}, sys.stdout)
         return 0
     wanted = parse_pairs(args.weights)
     if args.action == "expect":
+        # the configuration's weights are the initial ones; the running weights come from the
+        # server-state file and are not the configuration's business
         found = state(args.socket, args.backend)
-        current = {name: entry.get("weight") for name, entry in found.items()}
+        current = {name: entry.get("initial_weight") for name, entry in found.items()}
         if current != wanted:
             print(f"running {current}, expected {wanted}", file=sys.stderr)
             return 1
@@ -124,7 +131,7 @@ def main() -> int:
     answer = ask(args.socket, ";".join(f"set weight {args.backend}/{n} {w}" for n, w in wanted.items()))
     if answer.strip():
         raise SystemExit(f"haproxy refused the weights: {answer.strip()}")
-    persist(args.config, args.backend, wanted)
+    save_state(args.socket, args.state_file)
     json.dump({"backend": args.backend, "servers": state(args.socket, args.backend)}, sys.stdout)
     return 0
 

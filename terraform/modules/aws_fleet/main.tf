@@ -8,6 +8,17 @@
 #   HTTPS with client certificates of the environment's CA);
 # - the clients (lb_ingress_cidrs): HTTP on the load balancer only.
 # Alertmanager and the node exporter of the monitoring host are used over loopback only.
+# Egress, by destination: inside the VPC (backends, scrapes, the VPC's DNS) and HTTP/HTTPS out
+# (package mirrors, artifact downloads, AWS APIs). None of them is AWS's default "everything to
+# 0.0.0.0/0" rule, which the provider revokes right after it creates a group: a rule identical to
+# it is refused as InvalidPermission.Duplicate whenever that revocation has not taken effect yet.
+#
+# SSH host keys: every instance's key is made by the controller and given to cloud-init in its
+# user data (`ssh_keys`), so known_hosts is written before the first connection. The user data is
+# only read when an instance is created (cloud-init runs those modules once per instance): later
+# changes are ignored, and the public key each instance was created with is kept in the state by
+# terraform_data.host_key (output `hosts[*].host_key`). The state itself holds no private key:
+# the provider keeps only a hash of user_data (see docs/teams.md for where the keys do live).
 
 locals {
   # Ports the monitoring host scrapes besides the service port's /metrics.
@@ -18,6 +29,25 @@ locals {
   # The monitoring host's journal receiver (roles/journal_remote journal_remote_port).
   journal_remote_port = 19532
   tags                = merge(var.tags, { "orchestrate:fleet" = var.name })
+
+  # Instance names, the keys of var.user_data and var.host_public_keys (orchestrate computes the
+  # same list: orchestrator.fleet.render.aws_instance_names).
+  app_names       = [for index in range(var.app_count) : "${var.name}-app-${index + 1}"]
+  monitoring_name = "${var.name}-monitoring"
+  lb_names        = [for index in range(var.lb_count) : "${var.name}-lb"]
+  instance_names  = concat(local.app_names, [local.monitoring_name], local.lb_names)
+  instance_id = merge(
+    { for index, name in local.app_names : name => aws_instance.app[index].id },
+    { (local.monitoring_name) = aws_instance.monitoring.id },
+    { for index, name in local.lb_names : name => aws_instance.lb[index].id },
+  )
+
+  # Everything out that the hosts need, and nothing equal to AWS's default egress rule.
+  egress = [
+    { description = "Inside the VPC (backends, scrapes, the VPC DNS resolver)", protocol = "-1", from_port = 0, to_port = 0, cidr_blocks = [var.vpc_cidr] },
+    { description = "HTTPS out (artifact downloads, package mirrors, AWS APIs)", protocol = "tcp", from_port = 443, to_port = 443, cidr_blocks = ["0.0.0.0/0"] },
+    { description = "HTTP out (Debian package mirrors)", protocol = "tcp", from_port = 80, to_port = 80, cidr_blocks = ["0.0.0.0/0"] },
+  ]
 }
 
 data "aws_availability_zones" "available" {
@@ -77,12 +107,16 @@ resource "aws_security_group" "fleet" {
   description = "Every host of ${var.name}: may upload its journal to the monitoring host"
   vpc_id      = aws_vpc.this.id
 
-  egress {
-    description = "Everything out (package mirrors, artifact downloads)"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
-    cidr_blocks = ["0.0.0.0/0"]
+  dynamic "egress" {
+    for_each = local.egress
+
+    content {
+      description = egress.value.description
+      from_port   = egress.value.from_port
+      to_port     = egress.value.to_port
+      protocol    = egress.value.protocol
+      cidr_blocks = egress.value.cidr_blocks
+    }
   }
 
   tags = merge(local.tags, { Name = "${var.name}-fleet" })
@@ -117,12 +151,16 @@ resource "aws_security_group" "monitoring" {
     security_groups = [aws_security_group.fleet.id]
   }
 
-  egress {
-    description = "Everything out (package mirrors, artifact downloads)"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
-    cidr_blocks = ["0.0.0.0/0"]
+  dynamic "egress" {
+    for_each = local.egress
+
+    content {
+      description = egress.value.description
+      from_port   = egress.value.from_port
+      to_port     = egress.value.to_port
+      protocol    = egress.value.protocol
+      cidr_blocks = egress.value.cidr_blocks
+    }
   }
 
   tags = merge(local.tags, { Name = "${var.name}-monitoring" })
@@ -165,12 +203,16 @@ resource "aws_security_group" "app" {
     security_groups = [aws_security_group.monitoring.id]
   }
 
-  egress {
-    description = "Everything out (package mirrors, artifact downloads)"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
-    cidr_blocks = ["0.0.0.0/0"]
+  dynamic "egress" {
+    for_each = local.egress
+
+    content {
+      description = egress.value.description
+      from_port   = egress.value.from_port
+      to_port     = egress.value.to_port
+      protocol    = egress.value.protocol
+      cidr_blocks = egress.value.cidr_blocks
+    }
   }
 
   tags = merge(local.tags, { Name = "${var.name}-app" })
@@ -192,8 +234,17 @@ resource "aws_instance" "app" {
   vpc_security_group_ids = [aws_security_group.app.id, aws_security_group.fleet.id]
   key_name               = aws_key_pair.this.key_name
 
+  # cloud-init: the login user and the SSH host key the controller made (read at first boot only)
+  user_data = var.user_data[local.app_names[count.index]]
+
   metadata_options {
     http_tokens = "required"
+  }
+
+  lifecycle {
+    # cloud-init applies user data once per instance: a change could never reach the host, and
+    # another controller (which has its own keys) must not replace the fleet by planning
+    ignore_changes = [user_data]
   }
 
   tags = merge(local.tags, { Name = "${var.name}-app-${count.index + 1}", "orchestrate:groups" = "app" })
@@ -206,8 +257,17 @@ resource "aws_instance" "monitoring" {
   vpc_security_group_ids = [aws_security_group.monitoring.id, aws_security_group.fleet.id]
   key_name               = aws_key_pair.this.key_name
 
+  # cloud-init: the login user and the SSH host key the controller made (read at first boot only)
+  user_data = var.user_data[local.monitoring_name]
+
   metadata_options {
     http_tokens = "required"
+  }
+
+  lifecycle {
+    # cloud-init applies user data once per instance: a change could never reach the host, and
+    # another controller (which has its own keys) must not replace the fleet by planning
+    ignore_changes = [user_data]
   }
 
   tags = merge(local.tags, { Name = "${var.name}-monitoring", "orchestrate:groups" = "monitoring" })
@@ -256,12 +316,16 @@ resource "aws_security_group" "lb" {
     security_groups = [aws_security_group.monitoring.id]
   }
 
-  egress {
-    description = "Everything out (backends, package mirrors)"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
-    cidr_blocks = ["0.0.0.0/0"]
+  dynamic "egress" {
+    for_each = local.egress
+
+    content {
+      description = egress.value.description
+      from_port   = egress.value.from_port
+      to_port     = egress.value.to_port
+      protocol    = egress.value.protocol
+      cidr_blocks = egress.value.cidr_blocks
+    }
   }
 
   tags = merge(local.tags, { Name = "${var.name}-lb" })
@@ -276,9 +340,31 @@ resource "aws_instance" "lb" {
   vpc_security_group_ids = [aws_security_group.lb[0].id, aws_security_group.fleet.id]
   key_name               = aws_key_pair.this.key_name
 
+  # cloud-init: the login user and the SSH host key the controller made (read at first boot only)
+  user_data = var.user_data[local.lb_names[count.index]]
+
   metadata_options {
     http_tokens = "required"
   }
 
+  lifecycle {
+    # cloud-init applies user data once per instance: a change could never reach the host, and
+    # another controller (which has its own keys) must not replace the fleet by planning
+    ignore_changes = [user_data]
+  }
+
   tags = merge(local.tags, { Name = "${var.name}-lb", "orchestrate:groups" = "lb" })
+}
+
+# The public host key each instance was created with: known_hosts is written from these (output
+# hosts), whichever controller plans later. Replaced with its instance, never updated in place.
+resource "terraform_data" "host_key" {
+  for_each = toset(local.instance_names)
+
+  input            = var.host_public_keys[each.key]
+  triggers_replace = [local.instance_id[each.key]]
+
+  lifecycle {
+    ignore_changes = [input]
+  }
 }

@@ -1,30 +1,33 @@
 output "hosts" {
-  description = "Hosts of the fleet, the same shape as local_fleet: name, address (public IP, else private), private_address, groups."
+  description = "Hosts of the fleet, the same shape as local_fleet: name, address (public IP, else private), private_address, groups; and host_key, the SSH host key (public) the instance was created with."
   value = concat(
     [for index, instance in aws_instance.app : {
-      name            = "${var.name}-app-${index + 1}"
+      name            = local.app_names[index]
       address         = coalesce(instance.public_ip, instance.private_ip)
       private_address = instance.private_ip
       groups          = ["app"]
+      host_key        = terraform_data.host_key[local.app_names[index]].output
     }],
     [{
-      name            = "${var.name}-monitoring"
+      name            = local.monitoring_name
       address         = coalesce(aws_instance.monitoring.public_ip, aws_instance.monitoring.private_ip)
       private_address = aws_instance.monitoring.private_ip
       groups          = ["monitoring"]
+      host_key        = terraform_data.host_key[local.monitoring_name].output
     }],
-    [for instance in aws_instance.lb : {
-      name            = "${var.name}-lb"
+    [for index, instance in aws_instance.lb : {
+      name            = local.lb_names[index]
       address         = coalesce(instance.public_ip, instance.private_ip)
       private_address = instance.private_ip
       groups          = ["lb"]
+      host_key        = terraform_data.host_key[local.lb_names[index]].output
     }],
   )
 }
 
 output "ssh_user" {
-  description = "User Ansible connects as: 'admin' on Debian AMIs."
-  value       = "admin"
+  description = "User Ansible connects as (var.ssh_user: 'admin' on Debian AMIs), with sudo."
+  value       = var.ssh_user
 }
 
 output "vpc_id" {

@@ -85,7 +85,7 @@ variable "monitoring_instance_type" {
 }
 
 variable "ami_id" {
-  description = "AMI of a systemd Linux with python3 and the 'admin' user (Debian 12)."
+  description = "AMI of a systemd Linux with python3, cloud-init and sudo (Debian 12)."
   type        = string
 
   validation {
@@ -156,5 +156,37 @@ variable "lb_ingress_cidrs" {
   validation {
     condition     = length(var.lb_ingress_cidrs) >= 1 && alltrue([for c in var.lb_ingress_cidrs : can(cidrhost(c, 0))])
     error_message = "The lb_ingress_cidrs must be a non-empty list of IPv4 CIDRs such as 0.0.0.0/0 or 203.0.113.0/24."
+  }
+}
+
+variable "ssh_user" {
+  description = "Login user of the instances, with passwordless sudo: the AMI's default user ('admin' on Debian, 'ubuntu', 'ec2-user'), or another that the user data creates."
+  type        = string
+  default     = "admin"
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_-]{0,31}$", var.ssh_user)) && var.ssh_user != "root"
+    error_message = "ssh_user must be a login name other than root, of lowercase letters, digits, '_' and '-' (e.g. admin, ubuntu, ec2-user)."
+  }
+}
+
+variable "user_data" {
+  description = "Cloud-init user data (#cloud-config) of every instance by name (NAME-app-1..N, NAME-monitoring, NAME-lb): the login user and the SSH host key orchestrate generated for it. Read when an instance is created."
+  type        = map(string)
+  sensitive   = true
+
+  validation {
+    condition     = alltrue([for text in values(var.user_data) : startswith(text, "#cloud-config\n")])
+    error_message = "Every user_data value must be a #cloud-config document."
+  }
+}
+
+variable "host_public_keys" {
+  description = "The public SSH host key in each instance's user data, by instance name (\"ssh-ed25519 AAAA... comment\")."
+  type        = map(string)
+
+  validation {
+    condition     = alltrue([for key in values(var.host_public_keys) : can(regex("^ssh-ed25519 [A-Za-z0-9+/=]+", key))])
+    error_message = "Every host_public_keys value must be an ssh-ed25519 public key."
   }
 }

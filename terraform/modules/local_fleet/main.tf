@@ -21,6 +21,7 @@ locals {
       state_dir   = var.state_dir
       project_dir = var.project_dir
       python      = var.python
+      ssh_user    = var.ssh_user
     }
   ]
 }
@@ -28,12 +29,13 @@ locals {
 resource "terraform_data" "host" {
   for_each = { for host in local.hosts : host.name => host }
 
-  # A host never moves: a new address, bridge or directory means a new host.
+  # A host never moves: a new address, bridge, directory or login user means a new host.
   triggers_replace = {
     address   = each.value.address
     bridge    = each.value.bridge
     subnet    = each.value.subnet
     state_dir = each.value.state_dir
+    ssh_user  = each.value.ssh_user
   }
 
   # Destroy-time provisioners may only read self, so everything they need is in input.

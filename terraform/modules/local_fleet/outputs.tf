@@ -14,6 +14,6 @@ output "hosts" {
 }
 
 output "ssh_user" {
-  description = "User Ansible connects as (key: PROJECT/.orchestrate/ssh/id_ed25519)."
-  value       = "root"
+  description = "User Ansible connects as (key: PROJECT/.orchestrate/ssh/id_ed25519); with sudo when it is not root."
+  value       = var.ssh_user
 }

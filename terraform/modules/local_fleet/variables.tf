@@ -95,3 +95,14 @@ variable "project_dir" {
     error_message = "project_dir must be an absolute path such as /srv/project."
   }
 }
+
+variable "ssh_user" {
+  description = "Login user of every host (root, or a user with passwordless sudo whose hosts refuse root's SSH login, as cloud images do)."
+  type        = string
+  default     = "root"
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_-]{0,31}$", var.ssh_user))
+    error_message = "ssh_user must be a login name of lowercase letters, digits, '_' and '-', starting with a letter or '_' (e.g. root, admin, ubuntu)."
+  }
+}

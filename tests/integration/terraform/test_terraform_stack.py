@@ -7,10 +7,12 @@ in file order and only the last one (the concurrent destroy) tears it down.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import yaml
 
 from orchestrator.config.loader import Project
 from orchestrator.errors import OrchestratorError, StateLockError
+from orchestrator.fleet.cloudinit import parse_user_data
 from orchestrator.fleet.provision import terraform_for
 from orchestrator.tools.terraform import StalePlanError
 
@@ -170,6 +173,63 @@ def test_security_groups_open_only_what_the_fleet_needs(applied: Stack, aws: Any
     assert everywhere == [("lb", ("tcp", 80, 80, "0.0.0.0/0"))]
 
 
+def egress_rules(aws: Any) -> dict[str, set[tuple[str, int, int, str]]]:
+    """{group name: {(protocol, from, to, destination CIDR)}} of the prod fleet's egress rules."""
+    groups = aws("ec2").describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["orchestrate-prod-*"]}])["SecurityGroups"]
+    return {g["GroupName"].removeprefix("orchestrate-prod-"): {
+        (p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1), r["CidrIp"])
+        for p in g["IpPermissionsEgress"] for r in p.get("IpRanges", [])} for g in groups}
+
+
+def test_egress_is_the_vpc_and_web_ports_never_the_default_rule(applied: Stack, aws: Any) -> None:
+    # AWS's default egress rule (everything to 0.0.0.0/0) is revoked by the provider when it
+    # creates a group; a rule of ours equal to it was refused as InvalidPermission.Duplicate
+    # whenever that revocation had not taken effect yet
+    expected = {("-1", -1, -1, "10.40.0.0/16"), ("tcp", 443, 443, "0.0.0.0/0"), ("tcp", 80, 80, "0.0.0.0/0")}
+    assert egress_rules(aws) == {"app": expected, "monitoring": expected, "lb": expected}
+
+
+def test_known_hosts_holds_every_instances_key_from_its_user_data(applied: Stack, aws: Any) -> None:
+    state_dir = applied.project / ".orchestrate" / "prod"
+    inventory = yaml.safe_load((state_dir / "inventory.yml").read_text())
+    ssh_args = inventory["all"]["vars"]["ansible_ssh_common_args"]
+    assert "accept-new" not in (state_dir / "inventory.yml").read_text()
+    assert f"UserKnownHostsFile={state_dir / 'known_hosts'}" in ssh_args and "StrictHostKeyChecking=yes" in ssh_args
+    lines = (state_dir / "known_hosts").read_text().splitlines()
+    known = {line.split()[0]: " ".join(line.split()[1:3]) for line in lines}
+    ec2 = aws("ec2")
+    instances = {tag(i, "Name"): i for i in fleet_instances(aws)}
+    assert sorted(known) == sorted(i["PublicIpAddress"] for i in instances.values())
+    for name, instance in instances.items():
+        generated = (state_dir / "host-keys" / f"{name}.pub").read_text().split()
+        assert known[instance["PublicIpAddress"]] == " ".join(generated[:2]), name
+        # what cloud-init gets: the controller's key pair, the login user with sudo and our key
+        encoded = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
+        document = parse_user_data(base64.b64decode(encoded["UserData"]["Value"]).decode())
+        assert document["ssh_keys"]["ed25519_public"].split()[:2] == generated[:2]
+        assert document["ssh_keys"]["ed25519_private"] == (state_dir / "host-keys" / name).read_text()
+        assert document["ssh_deletekeys"] is True and document["ssh_genkeytypes"] == []
+        admin = document["users"][1]
+        assert document["users"][0] == "default" and admin["name"] == "admin"
+        assert admin["sudo"] == "ALL=(ALL) NOPASSWD:ALL" and document["disable_root"] is True
+    assert stat.S_IMODE((state_dir / "host-keys").stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (state_dir / "host-keys").iterdir()
+            if not p.name.endswith(".pub") and not p.name.startswith(".")} == {0o600}
+
+
+def test_no_private_host_key_reaches_the_state(applied: Stack, aws: Any) -> None:
+    # the provider keeps a hash of user_data in the state, never the text; the variables file that
+    # does hold the keys is this user's only
+    state = aws("s3").get_object(Bucket=BUCKET, Key=STATE_KEY)["Body"].read()
+    assert b"aws_instance" in state and b"terraform_data" in state
+    assert b"PRIVATE KEY" not in state and b"ed25519_private" not in state
+    terraform_dir = applied.project / ".orchestrate" / "prod" / "terraform"
+    assert stat.S_IMODE(terraform_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((terraform_dir / "terraform.tfvars.json").stat().st_mode) == 0o600
+    assert not list(terraform_dir.glob("*.tfstate"))  # never a local state file for aws
+
+
 def test_second_plan_finds_nothing_to_change(applied: Stack, run_orchestrate: Any) -> None:
     result = run_orchestrate(applied.project, "plan", "prod", "--json")
     assert result.returncode == 0, result.stderr
@@ -228,6 +288,7 @@ class Contention:
     """Two operators' runs against one S3 state: see the `contended` fixture."""
 
     first: subprocess.CompletedProcess[str]
+    gated: subprocess.CompletedProcess[str]
     second: subprocess.CompletedProcess[str]
     locked_apply: BaseException
     stale_apply: BaseException
@@ -239,8 +300,9 @@ class Contention:
 def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
               tmp_path_factory: pytest.TempPathFactory) -> Contention:
     """A real change applied by `provision --yes` while another checkout (only the bucket is shared,
-    like a second operator) tries to apply: with `provision`, and with a plan file it saved before
-    the first run started (the race where both planned first).
+    like a second operator) tries to apply: with `provision` (the shared environment lock refuses
+    it), `plan` (the state lock refuses it) and a plan file it saved before the first run started
+    (the race where both planned first).
     """
     other = tmp_path_factory.mktemp("contended") / "other-checkout"
     for part in ("inventories", "terraform"):
@@ -258,8 +320,12 @@ def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
         assert time.monotonic() < deadline, f"the first provision never applied (lock: {operation})"
         time.sleep(0.1)
 
-    # The first run now holds the lock for its apply (provider load + a new instance: >10 s).
-    second = spawn(other, "provision", "prod", "--yes")
+    # The first run now holds the lock for its apply (provider load + a new instance: >10 s). The
+    # other checkout's provision is refused by the environment lock, shared beside the state (it
+    # would wait for it without --lock-wait 0); its plan, which takes no environment lock, by the
+    # state lock.
+    gated = run_orchestrate(other, "provision", "prod", "--yes", "--lock-wait", "0")
+    second = spawn(other, "plan", "prod")
     try:
         other_tf.apply(saved)
     except OrchestratorError as exc:
@@ -276,6 +342,7 @@ def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
         pytest.fail("a plan made before another apply was applied after it")
     return Contention(
         first=subprocess.CompletedProcess(first.args, first.returncode, out, err),
+        gated=gated,
         second=subprocess.CompletedProcess(second.args, second.returncode, second_out, second_err),
         locked_apply=locked_apply,
         stale_apply=stale_apply,
@@ -286,7 +353,13 @@ def contended(applied: Stack, aws: Any, run_orchestrate: Any, spawn: Any,
 
 def test_concurrent_applies_are_refused_by_the_state_lock(contended: Contention) -> None:
     assert contended.first.returncode == 0, contended.first.stderr
-    # the other checkout's provision: refused (its plan step meets the apply's lock), one line, exit 75
+    # the other checkout's provision: refused by the shared environment lock, naming the first run
+    gated = contended.gated
+    assert gated.returncode == 75, gated.stderr
+    (refusal,) = [line for line in gated.stderr.splitlines() if line.startswith("error:")]
+    assert refusal.startswith("error: environment prod is locked by ")
+    assert "(orchestrate provision prod --yes" in refusal
+    # its plan: refused by the apply's state lock, one line, exit 75
     second = contended.second
     assert second.returncode == 75, second.stderr
     assert "Traceback" not in second.stderr
@@ -357,9 +430,11 @@ def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any,
         assert time.monotonic() < deadline, "the destroy never took the state lock"
         time.sleep(0.2)
 
-    second = run_orchestrate(other, "provision", "prod", "--yes")
-    # the same checkout is refused earlier, by the environment lock on this controller
+    second = run_orchestrate(other, "plan", "prod")  # no environment lock: terraform's state lock refuses it
+    # a provision, from this checkout or another, is refused earlier, by the environment lock
+    # shared beside the state
     same = run_orchestrate(applied.project, "provision", "prod", "--yes", "--lock-wait", "0")
+    gated = run_orchestrate(other, "provision", "prod", "--yes", "--lock-wait", "0")
     out, err = destroyer.communicate(timeout=300)
 
     assert second.returncode == 75, second.stderr
@@ -369,11 +444,15 @@ def test_concurrent_runs_are_refused_by_the_state_lock(applied: Stack, aws: Any,
         "error: terraform plan for prod refused: the Terraform state lock is held by another run (by ")
     assert ", for " in error_lines[0] and "lock ID " in error_lines[0]
     assert "Traceback" not in second.stderr
-    assert same.returncode == 75, same.stderr
-    assert "Traceback" not in same.stderr
+    for refused in (same, gated):
+        assert refused.returncode == 75, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert "error: environment prod is locked by " in refused.stderr
+        assert "(orchestrate destroy prod" in refused.stderr
 
     assert destroyer.returncode == 0, err
-    # 6 instances (app_count 4 since the concurrent applies), 4 security groups, network, key pair
-    assert json.loads(out)["destroyed"] == 18
+    # 6 instances (app_count 4 since the concurrent applies) and their 6 recorded host keys,
+    # 4 security groups, network, key pair
+    assert json.loads(out)["destroyed"] == 24
     assert fleet_instances(aws) == []
     assert not (applied.project / ".orchestrate" / "prod" / "inventory.yml").exists()

@@ -101,14 +101,24 @@ def test_lb_balances_reloads_without_loss_and_weight_zero_drains(traffic_fleet: 
     assert drained not in drained_report.served_by, describe(drained_report)
     assert set(drained_report.served_by) == set(app) - {drained}
     assert after["lbtot"] == before["lbtot"]
-    # persisted: the rendered config says weight 0, and a reload keeps it
+    # kept in HAProxy's server-state file, not in the config (whose weights are the initial ones):
+    # a reload and a restart keep it
     cfg = fleet.ssh(lb_spec, "cat /etc/haproxy/haproxy.cfg").stdout
-    assert any(line.split()[:2] == ["server", drained] and line.split()[-1] == "0" for line in cfg.splitlines()), cfg
-    fleet.ssh(lb_spec, "systemctl reload haproxy")
-    time.sleep(2)
-    assert lb.stats()[drained]["weight"] == 0
+    assert any(line.split()[:2] == ["server", drained] and line.split()[-1] == "100" for line in cfg.splitlines()), cfg
+    saved = fleet.ssh(lb_spec, "cat /var/lib/haproxy/server-state").stdout.splitlines()
+    # fields: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight
+    assert [line.split()[7:9] for line in saved if line.split()[3:4] == [drained]] == [["0", "100"]], saved
+    for action in ("reload", "restart"):
+        fleet.ssh(lb_spec, f"systemctl {action} haproxy")
+        deadline = time.monotonic() + 10
+        while lb.stats()[drained].get("initial_weight") != 100 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        running = lb.stats()
+        assert running[drained]["weight"] == 0, (action, running)
+        assert {n: s["weight"] for n, s in running.items() if n != drained} == dict.fromkeys(set(app) - {drained}, 100)
     lb.set_weights({drained: 100})
     assert read_state(loaded).weights[drained] == 100
+    assert lb.traffic_state().weights == dict.fromkeys(app, 100)
 
 
 def _colour_names(fleet: Any) -> dict[str, set[str]]:
@@ -222,3 +232,38 @@ def test_canary_flaky_release_rolled_back_at_first_step(traffic_fleet: Any, traf
     finally:
         journal.close()
     assert run.state == "failed" and step.detail["decisions"][0]["go"] is False
+
+
+def test_without_the_cache_a_blue_green_goes_to_the_colour_haproxy_drains(traffic_fleet: Any,
+                                                                           traffic_builds: Any) -> None:
+    """HAProxy's runtime state is the truth, `.orchestrate/ENV/traffic.json` only a cache: a checkout
+    that lost it (or never had it) still deploys to the idle colour, never the serving one."""
+    fleet = traffic_fleet
+    groups = _colour_names(fleet)  # green serves v3 (the canary above), blue is idle on v1
+    code, first, err = fleet.orchestrate("deploy", "--release", str(traffic_builds.v2), "--strategy", "blue-green")
+    assert code == 0, err
+    assert (first["active"], first["previous"]) == ("blue", "green")
+    cache = fleet.state_dir / "traffic.json"
+    cache.unlink()
+    lb = LoadBalancer(fleet.loaded)
+    assert {n for n, s in lb.stats().items() if s["weight"] == 0} == groups["green"]  # what HAProxy says
+
+    with load(fleet, 120) as gen:
+        time.sleep(1)
+        code, second, err = fleet.orchestrate("deploy", "--release", str(traffic_builds.v1),
+                                              "--strategy", "blue-green")
+        switched_at = gen.now()
+        time.sleep(2)
+        gen.stop()
+    assert code == 0, err
+    report = gen.report
+    assert report.failed == 0, describe(report)
+    # the release went to green, the colour HAProxy gave weight 0; blue served until the switch
+    assert (second["active"], second["previous"]) == ("green", "blue"), second
+    assert {h["name"] for h in second["deploy"]["hosts"]} == groups["green"], second["deploy"]
+    assert {s.served_by for s in report.samples if s.started < switched_at - 2} == groups["blue"], describe(report)
+    assert {s.served_by for s in report.samples if s.started > switched_at + 0.5} == groups["green"]
+    assert {_version_on(fleet, n) for n in groups["blue"]} == {"0.2.0"}
+    assert {_version_on(fleet, n) for n in groups["green"]} == {"0.1.0"}
+    # the cache is written again from HAProxy's state
+    assert read_state(fleet.loaded).active == "green"

@@ -21,8 +21,9 @@ def test_ssh_argv_uses_the_inventory_connection_and_one_master_connection() -> N
     assert argv[:3] == ["ssh", "-i", "/k/id"]
     assert "UserKnownHostsFile=/k/kh" in argv and "BatchMode=yes" in argv
     assert f"ControlPath={control_dir(1234)}/tr-%C" in argv and str(control_dir(1234)) == "/tmp/orch-cp-1234"
-    # the remote command is one shell-quoted argument, after the destination
-    assert argv[-2:] == ["admin@10.0.0.5", f"{HELPER} state --backend hello"]
+    # the remote command is one shell-quoted argument, after the destination; a login user other
+    # than root reaches the admin socket through passwordless sudo
+    assert argv[-2:] == ["admin@10.0.0.5", f"sudo -n {HELPER} state --backend hello"]
     bare = ssh_argv({}, "10.0.0.6", ["true"])
     assert "-i" not in bare and bare[-2:] == ["root@10.0.0.6", "true"]
 
