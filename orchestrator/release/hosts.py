@@ -40,7 +40,7 @@ from orchestrator.release.results import (
 )
 from orchestrator.release.signing import Staged, sealed_for_shipping, signing_vars
 from orchestrator.release.transitions import HostTransitions, _checked
-from orchestrator.tools.ansible import PlaybookInterrupted, PlaybookResult, new_run_id, unsafe
+from orchestrator.tools.ansible import PlaybookInterrupted, PlaybookResult, new_run_id
 
 Strategy = Literal["rolling", "canary"]
 
@@ -93,9 +93,10 @@ def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None, *, signers: 
         **(signing_vars(loaded) if signers else {}),
         "rust_service_name": service.name,
         "rust_service_binary": service.effective_binary,
-        # data, not templates: each argument reaches the service as written
-        "rust_service_args": unsafe(list(service.args)),
-        "rust_service_hooks": unsafe(service.hooks.as_role_input()),
+        # data, not templates (every extra var reaches Ansible marked unsafe: tools/ansible.py
+        # unsafe_yaml): each argument reaches the service as written
+        "rust_service_args": list(service.args),
+        "rust_service_hooks": service.hooks.as_role_input(),
         "rust_service_user": service.effective_user,
         "rust_service_data_dir": service.effective_data_dir,
         "rust_service_port": service.port,

@@ -417,21 +417,6 @@ def extra_vars_cmdline(files: Sequence[Path]) -> str:
 # --- running --------------------------------------------------------------------------------------
 
 
-def unsafe(value: Any) -> Any:
-    """`value` with every string marked as data Ansible must never template (pure).
-
-    Extra vars reach ansible-playbook as JSON (`-e '{...}'`), and Ansible templates their
-    strings: an argument such as `{{ x }}` would be evaluated. `{"__ansible_unsafe": text}` is
-    how Ansible's own JSON reads unsafe text, which it passes on unchanged.
-    """
-    if isinstance(value, str):
-        return {"__ansible_unsafe": value}
-    if isinstance(value, (list, tuple)):
-        return [unsafe(item) for item in value]
-    if isinstance(value, Mapping):
-        return {key: unsafe(item) for key, item in value.items()}
-    return value
-
 
 def new_run_id() -> str:
     """Sortable, unique run id: UTC time plus a short random suffix."""

@@ -55,10 +55,9 @@ def test_a_service_with_its_own_contract_becomes_the_roles_inputs(project_copy: 
     loaded = Project(project_copy).load("dev")
     inputs = role_vars(loaded, None)
     assert inputs["rust_service_binary"] == "ledgerd"
-    # marked unsafe: Ansible passes them on without templating them
-    assert inputs["rust_service_args"] == [{"__ansible_unsafe": arg} for arg in LEDGER["args"]]
-    assert inputs["rust_service_hooks"] == {"before_switch": [{"__ansible_unsafe": arg}
-                                                              for arg in LEDGER["hooks"]["before_switch"]]}
+    # as written (the extra vars file marks every string unsafe: Ansible never templates them)
+    assert inputs["rust_service_args"] == LEDGER["args"]
+    assert inputs["rust_service_hooks"] == {"before_switch": LEDGER["hooks"]["before_switch"]}
     assert inputs["rust_service_health_path"] == "/ready" and inputs["rust_service_port"] == 9300
     binary = Release(id="0.1.0-0123456789ab", version="0.1.0", sha256="0" * 64, binary=tmp_path / "ledgerd",
                      source=tmp_path / "ledgerd")
@@ -120,8 +119,13 @@ def test_check_args_placeholders_and_literal_braces(argv: Any, problem: str | No
     assert (found is None) if problem is None else (found is not None and found.startswith(problem)), found
 
 
-def test_unsafe_marks_every_string_for_ansible() -> None:
-    from orchestrator.tools.ansible import unsafe
+def test_args_and_hooks_reach_ansible_as_data(project_copy: Path) -> None:
+    from orchestrator.release.hosts import role_vars
+    from orchestrator.tools.ansible import unsafe_yaml
 
-    assert unsafe({"before_switch": ["{{ x }}", "{port}"], "n": 3}) == {
-        "before_switch": [{"__ansible_unsafe": "{{ x }}"}, {"__ansible_unsafe": "{port}"}], "n": 3}
+    loaded = Project(project_copy).load("dev")
+    variables = role_vars(loaded, None, signers=False)
+    assert variables["rust_service_args"] == list(loaded.env.service.args)
+    # the vars file Ansible reads tags its root `!unsafe`: every string below it is data
+    assert unsafe_yaml(variables).startswith("!unsafe")
+
