@@ -26,8 +26,6 @@ from orchestrator.fleet.local.terraform import fleet_for
 from orchestrator.tools.cargo import find_cargo
 from orchestrator.tools.process import run_command
 
-from .helpers import orchestrate
-
 FleetEnv = Any
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.slow]
 
@@ -108,7 +106,7 @@ def markers() -> list[Path]:
 
 def test_values_and_secrets_reach_the_service_environment_byte_for_byte(
         fleet: FleetEnv, builds: dict[str, Path]) -> None:
-    code, data, err = orchestrate(fleet, "deploy", "--release", str(builds["v1"]), "--skip-backup")
+    code, data, err = fleet.orchestrate("deploy", "--release", str(builds["v1"]), "--skip-backup")
     assert code == 0, err
     assert data["state"] == "deployed"
     for host in fleet.group("app"):
@@ -131,7 +129,7 @@ def test_a_host_whose_current_link_names_a_jinja_payload_fails_the_deploy_clearl
     fleet.ssh(second, "mkdir -p /etc/systemd/system/hello.service.d && printf '[Service]\\nExecStartPre=/bin/false\\n'"
                       " > /etc/systemd/system/hello.service.d/zz-fail.conf && systemctl daemon-reload")
     try:
-        code, _, err = orchestrate(fleet, "deploy", "--release", str(builds["v2"]), "--skip-backup")
+        code, _, err = fleet.orchestrate("deploy", "--release", str(builds["v2"]), "--skip-backup")
     finally:
         fleet.ssh(second, "rm -f /etc/systemd/system/hello.service.d/zz-fail.conf && systemctl daemon-reload")
     assert code == 1, err

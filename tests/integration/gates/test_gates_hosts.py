@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.deploy.helpers import orchestrate, versions
-from tests.integration.up.helpers import FAST, run_cli, run_detail, up
+from tests.integration.deploy.helpers import versions
+from tests.integration.up.helpers import FAST, run_detail, up
+from tests.support.cli import run_orchestrate
 
 from .crates import crate_copy
 
@@ -28,7 +29,7 @@ Builds = Any
 
 
 def fleet_status(fleet: FleetEnv) -> list[tuple[str, str | None, str | None, bool]]:
-    proc = run_cli(fleet, "status", fleet.env_name, "--json")
+    proc = run_orchestrate(fleet.project_dir, "status", fleet.env_name, "--json")
     assert proc.returncode == 0, proc.stderr
     return [(h["name"], h["release"], h["previous_release"], h["healthy"]) for h in json.loads(proc.stdout)["hosts"]]
 
@@ -65,9 +66,9 @@ def test_a_release_modified_on_a_host_is_refused_at_the_next_switch_to_it(
     app = [h.name for h in fleet.group("app")]
     v1, v2 = hello_builds.v1.release_id, hello_builds.v2.release_id
     # v1 from its cargo project (so its SBOM is recorded), v2 as a built binary
-    code, _, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v1.project), "--skip-backup")
+    code, _, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v1.project), "--skip-backup")
     assert code == 0, err
-    code, _, err = orchestrate(fleet, "deploy", "--release", str(hello_builds.v2.binary), "--skip-backup")
+    code, _, err = fleet.orchestrate("deploy", "--release", str(hello_builds.v2.binary), "--skip-backup")
     assert code == 0, err
     assert versions(fleet) == dict.fromkeys(app, "0.2.0")
 
@@ -80,7 +81,7 @@ def test_a_release_modified_on_a_host_is_refused_at_the_next_switch_to_it(
     assert manifest["id"] == v1 and manifest["sbom_sha256"] is not None
 
     fleet.ssh(tampered, f"printf 'x' >> /opt/hello/releases/{v1}/hello")
-    code, result, err = orchestrate(fleet, "rollback", "--to", v1)
+    code, result, err = fleet.orchestrate("rollback", "--to", v1)
     assert code == 1, err
     assert f"release {v1} refused" in err and tampered.name in err
 
@@ -96,6 +97,6 @@ def test_a_release_modified_on_a_host_is_refused_at_the_next_switch_to_it(
     assert not (Path(result["evidence_dir"]) / app[1] / "integrity.txt").exists()
 
     # what went into v1, from its SBOM
-    shown = run_cli(fleet, "release", "show", fleet.env_name, v1)
+    shown = run_orchestrate(fleet.project_dir, "release", "show", fleet.env_name, v1)
     assert shown.returncode == 0, shown.stderr
     assert "hello-service (this release)" in shown.stdout and "0.1.0" in shown.stdout

@@ -23,8 +23,9 @@ from orchestrator.monitoring.checks import verify_dashboard
 from orchestrator.monitoring.files import ALERTMANAGER_FILE, MonitoringLayout, render_monitoring_texts, write_monitoring
 from orchestrator.monitoring.rules import HAPROXY_RESPONSE_TIME, PROBE_SUCCESS
 from orchestrator.runs.journal import Journal
+from tests.support.net import OPENER, free_port, wait_http
 
-from .conftest import OPENER, Processes, free_port, wait_http
+from .helpers import Processes
 
 pytestmark = pytest.mark.integration
 
