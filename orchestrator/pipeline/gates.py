@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import CommandError, OrchestratorError, UsageError
-from orchestrator.runs.backend import coordination_for
 from orchestrator.runs.identity import ProcessIdentity
 from orchestrator.runs.journal import StepHandle
 from orchestrator.tools import cargo
@@ -363,6 +362,8 @@ def check_release(loaded: LoadedEnvironment, request: GateRequest, *, argv: Sequ
     check_skips(loaded, request)
     from orchestrator.runs.session import locked_run
 
-    with locked_run(coordination_for(loaded), command="check", argv=list(argv), steps=["gates"], wait=lock_wait,
+    # a check changes nothing on the hosts or in the shared state: recorded in this controller's
+    # journal (no cloud credentials needed to lint and validate)
+    with locked_run(loaded.state_dir, command="check", argv=list(argv), steps=["gates"], wait=lock_wait,
                     on_wait=on_wait, env=loaded.name) as session, session.run.step("gates") as step:
         return gates_step(step, loaded, request, command="check", argv=argv, on_result=on_result)

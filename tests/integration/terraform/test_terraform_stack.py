@@ -187,7 +187,7 @@ def test_egress_is_the_vpc_and_web_ports_never_the_default_rule(applied: Stack, 
     # creates a group; a rule of ours equal to it was refused as InvalidPermission.Duplicate
     # whenever that revocation had not taken effect yet
     expected = {("-1", -1, -1, "10.40.0.0/16"), ("tcp", 443, 443, "0.0.0.0/0"), ("tcp", 80, 80, "0.0.0.0/0")}
-    assert egress_rules(aws) == {"app": expected, "monitoring": expected, "lb": expected}
+    assert egress_rules(aws) == {"app": expected, "monitoring": expected, "lb": expected, "fleet": expected}
 
 
 def test_known_hosts_holds_every_instances_key_from_its_user_data(applied: Stack, aws: Any) -> None:
