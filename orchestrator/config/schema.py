@@ -704,6 +704,8 @@ class ReleaseSigning(_Model):
         if len(value) > 4096 or any(len(part.encode()) > 255 for part in value.split("/")):
             raise ValueError(f"{_shown(value)} is not a usable path (a name is longer than 255 bytes, or the "
                              "path longer than 4096)")
+        if value and (value.endswith("/") or value.rsplit("/", 1)[-1] in ("", ".", "..", "~")):
+            raise ValueError(f"{_shown(value)} names a directory, not a key file")
         return value
 
     trusted_keys: list[Ed25519PublicKey] = Field(

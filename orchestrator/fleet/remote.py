@@ -19,8 +19,9 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import CommandTimeout, OrchestratorError, UsageError
 from orchestrator.fleet.guard import address_check
-from orchestrator.fleet.inventory import Host, fleet_hosts, load_inventory
+from orchestrator.fleet.inventory import Host, allowed_networks, fleet_hosts, load_inventory
 from orchestrator.paths import ssh_key
+from orchestrator.tools.ansible import check_inventory_addresses
 from orchestrator.tools.ssh import AddressGuard, SshOptions, SshTarget, describe_failure, run_ssh
 
 #: hosts contacted at once
@@ -46,6 +47,10 @@ def connection(loaded: LoadedEnvironment) -> Connection:
     path = loaded.paths.inventory
     if not path.is_file():
         raise UsageError(f"{loaded.name} has no inventory yet ({path}): run `orchestrate up {loaded.name}` first")
+    networks = allowed_networks(loaded)
+    if networks is not None:
+        # a tampered inventory is refused whole, as a playbook run refuses it
+        check_inventory_addresses(path, networks)
     all_vars: dict[str, Any] = (load_inventory(path).get("all") or {}).get("vars") or {}
     key = Path(str(all_vars.get("ansible_ssh_private_key_file") or ssh_key(loaded.project_dir)))
     return Connection(user=str(all_vars.get("ansible_user") or "root"), key=key,

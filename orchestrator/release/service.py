@@ -49,6 +49,7 @@ from orchestrator.release.results import (
     ReleaseRun,
     ReleaseRunError,
 )
+from orchestrator.release.signing import Staged, sealed_for_shipping
 from orchestrator.release.strategies import RanStrategy, host_strategy, is_traffic, note_host_deploy, resolve_strategy
 from orchestrator.release.traffic import (
     DecisionSink,
@@ -295,7 +296,10 @@ class ReleaseService:
             idle = other(state.active or "blue")
             hosts = colors(hosts)[idle]
             notes.append(f"{ran} deploys to the idle colour ({idle}) first: {', '.join(h.name for h in hosts)}")
-        extra = {**role_vars(self.loaded, None), **release_vars(release),
+        # the signed manifest the hosts would verify, as a deploy ships it (controller-side only)
+        sealed = sealed_for_shipping(self.loaded, Staged(id=release.id, version=release.version,
+                                                         directory=release.binary.parent, source=release.source))
+        extra = {**role_vars(self.loaded, None), **release_vars(release), **sealed.role_vars(),
                  **strategy_vars(self.loaded, "rolling", [h.name for h in hosts])}
         outcome.check = check_deploy(self.loaded, hosts, release, extra, secret_vars=command.secrets, strategy=ran,
                                      tuned=command.tuned, on_event=self.on_event)

@@ -497,6 +497,9 @@ class Gate:
         self.interval = params["health_interval"]
 
     def restart(self):
+        # a release that crash-looped leaves the unit past its start limit: systemd would refuse
+        # this start too ("start request repeated too quickly") and the restore would fail
+        run(["systemctl", "reset-failed", f"{self.service}.service"], timeout=30)
         rc, out = run(["systemctl", "restart", f"{self.service}.service"], timeout=90)
         return rc == 0, out
 

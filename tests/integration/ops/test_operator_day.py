@@ -142,30 +142,26 @@ def fleet(module_unbooted_project: Any, hello_builds: Builds, listener: Listener
 # --- status ---------------------------------------------------------------------------------------
 
 
-def test_status_of_three_hosts_in_under_a_second(fleet: FleetEnv, hello_builds: Builds) -> None:
-    seconds, outputs = [], []
-    for _ in range(5):
-        started = time.monotonic()
-        result = run(fleet, "status", "dev", "--json")
-        seconds.append(time.monotonic() - started)
-        assert result.returncode == 0, result.stderr
-        outputs.append(json.loads(result.stdout))
-    data = outputs[-1]
+def test_status_of_three_hosts_by_direct_probes(fleet: FleetEnv, hello_builds: Builds) -> None:
+    # how fast is the `status` figure of the bench (bench/run.py), not an assertion here
+    result = run(fleet, "status", "dev", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
     v1 = hello_builds.v1.release_id
     assert data["env"] == "dev" and data["release"] == v1
     assert [h["name"] for h in data["hosts"]] == app_names(fleet)
     for host in data["hosts"]:
         assert {"name", "address", "release", "previous_release", "unit", "healthy"} <= set(host)
         assert (host["release"], host["unit"], host["healthy"]) == (v1, "active", True)
-    # the whole command, Python's start included (the best of five: other work shares the two CPUs)
-    assert min(seconds) < 1.0, f"status took {seconds} s (load average {os.getloadavg()})"
-    # the probes themselves, in process
-    assert min(fleet_status(fleet.loaded).duration for _ in range(3)) < 0.5
+    # the probes in process give the same answer
+    probed = fleet_status(fleet.loaded)
+    assert [(h.name, h.release, h.healthy) for h in probed.hosts] == [
+        (h["name"], h["release"], h["healthy"]) for h in data["hosts"]]
     # no playbook ran: no run folder was left behind
     runs = fleet.state_dir / "runs"
-    before = len(list(runs.iterdir()))
+    before = sorted(p.name for p in runs.iterdir()) if runs.exists() else []
     run(fleet, "status", "dev", "--json")
-    assert len(list(runs.iterdir())) == before
+    assert (sorted(p.name for p in runs.iterdir()) if runs.exists() else []) == before
 
 
 def test_status_reports_a_stopped_unit(fleet: FleetEnv) -> None:
