@@ -56,3 +56,44 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     f"state machine: exhaustive exploration checked {value['paths']} paths "
                     f"({value['rollouts']} rollouts of {value['hosts']} hosts, lower bound {value['lower_bound']}"
                     f"{heal}, {value['seconds']} s)")
+
+
+# --- longest files first -----------------------------------------------------------------------
+
+#: The test files that take longest (minutes each, measured with `pytest --durations=0` in a full
+#: run), longest first. `make test` hands whole files to its workers in collection order; started
+#: last, one of these would run alone at the end while the other workers sit idle, so they are
+#: collected first and the many short files fill the gaps. Refresh the list when the durations move.
+LONGEST_FIRST = (
+    "tests/integration/test_any_service.py",
+    "tests/integration/up/test_up.py",
+    "tests/integration/monitoring/test_heal_e2e.py",
+    "tests/integration/up/test_up_non_root.py",
+    "tests/integration/monitoring/test_heal_stale.py",
+    "tests/integration/terraform/test_terraform_stack.py",
+    "tests/integration/molecule/test_molecule_scenarios.py",
+    "tests/integration/monitoring/test_heal_traffic.py",
+    "tests/integration/terraform/test_shared_coordination.py",
+    "tests/integration/traffic/test_prometheus_gate.py",
+    "tests/integration/verify/test_graph_real_terraform.py",
+    "tests/integration/traffic/test_up_traffic.py",
+    "tests/integration/deploy/test_deploy_transitions.py",
+    "tests/integration/up/test_up_mid_deploy.py",
+    "tests/e2e/test_operator_session.py",
+    "tests/integration/up/test_up_concurrent.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move the items of LONGEST_FIRST's files to the front, in its order (stable otherwise)."""
+    rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        path = Path(str(item.fspath)).resolve()
+        try:
+            relative = path.relative_to(REPO).as_posix()
+        except ValueError:
+            return len(rank)
+        return rank.get(relative, len(rank))
+
+    items.sort(key=key)
