@@ -26,6 +26,11 @@
   deploy           `orchestrate deploy --skip-backup` (a release change) to 5, 20 and 50 hosts, tuned against
                    stock Ansible settings: tuned <= stock / 2, 50 hosts < 60 s; and the peak
                    memory of the orchestrate process during the tuned 50-host deploy (no goal)
+  floor            floor-5, floor-20: the release change done by plain parallel ssh (copy, verify the
+                   sha256, switch, restart, probe; bench/floor.py), interleaved with `orchestrate deploy`
+                   on the same fleet: deploy <= 3x the floor at 5 hosts, <= 2.5x at 20
+  scale            `orchestrate deploy` (a release change) to 10, 20, 50 and 100 hosts: seconds per host,
+                   the fitted seconds per additional host, the controller's peak memory at 100: 50 < 20 s
   memory           only the peak memory (when `deploy` is not selected: one tuned 50-host deploy)
 
 --quick is a smoke run with small fleets and single repetitions (its figures are not the ones
@@ -507,6 +512,87 @@ def fig_memory(settings: Settings) -> list[Row]:
     return fig_deploy(settings, with_timings=False)
 
 
+# --- the floor: the same release change by plain parallel ssh, and deploy time against fleet size -----
+
+
+def fig_floor(settings: Settings) -> list[Row]:
+    """floor-5, floor-20: the plain parallel-ssh release change (bench/floor.py) interleaved with
+    `orchestrate deploy` (tuned, a release change) on the same fleet; the deploy as a multiple of it."""
+    import floor
+
+    b = settings.builds()
+    sizes: list[int] = settings.pick([5, 20], [2])
+    pairs = settings.pick({5: 3, 20: 2}, {2: 1})
+    goals = {5: 3.0, 20: 2.5}
+    rows: list[Row] = []
+    versions = [(b.v1, "0.1.0"), (b.v2, "0.2.0")]
+    for size in sizes:
+        with Fleets(f"floor{size}") as fleets:
+            fleet = fleets.boot(app_count=size)
+            expect_state(deploy_cli(fleet, b.v1), "deployed")  # first contact, not timed
+            current = 0
+            deploys: list[float] = []
+            floors: list[float] = []
+            for index in range(pairs[size]):
+                current = 1 - current
+                deploys.append(expect_state(deploy_cli(fleet, versions[current][0]), "deployed").seconds)
+                current = 1 - current
+                binary, version = versions[current]
+                floors.append(floor.release_change(fleet, binary, version, f"floor-{index + 1}"))
+                log(f"floor {size} hosts, pair {index + 1}/{pairs[size]}: orchestrate deploy {deploys[-1]:.2f} s, "
+                    f"plain ssh {floors[-1]:.2f} s")
+        deploy_median, floor_median = statistics.median(deploys), statistics.median(floors)
+        ratio = deploy_median / floor_median
+        goal = goals.get(size, 3.0)
+        rows.append(Row(
+            f"floor-{size}", f"floor: plain parallel-ssh release change, {size} hosts (and the deploy as a multiple)",
+            f"{floor_median:.2f} s; orchestrate deploy {deploy_median:.2f} s = {ratio:.1f}x",
+            f"deploy <= {goal:g}x floor", verdict(ratio <= goal),
+            {"hosts": size, "pairs": pairs[size], "floor_s": floors, "floor_median_s": floor_median,
+             "deploy_s": deploys, "deploy_median_s": deploy_median, "ratio": ratio}))
+    return rows
+
+
+def fig_scale(settings: Settings) -> list[Row]:
+    """`orchestrate deploy` (tuned, a release change) to 10, 20, 50 and 100 hosts: seconds per host,
+    the fitted cost of one more host, and the peak memory of the controller at the largest size."""
+    import floor
+
+    b = settings.builds()
+    sizes: list[int] = settings.pick([10, 20, 50, 100], [2, 3])
+    seconds: dict[int, float] = {}
+    memory: common.RunOutcome | None = None
+    for size in sizes:
+        with Fleets(f"scale{size}") as fleets:
+            started = time.monotonic()
+            fleet = fleets.boot(app_count=size)
+            log(f"scale: {size} hosts booted in {time.monotonic() - started:.1f} s")
+            expect_state(deploy_cli(fleet, b.v1), "deployed")  # first contact, not timed
+            outcome = expect_state(deploy_cli(fleet, b.v2, sample_memory=size == sizes[-1]), "deployed")
+            seconds[size] = outcome.seconds
+            if size == sizes[-1]:
+                memory = outcome
+            log(f"scale: {size} hosts deployed in {outcome.seconds:.1f} s ({outcome.seconds / size:.2f} s per host)")
+    slope, intercept = floor.fit(list(seconds), list(seconds.values()))
+    largest = sizes[-1]
+    per_host = {size: seconds[size] / size for size in sizes}
+    data: dict[str, Any] = {"deploy_s": seconds, "seconds_per_host": per_host, "slope_s_per_host": slope,
+                            "intercept_s": intercept}
+    fifty = seconds.get(50)
+    rows = [Row("scale", f"deploy (release change) to {', '.join(map(str, sizes))} hosts: seconds per host",
+                ", ".join(f"{size}: {seconds[size]:.1f} s ({per_host[size]:.2f}/host)" for size in sizes)
+                + f"; fitted {slope:.2f} s per additional host",
+                "50 hosts < 20 s", verdict(fifty is not None and fifty < 20.0) if fifty is not None else "n/a",
+                data)]
+    if memory is not None:
+        rows.append(Row("scale-memory", f"peak memory of the controller during a {largest}-host deploy",
+                        f"{mib(memory.peak_rss_kib):.0f} MiB orchestrate; {mib(memory.peak_tree_rss_kib):.0f} MiB "
+                        "with ansible-playbook and its workers", "no goal (reported)", "n/a",
+                        {"hosts": largest, "orchestrate_vmhwm_mib": mib(memory.peak_rss_kib),
+                         "process_tree_peak_mib": mib(memory.peak_tree_rss_kib), "samples": memory.samples}))
+    return rows
+
+
 # --- the release gates ---------------------------------------------------------------------------------
 
 
@@ -553,6 +639,8 @@ FIGURES: dict[str, Callable[[Settings], list[Row]]] = {
     "gates": fig_gates,
     "plan-overhead": fig_plan_overhead,
     "deploy": fig_deploy,
+    "floor": fig_floor,
+    "scale": fig_scale,
     "memory": fig_memory,
 }
 

@@ -1,0 +1,100 @@
+"""The physical floor of a release change, and the fit of deploy time against fleet size.
+
+The floor is the same work a release change does, done by hand with nothing but plain parallel
+`ssh` and HTTP: per host, one `ssh` that receives the binary on stdin into a new release
+directory, checks its sha256, switches `current` atomically and restarts the unit; then the
+service's health path polled (every 20 ms) until the new process answers with the new version.
+All hosts at once; the figure is the time until the last host serves the new release.
+
+No tool does it faster on these hosts without skipping a step, so a deploy figure divided by it
+says how much of a deploy is the tool's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from common import FleetEnv
+
+from orchestrator.fleet.local.fleet import HostSpec
+from orchestrator.fleet.local.network import FleetNetwork
+from tests.support.net import http_get
+
+#: how often the controller asks a restarted host for its version
+PROBE_INTERVAL = 0.02
+
+
+def switch_command(base_dir: str, unit: str, binary_name: str, release_id: str, sha256: str) -> str:
+    """The one remote command of a floor release change (stdin: the binary)."""
+    base = shlex.quote(base_dir)
+    release = shlex.quote(f"{base_dir}/releases/{release_id}")
+    part = shlex.quote(f"{base_dir}/releases/{release_id}/.{binary_name}.part")
+    final = shlex.quote(f"{base_dir}/releases/{release_id}/{binary_name}")
+    return (
+        f"set -e; mkdir -p {release}; cat > {part}; "
+        f"echo {shlex.quote(sha256 + '  ' + base_dir + '/releases/' + release_id + '/.' + binary_name + '.part')}"
+        f" | sha256sum -c --quiet; chmod 0755 {part}; mv {part} {final}; "
+        f"ln -sfn {release} {base}/.current.floor; mv -T {base}/.current.floor {base}/current; "
+        f"systemctl restart {shlex.quote(unit)}"
+    )
+
+
+def _wait_for_version(url: str, version: str, network: FleetNetwork, deadline: float) -> None:
+    while True:
+        try:
+            status, body = http_get(url, network=network, timeout=1)
+            if status == 200 and f'"version":"{version}"' in body:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not report {version} within the deadline")
+        time.sleep(PROBE_INTERVAL)
+
+
+def release_change(fleet: FleetEnv, binary: Path, version: str, release_id: str, *, timeout: float = 120) -> float:
+    """One floor release change of every app host to `binary` (which reports `version` on
+    /version): seconds until the last host serves it."""
+    service = fleet.loaded.env.service
+    base_dir, unit = f"/opt/{service.name}", f"{service.name}.service"
+    binary_name = service.effective_binary
+    payload = binary.read_bytes()
+    sha256 = hashlib.sha256(payload).hexdigest()
+    command = switch_command(base_dir, unit, binary_name, release_id, sha256)
+    hosts = fleet.group("app")
+    errors: list[str] = []
+
+    def one(host: HostSpec) -> None:
+        try:
+            argv = fleet.ssh_argv(host, command)
+            proc = subprocess.run(argv, input=payload, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  timeout=timeout, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"ssh exited {proc.returncode}: {proc.stdout[-300:]!r}")
+            address = fleet.network.assert_own_address(host.address)
+            _wait_for_version(f"http://{address}:{service.port}/version", version, fleet.network, started + timeout)
+        except Exception as exc:  # reported below, for every host that failed
+            errors.append(f"{host.name}: {exc}")
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one, args=(host,)) for host in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    if errors:
+        raise RuntimeError("floor release change failed: " + "; ".join(errors))
+    return elapsed
+
+
+def fit(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
+    """Least-squares line through (hosts, seconds): (seconds per additional host, intercept)."""
+    slope, intercept = statistics.linear_regression([float(s) for s in sizes], seconds)
+    return slope, intercept
