@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ansible.errors import AnsibleError as _AnsibleError  # type: ignore[import-untyped]
-from ansible.parsing.vault import VaultLib, VaultSecret, is_encrypted  # type: ignore[import-untyped]
 
 from orchestrator.config.loader import LoadedEnvironment, decode_utf8
 from orchestrator.config.rules import env_value_problem
@@ -88,8 +86,19 @@ def resolve_password(
     )
 
 
-def _vault(password: str) -> VaultLib:
+def _vault(password: str) -> Any:
+    # ansible's vault (and its templating) costs a fifth of a second to import: only when a secret
+    # is read or written, not for every command that loads this module
+    from ansible.parsing.vault import VaultLib, VaultSecret  # type: ignore[import-untyped]
+
     return VaultLib([("default", VaultSecret(password.encode("utf-8")))])
+
+
+def _is_encrypted(raw: bytes) -> bool:
+    """Whether `raw` is an ansible-vault payload (its header), as ansible's `is_encrypted` reads it."""
+    from ansible.parsing.vault import is_encrypted
+
+    return bool(is_encrypted(raw))
 
 
 def decrypt_text(ciphertext: str | bytes, password: str) -> str:
@@ -182,15 +191,17 @@ def load_secrets(
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=display) from None
-    if not is_encrypted(raw):
+    if not _is_encrypted(raw):
         raise ConfigError(
             "is not vault-encrypted; encrypt it with `ansible-vault encrypt` (secrets are never stored in clear)",
             path=display,
         )
     password = resolve_password(display, password_provider, environ)
+    from ansible.errors import AnsibleError  # type: ignore[import-untyped]
+
     try:
         plaintext: bytes = _vault(password).decrypt(raw)
-    except _AnsibleError:
+    except AnsibleError:
         from_file = (os.environ if environ is None else environ).get(PASSWORD_FILE_ENV)
         source = f"the file named by {PASSWORD_FILE_ENV}" if from_file else "the password given"
         raise UsageError(f"{display}: cannot decrypt with {source} (wrong vault password?)") from None

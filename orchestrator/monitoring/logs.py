@@ -35,7 +35,6 @@ from orchestrator.config.types import parse_duration, parse_size
 from orchestrator.errors import CommandError, OrchestratorError, UsageError
 from orchestrator.fleet.inventory import Host, fleet_hosts
 from orchestrator.fleet.remote import connection
-from orchestrator.monitoring.pki import ensure_pki
 from orchestrator.tools.process import CommandResult
 from orchestrator.tools.ssh import SSH_FAILED, describe_failure, remote_argv, run_ssh
 
@@ -146,6 +145,10 @@ def playbook_vars(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = None
     monitor = monitoring_host(hosts)
     if monitor is None or not logs_enabled(loaded, hosts):
         return {"orchestrate_logs_enabled": False}
+    # the CA needs `cryptography`, a twentieth of a second to import: only here, not for every
+    # command that reads the central logs or keeps a gate's evidence
+    from orchestrator.monitoring.pki import ensure_pki
+
     pki = ensure_pki(loaded, hosts)
     logs = loaded.env.monitoring.logs
     return {

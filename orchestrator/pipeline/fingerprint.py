@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.runs.journal import Journal
@@ -79,3 +80,23 @@ def _recorded_fingerprint(record: RunRecord) -> str | None:
         if value:
             return str(value)
     return None
+
+
+def _gates_detail(record: RunRecord) -> dict[str, Any]:
+    return next((dict(s.detail or {}) for s in record.steps if s.name == "gates"), {})
+
+
+def operator_skipped_gates(record: RunRecord) -> set[str]:
+    """The gates an operator skipped (`--skip-gate`) in the run `record`, or in the run it repeated."""
+    return set((_gates_detail(record).get("skipped_by_operator") or {}).get("gates") or [])
+
+
+def noop_details(previous: RunRecord, fingerprint_now: str) -> dict[str, dict[str, Any]]:
+    """step -> the detail a no-op run records in its skipped steps, so that it is in turn a full
+    reference for the next run's no-op check: the fingerprint (render) and the gates an operator
+    skipped (gates). Without them, every no-op would be followed by a full run."""
+    carried: dict[str, dict[str, Any]] = {"render": {"fingerprint": fingerprint_now}}
+    skipped = _gates_detail(previous).get("skipped_by_operator")
+    if skipped:
+        carried["gates"] = {"skipped_by_operator": skipped}
+    return carried

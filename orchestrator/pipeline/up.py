@@ -33,7 +33,13 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.fleet.render import render_environment
 from orchestrator.monitoring.delivery import publish_after_run
-from orchestrator.pipeline.fingerprint import _recorded_fingerprint, fingerprint, last_completed_up
+from orchestrator.pipeline.fingerprint import (
+    _recorded_fingerprint,
+    fingerprint,
+    last_completed_up,
+    noop_details,
+    operator_skipped_gates,
+)
 from orchestrator.pipeline.gates import GateRequest, GateResult, check_skips, gates_step
 from orchestrator.release.artifact import Release, peek_release_id, staged_release
 from orchestrator.runs.backend import coordination_for
@@ -131,6 +137,9 @@ class _Stages:
     fingerprint: str | None = None
     status: dict[str, Any] | None = None
     gates_results: list[dict[str, Any]] = field(default_factory=list)
+    carried: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What a no-op run records in its skipped steps, so that it can be the next run's reference:
+    the fingerprint (render) and the gates an operator skipped (gates)."""
 
     def build(self, step: StepHandle) -> None:
         if self.request.release_path is None:
@@ -277,8 +286,7 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     previous = last_completed_up(journal)
     if previous is None:
         return False
-    gates = next((s.detail or {} for s in previous.steps if s.name == "gates"), {})
-    if set((gates.get("skipped_by_operator") or {}).get("gates") or []) - set(stages.request.skip_gates):
+    if operator_skipped_gates(previous) - set(stages.request.skip_gates):
         return False  # the gates an operator skipped last time run now
     if stages.request.release_path is not None:
         stages.release_id = peek_release_id(stages.request.release_path, sha256=stages.request.sha256,
@@ -291,6 +299,7 @@ def _is_noop(stages: _Stages, journal: Journal) -> bool:
     stages.fingerprint = fingerprint(stages.loaded, stages.release_id, source=stages.request.release_path)
     if _recorded_fingerprint(previous) != stages.fingerprint:
         return False
+    stages.carried = noop_details(previous, stages.fingerprint)
     inventory = stages.loaded.paths.inventory
     if not inventory.exists():
         return False
@@ -360,7 +369,7 @@ def up(
         if resumed_at is None and not request.force and _is_noop(stages, session.journal):
             say("nothing changed since the last run and every host is healthy on its release: done")
             for name in STEPS:
-                run.skip(name, "no-op: nothing changed")
+                run.skip(name, "no-op: nothing changed", stages.carried.get(name))
             if stages.release_id:
                 run.set_release(stages.release_id)
             noop = True

@@ -531,8 +531,9 @@ class Run:
             raise
         self._end_step(handle, "completed")
 
-    def skip(self, name: str, reason: str) -> None:
-        """Mark a pending step `skipped` (e.g. nothing to provision) with the reason."""
+    def skip(self, name: str, reason: str, detail: Mapping[str, Any] | None = None) -> None:
+        """Mark a pending step `skipped` (e.g. nothing to provision) with the reason, and `detail`
+        merged into the step's detail."""
         now = isoformat(utcnow())
         with self.journal._write() as conn:
             self._require_running(conn)
@@ -542,11 +543,11 @@ class Run:
                 raise JournalError(
                     f"run {self.id}: step {name!r} is {row['state']}; only a pending step can be skipped"
                 )
-            detail = _load_json(row["detail"]) | {"skipped": reason}
+            merged = _load_json(row["detail"]) | dict(detail or {}) | {"skipped": reason}
             conn.execute(
                 "UPDATE steps SET state='skipped', started=?, finished=?, duration=0, detail=?"
                 " WHERE run_id=? AND name=?",
-                (now, now, _dump_json(detail), self.id, name),
+                (now, now, _dump_json(merged), self.id, name),
             )
 
     def _begin_step(self, name: str, detail: Mapping[str, Any]) -> StepHandle:

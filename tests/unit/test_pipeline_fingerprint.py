@@ -5,12 +5,20 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.config.loader import LoadedEnvironment, Project
 from orchestrator.fleet.render import render_environment
-from orchestrator.pipeline.fingerprint import fingerprint
+from orchestrator.pipeline.fingerprint import (
+    _recorded_fingerprint,
+    fingerprint,
+    last_completed_up,
+    noop_details,
+    operator_skipped_gates,
+)
+from orchestrator.runs.journal import Journal
 
 RELEASE = "0.1.0-aaaaaaaaaaaa"
 
@@ -93,3 +101,39 @@ def test_a_change_to_the_cargo_projects_source_counts(project_copy: Path, tmp_pa
     assert fingerprint(loaded, RELEASE, source=crate) != before
     binary = crate / "target" / "release" / "svc"
     assert fingerprint(loaded, RELEASE, source=binary) == fingerprint(loaded, RELEASE)
+
+
+def test_a_noop_run_is_a_full_reference_for_the_next_one(tmp_path: Path) -> None:
+    # up, no-op, no-op, ...: each no-op must carry what the next no-op check compares, or every
+    # second `up` on an unchanged fleet would be a full run
+    steps = ["build", "render", "gates", "deploy"]
+    with Journal.open(tmp_path / "dev") as journal:
+        full = journal.start_run("up", ["up", "dev"], steps=steps, release=RELEASE)
+        for name in steps:
+            detail: dict[str, Any] = {}
+            if name == "render":
+                detail = {"fingerprint": "f" * 64}
+            elif name == "gates":
+                detail = {"skipped_by_operator": {"gates": ["checkov"], "reason": "outage"}}
+            with full.step(name, **detail):
+                pass
+        full.complete()
+        for _ in range(2):
+            previous = last_completed_up(journal)
+            assert previous is not None
+            assert _recorded_fingerprint(previous) == "f" * 64
+            assert operator_skipped_gates(previous) == {"checkov"}
+            noop = journal.start_run("up", ["up", "dev"], steps=steps, release=RELEASE)
+            carried = noop_details(previous, "f" * 64)
+            for name in steps:
+                noop.skip(name, "no-op: nothing changed", carried.get(name))
+            noop.complete()
+            assert last_completed_up(journal).id == noop.id  # type: ignore[union-attr]
+        # a run whose operator skipped nothing carries no skipped gates forward
+        clean = journal.start_run("up", ["up", "dev"], steps=steps, release=RELEASE)
+        for name in steps:
+            with clean.step(name, **({"fingerprint": "e" * 64} if name == "render" else {})):
+                pass
+        clean.complete()
+        assert noop_details(last_completed_up(journal), "e" * 64) == {  # type: ignore[arg-type]
+            "render": {"fingerprint": "e" * 64}}

@@ -79,6 +79,10 @@ def test_first_up_then_noop(up_fleet: FleetEnv, hello_builds: Any) -> None:
     assert second["noop"] is True
     assert {s["state"] for s in second["steps"]} == {"skipped"}
     assert all(h["healthy"] and h["release"] == hello_builds.v1.release_id for h in second["status"]["hosts"])
+    # a no-op is in turn the reference of the next one: on an unchanged fleet every later up is a no-op
+    third = up(up_fleet, hello_builds.v1.binary)
+    assert third.returncode == 0, third.stderr
+    assert json.loads(third.stdout)["noop"] is True
 
     # a host whose process died is not a no-op: up brings it back
     victim = up_fleet.loaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 from pathlib import Path
 
@@ -45,19 +46,24 @@ def test_hosts_json_lists_planned_hosts_as_missing(tmp_path: Path) -> None:
 
 def test_recorded_host_without_launcher_is_stopped(tmp_path: Path) -> None:
     project = _project(tmp_path)
-    host_dir = project / ".orchestrate" / "dev" / "hosts" / "dev-app-2"
+    # a prefix no real fleet uses: the machine state is looked up by name, and `make up` leaves a
+    # running dev fleet (dev-app-2 among them) on the machine where `make test` runs next
+    prefix = "ut" + secrets.token_hex(3)
+    env_file = project / "inventories" / "dev" / "environment.yml"
+    env_file.write_text(env_file.read_text().replace("host_prefix: dev\n", f"host_prefix: {prefix}\n", 1))
+    host_dir = project / ".orchestrate" / "dev" / "hosts" / f"{prefix}-app-2"
     host_dir.mkdir(parents=True)
     (host_dir / "host.json").write_text(json.dumps({
-        "name": "dev-app-2", "address": "10.213.10.11", "groups": ["app"], "bridge": "orch-dev",
+        "name": f"{prefix}-app-2", "address": "10.213.10.11", "groups": ["app"], "bridge": "orch-dev",
         "subnet": "10.213.10.0/24", "lowerdir": "/nonexistent",
     }))
     (host_dir / "supervisor.pid").write_text("999999999\n")
     result = CliRunner().invoke(cli, ["--project-dir", str(project), "hosts", "dev", "--json"])
     assert result.exit_code == 0, result.output
     states = {h["name"]: h["state"] for h in json.loads(result.stdout)["hosts"]}
-    lb = {"dev-lb-1": "missing"} if _dev_has_lb(project) else {}
-    assert states == {"dev-app-1": "missing", "dev-app-2": "stopped", "dev-app-3": "missing", "dev-mon-1": "missing",
-                      **lb}
+    lb = {f"{prefix}-lb-1": "missing"} if _dev_has_lb(project) else {}
+    assert states == {f"{prefix}-app-1": "missing", f"{prefix}-app-2": "stopped", f"{prefix}-app-3": "missing",
+                      f"{prefix}-mon-1": "missing", **lb}
 
 
 def test_hosts_of_an_aws_environment_without_an_inventory_is_bad_input(tmp_path: Path) -> None:
