@@ -10,7 +10,7 @@ import os
 import pwd
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from orchestrator.errors import OrchestratorError
@@ -27,6 +27,19 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_files(paths: Iterable[Path], root: Path) -> str:
+    """Hex sha256 over the files among `paths` (name relative to `root`, then content), in name
+    order; directories and `__pycache__` are left out."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(b"\0")
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
     return digest.hexdigest()
 
 

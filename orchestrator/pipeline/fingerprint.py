@@ -7,28 +7,17 @@ would do nothing: the second one ends early as a no-op.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config.loader import LoadedEnvironment
+from orchestrator.files import digest_files
 from orchestrator.runs.journal import Journal
 from orchestrator.runs.records import RunRecord
 from orchestrator.tools.terraform import LOCK_FILE
 
 #: files under these project directories feed the fingerprint of a run
 FINGERPRINT_DIRS = ("roles", "playbooks", "terraform/modules")
-
-
-def _tree_digest(paths: Iterable[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(b"\0")
-            digest.update(path.read_bytes())
-            digest.update(b"\0")
-    return digest.hexdigest()
 
 
 def _source_files(project: Path) -> list[Path]:
@@ -59,10 +48,10 @@ def fingerprint(loaded: LoadedEnvironment, release_id: str | None, *, source: Pa
     secrets = loaded.path.parent / "secrets.yml"
     if secrets.exists():
         files.append(secrets)  # encrypted text: a changed secret changes the fingerprint
-    digest = hashlib.sha256(_tree_digest(files, root).encode())
+    digest = hashlib.sha256(digest_files(files, root).encode())
     digest.update(f"\0release={release_id or ''}".encode())
     if isinstance(source, Path) and source.is_dir() and (source / "Cargo.toml").is_file():
-        digest.update(f"\0source={_tree_digest(_source_files(source), source)}".encode())
+        digest.update(f"\0source={digest_files(_source_files(source), source)}".encode())
     return digest.hexdigest()
 
 

@@ -13,6 +13,8 @@ the deployment state machine (orchestrator.models.process) are recorded as they 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.secrets import SECRETS_VAR
 from orchestrator.config.types import parse_duration
 from orchestrator.errors import UsageError
+from orchestrator.files import digest_files
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.ids import require_release_id
@@ -109,6 +112,26 @@ def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None, *, signers: 
     }
 
 
+#: the role every release action runs; its files are inputs of the setup fingerprint
+ROLE = "rust_service"
+
+
+def setup_fingerprint(loaded: LoadedEnvironment, inputs: Mapping[str, Any]) -> str:
+    """sha256 over what the role's setup tasks (user, directories, signing keys, unit) depend on:
+    the role inputs `inputs` (role_vars: no release, no secret) and the role's own files.
+
+    A host that recorded this fingerprint after its last setup, with its unit and signing keys
+    unchanged since, skips those tasks (roles/rust_service/tasks/setup.yml); a change to any input,
+    to a task, template or module of the role, runs them again. Inputs the setup does not read
+    (health, hooks) are in it too: a change there costs one full setup, never a missed one.
+    """
+    role_dir = loaded.project_dir / "roles" / ROLE
+    body = {key: value for key, value in inputs.items() if key != "rust_service_evidence_dir"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode())
+    digest.update(b"\0" + digest_files(role_dir.rglob("*"), role_dir).encode())
+    return digest.hexdigest()
+
+
 def release_vars(release: Release) -> dict[str, Any]:
     """The role's release inputs: the staged executable, or the bundle's archive (unpacked on the host
     under releases/<id>/) with the sha256 of the executable inside it."""
@@ -184,7 +207,9 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
         transitions.require([h.name for h in hosts], "deploy")
     run_id = new_run_id()
     evidence_dir = loaded.paths.evidence(run_id)
-    extra = {**role_vars(loaded, evidence_dir), **release_vars(release), **sealed.role_vars(), **rollout}
+    inputs = role_vars(loaded, evidence_dir)
+    extra = {**inputs, **release_vars(release), **sealed.role_vars(), **rollout,
+             "rust_service_setup_fingerprint": setup_fingerprint(loaded, inputs)}
     secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
     result = _interruptible(lambda: _run(
         loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id, secret_vars=secret_vars,

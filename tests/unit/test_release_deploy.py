@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.config.loader import Project
 from orchestrator.errors import UsageError
-from orchestrator.release.hosts import _conclude, role_vars, strategy_vars
+from orchestrator.release.hosts import _conclude, role_vars, setup_fingerprint, strategy_vars
 from orchestrator.release.results import (
     CLEANUP_TASK,
     NO_PREVIOUS,
@@ -53,6 +53,24 @@ def test_role_vars_come_from_the_environment_and_hold_no_secret(project_copy: Pa
     assert found["rust_service_config"]["HELLO_GREETING"] == "hello from dev"
     assert found["rust_service_evidence_dir"] == str(project_copy / "ev")
     assert "rust_service_secret_env" not in found
+
+
+def test_the_setup_fingerprint_follows_the_setups_inputs_and_the_role(project_copy: Path) -> None:
+    loaded = Project(project_copy).load("dev")
+    inputs = role_vars(loaded, None)
+    before = setup_fingerprint(loaded, inputs)
+    assert len(before) == 64 and int(before, 16) >= 0
+    # where the evidence goes (a new folder per run) and the order of the inputs are no input
+    assert setup_fingerprint(loaded, {**role_vars(loaded, project_copy / "ev")}) == before
+    assert setup_fingerprint(loaded, dict(reversed(list(inputs.items())))) == before
+    # what the unit, the user or the directories are made of is
+    assert setup_fingerprint(loaded, {**inputs, "rust_service_args": ["--port", "{port}"]}) != before
+    assert setup_fingerprint(loaded, {**inputs, "rust_service_data_dir": "/srv/hello"}) != before
+    assert setup_fingerprint(loaded, {**inputs, "rust_service_signing_public_keys": []}) != before
+    # and so is the role itself: a template, a task file
+    template = project_copy / "roles" / "rust_service" / "templates" / "service.j2"
+    template.write_text(template.read_text() + "# changed\n")
+    assert setup_fingerprint(loaded, inputs) != before
 
 
 def test_canary_takes_the_first_hosts_and_rolling_none(project_copy: Path) -> None:

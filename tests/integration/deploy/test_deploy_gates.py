@@ -305,3 +305,56 @@ def test_keep_two_releases_never_removes_current_or_previous(
     assert code == 0, err
     assert status["release"] == id3
     assert all(h["previous_release"] == v1 and h["healthy"] for h in status["hosts"])
+
+
+def _setup_tasks(fleet: FleetEnv, run_id: str) -> dict[str, dict[str, str]]:
+    """host -> {setup task: ok/changed/skipped} of run `run_id`, from ansible-runner's events."""
+    names = ("Create the service's system user", "Install the systemd unit", "Record the setup of this host")
+    found: dict[str, dict[str, str]] = {}
+    for event in job_events(fleet, run_id):
+        data = event.get("event_data") or {}
+        if data.get("task") in names and event["event"] in ("runner_on_ok", "runner_on_skipped"):
+            outcome = "skipped" if event["event"] == "runner_on_skipped" else (
+                "changed" if (data.get("res") or {}).get("changed") else "ok")
+            found.setdefault(data["host"], {})[data["task"]] = outcome
+    return found
+
+
+def test_a_release_change_skips_a_recorded_setup_and_a_hand_edit_brings_it_back(
+        fleet: FleetEnv, hello_builds: Builds, tmp_path: Path) -> None:
+    first, second = fleet.group("app")
+    names = [first.name, second.name]
+    releases = [relabeled(tmp_path, hello_builds.v2.binary, "0.5.0"), relabeled(tmp_path, hello_builds.v1.binary,
+                                                                                "0.6.0")]
+    # the setup of the hosts as the deploys before left it: recorded once, the record names the
+    # unit and the signing keys with their sha256
+    code, result, err = fleet.orchestrate("deploy", "--release", str(releases[0]), "--version", "0.5.0",
+                                          "--skip-backup")
+    assert code == 0, err
+    records = {h.name: fleet.ssh(h, "cat /etc/hello/.setup.*.sha256").stdout.split() for h in (first, second)}
+    for host in (first, second):
+        unit_sha = fleet.ssh(host, f"sha256sum {UNIT}").stdout.split()[0]
+        assert records[host.name][:2] == [unit_sha, UNIT], records
+
+    # a release change on an unchanged setup: the setup tasks are skipped on both hosts, the
+    # release itself is copied, verified and switched as ever
+    code, result, err = fleet.orchestrate("deploy", "--release", str(releases[1]), "--version", "0.6.0",
+                                          "--skip-backup")
+    assert code == 0, err
+    skipped = dict.fromkeys(("Create the service's system user", "Install the systemd unit",
+                             "Record the setup of this host"), "skipped")
+    assert _setup_tasks(fleet, result["run"]["run_id"]) == dict.fromkeys(names, skipped)
+    assert versions(fleet) == dict.fromkeys(names, "0.1.0")
+
+    # a unit edited by hand on one host: that host runs its setup again (the edit is undone), the
+    # other one still skips it
+    fleet.ssh(first, f"echo '# edited by hand' >> {UNIT}")
+    code, result, err = fleet.orchestrate("deploy", "--release", str(releases[0]), "--version", "0.5.0",
+                                          "--skip-backup")
+    assert code == 0, err
+    tasks = _setup_tasks(fleet, result["run"]["run_id"])
+    assert tasks[second.name] == skipped
+    assert tasks[first.name] == {"Create the service's system user": "ok", "Install the systemd unit": "changed",
+                                 "Record the setup of this host": "changed"}
+    assert fleet.ssh(first, f"grep -c 'edited by hand' {UNIT}", check=False).stdout.strip() == "0"
+    assert versions(fleet) == dict.fromkeys(names, "0.2.0")
