@@ -58,14 +58,17 @@ def _wait_for_version(url: str, version: str, network: FleetNetwork, deadline: f
         time.sleep(PROBE_INTERVAL)
 
 
-def release_change(fleet: FleetEnv, binary: Path, version: str, release_id: str, *, timeout: float = 120) -> float:
+def release_change(fleet: FleetEnv, binary: Path, version: str, label: str, *, timeout: float = 120) -> float:
     """One floor release change of every app host to `binary` (which reports `version` on
-    /version): seconds until the last host serves it."""
+    /version) into a new release directory `<version>+<label>-<12 hex of its sha256>` (a release
+    id as the tool writes them, so that a later `orchestrate deploy` on the fleet reads it): seconds
+    until the last host serves it."""
     service = fleet.loaded.env.service
     base_dir, unit = f"/opt/{service.name}", f"{service.name}.service"
     binary_name = service.effective_binary
     payload = binary.read_bytes()
     sha256 = hashlib.sha256(payload).hexdigest()
+    release_id = f"{version}+{label}-{sha256[:12]}"
     command = switch_command(base_dir, unit, binary_name, release_id, sha256)
     hosts = fleet.group("app")
     errors: list[str] = []

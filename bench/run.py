@@ -547,7 +547,7 @@ def fig_floor(settings: Settings) -> list[Row]:
                 deploys.append(expect_state(deploy_cli(fleet, versions[current][0]), "deployed").seconds)
                 current = 1 - current
                 binary, version = versions[current]
-                floors.append(floor.release_change(fleet, binary, version, f"floor-{index + 1}"))
+                floors.append(floor.release_change(fleet, binary, version, f"floor{index + 1}"))
                 log(f"floor {size} hosts, pair {index + 1}/{pairs[size]}: orchestrate deploy {deploys[-1]:.2f} s, "
                     f"plain ssh {floors[-1]:.2f} s")
         deploy_median, floor_median = statistics.median(deploys), statistics.median(floors)

@@ -85,7 +85,7 @@ class LocalFleetVars(_Model):
     """Inputs of terraform/modules/local_fleet."""
 
     host_prefix: str = Field(description="prefix of every host name, unique per fleet")
-    app_count: int = Field(default=3, ge=1, le=64)
+    app_count: int = Field(default=3, ge=1, le=200)
     monitoring_count: int = Field(default=1, ge=0, le=1)
     lb_count: int = Field(default=0, ge=0, le=1)
     bridge: str = Field(

@@ -14,8 +14,8 @@ variable "app_count" {
   default     = 3
 
   validation {
-    condition     = var.app_count == floor(var.app_count) && var.app_count >= 1 && var.app_count <= 64
-    error_message = "app_count must be a whole number from 1 to 64."
+    condition     = var.app_count == floor(var.app_count) && var.app_count >= 1 && var.app_count <= 200
+    error_message = "app_count must be a whole number from 1 to 200."
   }
 }
 
