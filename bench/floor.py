@@ -1,4 +1,4 @@
-"""The physical floor of a release change, and the fit of deploy time against fleet size.
+"""The physical floor of a release change.
 
 The floor is the same work a release change does, done by hand with nothing but plain parallel
 `ssh` and HTTP: per host, one `ssh` that receives the binary on stdin into a new release
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-import statistics
 import subprocess
 import threading
 import time
@@ -32,16 +31,14 @@ PROBE_INTERVAL = 0.02
 
 def switch_command(base_dir: str, unit: str, binary_name: str, release_id: str, sha256: str) -> str:
     """The one remote command of a floor release change (stdin: the binary)."""
-    base = shlex.quote(base_dir)
-    release = shlex.quote(f"{base_dir}/releases/{release_id}")
-    part = shlex.quote(f"{base_dir}/releases/{release_id}/.{binary_name}.part")
-    final = shlex.quote(f"{base_dir}/releases/{release_id}/{binary_name}")
+    release = f"{base_dir}/releases/{release_id}"
+    part = f"{release}/.{binary_name}.part"
+    q = shlex.quote
     return (
-        f"set -e; mkdir -p {release}; cat > {part}; "
-        f"echo {shlex.quote(sha256 + '  ' + base_dir + '/releases/' + release_id + '/.' + binary_name + '.part')}"
-        f" | sha256sum -c --quiet; chmod 0755 {part}; mv {part} {final}; "
-        f"ln -sfn {release} {base}/.current.floor; mv -T {base}/.current.floor {base}/current; "
-        f"systemctl restart {shlex.quote(unit)}"
+        f"set -e; mkdir -p {q(release)}; cat > {q(part)}; echo {q(f'{sha256}  {part}')} | sha256sum -c --quiet; "
+        f"chmod 0755 {q(part)}; mv {q(part)} {q(f'{release}/{binary_name}')}; "
+        f"ln -sfn {q(release)} {q(base_dir)}/.current.floor; mv -T {q(base_dir)}/.current.floor {q(base_dir)}/current; "
+        f"systemctl restart {q(unit)}"
     )
 
 
@@ -96,8 +93,3 @@ def release_change(fleet: FleetEnv, binary: Path, version: str, label: str, *, t
         raise RuntimeError("floor release change failed: " + "; ".join(errors))
     return elapsed
 
-
-def fit(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
-    """Least-squares line through (hosts, seconds): (seconds per additional host, intercept)."""
-    slope, intercept = statistics.linear_regression([float(s) for s in sizes], seconds)
-    return slope, intercept

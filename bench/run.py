@@ -565,8 +565,6 @@ def fig_floor(settings: Settings) -> list[Row]:
 def fig_scale(settings: Settings) -> list[Row]:
     """`orchestrate deploy` (tuned, a release change) to 10, 20, 50 and 100 hosts: seconds per host,
     the fitted cost of one more host, and the peak memory of the controller at the largest size."""
-    import floor
-
     b = settings.builds()
     sizes: list[int] = settings.pick([10, 20, 50, 100], [2, 3])
     seconds: dict[int, float] = {}
@@ -582,7 +580,7 @@ def fig_scale(settings: Settings) -> list[Row]:
             if size == sizes[-1]:
                 memory = outcome
             log(f"scale: {size} hosts deployed in {outcome.seconds:.1f} s ({outcome.seconds / size:.2f} s per host)")
-    slope, intercept = floor.fit(list(seconds), list(seconds.values()))
+    slope, intercept = statistics.linear_regression([float(size) for size in seconds], list(seconds.values()))
     largest = sizes[-1]
     per_host = {size: seconds[size] / size for size in sizes}
     data: dict[str, Any] = {"deploy_s": seconds, "seconds_per_host": per_host, "slope_s_per_host": slope,
@@ -591,7 +589,7 @@ def fig_scale(settings: Settings) -> list[Row]:
     rows = [Row("scale", f"deploy (release change) to {', '.join(map(str, sizes))} hosts: seconds per host",
                 ", ".join(f"{size}: {seconds[size]:.1f} s ({per_host[size]:.2f}/host)" for size in sizes)
                 + f"; fitted {slope:.2f} s per additional host",
-                "50 hosts < 20 s", verdict(fifty is not None and fifty < 20.0) if fifty is not None else "n/a",
+                "50 hosts < 20 s", verdict(fifty < 20.0) if fifty is not None else "n/a",
                 data)]
     if memory is not None:
         rows.append(Row("scale-memory", f"peak memory of the controller during a {largest}-host deploy",

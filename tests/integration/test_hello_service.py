@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.output import text_holding
+
 pytestmark = pytest.mark.integration
 
 CRATE_DIR = Path(__file__).resolve().parents[2] / "examples" / "hello-service"
@@ -116,15 +118,8 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def log(self, *, holding: str = "", timeout: float = 5) -> str:
-        """The service's output so far; with `holding`, once it holds that text (a request's line
-        is written after the response went out, so it may trail the response by a moment)."""
-        deadline = time.monotonic() + timeout
-        text = self.log_path.read_text()
-        while holding not in text and time.monotonic() < deadline:
-            time.sleep(0.05)
-            text = self.log_path.read_text()
-        return text
+    def log(self) -> str:
+        return self.log_path.read_text()
 
 
 def start_service(binary: Path, workdir: Path) -> Service:
@@ -299,7 +294,7 @@ def test_data_dir_is_created_with_the_start_time(service: Service) -> None:
 def test_each_request_is_logged_on_one_line(service: Service) -> None:
     fetch(f"{service.url}/no/such/path")
     fetch(f"{service.url}/healthz")
-    log = service.log(holding="GET /healthz ")
+    log = text_holding(service.log_path, "GET /healthz ")
     assert re.search(r"^GET /no/such/path 404 \d+\.\d{3}ms$", log, re.MULTILINE), log
     assert re.search(r"^GET /healthz 200 \d+\.\d{3}ms$", log, re.MULTILINE), log
 
