@@ -219,7 +219,8 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def run_orchestrate(project: Path, *args: str, timeout: float = 1800, sample_memory: bool = False) -> RunOutcome:
+def run_orchestrate(project: Path, *args: str, timeout: float = 1800, sample_memory: bool = False,
+                    env: Mapping[str, str] | None = None) -> RunOutcome:
     """Run `orchestrate --project-dir PROJECT ARGS...` (stdout and stderr captured), timed.
 
     With `sample_memory`, the process tree's memory is polled while it runs and wait4's
@@ -228,7 +229,7 @@ def run_orchestrate(project: Path, *args: str, timeout: float = 1800, sample_mem
     argv = orchestrate_argv(project, *args)
     with open(os.devnull, "rb") as stdin, _temp_output() as out, _temp_output() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, env=cli_env(project))
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, env=cli_env(project, env))
         sampler = _Sampler(proc.pid) if sample_memory else None
         if sampler is not None:
             sampler.start()
@@ -267,8 +268,10 @@ def _temp_output() -> Iterator[Any]:
         yield handle
 
 
-def deploy_cli(fleet: FleetEnv, binary: Path, *, stock: bool = False, sample_memory: bool = False) -> RunOutcome:
-    """`orchestrate deploy ENV --release BINARY --json --skip-backup` (`--stock-ansible`: stock settings).
+def deploy_cli(fleet: FleetEnv, binary: Path, *, stock: bool = False, sample_memory: bool = False,
+               version: str | None = None, env: Mapping[str, str] | None = None) -> RunOutcome:
+    """`orchestrate deploy ENV --release BINARY --json --skip-backup` (`--stock-ansible`: stock settings;
+    `version`: `--version VERSION`, a release id of its own, so that the binary is shipped again).
 
     The figures are about the deploy itself: the backup `deploy` takes first by default is a
     separate playbook run (always with tuned settings) that a raw deploy.yml run does not do.
@@ -276,7 +279,9 @@ def deploy_cli(fleet: FleetEnv, binary: Path, *, stock: bool = False, sample_mem
     args = ["deploy", fleet.env_name, "--release", str(binary), "--json", "--skip-backup"]
     if stock:
         args.append("--stock-ansible")
-    return run_orchestrate(fleet.project_dir, *args, sample_memory=sample_memory).check()
+    if version is not None:
+        args += ["--version", version]
+    return run_orchestrate(fleet.project_dir, *args, sample_memory=sample_memory, env=env).check()
 
 
 def expect_state(outcome: RunOutcome, *states: str) -> RunOutcome:

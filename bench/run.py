@@ -8,14 +8,18 @@
                    (orchestrator's hosts_from_outputs + build_inventory + write_inventory): < 1 s
   boot             boot 20 local hosts from the cached image until systemd runs and sshd answers
                    on every one (bench/boot_hosts.py): < 5 s
-  deploy-overhead  `orchestrate deploy --skip-backup` against raw `ansible-playbook` run with the
-                   argv an orchestrate run recorded (same inventory, playbook, extra vars,
+  deploy-overhead  `orchestrate deploy --skip-backup` through the playbook (ORCHESTRATE_DIRECT=0: a
+                   release change otherwise runs no playbook) against raw `ansible-playbook` run with
+                   the argv an orchestrate run recorded (same inventory, playbook, extra vars,
                    ansible.cfg), 5 and 20 hosts, interleaved pairs, every run a release change: < 5 %
   up               first `orchestrate up` of 3 hosts, then ten in a row on the unchanged fleet: all
                    no-ops (the decision is deterministic), every one < 1 s
   status           `orchestrate status ENV --json` of 3 app hosts (the whole command, Python's start included)
                    against a plain parallel ssh + curl of the same data: < 1 s
-  rollback         failed health gate -> previous release healthy on all 5 hosts: < 3 s
+  rollback         failed health gate -> previous release healthy on all 5 hosts: < 3 s; `orchestrate
+                   rollback` (the whole command, 5 hosts) interleaved with an Ansistrano-style rollback
+                   playbook with stock Ansible (bench/playbooks/ansistrano_rollback.yml) on the same
+                   hosts: < 1.0 s and <= 0.15x
   heal             service killed -> healthy again through monitoring + heal webhook: < 15 s
   traffic          under load through HAProxy (bench/traffic.py): the blue-green switch back (about 1 s,
                    no request lost) and the failed requests while a bad canary is rolled back (at the
@@ -29,7 +33,8 @@
                    memory of the orchestrate process during the tuned 50-host deploy (no goal)
   floor            floor-5, floor-20: the release change done by plain parallel ssh (copy, verify the
                    sha256, switch, restart, probe; bench/floor.py), interleaved with `orchestrate deploy`
-                   on the same fleet: deploy <= 3x the floor at 5 hosts, <= 2.5x at 20
+                   on the same fleet (each deploy a release id of its own, so the binary is shipped
+                   every time): deploy <= 3x the floor at 5 hosts, <= 2.5x at 20
   scale            `orchestrate deploy` (a release change) to 10, 20, 50 and 100 hosts: seconds per host,
                    the fitted seconds per additional host, the controller's peak memory at 100: 50 < 20 s
   memory           only the peak memory (when `deploy` is not selected: one tuned 50-host deploy)
@@ -204,10 +209,13 @@ def _deploy_overhead(settings: Settings, size: int, pairs: int) -> Row:
     from orchestrator.config.secrets import SECRETS_VAR, load_secrets
 
     b = settings.builds()
+    # the wrapper's own cost over the playbook it runs: a release change would skip Ansible
+    # altogether (orchestrator/release/direct.py), so these deploys go through the playbook
+    playbook = {"ORCHESTRATE_DIRECT": "0"}
     with Fleets(f"deploy-overhead{size}") as fleets:
         fleet = fleets.boot(app_count=size)
-        expect_state(deploy_cli(fleet, b.v1), "deployed")  # first contact, not timed
-        second = expect_state(deploy_cli(fleet, b.v2), "deployed")
+        expect_state(deploy_cli(fleet, b.v1, env=playbook), "deployed")  # first contact, not timed
+        second = expect_state(deploy_cli(fleet, b.v2, env=playbook), "deployed")
         record = _recorded_command(fleet, second.json()["run_id"])
         secrets = load_secrets(fleet.loaded, None, environ=cli_env(fleet.project_dir))
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
@@ -222,7 +230,7 @@ def _deploy_overhead(settings: Settings, size: int, pairs: int) -> Row:
             raw: list[float] = []
             for index in range(pairs):
                 # each run switches the fleet to the other release, so both do the same work
-                ours.append(expect_state(deploy_cli(fleet, b.v1), "deployed").seconds)
+                ours.append(expect_state(deploy_cli(fleet, b.v1, env=playbook), "deployed").seconds)
                 started = time.perf_counter()
                 proc = subprocess.run(argv, cwd=record.get("cwd") or fleet.project_dir, env=env, check=False,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
@@ -232,14 +240,15 @@ def _deploy_overhead(settings: Settings, size: int, pairs: int) -> Row:
                 log(f"deploy-overhead {size} hosts, pair {index + 1}/{pairs}: orchestrate deploy {ours[-1]:.2f} s, "
                     f"ansible-playbook {raw[-1]:.2f} s")
             # the raw run really switched the hosts: deploying v1 again is a change, not a no-op
-            expect_state(deploy_cli(fleet, b.v1), "deployed")
+            expect_state(deploy_cli(fleet, b.v1, env=playbook), "deployed")
     our_median, raw_median = statistics.median(ours), statistics.median(raw)
     percent = (our_median - raw_median) / raw_median * 100
     paired = statistics.median(o - r for o, r in zip(ours, raw, strict=True))
     data = {"hosts": size, "pairs": pairs, "orchestrate_deploy_s": ours, "ansible_playbook_s": raw,
             "orchestrate_median_s": our_median, "ansible_median_s": raw_median, "overhead_percent": percent,
             "paired_diff_s": paired}
-    return Row(f"deploy-overhead-{size}", f"wrapper overhead: orchestrate deploy vs ansible-playbook, {size} hosts",
+    return Row(f"deploy-overhead-{size}", f"wrapper overhead: orchestrate deploy through the playbook "
+               f"(ORCHESTRATE_DIRECT=0) vs ansible-playbook, {size} hosts",
                f"{percent:+.1f}% ({our_median:.2f} s vs {raw_median:.2f} s; {paired:+.2f} s per run)", "< 5%",
                verdict(percent < 5.0), data)
 
@@ -334,13 +343,14 @@ def fig_status(settings: Settings) -> list[Row]:
 
 
 def fig_rollback(settings: Settings) -> list[Row]:
-    from orchestrator.release.hosts import DeployRequest, deploy, rollback
+    from orchestrator.release.hosts import DeployRequest, deploy
     from orchestrator.release.results import GateFailedRestored
 
     b = settings.builds()
-    size, repeat = settings.pick(5, 2), settings.pick(3, 1)
+    size, repeat, pairs = settings.pick(5, 2), settings.pick(3, 1), settings.pick(5, 1)
     gate_to_healthy: list[float] = []
     explicit: list[float] = []
+    stock: list[float] = []
     with Fleets("rollback") as fleets:
         # the same settings as bench/rollback_speed.py: one batch, a 2 s gate probed every 100 ms
         fleet = fleets.boot(app_count=size, overrides={
@@ -361,16 +371,56 @@ def fig_rollback(settings: Settings) -> list[Row]:
                 log(f"rollback: gate failed -> {size} hosts healthy on the previous release in "
                     f"{gate_to_healthy[-1]:.2f} s")
         deploy(fleet.loaded, DeployRequest(release_path=b.v2))
-        for _ in range(repeat):
-            started = time.monotonic()
-            rollback(fleet.loaded)
-            explicit.append(time.monotonic() - started)
+        ansistrano = _ansistrano_rollback(fleet)
+        # interleaved pairs: each run swaps current and previous on every host, so both tools do
+        # the same switch (v2 -> v1 or back), restart and health check
+        for index in range(pairs):
+            outcome = run_orchestrate(fleet.project_dir, "rollback", fleet.env_name, "--json").check()
+            if outcome.json().get("state") != "deployed":
+                raise RuntimeError(f"orchestrate rollback: state {outcome.json().get('state')!r}")
+            explicit.append(outcome.seconds)
+            stock.append(ansistrano())
+            log(f"rollback pair {index + 1}/{pairs}: orchestrate rollback {explicit[-1]:.2f} s, "
+                f"Ansistrano-style playbook {stock[-1]:.2f} s")
     median = statistics.median(gate_to_healthy)
+    ours, theirs = statistics.median(explicit), statistics.median(stock)
+    ratio = ours / theirs
     data = {"hosts": size, "gate_to_healthy_s": gate_to_healthy, "median_s": median,
-            "explicit_rollback_s": explicit, "explicit_rollback_median_s": statistics.median(explicit)}
-    return [Row("rollback", f"rollback: failed gate -> previous release healthy, {size} hosts",
-                f"{median:.2f} s (explicit `rollback` run {statistics.median(explicit):.1f} s)", "< 3 s",
-                verdict(median < 3.0), data)]
+            "explicit_rollback_s": explicit, "explicit_rollback_median_s": ours,
+            "ansistrano_rollback_s": stock, "ansistrano_rollback_median_s": theirs, "ratio": ratio}
+    return [
+        Row("rollback-gate", f"rollback: failed gate -> previous release healthy, {size} hosts",
+            f"{median:.2f} s (median of {len(gate_to_healthy)})", "< 3 s", verdict(median < 3.0), data),
+        Row("rollback", f"`orchestrate rollback` (whole command), {size} hosts, vs an Ansistrano-style rollback "
+            "playbook (stock Ansible) on the same hosts",
+            f"{ours:.2f} s vs {theirs:.2f} s ({ratio:.2f}x)", "< 1.0 s and <= 0.15x",
+            verdict(ours < 1.0 and ratio <= 0.15), data),
+    ]
+
+
+def _ansistrano_rollback(fleet: common.FleetEnv) -> Callable[[], float]:
+    """A timed run of bench/playbooks/ansistrano_rollback.yml on `fleet`'s app hosts: plain
+    `ansible-playbook` with stock settings (the ansible.cfg orchestrate writes for --stock-ansible)."""
+    from orchestrator.tools.ansible import AnsibleSettings, ansible_cfg_text
+
+    service = fleet.loaded.env.service
+    cfg = fleet.state_dir / "bench-stock-ansible.cfg"
+    cfg.write_text(ansible_cfg_text(AnsibleSettings.stock(), roles_path=fleet.project_dir / "roles", connect_timeout=2))
+    argv = [str(common.VENV_BIN / "ansible-playbook"), "-i", str(fleet.loaded.paths.inventory),
+            str(common.REPO / "bench" / "playbooks" / "ansistrano_rollback.yml"),
+            "-e", json.dumps({"service": service.name, "port": service.port, "health_path": service.health.path})]
+    env = common.raw_playbook_env({"ANSIBLE_CONFIG": str(cfg)})
+
+    def run() -> float:
+        started = time.perf_counter()
+        proc = subprocess.run(argv, cwd=fleet.project_dir, env=env, check=False, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=600)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"the Ansistrano-style rollback exited {proc.returncode}: {proc.stdout[-1500:]}")
+        return seconds
+
+    return run
 
 
 # --- self-heal ---------------------------------------------------------------------------------------
@@ -544,7 +594,10 @@ def fig_floor(settings: Settings) -> list[Row]:
             floors: list[float] = []
             for index in range(pairs[size]):
                 current = 1 - current
-                deploys.append(expect_state(deploy_cli(fleet, versions[current][0]), "deployed").seconds)
+                # a release id of its own every time: the deploy ships the binary, as the floor does
+                binary, version = versions[current]
+                deploys.append(expect_state(deploy_cli(fleet, binary, version=f"{version}+deploy{index + 1}"),
+                                            "deployed").seconds)
                 current = 1 - current
                 binary, version = versions[current]
                 floors.append(floor.release_change(fleet, binary, version, f"floor{index + 1}"))

@@ -16,15 +16,18 @@ bars, like every progress message, go to stderr. A live display is stopped at th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from orchestrator.cli._common import AppContext
 from orchestrator.release.results import CLEANUP_TASK, RELEASE_TASK
-from orchestrator.tools.ansible import HostEvent
-from orchestrator.tools.terraform import ProgressEvent
-from orchestrator.traffic.gates import GateDecision
+
+if TYPE_CHECKING:  # types only: loading terraform's adapter or the traffic gates costs every verb
+    from orchestrator.tools.ansible import HostEvent
+    from orchestrator.tools.terraform import ProgressEvent
+    from orchestrator.traffic.gates import GateDecision
 
 _STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red", "skipped": "dim"}
 _VERBS = {"create": "creating", "update": "updating", "delete": "destroying", "replace": "replacing",

@@ -4,18 +4,21 @@ the release service wired to the terminal, and the tables of a release's outcome
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from orchestrator.cli._common import AppContext
 from orchestrator.cli._progress import GateProgress, HostProgress
 from orchestrator.config.loader import LoadedEnvironment
-from orchestrator.release.check import DeployCheck
 from orchestrator.release.results import ReleaseRun
 from orchestrator.release.service import ReleaseOutcome, ReleaseService
-from orchestrator.release.traffic import TrafficRelease
-from orchestrator.tools.ansible import HostEvent
-from orchestrator.traffic.gates import GateDecision
+
+if TYPE_CHECKING:  # types only: a rollback or status never loads the deploy check or the traffic gates
+    from orchestrator.release.check import DeployCheck
+    from orchestrator.release.traffic import TrafficRelease
+    from orchestrator.tools.ansible import HostEvent
+    from orchestrator.traffic.gates import GateDecision
 
 
 def progress(app: AppContext, title: str = "deploy",

@@ -181,6 +181,16 @@ def decode_utf8(raw: bytes, display: str, *, what: str = "") -> str:
                           path=display, line=line) from None
 
 
+def _parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for line numbers) and the data of one YAML document, parsed once."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+
+
 def load_environment_file(path: Path, project_dir: Path) -> LoadedEnvironment:
     """Load and validate one environment file; raise ConfigError naming file:line: field."""
     display = _display_path(path, project_dir)
@@ -192,8 +202,7 @@ def load_environment_file(path: Path, project_dir: Path) -> LoadedEnvironment:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=display) from None
     text = decode_utf8(raw, display)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node, data = _parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

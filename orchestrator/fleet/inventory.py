@@ -17,6 +17,7 @@ import yaml
 from orchestrator.config.loader import LoadedEnvironment, missing_subnet
 from orchestrator.config.schema import TerraformLocal
 from orchestrator.errors import UsageError
+from orchestrator.files import load_yaml
 
 #: groups every inventory has, even when empty, so playbooks can target them unconditionally
 STANDARD_GROUPS = ("app", "monitoring", "lb")
@@ -118,7 +119,7 @@ def hosts_from_inventory(inventory: Mapping[str, Any]) -> list[Host]:
 
 
 def load_inventory(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text()) if path.exists() else None
+    data = load_yaml(path.read_text()) if path.exists() else None
     return data if isinstance(data, dict) else {}
 
 

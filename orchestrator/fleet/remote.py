@@ -22,6 +22,7 @@ from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, allowed_networks, fleet_hosts, load_inventory
 from orchestrator.paths import ssh_key
 from orchestrator.tools.ansible import check_inventory_addresses
+from orchestrator.tools.process import LineCallback
 from orchestrator.tools.ssh import AddressGuard, SshOptions, SshTarget, describe_failure, run_ssh
 
 #: hosts contacted at once
@@ -36,6 +37,13 @@ class Connection:
     key: Path
     known_hosts: Path | None
     guard: AddressGuard
+    python: str = "/usr/bin/python3"
+    """The hosts' Python (the inventory's ansible_python_interpreter)."""
+
+    @property
+    def become(self) -> list[str]:
+        """The argv prefix running a command as root (sudo without a prompt unless the user is root)."""
+        return [] if self.user == "root" else ["sudo", "-n", "--"]
 
     def target(self, host: Host) -> SshTarget:
         return SshTarget(name=host.name, address=host.address, user=self.user, key=self.key,
@@ -54,7 +62,8 @@ def connection(loaded: LoadedEnvironment) -> Connection:
     all_vars: dict[str, Any] = (load_inventory(path).get("all") or {}).get("vars") or {}
     key = Path(str(all_vars.get("ansible_ssh_private_key_file") or ssh_key(loaded.project_dir)))
     return Connection(user=str(all_vars.get("ansible_user") or "root"), key=key,
-                      known_hosts=loaded.paths.known_hosts, guard=address_check(loaded))
+                      known_hosts=loaded.paths.known_hosts, guard=address_check(loaded),
+                      python=str(all_vars.get("ansible_python_interpreter") or "/usr/bin/python3"))
 
 
 def inventory_hosts(loaded: LoadedEnvironment) -> list[Host]:
@@ -88,25 +97,34 @@ class HostRun:
                 "stderr": self.stderr, "duration": round(self.duration, 3), "error": self.error}
 
 
+def run_on_host(conn: Connection, host: Host, command: str, *, timeout: float = 60,
+                options: SshOptions | None = None, input_text: str | bytes | None = None,
+                on_stdout: LineCallback | None = None) -> HostRun:
+    """Run `command` on `host`; its HostRun (`on_stdout` hears each line as it comes). Nothing
+    raises: a refused address, a timeout or an unreachable host is the result (exit_code None, or
+    255 with ssh's message in `error`)."""
+    started = time.monotonic()
+    try:
+        result = run_ssh(conn.target(host), command, guard=conn.guard, options=options, timeout=timeout,
+                         input_text=input_text, on_stdout=on_stdout)
+    except CommandTimeout:
+        return HostRun(host.name, host.address, None, "", "", time.monotonic() - started,
+                       error=f"timed out after {timeout:g} s")
+    except OrchestratorError as exc:
+        return HostRun(host.name, host.address, None, "", "", time.monotonic() - started, error=exc.message)
+    error = describe_failure(result) if result.returncode == 255 else ""
+    return HostRun(host.name, host.address, result.returncode, result.stdout, result.stderr, result.duration,
+                   error=error)
+
+
 def run_on_hosts(conn: Connection, hosts: Sequence[Host], command: str | Callable[[Host], str], *,
                  timeout: float = 60, options: SshOptions | None = None) -> list[HostRun]:
     """Run `command` (a remote command line, or one per host) on every host in parallel; one
-    HostRun per host, in `hosts`' order. Nothing raises for a single host: a refused address, a
-    timeout or an unreachable host is that host's result."""
+    HostRun per host, in `hosts`' order. Nothing raises for a single host (see `run_on_host`)."""
 
     def one(host: Host) -> HostRun:
-        started = time.monotonic()
         line = command(host) if callable(command) else command
-        try:
-            result = run_ssh(conn.target(host), line, guard=conn.guard, options=options, timeout=timeout)
-        except CommandTimeout:
-            return HostRun(host.name, host.address, None, "", "", time.monotonic() - started,
-                           error=f"timed out after {timeout:g} s")
-        except OrchestratorError as exc:
-            return HostRun(host.name, host.address, None, "", "", time.monotonic() - started, error=exc.message)
-        error = describe_failure(result) if result.returncode == 255 else ""
-        return HostRun(host.name, host.address, result.returncode, result.stdout, result.stderr, result.duration,
-                       error=error)
+        return run_on_host(conn, host, line, timeout=timeout, options=options)
 
     if not hosts:
         return []

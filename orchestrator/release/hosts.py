@@ -2,10 +2,12 @@
 
 A deploy stages the release (orchestrator.release.artifact), then runs playbooks/deploy.yml: per host,
 the role's setup tasks, the binary copy and one call of the `rust_release` module that
-switches, restarts, gates on health and switches back by itself on failure. When any host fails
-its gate the rollout stops, and every host that had already switched in this run is put back on
-the release it had before (playbooks/rollback.yml with a per-host target), so the fleet ends on
-one release. The outcome is exit 3 (HealthGateFailed) when that restore left every host healthy.
+switches, restarts, gates on health and switches back by itself on failure. When every host's
+setup is the recorded one (a release change), the same calls run without a playbook
+(orchestrator.release.direct), as do a rollback and the restore. When any host fails its gate the
+rollout stops, and every host that had already switched in this run is put back on the release it
+had before (a per-host target), so the fleet ends on one release. The outcome is exit 3
+(HealthGateFailed) when that restore left every host healthy.
 
 With `transitions` (HostTransitions, e.g. on the run journal), every app host's moves through
 the deployment state machine (orchestrator.models.process) are recorded as they happen.
@@ -29,6 +31,19 @@ from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.ids import require_release_id
 from orchestrator.release.artifact import Release, prepare_release
+from orchestrator.release.direct import (
+    Call,
+    ReleaseChange,
+    cleanup_call,
+    direct_enabled,
+    readiness,
+    release_calls,
+    rollout_batches,
+    run_release_calls,
+    run_sessions,
+    stop_rule,
+    switch_params,
+)
 from orchestrator.release.results import (
     CLEANUP_TASK,
     MODULE,
@@ -43,7 +58,7 @@ from orchestrator.release.results import (
 )
 from orchestrator.release.signing import Staged, sealed_for_shipping, signing_vars
 from orchestrator.release.transitions import HostTransitions, _checked
-from orchestrator.tools.ansible import PlaybookInterrupted, PlaybookResult, new_run_id
+from orchestrator.tools.ansible import HostSummary, PlaybookInterrupted, PlaybookResult, new_run_id
 
 Strategy = Literal["rolling", "canary"]
 
@@ -210,10 +225,23 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     inputs = role_vars(loaded, evidence_dir)
     extra = {**inputs, **release_vars(release), **sealed.role_vars(), **rollout,
              "rust_service_setup_fingerprint": setup_fingerprint(loaded, inputs)}
-    secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
-    result = _interruptible(lambda: _run(
-        loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id, secret_vars=secret_vars,
-        limit=request.limit, on_event=transitions.events("deploy", on_event) if transitions is not None else on_event))
+    events = transitions.events("deploy", on_event) if transitions is not None else on_event
+    change = ReleaseChange(release_id=release.id, version=release.version, sha256=release.sha256,
+                           binary=release.binary, manifest=sealed.manifest, signature=sealed.signature)
+    ready = readiness(loaded, hosts, extra["rust_service_setup_fingerprint"], change) \
+        if direct_enabled(request.tuned) and release.archive is None and hosts else None
+    if ready is not None and ready.all_current:
+        # every host's setup is the recorded one: a release change is the environment file, one
+        # transfer and the gated switch per host, without Ansible
+        env = {**loaded.env.service.config, **request.secret_vars}
+        result = _deploy_direct(loaded, hosts, rollout, lambda host: release_calls(
+            loaded, change, env, ship=not ready.has_binary.get(host.name, False)),
+            run_id=run_id, evidence_dir=evidence_dir, on_event=events)
+    else:
+        secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
+        result = _interruptible(lambda: _run(
+            loaded, "deploy.yml", extra, tuned=request.tuned, run_id=run_id, secret_vars=secret_vars,
+            limit=request.limit, on_event=events))
     return _checked(transitions, lambda: _conclude(
         loaded, "deploy", result, release.id, hosts, tuned=request.tuned, evidence_dir=evidence_dir,
         release=release, strategy=strategy, on_event=on_event, transitions=transitions))
@@ -235,10 +263,15 @@ def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = 
         transitions.require([h.name for h in hosts], "rollback")
     run_id = new_run_id()
     evidence_dir = loaded.paths.evidence(run_id)
-    extra = {**role_vars(loaded, evidence_dir), "rollback_to": to or ""}
-    result = _interruptible(lambda: _run(
-        loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id, limit=limit,
-        on_event=transitions.events("rollback", on_event) if transitions is not None else on_event))
+    events = transitions.events("rollback", on_event) if transitions is not None else on_event
+    if direct_enabled(tuned):
+        # nothing is copied: one rust_release call per host, over direct sessions
+        result = run_release_calls(loaded, hosts, lambda host: switch_params(loaded, to), run_id=run_id,
+                                   label="rollback", evidence_dir=evidence_dir, on_event=events)
+    else:
+        extra = {**role_vars(loaded, evidence_dir), "rollback_to": to or ""}
+        result = _interruptible(lambda: _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id, limit=limit,
+                                             on_event=events))
     # the fleet restore after a failed rollback is not a deploy's restore: the state machine has no
     # move for undoing a rollback (rolled_back is final), so the restore's events drive nothing
     return _checked(transitions, lambda: _conclude(loaded, "rollback", result, to, hosts, tuned=tuned,
@@ -285,11 +318,10 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
     restore = to_restore(found, target)
     if restore:
         run.restored_hosts = restore
-        extra = {**role_vars(loaded, evidence_dir), "rollback_targets": restore,
-                 "rollback_previous": previous_to_restore(found, restore),
-                 "rollback_hosts": ",".join(sorted(restore))}
-        run.restore = _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=f"{result.run_id}-restore",
-                           on_event=transitions.events("restore", on_event) if transitions is not None else on_event)
+        run.restore = _restore(loaded, restore, previous_to_restore(found, restore), hosts, tuned=tuned,
+                               run_id=f"{result.run_id}-restore", evidence_dir=evidence_dir,
+                               on_event=transitions.events("restore", on_event) if transitions is not None
+                               else on_event)
     if result.interrupted_by is not None:
         raise ReleaseInterrupted(_interrupted_message(action, target, result.interrupted_by, run), run)
     failures = "; ".join(filter(None, [*(h.message for h in bad_reports), result.summary_line()])) \
@@ -314,6 +346,44 @@ def _conclude(loaded: LoadedEnvironment, action: Literal["deploy", "rollback"], 
         )
     down = result.unreachable_hosts()
     raise ReleaseRunError(f"{action} failed: {failures}", run, hint=unreachable_hint(loaded, down) if down else None)
+
+
+def _deploy_direct(loaded: LoadedEnvironment, hosts: list[Host], rollout: Mapping[str, Any],
+                   calls_of: Callable[[Host], list[Call]], *, run_id: str, evidence_dir: Path,
+                   on_event: EventSink | None) -> PlaybookResult:
+    """deploy.yml without Ansible: the batches and their stop rule, then (every host passed) the
+    cleanup of old releases, whose failures are notes, as the playbook's last play."""
+    canary = list(rollout["deploy_canary"])
+    result = run_sessions(loaded, rollout_batches(hosts, canary, rollout["deploy_batch"]), calls_of, run_id=run_id,
+                          label="deploy", evidence_dir=evidence_dir, on_event=on_event,
+                          stop=stop_rule(canary, int(rollout["deploy_max_fail_percentage"])))
+    if not result.ok or result.interrupted_by is not None:
+        return result
+    cleanup = run_sessions(loaded, [hosts], lambda host: [cleanup_call(loaded)], run_id=f"{run_id}-cleanup",
+                           label="deploy cleanup", on_event=on_event)
+    result.results += cleanup.results
+    result.failures += cleanup.failures
+    for host, counts in cleanup.hosts.items():
+        summary = result.hosts.setdefault(host, HostSummary())
+        for name, value in counts.as_dict().items():
+            setattr(summary, name, getattr(summary, name) + value)
+    result.duration += cleanup.duration
+    result.interrupted_by = cleanup.interrupted_by
+    if not cleanup.ok:
+        result.rc, result.status = cleanup.rc, cleanup.status
+    return result
+
+
+def _restore(loaded: LoadedEnvironment, targets: Mapping[str, str], previous: Mapping[str, str], hosts: list[Host],
+             *, tuned: bool, run_id: str, evidence_dir: Path, on_event: EventSink | None) -> PlaybookResult:
+    """Put each host of `targets` back on its release (and its `previous` link on `previous`'s)."""
+    if direct_enabled(tuned):
+        return run_release_calls(loaded, [h for h in hosts if h.name in targets],
+                                 lambda host: switch_params(loaded, targets[host.name], previous[host.name]),
+                                 run_id=run_id, label="restore", evidence_dir=evidence_dir, on_event=on_event)
+    extra = {**role_vars(loaded, evidence_dir), "rollback_targets": dict(targets), "rollback_previous": dict(previous),
+             "rollback_hosts": ",".join(sorted(targets))}
+    return _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id, on_event=on_event)
 
 
 def _interrupted_message(action: str, target: str | None, signal_name: str, run: ReleaseRun) -> str:

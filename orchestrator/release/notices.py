@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from orchestrator.notify.events import Notification, release_notification
 from orchestrator.release.results import ReleaseRun
-from orchestrator.release.traffic import TrafficRelease
+
+if TYPE_CHECKING:  # a type only: a host-level release never loads the traffic release
+    from orchestrator.release.traffic import TrafficRelease
 
 
 def touched(run: ReleaseRun | None) -> tuple[list[str], str | None]:

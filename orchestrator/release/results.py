@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.errors import HealthGateFailed, Interrupted, OrchestratorError
 from orchestrator.ids import is_release_id, shown
-from orchestrator.release.artifact import Release
 from orchestrator.tools.ansible import HostEvent, PlaybookResult, TaskResult
+
+if TYPE_CHECKING:  # a type only: reading a run's results never needs the artifact's build tools
+    from orchestrator.release.artifact import Release
 
 
 @dataclass(frozen=True)

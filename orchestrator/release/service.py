@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.schema import SecretRef
@@ -36,8 +36,6 @@ from orchestrator.monitoring.delivery import publish_after_run
 from orchestrator.monitoring.logs import keep_gate_evidence
 from orchestrator.notify.webhooks import Notifier, failures
 from orchestrator.release.artifact import Release, built_at, prepare_release
-from orchestrator.release.backup import create_backup
-from orchestrator.release.check import DeployCheck, check_deploy
 from orchestrator.release.hosts import DeployRequest, deploy, release_vars, role_vars, rollback, strategy_vars
 from orchestrator.release.notices import outcome_notification
 from orchestrator.release.probe import fleet_status
@@ -49,7 +47,6 @@ from orchestrator.release.results import (
     ReleaseRun,
     ReleaseRunError,
 )
-from orchestrator.release.signing import Staged, sealed_for_shipping
 from orchestrator.release.strategies import RanStrategy, host_strategy, is_traffic, note_host_deploy, resolve_strategy
 from orchestrator.release.traffic import (
     DecisionSink,
@@ -70,6 +67,9 @@ from orchestrator.runs.session import LockedRun, locked_run
 from orchestrator.tools.process import LineCallback
 from orchestrator.traffic.gates import GateDecision
 from orchestrator.traffic.state import colors, other, read_state
+
+if TYPE_CHECKING:  # a type only (`deploy --check` loads it when it runs)
+    from orchestrator.release.check import DeployCheck
 
 NO_BACKUP_NOTE = "not recorded: --skip-backup (a host is staged only once backed up)"
 
@@ -263,6 +263,8 @@ class ReleaseService:
         step.update(release=release.id, sha256=release.sha256, built=isoformat(built_at(release)))
         transitions = None
         if command.backup:
+            from orchestrator.release.backup import create_backup  # only a deploy backs up
+
             transitions = HostTransitions.for_run(step.run, release=release.id)
             self.info("backing up the app hosts before the release")
             backup = create_backup(self.loaded, on_event=self.on_event)
@@ -285,6 +287,9 @@ class ReleaseService:
         """`deploy --check`: prepare the artifact, then run the deploy in Ansible's check mode on the
         hosts it would touch (the limit; the idle colour under a traffic strategy). No lock, no
         backup, no journal run: nothing changes on any host."""
+        from orchestrator.release.check import check_deploy  # only `deploy --check` runs in check mode
+        from orchestrator.release.signing import Staged, sealed_for_shipping
+
         requested = command.strategy or self.loaded.env.rollout.strategy
         outcome = ReleaseOutcome(env=self.loaded.name, action="deploy", strategy=ran, requested_strategy=requested)
         self.info(f"checking what deploying {command.release_path} to {self.loaded.name} would change ({ran})")

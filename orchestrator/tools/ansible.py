@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import AnsibleError, HostError, Interrupted
-from orchestrator.files import private_dir, ssh_control_dir
+from orchestrator.files import load_yaml, private_dir, ssh_control_dir
 
 #: a no_log task's result as Ansible reports it
 CENSORED_KEY = "censored"
@@ -610,7 +610,7 @@ def check_inventory_addresses(inventory: Path, allowed_networks: Sequence[str]) 
     networks = [ipaddress.IPv4Network(n) for n in allowed_networks]
     described = ", ".join(str(n) for n in networks) or "none"
     try:
-        data = yaml.safe_load(inventory.read_text())
+        data = load_yaml(inventory.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise HostError(f"{inventory}: cannot read the inventory to check its host addresses: {exc}") from None
     hosts: dict[str, Any] = {}

@@ -43,6 +43,18 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
+def _feed(stdin: IO[str], data: str | bytes) -> None:
+    """Write `data` (text, or bytes for binary input) to a process's stdin and close it."""
+    try:
+        if isinstance(data, bytes):
+            stdin.buffer.write(data)  # type: ignore[attr-defined]
+        else:
+            stdin.write(data)
+        stdin.close()
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+
+
 def run_command(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -52,7 +64,7 @@ def run_command(
     check: bool = True,
     on_stdout: LineCallback | None = None,
     on_stderr: LineCallback | None = None,
-    input_text: str | None = None,
+    input_text: str | bytes | None = None,
     ok_codes: Sequence[int] = (0,),
     stop_signal: int = signal.SIGTERM,
     stop_grace: float = 5.0,
@@ -64,7 +76,8 @@ def run_command(
     arrive. With `check`, a return code outside `ok_codes` raises CommandError carrying
     the code, `shlex.join(argv)` and the output tail. A command running past `timeout`
     seconds is stopped (its whole process group: `stop_signal`, then SIGKILL after
-    `stop_grace` seconds) and raises CommandTimeout.
+    `stop_grace` seconds) and raises CommandTimeout. `input_text` goes to its stdin (bytes as
+    they are).
     """
     args = [os.fspath(a) for a in argv]
     full_env = dict(os.environ)
@@ -108,11 +121,10 @@ def run_command(
     for reader in readers:
         reader.start()
     if input_text is not None and proc.stdin is not None:
-        try:
-            proc.stdin.write(input_text)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        # written by a thread of its own: a reader that stops reading must not outlast `timeout`
+        writer = threading.Thread(target=_feed, args=(proc.stdin, input_text), daemon=True)
+        writer.start()
+        readers.append(writer)
     try:
         returncode = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -110,7 +110,7 @@ def _prepare(target: SshTarget, options: SshOptions, guard: AddressGuard) -> Ssh
 
 def run_ssh(target: SshTarget, remote_command: str, *, guard: AddressGuard, options: SshOptions | None = None,
             timeout: float = 60, on_stdout: LineCallback | None = None,
-            on_stderr: LineCallback | None = None, input_text: str | None = None) -> CommandResult:
+            on_stderr: LineCallback | None = None, input_text: str | bytes | None = None) -> CommandResult:
     """Run `remote_command` on `target` and return its result whatever its exit code (255: ssh
     itself failed). Raises HostError (from `guard`) before connecting to a foreign address, and
     CommandTimeout after `timeout` seconds."""

@@ -48,8 +48,14 @@ keys_changed: {description: "Names of the variables added, removed or changed (n
 import os
 import tempfile
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.rust_service_envfile import EnvFileError, keys_changed, render
+try:
+    from ansible.module_utils.basic import AnsibleModule
+    from ansible.module_utils.rust_service_envfile import EnvFileError, keys_changed, render
+except ImportError:
+    # run without Ansible by `orchestrate` (orchestrator/release/direct.py), which hands the
+    # role's module_utils over as top-level modules and calls run_direct()
+    AnsibleModule = None
+    from rust_service_envfile import EnvFileError, keys_changed, render
 
 
 def main():
@@ -68,6 +74,18 @@ def main():
         content = render(env, module.params["header"]).encode()
     except EnvFileError as exc:
         module.fail_json(msg=f"{path}: {exc}")
+    old, changed, changed_keys = write_env_file(path, env, content, module.check_mode)
+    file_args = module.load_file_common_arguments(module.params)
+    if old is None and module.check_mode:
+        # nothing to compare attributes with before the file exists
+        module.exit_json(changed=True, path=path, keys_changed=changed_keys)
+    changed = module.set_fs_attributes_if_different(file_args, changed)
+    module.exit_json(changed=changed, path=path, keys_changed=changed_keys)
+
+
+def write_env_file(path, env, content, check_mode):
+    """Replace `path` with `content` when it differs: (old content or None, changed, the names of
+    the variables that change)."""
     try:
         with open(path, "rb") as handle:
             old = handle.read()
@@ -76,7 +94,7 @@ def main():
     changed = old != content
     # names only: the values are secrets
     changed_keys = keys_changed(old.decode("utf-8", "replace") if old is not None else None, env) if changed else []
-    if changed and not module.check_mode:
+    if changed and not check_mode:
         # mkstemp creates the file 0600: the content is never readable by others, not even briefly
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".env-")
         try:
@@ -90,12 +108,29 @@ def main():
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    file_args = module.load_file_common_arguments(module.params)
-    if old is None and module.check_mode:
-        # nothing to compare attributes with before the file exists
-        module.exit_json(changed=True, path=path, keys_changed=changed_keys)
-    changed = module.set_fs_attributes_if_different(file_args, changed)
-    module.exit_json(changed=changed, path=path, keys_changed=changed_keys)
+    return old, changed, changed_keys
+
+
+def run_direct(given, check_mode=False):
+    """One call without Ansible (orchestrator/release/direct.py): the file root's, mode 0600, as
+    the role's task asks; the result as a dict (`failed` set when it failed). Never the content."""
+    try:
+        path, env, header = given["path"], given["env"], given.get("header", "")
+        if not isinstance(path, str) or not isinstance(env, dict) or not isinstance(header, str):
+            raise TypeError("path and header are strings, env a mapping")
+        content = render(env, header).encode()
+    except (KeyError, TypeError, EnvFileError) as exc:
+        return {"changed": False, "failed": True, "msg": f"{given.get('path', 'the environment file')}: {exc}"}
+    old, changed, changed_keys = write_env_file(path, env, content, check_mode)
+    if not check_mode and os.path.exists(path):
+        stat = os.stat(path)
+        if (stat.st_uid, stat.st_gid) != (0, 0):
+            os.chown(path, 0, 0)
+            changed = True
+        if stat.st_mode & 0o7777 != 0o600:
+            os.chmod(path, 0o600)
+            changed = True
+    return {"changed": changed, "path": path, "keys_changed": changed_keys}
 
 
 if __name__ == "__main__":

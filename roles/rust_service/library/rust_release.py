@@ -113,7 +113,7 @@ options:
     type: float
     default: 10
   health_interval:
-    description: Seconds between two probes.
+    description: Seconds between two probes at most (the first ones follow each other sooner, 20 ms apart, the wait doubling).
     type: float
     default: 0.25
   restart:
@@ -167,17 +167,25 @@ import time
 import urllib.error
 import urllib.request
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.rust_service_bundle import (
-    MANIFEST,
-    SIGNATURE,
-    BundleError,
-    IntegrityError,
-    unpack,
-    verify_release,
-)
-from ansible.module_utils.rust_service_cmdline import CommandLineError, check_file_name, expand_argv
-from ansible.module_utils.rust_service_envfile import parse as parse_env_file
+try:
+    from ansible.module_utils.basic import AnsibleModule
+    from ansible.module_utils.rust_service_bundle import (
+        MANIFEST,
+        SIGNATURE,
+        BundleError,
+        IntegrityError,
+        unpack,
+        verify_release,
+    )
+    from ansible.module_utils.rust_service_cmdline import CommandLineError, check_file_name, expand_argv
+    from ansible.module_utils.rust_service_envfile import parse as parse_env_file
+except ImportError:
+    # run without Ansible by `orchestrate` (orchestrator/release/direct.py), which hands the
+    # role's module_utils over as top-level modules and calls run_direct()
+    AnsibleModule = None
+    from rust_service_bundle import MANIFEST, SIGNATURE, BundleError, IntegrityError, unpack, verify_release
+    from rust_service_cmdline import CommandLineError, check_file_name, expand_argv
+    from rust_service_envfile import parse as parse_env_file
 
 RELEASES = "releases"
 BUNDLES = "bundles"
@@ -189,6 +197,8 @@ RELEASE_FILE = "RELEASE"
 HOOKS = ("before_switch", "after_switch")
 #: characters of a hook's output kept as evidence (its end)
 OUTPUT_TAIL = 4000
+#: seconds before the second probe of a health gate (the waits double up to health_interval)
+FIRST_WAIT = 0.02
 HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -458,10 +468,14 @@ def probe_once(port, path, timeout):
 def wait_healthy(service, port, path, timeout, interval):
     """Poll until the unit is active and GET path is 200, or `timeout` passes.
 
+    A restarted service usually answers within milliseconds: the first probes follow each other
+    FIRST_WAIT apart, the wait doubling up to `interval`.
+
     Returns (healthy, last probe as text).
     """
     deadline = time.monotonic() + timeout
     last = "no probe ran"
+    wait = min(FIRST_WAIT, interval)
     while True:
         state = unit_state(service)
         if state == "active":
@@ -473,7 +487,8 @@ def wait_healthy(service, port, path, timeout, interval):
             last = f"unit {service}.service is {state}\n"
         if time.monotonic() >= deadline:
             return False, last
-        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+        time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+        wait = min(2 * wait, interval)
 
 
 def evidence(service, health_text):
@@ -854,12 +869,15 @@ class Release:
             self.result["changed"] = True
 
 
+REQUIRED_IF = [("state", "present", ["release_id", "sha256"])]
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        required_if=[("state", "present", ["release_id", "sha256"])],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+    run_release(module)
+
+
+def run_release(module):
     release = Release(module)
     release.check_inputs()
     state = module.params["state"]
@@ -869,6 +887,152 @@ def main():
         release.cleanup()
     else:
         release.switch()
+
+
+# --- without Ansible ---------------------------------------------------------------------------
+
+
+class ModuleExit(Exception):
+    """How a direct run ends: the result and whether it failed (raised by exit_json/fail_json)."""
+
+    def __init__(self, result):
+        super().__init__(result.get("msg", ""))
+        self.result = result
+
+
+def _typed(name, kind, value):
+    """`value` as ARGUMENT_SPEC's type `kind` (ints, floats and bools as JSON gives them)."""
+    if value is None:
+        return None
+    if kind in ("str", "path"):
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: expected a string")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: expected an integer")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: expected a number")
+        return float(value)
+    if kind == "dict":
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: expected a mapping")
+        return value
+    raise ValueError(f"{name}: unsupported type {kind}")
+
+
+def direct_params(given):
+    """The module's parameters from `given` (a JSON object) as AnsibleModule would give them:
+    every option of ARGUMENT_SPEC, defaults filled in, types checked; ValueError names the first
+    problem (an unknown option, a wrong type, a missing required one)."""
+    unknown = sorted(set(given) - set(ARGUMENT_SPEC))
+    if unknown:
+        raise ValueError(f"unsupported parameters: {', '.join(unknown)}")
+    params = {}
+    for name, spec in ARGUMENT_SPEC.items():
+        value = given.get(name, spec.get("default"))
+        params[name] = _typed(name, spec["type"], value)
+        if spec.get("choices") and params[name] not in spec["choices"]:
+            raise ValueError(f"{name}: must be one of {', '.join(spec['choices'])}")
+        if spec.get("required") and params[name] is None:
+            raise ValueError(f"missing required parameter: {name}")
+    for key, wanted, needed in REQUIRED_IF:
+        missing = [n for n in needed if params[key] == wanted and not params[n]]
+        if missing:
+            raise ValueError(f"{key} is {wanted} but all of the following are missing: {', '.join(missing)}")
+    return params
+
+
+class DirectModule:
+    """What Release needs of AnsibleModule, for a run without Ansible: params, check_mode and the
+    two endings (each raises ModuleExit carrying the result)."""
+
+    def __init__(self, params, check_mode=False):
+        self.params = params
+        self.check_mode = check_mode
+
+    def exit_json(self, **result):
+        raise ModuleExit(result)
+
+    def fail_json(self, msg, **result):
+        raise ModuleExit({**result, "failed": True, "msg": msg})
+
+
+def receive_release(given, stream):
+    """Receive a release's executable from `stream` (`given["size"]` bytes) into
+    releases/<release_id>/<binary>, root's, mode 0755, unless it is there with its sha256: what
+    the role's copy task does, for a run without Ansible. The bytes go to a temporary file in the
+    base directory first and are renamed into place only when their sha256 matches."""
+    result = {"changed": False, "failed": False}
+    try:
+        service = given["service"]
+        binary = given.get("binary") or service
+        check_file_name(binary, "binary")
+        release_id = given["release_id"]
+        if not _RELEASE_ID.match(release_id):
+            raise ValueError(f"release_id {release_id!r} is not a release id")
+        expected = given["sha256"].lower()
+        size = given["size"]
+        base = given.get("base_dir") or f"/opt/{service}"
+    except (KeyError, AttributeError, TypeError, ValueError, CommandLineError) as exc:
+        return {"changed": False, "failed": True, "msg": f"receive: bad parameters ({exc})"}
+    directory = os.path.join(base, RELEASES, release_id)
+    dest = os.path.join(directory, binary)
+    result["dest"] = dest
+    if os.path.isfile(dest) and sha256_of(dest) == expected:
+        while size > 0:  # already there (a repeat deploy): whatever was sent is not needed
+            chunk = stream.read(min(size, 1 << 20))
+            if not chunk:
+                break
+            size -= len(chunk)
+        return result
+    if size == 0:
+        return {**result, "failed": True, "msg": f"{dest} is not on the host and nothing was sent"}
+    fd, tmp = tempfile.mkstemp(dir=base, prefix=".receive-")
+    try:
+        digest = hashlib.sha256()
+        left = size
+        with os.fdopen(fd, "wb") as handle:
+            while left > 0:
+                chunk = stream.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                handle.write(chunk)
+                left -= len(chunk)
+        if left:
+            return {**result, "failed": True, "msg": f"{dest}: the transfer ended {left} bytes short"}
+        if digest.hexdigest() != expected:
+            return {**result, "failed": True,
+                    "msg": f"{dest}: sha256 {digest.hexdigest()} of the bytes received does not match {expected}"}
+        os.chmod(tmp, 0o755)
+        os.chown(tmp, 0, 0)
+        os.makedirs(directory, mode=0o755, exist_ok=True)  # only for bytes that are the release
+        os.replace(tmp, dest)
+        result["changed"] = True
+        return result
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_direct(given, check_mode=False):
+    """One call of the module without Ansible: its result as a dict (`failed` set when it failed)."""
+    try:
+        module = DirectModule(direct_params(given), check_mode)
+    except ValueError as exc:
+        return {"failed": True, "changed": False, "msg": str(exc)}
+    try:
+        run_release(module)
+    except ModuleExit as ended:
+        return ended.result
+    return {"failed": True, "changed": False, "msg": "rust_release ended without a result"}
 
 
 if __name__ == "__main__":

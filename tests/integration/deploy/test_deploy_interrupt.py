@@ -1,14 +1,18 @@
 """Ctrl-C in the middle of `deploy`, `rollback` and `up` on real local hosts.
 
 The interrupt is SIGINT to the command's process group, as a terminal sends it, once the first host
-has switched (seen in ansible-runner's job events). The command puts the hosts that had switched
-back, exits 130 (not 1 with "ansible-playbook exited with 254 (canceled)"), and its run is
-`interrupted` in `orchestrate runs ENV --json`. Three app hosts, one per batch, so every rollout has
-a middle. One fleet for the module (tests run in file order; the first one provisions it).
+has switched: for a deploy, once a host serves the new release (the release change runs without a
+playbook; an after_switch hook holds each switch for a second, so the rollout has a middle); for
+the rollback through the playbook (ORCHESTRATE_DIRECT=0), once ansible-runner's job events show a
+switch. The command puts the hosts that had switched back, exits 130 (not 1 with
+"ansible-playbook exited with 254 (canceled)"), and its run is `interrupted` in `orchestrate runs
+ENV --json`. Three app hosts, one per batch. One fleet for the module (tests run in file order; the
+first one provisions it).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -21,20 +25,24 @@ import pytest
 
 from tests.integration.up.helpers import (
     FAST,
+    SLOW_SWITCH,
     FleetEnv,
     assert_fleet_on,
     job_events,
     run_detail,
     run_dirs,
     runs,
+    serving,
     up,
 )
 from tests.support.cli import cli_env, orchestrate_argv, run_orchestrate
+from tests.support.fleet import deep_merge
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytest.mark.slow]
 
 INTERRUPTED = 130
-ROLLING_ONE_BY_ONE = {**FAST, "rollout": {"strategy": "rolling", "batch_size": 1}}
+ROLLING_ONE_BY_ONE = deep_merge(copy.deepcopy(FAST), {**SLOW_SWITCH, "rollout": {"strategy": "rolling",
+                                                                                 "batch_size": 1}})
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +64,29 @@ def switched_in(playbook: str) -> Callable[[list[dict[str, Any]]], bool]:
     return seen
 
 
-def interrupt_when(fleet: FleetEnv, args: list[str], ready: Callable[[list[dict[str, Any]]], bool]
-                   ) -> tuple[subprocess.CompletedProcess[str], str]:
+def serves(version: str) -> Callable[[FleetEnv, set[str]], bool]:
+    """True once a host serves `version` (it switched and passed its gate)."""
+    return lambda fleet, before: bool(serving(fleet, version))
+
+
+def switched_through_playbook(playbook: str) -> Callable[[FleetEnv, set[str]], bool]:
+    """True once the job events of `playbook` show a finished rust_release task."""
+    seen = switched_in(playbook)
+    return lambda fleet, before: seen(job_events(fleet.state_dir, before))
+
+
+def interrupt_when(fleet: FleetEnv, args: list[str], ready: Callable[[FleetEnv, set[str]], bool],
+                   env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], str]:
     """Run `orchestrate ARGS --json` in a process group of its own, SIGINT the group once `ready`
-    holds for the job events of its playbook runs; return the finished process and its run id."""
+    holds (given the playbook run folders from before); return the finished process and its run id."""
     before_runs = {r["id"] for r in runs(fleet)}
     before_playbooks = run_dirs(fleet.state_dir)
     proc = subprocess.Popen(orchestrate_argv(fleet.project_dir, *args, "--json"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env(fleet.project_dir), start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=cli_env(fleet.project_dir, env),
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not ready(job_events(fleet.state_dir, before_playbooks)):
+        while not ready(fleet, before_playbooks):
             assert proc.poll() is None, f"{args[0]} ended before the moment to interrupt it: {proc.stderr.read()}"
             assert time.monotonic() < deadline, "the moment to interrupt never came within 300 s"
             time.sleep(0.02)
@@ -95,7 +115,7 @@ def test_ctrl_c_during_up_deploy(fleet: FleetEnv, hello_builds: Any) -> None:
     assert_fleet_on(fleet, "0.1.0")
 
     proc, run_id = interrupt_when(fleet, ["up", fleet.env_name, "--release", str(hello_builds.v2.binary)],
-                                  switched_in("deploy.yml"))
+                                  serves("0.2.0"))
     assert_interrupted(proc, fleet, run_id)
     steps = {s["name"]: s["state"] for s in run_detail(fleet, run_id)["steps"]}
     assert steps["deploy"] == "failed" and steps["verify"] == "pending"
@@ -104,7 +124,7 @@ def test_ctrl_c_during_up_deploy(fleet: FleetEnv, hello_builds: Any) -> None:
 
 def test_ctrl_c_during_deploy_restores_and_exits_130(fleet: FleetEnv, hello_builds: Any) -> None:
     proc, run_id = interrupt_when(fleet, ["deploy", fleet.env_name, "--release", str(hello_builds.v2.binary)],
-                                  switched_in("deploy.yml"))
+                                  serves("0.2.0"))
     assert_interrupted(proc, fleet, run_id)
     result = json.loads(proc.stdout)
     assert result["restored_hosts"] and set(result["restored_hosts"].values()) == {hello_builds.v1.release_id}
@@ -119,7 +139,10 @@ def test_ctrl_c_during_deploy_restores_and_exits_130(fleet: FleetEnv, hello_buil
 
 
 def test_ctrl_c_during_rollback_restores_and_exits_130(fleet: FleetEnv, hello_builds: Any) -> None:
-    proc, run_id = interrupt_when(fleet, ["rollback", fleet.env_name], switched_in("rollback.yml"))
+    # all hosts switch back at once without a playbook, well within a second: the playbook's
+    # rollback (the path of --stock-ansible runs) has a middle to interrupt
+    proc, run_id = interrupt_when(fleet, ["rollback", fleet.env_name], switched_through_playbook("rollback.yml"),
+                                  env={"ORCHESTRATE_DIRECT": "0"})
     assert_interrupted(proc, fleet, run_id)
     assert_fleet_on(fleet, "0.2.0")  # the hosts that had rolled back are on the release again
 

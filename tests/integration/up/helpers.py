@@ -73,6 +73,25 @@ def fleet_versions(fleet: FleetEnv) -> dict[str, tuple[int, str]]:
     return found
 
 
+def serving(fleet: FleetEnv, version: str) -> set[str]:
+    """Addresses whose service answers /version with `version` now (a host restarting is not)."""
+    found = set()
+    for address in app_addresses(fleet):
+        try:
+            status, body = fleet.http_get(address, "/version")
+            if status == 200 and json.loads(body)["version"] == version:
+                found.add(address)
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
+
+
+#: an after_switch hook that holds each host's switch for a second: a rollout of one host per batch
+#: then has a middle long enough to be seen from outside (a host serving the new release while
+#: the next ones have not switched yet)
+SLOW_SWITCH = {"service": {"hooks": {"after_switch": ["sleep", "1"]}}}
+
+
 def assert_fleet_on(fleet: FleetEnv, version: str) -> None:
     found = fleet_versions(fleet)
     assert found and all(v == (200, version) for v in found.values()), found
