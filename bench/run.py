@@ -647,7 +647,8 @@ def fig_scale(settings: Settings) -> list[Row]:
     if memory is not None:
         rows.append(Row("scale-memory", f"peak memory of the controller during a {largest}-host deploy",
                         f"{mib(memory.peak_rss_kib):.0f} MiB orchestrate; {mib(memory.peak_tree_rss_kib):.0f} MiB "
-                        "with ansible-playbook and its workers", "no goal (reported)", "n/a",
+                        "for its whole process tree (the ssh sessions, or ansible-playbook and its workers)",
+                        "no goal (reported)", "n/a",
                         {"hosts": largest, "orchestrate_vmhwm_mib": mib(memory.peak_rss_kib),
                          "process_tree_peak_mib": mib(memory.peak_tree_rss_kib), "samples": memory.samples}))
     return rows

@@ -22,7 +22,7 @@ from orchestrator.fleet.guard import address_check
 from orchestrator.fleet.inventory import Host, allowed_networks, fleet_hosts, load_inventory
 from orchestrator.paths import ssh_key
 from orchestrator.tools.ansible import check_inventory_addresses
-from orchestrator.tools.process import LineCallback
+from orchestrator.tools.process import Input, LineCallback
 from orchestrator.tools.ssh import AddressGuard, SshOptions, SshTarget, describe_failure, run_ssh
 
 #: hosts contacted at once
@@ -98,7 +98,7 @@ class HostRun:
 
 
 def run_on_host(conn: Connection, host: Host, command: str, *, timeout: float = 60,
-                options: SshOptions | None = None, input_text: str | bytes | None = None,
+                options: SshOptions | None = None, input_text: Input | None = None,
                 on_stdout: LineCallback | None = None) -> HostRun:
     """Run `command` on `host`; its HostRun (`on_stdout` hears each line as it comes). Nothing
     raises: a refused address, a timeout or an unreachable host is the result (exit_code None, or

@@ -175,14 +175,13 @@ class ReleaseChange:
 
 
 def release_calls(loaded: LoadedEnvironment, change: ReleaseChange, env: Mapping[str, Any], *,
-                  ship: bool) -> list[Call]:
+                  payload: bytes) -> list[Call]:
     """The calls of a release change on one host whose setup is current: the environment file,
-    the executable (its bytes when `ship`, else the host's copy is checked), the gated switch
-    (restarted in place when the environment file changed)."""
+    the executable (`payload`, its bytes; empty when the host has it, which is then checked), the
+    gated switch (restarted in place when the environment file changed)."""
     shared = _service_params(loaded)
     env_file = Call(ENV_FILE_TASK, ENV_FILE_MODULE, {"path": shared["env_file"], "env": dict(env),
                                                       "header": ENV_FILE_HEADER})
-    payload = change.binary.read_bytes() if ship else b""
     receive = Call(f"{STAGE_TASK_PREFIX} as {change.release_id}", MODULE,
                    {"service": shared["service"], "binary": shared["binary"], "base_dir": shared["base_dir"],
                     "release_id": change.release_id, "sha256": change.sha256, "size": len(payload)},
@@ -259,15 +258,17 @@ def module_sources(project_dir: Path) -> list[tuple[str, str]]:
     return found + [(name, (role / "library" / f"{name}.py").read_text(encoding="utf-8")) for name in MODULES]
 
 
-def session_input(sources: Sequence[tuple[str, str]], calls: Sequence[Call], *, check_mode: bool = False) -> bytes:
-    """What one host's session reads on stdin (pure): the JSON line, then the bytes of each transfer."""
+def session_input(sources: Sequence[tuple[str, str]], calls: Sequence[Call], *,
+                  check_mode: bool = False) -> tuple[bytes, ...]:
+    """What one host's session reads on stdin (pure): the JSON line, then the bytes of each
+    transfer (the same bytes object for every host: a large binary is never copied per host)."""
     document = {
         "modules": [list(item) for item in sources],
         "calls": [{"module": c.module, "params": dict(c.params), "check_mode": check_mode,
                    "receive": c.receive is not None, "restart_if_changed": list(c.restart_if_changed)}
                   for c in calls],
     }
-    return (json.dumps(document) + "\n").encode() + b"".join(c.receive for c in calls if c.receive is not None)
+    return ((json.dumps(document) + "\n").encode(), *(c.receive for c in calls if c.receive))
 
 
 def result_line(line: str) -> dict[str, Any] | None:
@@ -317,12 +318,18 @@ def remote_command(conn: Connection) -> str:
     return remote_argv([*conn.become, conn.python, "-c", BOOTSTRAP])
 
 
+#: the slowest transfer a session allows for (bytes per second) before it counts as hung
+MIN_TRANSFER_RATE = 1_000_000
+
+
 def session_timeout(calls: Sequence[Call]) -> float:
-    """Seconds a session may take: its health gates (twice: a failed one restores), its hooks, a margin."""
+    """Seconds a session may take: its health gates (twice: a failed one restores), its hooks, its
+    transfer at MIN_TRANSFER_RATE, a margin."""
     seconds = SESSION_MARGIN
     for call in calls:
         seconds += 2 * float(call.params.get("health_timeout") or 0)
         seconds += 2 * float(call.params.get("hook_timeout") or 0) * len(call.params.get("hooks") or {})
+        seconds += len(call.receive or b"") / MIN_TRANSFER_RATE
     return seconds
 
 

@@ -234,8 +234,9 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
         # every host's setup is the recorded one: a release change is the environment file, one
         # transfer and the gated switch per host, without Ansible
         env = {**loaded.env.service.config, **request.secret_vars}
+        payload = release.binary.read_bytes() if not all(ready.has_binary.values()) else b""
         result = _deploy_direct(loaded, hosts, rollout, lambda host: release_calls(
-            loaded, change, env, ship=not ready.has_binary.get(host.name, False)),
+            loaded, change, env, payload=b"" if ready.has_binary.get(host.name) else payload),
             run_id=run_id, evidence_dir=evidence_dir, on_event=events)
     else:
         secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}

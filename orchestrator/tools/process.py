@@ -43,13 +43,18 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
-def _feed(stdin: IO[str], data: str | bytes) -> None:
-    """Write `data` (text, or bytes for binary input) to a process's stdin and close it."""
+#: what a process reads on stdin: text, bytes, or several byte strings one after the other
+Input = str | bytes | tuple[bytes, ...]
+
+
+def _feed(stdin: IO[str], data: Input) -> None:
+    """Write `data` to a process's stdin and close it."""
     try:
-        if isinstance(data, bytes):
-            stdin.buffer.write(data)  # type: ignore[attr-defined]
-        else:
+        if isinstance(data, str):
             stdin.write(data)
+        else:
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                stdin.buffer.write(chunk)  # type: ignore[attr-defined]
         stdin.close()
     except (BrokenPipeError, ValueError, OSError):
         pass
@@ -64,7 +69,7 @@ def run_command(
     check: bool = True,
     on_stdout: LineCallback | None = None,
     on_stderr: LineCallback | None = None,
-    input_text: str | bytes | None = None,
+    input_text: Input | None = None,
     ok_codes: Sequence[int] = (0,),
     stop_signal: int = signal.SIGTERM,
     stop_grace: float = 5.0,
@@ -77,7 +82,7 @@ def run_command(
     the code, `shlex.join(argv)` and the output tail. A command running past `timeout`
     seconds is stopped (its whole process group: `stop_signal`, then SIGKILL after
     `stop_grace` seconds) and raises CommandTimeout. `input_text` goes to its stdin (bytes as
-    they are).
+    they are; a tuple of bytes one after the other, without joining them in memory).
     """
     args = [os.fspath(a) for a in argv]
     full_env = dict(os.environ)

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.files import private_dir, ssh_control_dir
-from orchestrator.tools.process import CommandResult, LineCallback, RunningCommand, run_command, start_command
+from orchestrator.tools.process import (
+    CommandResult,
+    Input,
+    LineCallback,
+    RunningCommand,
+    run_command,
+    start_command,
+)
 
 SSH = "ssh"
 
@@ -110,7 +117,7 @@ def _prepare(target: SshTarget, options: SshOptions, guard: AddressGuard) -> Ssh
 
 def run_ssh(target: SshTarget, remote_command: str, *, guard: AddressGuard, options: SshOptions | None = None,
             timeout: float = 60, on_stdout: LineCallback | None = None,
-            on_stderr: LineCallback | None = None, input_text: str | bytes | None = None) -> CommandResult:
+            on_stderr: LineCallback | None = None, input_text: Input | None = None) -> CommandResult:
     """Run `remote_command` on `target` and return its result whatever its exit code (255: ssh
     itself failed). Raises HostError (from `guard`) before connecting to a foreign address, and
     CommandTimeout after `timeout` seconds."""

@@ -90,6 +90,18 @@ def test_deploy_redeploy_failed_gate_and_rollback(fleet_factory: Any, hello_buil
     assert status["release"] == v1
     assert all(h["previous_release"] == v2 for h in status["hosts"])
 
+    # a rollback to a release that fails its gate (the broken one is still on the hosts): every
+    # host switches back by itself, exit 3, and the evidence is kept as for a deploy
+    code, result, err = fleet.orchestrate("rollback", "--to", hello_builds.broken.release_id)
+    assert code == 3, err
+    assert result["state"] == "rolled_back"
+    assert all(h["rolled_back"] and h["healthy"] and h["release"] == v1 for h in result["hosts"])
+    assert versions(fleet) == dict.fromkeys(app, "0.1.0")
+    for host in fleet.group("app"):
+        assert "-> 500" in (Path(result["evidence_dir"]) / host.name / "health.txt").read_text()
+    code, status, err = fleet.orchestrate("status")
+    assert status["release"] == v1 and all(h["previous_release"] == v2 for h in status["hosts"])
+
 
 def test_a_failed_batch_puts_every_switched_host_back(fleet_factory: Any, hello_builds: Builds) -> None:
     fleet: FleetEnv = fleet_factory(app_count=2, overrides={**FAST_GATE, "rollout": {"batch_size": 1}})

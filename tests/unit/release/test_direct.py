@@ -30,6 +30,7 @@ from orchestrator.release.direct import (
     rollout_batches,
     session_input,
     session_outcome,
+    session_timeout,
     stop_rule,
     switch_params,
 )
@@ -40,8 +41,9 @@ from tests.unit.roles.helpers import load_role_module
 
 def _run_calls(calls: list[Call]) -> list[dict[str, Any]]:
     """`calls` through BOOTSTRAP in a fresh interpreter without site-packages: the results printed."""
-    proc = subprocess.run([sys.executable, "-S", "-c", BOOTSTRAP], input=session_input(module_sources(REPO), calls),
-                          capture_output=True, timeout=60, check=False)
+    stdin = b"".join(session_input(module_sources(REPO), calls))
+    proc = subprocess.run([sys.executable, "-S", "-c", BOOTSTRAP], input=stdin, capture_output=True, timeout=60,
+                          check=False)
     found = [result_line(line) for line in proc.stdout.decode().splitlines()]
     return [r for r in found if r is not None]
 
@@ -196,6 +198,18 @@ def test_the_command_line_is_fixed_and_the_values_travel_on_stdin() -> None:
     assert remote_command(conn("root")).startswith("/usr/bin/python3 -c ")
     assert remote_command(conn("admin")).startswith("sudo -n -- /usr/bin/python3 -c ")
     hostile = {"state": "rollback", "service": "hello", "release_id": "$(reboot)'; rm -rf / #"}
-    line, _, rest = session_input([("m", "x = 1")], [Call("t", "m", hostile)]).partition(b"\n")
-    assert json.loads(line)["calls"][0]["params"] == hostile and rest == b""
+    (line,) = session_input([("m", "x = 1")], [Call("t", "m", hostile)])
+    assert json.loads(line)["calls"][0]["params"] == hostile
+    payload = b"\x7fELF..."
+    chunks = session_input([], [Call("t", "m", {}, receive=payload), Call("u", "m", {}, receive=b"")])
+    assert len(chunks) == 2 and chunks[1] is payload  # the binary itself, not a copy per host
+    assert [c["receive"] for c in json.loads(chunks[0])["calls"]] == [True, True]
     assert "reboot" not in remote_command(conn("root"))
+
+
+def test_a_session_has_time_for_its_gates_hooks_and_transfer() -> None:
+    calls = [Call("copy", "m", {}, receive=b"x" * 5_000_000),
+             Call("switch", "m", {"health_timeout": 10.0, "hook_timeout": 300.0, "hooks": {"after_switch": ["true"]}})]
+    # a margin, the binary at 1 MB/s, the gate twice (a failed one restores), the hook twice
+    assert session_timeout(calls) == 60 + 5 + 20 + 600
+    assert session_timeout([Call("cleanup", "m", {})]) == 60
