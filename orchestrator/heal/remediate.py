@@ -29,6 +29,7 @@ from orchestrator.heal.server import (
 )
 from orchestrator.monitoring.files import ensure_heal_token, read_heal_token
 from orchestrator.notify.heal import NotifyingAudit
+from orchestrator.release.direct import direct_enabled, restart_params, run_release_calls
 from orchestrator.release.hosts import role_vars
 from orchestrator.release.service import ReleaseService
 from orchestrator.release.traffic import switch_back_pending
@@ -59,7 +60,9 @@ class ProjectLock:
 
 
 class PlaybookRemediator:
-    """The remediations: `restart` runs playbooks/remediate-restart.yml on the alert's host; `rollback`
+    """The remediations: `restart` restarts the service on the alert's host behind its health gate
+    (one session running the role's rust_release; playbooks/remediate-restart.yml with
+    ORCHESTRATE_DIRECT=0 or stock settings); `rollback`
     is the release service's rollback (the switch back to the colour that served before when a
     traffic release left one, else each app host to its previous release).
 
@@ -103,6 +106,14 @@ class PlaybookRemediator:
         if alert.host not in app_hosts:
             raise UsageError(f"host {alert.host!r} is not an app host of {self.loaded.paths.inventory}")
         run_id = f"{new_run_id()}-heal-restart"
+        if direct_enabled(self.tuned):
+            # one session on the host: the role's rust_release restarts the current release, gated
+            (host,) = [h for h in fleet_hosts(self.loaded) if h.name == alert.host]
+            done = run_release_calls(self.loaded, [host], lambda _: restart_params(self.loaded), run_id=run_id,
+                                     label="restart", evidence_dir=self.loaded.paths.evidence(run_id))
+            if not done.ok:
+                raise OrchestratorError(done.summary_line() or f"restart: {done.status}")
+            return f"restart {done.status}"
         extra = {**role_vars(self.loaded, self.loaded.paths.evidence(run_id)), "remediate_host": alert.host,
                  "remediate_alert": alert.name}
         result = run_env_playbook(self.loaded, "remediate-restart.yml", extra, limit=alert.host, tuned=self.tuned,

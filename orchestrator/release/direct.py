@@ -162,6 +162,11 @@ def switch_params(loaded: LoadedEnvironment, release_id: str | None, previous_id
     return params
 
 
+def restart_params(loaded: LoadedEnvironment) -> dict[str, Any]:
+    """rust_release's parameters for a restart of the current release in place, gated (heal)."""
+    return {**_service_params(loaded), "state": "restart"}
+
+
 @dataclass(frozen=True)
 class ReleaseChange:
     """What a deploy ships: the staged executable and what rust_release checks it against."""

@@ -538,6 +538,7 @@ def test_restart_only_targets_an_app_host_of_the_inventory(project_copy: Path,
     from orchestrator.heal.remediate import PlaybookRemediator
     from orchestrator.tools import ansible
 
+    monkeypatch.setenv("ORCHESTRATE_DIRECT", "0")  # the playbook (the next test: without one)
     loaded = Project(project_copy).load("dev")
     hosts = [Host("dev-app-1", "10.213.10.10", ("app",)), Host("dev-mon-1", "10.213.10.11", ("monitoring",))]
     write_inventory(loaded.state_dir / "inventory.yml",
@@ -559,6 +560,38 @@ def test_restart_only_targets_an_app_host_of_the_inventory(project_copy: Path,
         assert not refused.ok and "not an app host" in refused.detail
     assert len(runs) == 1
     assert not remediator.remediate("reboot", alert()).ok
+
+
+def test_a_restart_without_a_playbook_is_one_session_on_the_alerts_app_host(
+        project_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.fleet.inventory import ConnectionSettings, Host, build_inventory, write_inventory
+    from orchestrator.heal import remediate
+    from orchestrator.tools import ansible
+
+    loaded = Project(project_copy).load("dev")
+    hosts = [Host("dev-app-1", "10.213.10.10", ("app",)), Host("dev-mon-1", "10.213.10.11", ("monitoring",))]
+    write_inventory(loaded.state_dir / "inventory.yml",
+                    build_inventory("dev", hosts, ConnectionSettings(user="root", private_key=Path("/k"))))
+    calls: list[tuple[list[str], dict[str, Any]]] = []
+    outcome = {"rc": 0, "status": "successful"}
+
+    def fake_calls(loaded: Any, targets: list[Host], params_of: Any, **_: Any) -> ansible.PlaybookResult:
+        calls.append(([h.name for h in targets], params_of(targets[0])))
+        failures = [ansible.Failure("dev-app-1", "restart", "release x was restarted but failed its health gate")] \
+            if outcome["rc"] else []
+        return ansible.PlaybookResult(run_id="r", run_dir=Path("/r"), playbook="restart", duration=0.1,
+                                      failures=failures, **outcome)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(remediate, "run_release_calls", fake_calls)
+    remediator = remediate.PlaybookRemediator(loaded)
+    done = remediator.remediate("restart", alert(host="dev-app-1"))
+    assert done.ok and done.detail.startswith("restart successful")
+    assert calls[0][0] == ["dev-app-1"]
+    assert calls[0][1]["state"] == "restart" and calls[0][1]["service"] == "hello"
+    assert not remediator.remediate("restart", alert(host="dev-mon-1")).ok and len(calls) == 1
+    outcome.update(rc=2, status="failed")
+    failed = remediator.remediate("restart", alert(host="dev-app-1"))
+    assert not failed.ok and "failed its health gate" in failed.detail
 
 
 def test_optional_listener_is_bound_once_its_address_can_be_bound() -> None:

@@ -33,6 +33,8 @@ description:
     not switched to; the module fails naming the file, with evidence C(integrity).
   - C(state=rollback) switches to the previous release or the named I(release_id); nothing is
     copied and no hook runs.
+  - C(state=restart) restarts the current release in place behind the health gate (a heal
+    remediation); nothing is switched and no hook runs.
   - C(state=status) only reads (current, previous, unit state, one health probe).
   - C(state=cleanup) removes release directories (and their bundles) beyond I(keep_releases),
     never the current or previous one; a deploy runs it once every host passed its gate.
@@ -42,7 +44,7 @@ options:
   state:
     description: What to do.
     type: str
-    choices: [present, rollback, status, cleanup]
+    choices: [present, rollback, restart, status, cleanup]
     default: present
   service:
     description: Name of the service and its unit.
@@ -578,7 +580,8 @@ def switch_and_gate(base, gate, target, before, result, after=None):
 
 
 ARGUMENT_SPEC = {
-    "state": {"type": "str", "choices": ["present", "rollback", "status", "cleanup"], "default": "present"},
+    "state": {"type": "str", "choices": ["present", "rollback", "restart", "status", "cleanup"],
+              "default": "present"},
     "service": {"type": "str", "required": True},
     "binary": {"type": "str"},
     "base_dir": {"type": "path"},
@@ -759,6 +762,18 @@ class Release:
         remove_old_releases(self.base, self.params["keep_releases"], self.result, self.check_mode)
         self.finish()
 
+    def restart(self):
+        """Restart the current release in place, gated; fail when it does not come back healthy."""
+        target = self.before
+        if not target:
+            self.fail(f"no release is current in {self.base}: nothing to restart")
+        if self.check_mode:
+            self.result.update(changed=True)
+            self.finish()
+        if switch_and_gate(self.base, self.gate, target, target, self.result) is not None:
+            self.fail(f"release {target} was restarted but failed its health gate")
+        self.finish()
+
     def switch(self):
         params = self.params
         state = params["state"]
@@ -883,6 +898,8 @@ def run_release(module):
     state = module.params["state"]
     if state == "status":
         release.status()
+    elif state == "restart":
+        release.restart()
     elif state == "cleanup":
         release.cleanup()
     else:

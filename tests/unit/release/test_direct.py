@@ -75,6 +75,14 @@ def test_the_module_runs_from_stdin_without_ansible(tmp_path: Path) -> None:
     assert sorted(os.listdir(base / "releases")) == ["0.3.0-cccccccccccc", "0.4.0-dddddddddddd"]
 
 
+def test_a_restart_needs_a_current_release(tmp_path: Path) -> None:
+    base = tmp_path / "opt"
+    _release(base, "0.1.0-aaaaaaaaaaaa", 1000.0)
+    status, result = _run_bootstrap({"state": "restart", "service": "hello", "base_dir": str(base)})
+    assert status == "failed"
+    assert f"no release is current in {base}: nothing to restart" in result["msg"]
+
+
 def test_a_rollback_to_a_release_that_is_not_there_fails_naming_what_is(tmp_path: Path) -> None:
     base = tmp_path / "opt"
     _release(base, "0.1.0-aaaaaaaaaaaa", 1000.0)
