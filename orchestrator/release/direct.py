@@ -42,7 +42,7 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.types import parse_duration
 from orchestrator.fleet.inventory import Host
-from orchestrator.fleet.remote import MAX_PARALLEL, Connection, HostRun, connection, run_on_host
+from orchestrator.fleet.remote import MAX_PARALLEL, Connection, HostRun, connection, run_on_host, run_on_hosts
 from orchestrator.release.results import CLEANUP_TASK, MODULE, RELEASE_TASK, STAGE_TASK_PREFIX, EventSink
 from orchestrator.release.signing import trusted_public_keys
 from orchestrator.tools.ansible import (
@@ -56,7 +56,8 @@ from orchestrator.tools.ansible import (
 )
 from orchestrator.tools.ssh import SshOptions, remote_argv
 
-#: the role whose modules run, its module_utils and modules in the order they are loaded
+#: the role every release action runs (its files are also inputs of the setup fingerprint); its
+#: module_utils and modules in the order they are loaded
 ROLE = "rust_service"
 MODULE_UTILS = ("rust_service_bundle", "rust_service_cmdline", "rust_service_envfile")
 ENV_FILE_MODULE = "rust_env_file"
@@ -237,13 +238,8 @@ class Readiness:
 def readiness(loaded: LoadedEnvironment, hosts: Sequence[Host], fingerprint: str, change: ReleaseChange) -> Readiness:
     """Ask every host at once (a host that does not answer is not current: the playbook handles it)."""
     conn = connection(loaded)
-    command = readiness_command(conn, loaded, fingerprint, change)
-
-    def one(host: Host) -> HostRun:
-        return run_on_host(conn, host, command, timeout=30, options=SshOptions.shared())
-
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL, len(hosts)))) as pool:
-        answers = list(pool.map(one, hosts))
+    answers = run_on_hosts(conn, hosts, readiness_command(conn, loaded, fingerprint, change), timeout=30,
+                           options=SshOptions.shared())
     setup: dict[str, bool] = {}
     binary: dict[str, bool] = {}
     for answer in answers:

@@ -32,6 +32,7 @@ from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.ids import require_release_id
 from orchestrator.release.artifact import Release, prepare_release
 from orchestrator.release.direct import (
+    ROLE,
     Call,
     ReleaseChange,
     cleanup_call,
@@ -125,10 +126,6 @@ def role_vars(loaded: LoadedEnvironment, evidence_dir: Path | None, *, signers: 
         "rust_service_keep_releases": service.keep_releases,
         "rust_service_evidence_dir": str(evidence_dir) if evidence_dir is not None else "",
     }
-
-
-#: the role every release action runs; its files are inputs of the setup fingerprint
-ROLE = "rust_service"
 
 
 def setup_fingerprint(loaded: LoadedEnvironment, inputs: Mapping[str, Any]) -> str:
@@ -235,9 +232,10 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
         # transfer and the gated switch per host, without Ansible
         env = {**loaded.env.service.config, **request.secret_vars}
         payload = release.binary.read_bytes() if not all(ready.has_binary.values()) else b""
-        result = _deploy_direct(loaded, hosts, rollout, lambda host: release_calls(
-            loaded, change, env, payload=b"" if ready.has_binary.get(host.name) else payload),
-            run_id=run_id, evidence_dir=evidence_dir, on_event=events)
+        shipping, checking = (release_calls(loaded, change, env, payload=p) for p in (payload, b""))
+        result = _deploy_direct(loaded, hosts, rollout,
+                                lambda host: checking if ready.has_binary.get(host.name) else shipping,
+                                run_id=run_id, evidence_dir=evidence_dir, on_event=events)
     else:
         secret_vars = {SECRETS_VAR: dict(request.secret_vars)} if request.secret_vars else {}
         result = _interruptible(lambda: _run(
@@ -267,8 +265,9 @@ def rollback(loaded: LoadedEnvironment, to: str | None = None, *, tuned: bool = 
     events = transitions.events("rollback", on_event) if transitions is not None else on_event
     if direct_enabled(tuned):
         # nothing is copied: one rust_release call per host, over direct sessions
-        result = run_release_calls(loaded, hosts, lambda host: switch_params(loaded, to), run_id=run_id,
-                                   label="rollback", evidence_dir=evidence_dir, on_event=events)
+        params = switch_params(loaded, to)
+        result = run_release_calls(loaded, hosts, lambda host: params, run_id=run_id, label="rollback",
+                                   evidence_dir=evidence_dir, on_event=events)
     else:
         extra = {**role_vars(loaded, evidence_dir), "rollback_to": to or ""}
         result = _interruptible(lambda: _run(loaded, "rollback.yml", extra, tuned=tuned, run_id=run_id, limit=limit,
@@ -379,8 +378,10 @@ def _restore(loaded: LoadedEnvironment, targets: Mapping[str, str], previous: Ma
              *, tuned: bool, run_id: str, evidence_dir: Path, on_event: EventSink | None) -> PlaybookResult:
     """Put each host of `targets` back on its release (and its `previous` link on `previous`'s)."""
     if direct_enabled(tuned):
+        shared = switch_params(loaded, None)
         return run_release_calls(loaded, [h for h in hosts if h.name in targets],
-                                 lambda host: switch_params(loaded, targets[host.name], previous[host.name]),
+                                 lambda host: {**shared, "release_id": targets[host.name],
+                                               "previous_id": previous[host.name]},
                                  run_id=run_id, label="restore", evidence_dir=evidence_dir, on_event=on_event)
     extra = {**role_vars(loaded, evidence_dir), "rollback_targets": dict(targets), "rollback_previous": dict(previous),
              "rollback_hosts": ",".join(sorted(targets))}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,18 @@ def relabeled(base: Path, binary: Path, version: str) -> Path:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def corrupting(staged: Path) -> Callable[[], None]:
+    """A `before_ship` hook flipping one byte of the staged binary: after the controller hashed and
+    staged it, before it is shipped."""
+
+    def corrupt() -> None:
+        data = bytearray(staged.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        staged.write_bytes(bytes(data))
+
+    return corrupt
 
 
 def all_healthy(fleet: FleetEnv) -> bool:
@@ -244,14 +257,8 @@ def test_a_binary_whose_sha256_differs_is_refused_on_the_host(fleet: FleetEnv, h
     loaded = fleet.loaded
     staged = loaded.state_dir / "artifacts" / v1 / "hello"
 
-    def corrupt_the_staged_binary() -> None:
-        # after the controller hashed and staged it, before it is shipped
-        data = bytearray(staged.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        staged.write_bytes(bytes(data))
-
     with pytest.raises(ReleaseRunError) as caught:
-        deploy(loaded, DeployRequest(release_path=hello_builds.v1.binary), before_ship=corrupt_the_staged_binary)
+        deploy(loaded, DeployRequest(release_path=hello_builds.v1.binary), before_ship=corrupting(staged))
     run = caught.value.run
     failed = [h for h in run.hosts if h.failed]
     assert [h.name for h in failed] == [first.name]
@@ -279,13 +286,8 @@ def test_bytes_that_differ_from_the_release_are_refused_before_they_are_written(
     rid = release_id("0.7.0", sha256_file(binary))
     staged = loaded.state_dir / "artifacts" / rid / "hello"
 
-    def corrupt_the_staged_binary() -> None:
-        data = bytearray(staged.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        staged.write_bytes(bytes(data))
-
     with pytest.raises(ReleaseRunError) as caught:
-        deploy(loaded, DeployRequest(release_path=binary, version="0.7.0"), before_ship=corrupt_the_staged_binary)
+        deploy(loaded, DeployRequest(release_path=binary, version="0.7.0"), before_ship=corrupting(staged))
     run = caught.value.run
     assert run.run.playbook == "deploy"  # the setup is the recorded one: no playbook ran
     failed = [h for h in run.hosts if h.failed]
