@@ -10,8 +10,6 @@ import posixpath
 import re
 import unicodedata
 
-from croniter import croniter
-
 from orchestrator.ids import shown as _shown
 
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -151,6 +149,8 @@ def cron_problem(expression: str) -> str | None:
             what = "numbers, ranges, steps, lists, * and month or weekday names" if named else \
                 "numbers, ranges, steps, lists and *"
             return f"{_shown(expression)}: field {index + 1} ({_shown(item, 20)}) is not made of {what}"
+    from croniter import croniter  # here: only an environment with a schedule pays for its import
+
     try:
         valid = bool(croniter.is_valid(expression))
     except Exception:  # croniter raises its own errors for some inputs instead of answering False

@@ -41,7 +41,6 @@ from typing import Any
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import UsageError
 from orchestrator.files import sha256_file
-from orchestrator.fleet.aws import aws_endpoint
 from orchestrator.ids import is_release_id, is_version, shown
 from orchestrator.release import bundle
 from orchestrator.tools.binary import reported_version
@@ -153,6 +152,8 @@ def fetch(loaded: LoadedEnvironment, url: str, sha256: str | None) -> Path:
     dest = loaded.paths.download(expected) / name
     if dest.is_file() and sha256_file(dest) == expected:
         return dest
+    from orchestrator.fleet.aws import aws_endpoint  # boto's settings: only a download reads them
+
     download(url, dest, expected_sha256=expected, s3_endpoint=aws_endpoint())
     return dest
 

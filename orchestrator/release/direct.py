@@ -28,7 +28,10 @@ line or in a file on the controller.
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
+import marshal
 import os
 import queue
 import shlex
@@ -36,6 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.util import MAGIC_NUMBER
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,6 @@ from orchestrator.config.types import parse_duration
 from orchestrator.fleet.inventory import Host
 from orchestrator.fleet.remote import MAX_PARALLEL, Connection, HostRun, connection, run_on_host, run_on_hosts
 from orchestrator.release.results import CLEANUP_TASK, MODULE, RELEASE_TASK, STAGE_TASK_PREFIX, EventSink
-from orchestrator.release.signing import trusted_public_keys
 from orchestrator.tools.ansible import (
     Failure,
     HostEvent,
@@ -66,16 +69,21 @@ MODULES = (MODULE, ENV_FILE_MODULE)
 #: the prefix of a result line (anything else a module prints is not a result)
 RESULT_MARK = "orchestrate-result "
 
-#: what runs on the host: load the modules of the first stdin line, run the calls, print each result
+#: what runs on the host: load the modules of the first stdin line (their code as the controller
+#: compiled it when the host's Python reads the same bytecode, else their source), run the calls,
+#: print each result
 BOOTSTRAP = f"""\
-import json, sys, types
+import binascii, json, marshal, sys, types
+from importlib.util import MAGIC_NUMBER
 stdin = sys.stdin.buffer
 payload = json.loads(stdin.readline())
-for name, source in payload["modules"]:
+precompiled = payload["magic"] == MAGIC_NUMBER.hex()
+for name, source, code in payload["modules"]:
     module = types.ModuleType(name)
     module.__file__ = "<orchestrate>/" + name + ".py"
     sys.modules[name] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    code = marshal.loads(binascii.a2b_base64(code)) if precompiled else compile(source, module.__file__, "exec")
+    exec(code, module.__dict__)
 results = []
 for call in payload["calls"]:
     module, params = sys.modules[call["module"]], dict(call["params"])
@@ -147,9 +155,10 @@ def _service_params(loaded: LoadedEnvironment) -> dict[str, Any]:
         "health_timeout": parse_duration(service.health.timeout),
         "health_interval": parse_duration(service.health.interval),
         "keep_releases": service.keep_releases, "hook_timeout": HOOK_TIMEOUT,
+        # the role passes it when it has trusted keys, which a run of orchestrate always has (the
+        # environment's signing key is created on first use): a switch verifies the manifest
+        "allowed_signers": f"/etc/orchestrate/{name}.release-signers",
     }
-    if trusted_public_keys(loaded):
-        params["allowed_signers"] = f"/etc/orchestrate/{name}.release-signers"
     return params
 
 
@@ -195,9 +204,8 @@ def release_calls(loaded: LoadedEnvironment, change: ReleaseChange, env: Mapping
     present: dict[str, Any] = {
         **shared, "state": "present", "release_id": change.release_id, "sha256": change.sha256,
         "version": change.version, "hooks": loaded.env.service.hooks.as_role_input(), "restart": False,
+        "manifest": change.manifest, "signature": change.signature,
     }
-    if "allowed_signers" in shared:
-        present.update(manifest=change.manifest, signature=change.signature)
     return [env_file, receive, Call(RELEASE_TASK, MODULE, present, restart_if_changed=(0,))]
 
 
@@ -252,19 +260,38 @@ def readiness(loaded: LoadedEnvironment, hosts: Sequence[Host], fingerprint: str
 # --- sessions --------------------------------------------------------------------------------------
 
 
-def module_sources(project_dir: Path) -> list[tuple[str, str]]:
-    """(name, source) of the role's module_utils and modules, in load order."""
+@dataclass(frozen=True)
+class Module:
+    """A module a session loads: its name and source, and its code as compiled here (for a host
+    whose Python has the same MAGIC_NUMBER: no compile per host), compiled once when first sent."""
+
+    name: str
+    source: str
+
+    @functools.cached_property
+    def code(self) -> str:
+        """base64 of marshal's bytes of the compiled module (named as BOOTSTRAP names it)."""
+        code = compile(self.source, f"<orchestrate>/{self.name}.py", "exec", dont_inherit=True, optimize=0)
+        return base64.b64encode(marshal.dumps(code)).decode("ascii")
+
+
+def module_sources(project_dir: Path) -> list[Module]:
+    """The role's module_utils and modules, in load order."""
     role = project_dir / "roles" / ROLE
-    found = [(name, (role / "module_utils" / f"{name}.py").read_text(encoding="utf-8")) for name in MODULE_UTILS]
-    return found + [(name, (role / "library" / f"{name}.py").read_text(encoding="utf-8")) for name in MODULES]
+    paths = [role / "module_utils" / f"{name}.py" for name in MODULE_UTILS]
+    paths += [role / "library" / f"{name}.py" for name in MODULES]
+    return [Module(path.stem, path.read_text(encoding="utf-8")) for path in paths]
 
 
-def session_input(sources: Sequence[tuple[str, str]], calls: Sequence[Call], *,
+def session_input(modules: Sequence[Module], calls: Sequence[Call], *,
                   check_mode: bool = False) -> tuple[bytes, ...]:
-    """What one host's session reads on stdin (pure): the JSON line, then the bytes of each
-    transfer (the same bytes object for every host: a large binary is never copied per host)."""
+    """What one host's session reads on stdin (pure): the JSON line (the module_utils and the
+    modules the calls use), then the bytes of each transfer (the same bytes object for every
+    host: a large binary is never copied per host)."""
+    used = set(MODULE_UTILS) | {c.module for c in calls}
     document = {
-        "modules": [list(item) for item in sources],
+        "magic": MAGIC_NUMBER.hex(),
+        "modules": [[m.name, m.source, m.code] for m in modules if m.name in used],
         "calls": [{"module": c.module, "params": dict(c.params), "check_mode": check_mode,
                    "receive": c.receive is not None, "restart_if_changed": list(c.restart_if_changed)}
                   for c in calls],

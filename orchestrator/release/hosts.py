@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.secrets import SECRETS_VAR
@@ -30,7 +30,6 @@ from orchestrator.files import digest_files
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.ids import require_release_id
-from orchestrator.release.artifact import Release, prepare_release
 from orchestrator.release.direct import (
     ROLE,
     Call,
@@ -60,6 +59,9 @@ from orchestrator.release.results import (
 from orchestrator.release.signing import Staged, sealed_for_shipping, signing_vars
 from orchestrator.release.transitions import HostTransitions, _checked
 from orchestrator.tools.ansible import HostSummary, PlaybookInterrupted, PlaybookResult, new_run_id
+
+if TYPE_CHECKING:
+    from orchestrator.release.artifact import Release
 
 Strategy = Literal["rolling", "canary"]
 
@@ -205,9 +207,13 @@ def deploy(loaded: LoadedEnvironment, request: DeployRequest, *, on_event: Event
     hosts = limited_hosts(app_hosts(loaded), request.limit)
     strategy: Strategy = request.strategy or loaded.env.rollout.host_strategy
     rollout = strategy_vars(loaded, strategy, [h.name for h in hosts])
-    release = request.prepared or prepare_release(loaded, request.release_path, sha256=request.sha256,
-                                                  version=request.version, on_output=on_output,
-                                                  build_env=dict(request.build_env) if request.build_env else None)
+    release = request.prepared
+    if release is None:
+        from orchestrator.release.artifact import prepare_release  # only a deploy prepares one
+
+        release = prepare_release(loaded, request.release_path, sha256=request.sha256, version=request.version,
+                                  on_output=on_output,
+                                  build_env=dict(request.build_env) if request.build_env else None)
     # the signed manifest, checked against the staged files before any host is touched
     sealed = sealed_for_shipping(loaded, Staged(id=release.id, version=release.version,
                                                 directory=release.binary.parent, source=release.source))

@@ -32,10 +32,6 @@ from orchestrator.config.schema import SecretRef
 from orchestrator.errors import ExitStatus, OrchestratorError, UsageError
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.select import ansible_limit, match_hosts, split_patterns
-from orchestrator.monitoring.delivery import publish_after_run
-from orchestrator.monitoring.logs import keep_gate_evidence
-from orchestrator.notify.webhooks import Notifier, failures
-from orchestrator.release.artifact import Release, built_at, prepare_release
 from orchestrator.release.hosts import DeployRequest, deploy, release_vars, role_vars, rollback, strategy_vars
 from orchestrator.release.notices import outcome_notification
 from orchestrator.release.probe import fleet_status
@@ -68,7 +64,8 @@ from orchestrator.tools.process import LineCallback
 from orchestrator.traffic.gates import GateDecision
 from orchestrator.traffic.state import colors, other, read_state
 
-if TYPE_CHECKING:  # a type only (`deploy --check` loads it when it runs)
+if TYPE_CHECKING:  # types only: what a rollback does not use is imported where it is used
+    from orchestrator.release.artifact import Release
     from orchestrator.release.check import DeployCheck
 
 NO_BACKUP_NOTE = "not recorded: --skip-backup (a host is staged only once backed up)"
@@ -207,6 +204,8 @@ class ReleaseService:
 
         Once the run has ended and the lock is released, the delivery metrics on the monitoring host
         are written again (best effort: orchestrator.monitoring.delivery)."""
+        from orchestrator.monitoring.delivery import publish_after_run
+
         entered = False
         try:
             with locked_run(coordination_for(self.loaded), command=command, argv=list(argv), steps=list(steps),
@@ -256,6 +255,8 @@ class ReleaseService:
         step.update(strategy=ran, requested_strategy=requested)
         outcome = ReleaseOutcome(env=self.loaded.name, action="deploy", strategy=ran, requested_strategy=requested,
                                  journal_run=step.run.id)
+        from orchestrator.release.artifact import built_at, prepare_release
+
         self.info(f"deploying {command.release_path} to {self.loaded.name} ({ran})")
         # the artifact first: a release that does not build, test or stage changes nothing
         release = prepare_release(self.loaded, command.release_path, sha256=command.sha256, version=command.version,
@@ -287,6 +288,7 @@ class ReleaseService:
         """`deploy --check`: prepare the artifact, then run the deploy in Ansible's check mode on the
         hosts it would touch (the limit; the idle colour under a traffic strategy). No lock, no
         backup, no journal run: nothing changes on any host."""
+        from orchestrator.release.artifact import prepare_release
         from orchestrator.release.check import check_deploy  # only `deploy --check` runs in check mode
         from orchestrator.release.signing import Staged, sealed_for_shipping
 
@@ -428,6 +430,10 @@ class ReleaseService:
 
     def _notify(self, step: StepHandle, event: str, outcome: ReleaseOutcome, secrets: Mapping[str, Any] | None,
                 *, error: str = "") -> None:
+        if not self.loaded.env.notify.webhooks:
+            return
+        from orchestrator.notify.webhooks import Notifier, failures
+
         try:
             notifier = Notifier.for_env(self.loaded, secrets=dict(secrets) if secrets is not None else None)
             if not notifier.wants(event):
@@ -511,6 +517,8 @@ class ReleaseService:
             failing = [h.name for h in exc.run.hosts if h.failed]
         evidence = run.evidence_dir if run is not None and run.evidence_dir is not None \
             else self.loaded.paths.evidence(step.run.id)
+        from orchestrator.monitoring.logs import keep_gate_evidence
+
         keep_gate_evidence(self.loaded, evidence, failing, since=step.started)
         restored = isinstance(exc, (TrafficGateFailed, GateFailedRestored))
         status = ExitStatus.ROLLED_BACK if restored else ExitStatus.FAILED

@@ -32,10 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_ssh_private_key
-
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import ConfigError, OrchestratorError, UsageError
 from orchestrator.files import atomic_write, file_lock, sha256_file
@@ -84,6 +80,12 @@ def _key_material(public_key: str) -> str:
 
 def _public_of(path: Path, comment: str) -> str:
     """The public line of the private key at `path`; ValueError naming what is wrong with it."""
+    # imported here: a rollback or a status never reads a private key, and cryptography's load is
+    # a good part of a short command's start
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_ssh_private_key
+
     try:
         key = load_ssh_private_key(path.read_bytes(), password=None)
     except TypeError:

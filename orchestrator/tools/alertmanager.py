@@ -13,18 +13,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.tools.http import opener
 
 #: seconds one question may take (the heal server asks while it holds the environment lock)
 TIMEOUT = 3.0
-
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class AlertQueryError(OrchestratorError):
@@ -55,7 +52,7 @@ def alerts_promql(alertname: str, labels: Mapping[str, str]) -> str:
 
 def _get_json(url: str, timeout: float) -> Any:
     try:
-        with _OPENER.open(url, timeout=timeout) as response:
+        with opener().open(url, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise AlertQueryError(f"GET {url}: HTTP {exc.code}") from None

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +80,9 @@ def _is_loopback(url: str) -> bool:
 
 
 def _http_chunks(url: str, timeout: float) -> Any:
+    import urllib.error  # here: only a download pays for urllib.request's import
+    import urllib.request
+
     # a proxy from the environment must not see a request to the machine itself
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})] if _is_loopback(url) else []
     opener = urllib.request.build_opener(*handlers)

@@ -12,20 +12,17 @@ import json
 import math
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.tools.http import opener
 
 #: Prometheus' instant-query endpoint
 QUERY_PATH = "/api/v1/query"
 
 #: seconds one query may take
 QUERY_TIMEOUT = 10.0
-
-#: no proxy from the environment: the monitoring host is on the project's own bridge
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class PrometheusError(OrchestratorError):
@@ -74,7 +71,7 @@ class PrometheusAPI:
     def query(self, promql: str) -> float | None:
         """The one value `promql` answers now; None when the answer is empty or NaN."""
         try:
-            with _OPENER.open(query_url(self.base_url, promql), timeout=self.timeout) as response:
+            with opener().open(query_url(self.base_url, promql), timeout=self.timeout) as response:
                 data = json.loads(response.read())
         except (OSError, ValueError) as exc:
             raise PrometheusError(f"{self.name}: Prometheus query failed ({exc}): {promql}") from None

@@ -13,7 +13,6 @@ request: only loopback addresses and host addresses on the project's own bridge 
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import threading
 import time
@@ -233,6 +232,8 @@ class LoadGenerator:
             self._record(self._one())
 
     def _one(self) -> Sample:
+        import http.client  # here: a command that generates no load does not pay for its import
+
         started = self.now()
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.spec.timeout)
         try:

@@ -163,11 +163,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 try:
     from ansible.module_utils.basic import AnsibleModule
@@ -200,7 +199,7 @@ HOOKS = ("before_switch", "after_switch")
 #: characters of a hook's output kept as evidence (its end)
 OUTPUT_TAIL = 4000
 #: seconds before the second probe of a health gate (the waits double up to health_interval)
-FIRST_WAIT = 0.02
+FIRST_WAIT = 0.01
 HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -454,40 +453,80 @@ def unit_state(service):
     return run(["systemctl", "is-active", f"{service}.service"])[1].strip() or "unknown"
 
 
+#: bytes of a health answer's body kept (as evidence)
+BODY_LIMIT = 4096
+
+
 def probe_once(port, path, timeout):
-    """(status or None, body or error text) of GET http://127.0.0.1:port/path."""
-    url = f"http://127.0.0.1:{port}{path}"
+    """(status or None, body or error text) of GET http://127.0.0.1:port/path.
+
+    One HTTP/1.0 request on a connection of its own, read up to its header block and
+    Content-Length (or the server's close): a gate needs only the status line, and a client
+    library's import would cost more than the probe on a host of many services.
+    """
+    if not path.startswith("/") or any(not " " < char < "\x7f" for char in path):
+        return None, f"health path {path!r} is not an absolute path of printable ASCII"
+    request = (f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: orchestrate-gate\r\n"
+               "Connection: close\r\n\r\n").encode("ascii")
+    answer = b""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed scheme
-            return response.status, response.read(4096).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        body = exc.read(4096).decode("utf-8", "replace") if exc.fp is not None else ""
-        return exc.code, body
-    except (OSError, urllib.error.URLError) as exc:
-        return None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.sendall(request)
+            while not _answer_complete(answer):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    except OSError as exc:
+        if not answer:
+            return None, f"{type(exc).__name__}: {exc}"
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isdigit() and len(parts[1]) == 3):
+        return None, f"not an HTTP answer: {status_line[:200]!r}"
+    return int(parts[1]), body[:BODY_LIMIT].decode("utf-8", "replace")
+
+
+def _answer_complete(answer):
+    """Whether `answer` holds the header block and the body up to its Content-Length (at most
+    BODY_LIMIT bytes of it): what the gate reads, whether or not the server closes."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    if not found:
+        return len(answer) > 65536  # headers that large are not a health answer: stop reading
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return len(body) >= min(int(value.strip()), BODY_LIMIT)
+    return len(body) >= BODY_LIMIT
 
 
 def wait_healthy(service, port, path, timeout, interval):
-    """Poll until the unit is active and GET path is 200, or `timeout` passes.
+    """Poll until GET path is 200 with the unit active, or `timeout` passes.
 
     A restarted service usually answers within milliseconds: the first probes follow each other
-    FIRST_WAIT apart, the wait doubling up to `interval`.
+    FIRST_WAIT apart, the wait doubling up to `interval`. The unit's state is asked once the
+    probe answers 200 (a 200 from a unit that is not active is another process on the port) and
+    when the gate fails (the evidence says what the unit is).
 
     Returns (healthy, last probe as text).
     """
     deadline = time.monotonic() + timeout
-    last = "no probe ran"
     wait = min(FIRST_WAIT, interval)
+    url = f"http://127.0.0.1:{port}{path}"
     while True:
-        state = unit_state(service)
+        status, body = probe_once(port, path, max(0.2, min(2.0, deadline - time.monotonic())))
+        last = f"GET {url} -> {status if status is not None else 'no response'}\n{body}"
+        state = unit_state(service) if status == 200 else None
         if state == "active":
-            status, body = probe_once(port, path, max(0.2, min(2.0, deadline - time.monotonic())))
-            last = f"GET http://127.0.0.1:{port}{path} -> {status if status is not None else 'no response'}\n{body}"
-            if status == 200:
-                return True, last
-        else:
-            last = f"unit {service}.service is {state}\n"
+            return True, last
+        if state is not None:
+            last = f"unit {service}.service is {state}; {last}"
         if time.monotonic() >= deadline:
+            if state is None:
+                state = unit_state(service)
+                if state != "active":
+                    last = f"unit {service}.service is {state}; {last}"
             return False, last
         time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
         wait = min(2 * wait, interval)
@@ -512,8 +551,15 @@ class Gate:
         self.path = params["health_path"]
         self.timeout = params["health_timeout"]
         self.interval = params["health_interval"]
+        #: the unit was seen active by the last gate that passed (and nothing ran since)
+        self.seen_active = False
+
+    def unit(self):
+        """The unit's state: what the gate that just passed saw, else systemd's answer."""
+        return "active" if self.seen_active else unit_state(self.service)
 
     def restart(self):
+        self.seen_active = False
         # a release that crash-looped leaves the unit past its start limit: systemd would refuse
         # this start too ("start request repeated too quickly") and the restore would fail
         run(["systemctl", "reset-failed", f"{self.service}.service"], timeout=30)
@@ -521,12 +567,12 @@ class Gate:
         return rc == 0, out
 
     def wait(self):
-        return wait_healthy(self.service, self.port, self.path, self.timeout, self.interval)
+        healthy, text = wait_healthy(self.service, self.port, self.path, self.timeout, self.interval)
+        self.seen_active = healthy
+        return healthy, text
 
     def probe_now(self):
-        if unit_state(self.service) != "active":
-            return False
-        return probe_once(self.port, self.path, 2.0)[0] == 200
+        return probe_once(self.port, self.path, 2.0)[0] == 200 and unit_state(self.service) == "active"
 
 
 def ensure_enabled(service):
@@ -550,6 +596,7 @@ def switch_and_gate(base, gate, target, before, result, after=None):
     healthy, health_text = gate.wait() if restarted else (False, f"systemctl restart failed:\n{restart_output}")
     failed_step, hook_failure = "health gate", None
     if healthy and after is not None:
+        gate.seen_active = False  # the hook may stop or restart it
         hook_failure = after()
         if hook_failure is not None:
             healthy, failed_step = False, "after_switch hook"
@@ -573,6 +620,7 @@ def switch_and_gate(base, gate, target, before, result, after=None):
         # Nothing to go back to (first deploy, or the release was already current): stop it rather
         # than leave a failing release running.
         if before is None:
+            gate.seen_active = False
             run(["systemctl", "stop", f"{gate.service}.service"])
             remove_link(base, CURRENT)
         result.update(release=before, healthy=False)
@@ -635,11 +683,11 @@ class Release:
     # -- endings
 
     def finish(self):
-        self.result.update(previous_release=link_target(self.base, PREVIOUS), unit=unit_state(self.service))
+        self.result.update(previous_release=link_target(self.base, PREVIOUS), unit=self.gate.unit())
         self.module.exit_json(**self.result)
 
     def fail(self, msg):
-        self.result.update(previous_release=link_target(self.base, PREVIOUS), unit=unit_state(self.service))
+        self.result.update(previous_release=link_target(self.base, PREVIOUS), unit=self.gate.unit())
         self.module.fail_json(msg=msg, **self.result)
 
     def refuse(self, target, exc):

@@ -25,7 +25,6 @@ import re
 import shutil
 import stat
 import subprocess
-import tarfile
 import tempfile
 import unicodedata
 
@@ -132,6 +131,8 @@ def unpack(archive, target):
     directory beside `target`, which is renamed to `target` at the end. Returns the number of
     files unpacked.
     """
+    import tarfile  # here: a switch to a release already unpacked (most of them) never needs it
+
     parent = os.path.dirname(target)
     os.makedirs(parent, mode=0o755, exist_ok=True)
     try:

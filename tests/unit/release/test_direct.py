@@ -20,7 +20,10 @@ from orchestrator.fleet.inventory import Host
 from orchestrator.fleet.remote import Connection, HostRun
 from orchestrator.release.direct import (
     BOOTSTRAP,
+    ENV_FILE_MODULE,
+    MODULE_UTILS,
     Call,
+    Module,
     batch_size,
     call_status,
     keep_evidence,
@@ -39,9 +42,13 @@ from tests.support.project import REPO
 from tests.unit.roles.helpers import load_role_module
 
 
-def _run_calls(calls: list[Call]) -> list[dict[str, Any]]:
-    """`calls` through BOOTSTRAP in a fresh interpreter without site-packages: the results printed."""
-    stdin = b"".join(session_input(module_sources(REPO), calls))
+def _run_calls(calls: list[Call], *, magic: str | None = None) -> list[dict[str, Any]]:
+    """`calls` through BOOTSTRAP in a fresh interpreter without site-packages: the results printed
+    (`magic`: the MAGIC_NUMBER the controller claims, to stand for a host with another Python)."""
+    first, *rest = session_input(module_sources(REPO), calls)
+    if magic is not None:
+        first = (json.dumps({**json.loads(first), "magic": magic}) + "\n").encode()
+    stdin = b"".join([first, *rest])
     proc = subprocess.run([sys.executable, "-S", "-c", BOOTSTRAP], input=stdin, capture_output=True, timeout=60,
                           check=False)
     found = [result_line(line) for line in proc.stdout.decode().splitlines()]
@@ -73,6 +80,17 @@ def test_the_module_runs_from_stdin_without_ansible(tmp_path: Path) -> None:
     assert status == "changed", result
     assert result["removed"] == ["0.1.0-aaaaaaaaaaaa", "0.2.0-bbbbbbbbbbbb"]
     assert sorted(os.listdir(base / "releases")) == ["0.3.0-cccccccccccc", "0.4.0-dddddddddddd"]
+
+
+@pytest.mark.parametrize("magic", [None, "00000000"], ids=["precompiled", "compiled-on-the-host"])
+def test_the_modules_load_from_the_controllers_code_or_from_source(tmp_path: Path, magic: str | None) -> None:
+    base = tmp_path / "opt"
+    _release(base, "0.1.0-aaaaaaaaaaaa", 1000.0)
+    (base / "current").symlink_to("releases/0.1.0-aaaaaaaaaaaa")
+    (result,) = _run_calls([Call(RELEASE_TASK, "rust_release", {"state": "status", "service": "hello",
+                                                                   "base_dir": str(base)})], magic=magic)
+    assert call_status(result) == "ok", result
+    assert result["release"] == "0.1.0-aaaaaaaaaaaa"
 
 
 def test_a_restart_needs_a_current_release(tmp_path: Path) -> None:
@@ -206,13 +224,22 @@ def test_the_command_line_is_fixed_and_the_values_travel_on_stdin() -> None:
     assert remote_command(conn("root")).startswith("/usr/bin/python3 -c ")
     assert remote_command(conn("admin")).startswith("sudo -n -- /usr/bin/python3 -c ")
     hostile = {"state": "rollback", "service": "hello", "release_id": "$(reboot)'; rm -rf / #"}
-    (line,) = session_input([("m", "x = 1")], [Call("t", "m", hostile)])
+    (line,) = session_input([Module("m", "x = 1")], [Call("t", "m", hostile)])
     assert json.loads(line)["calls"][0]["params"] == hostile
     payload = b"\x7fELF..."
     chunks = session_input([], [Call("t", "m", {}, receive=payload), Call("u", "m", {}, receive=b"")])
     assert len(chunks) == 2 and chunks[1] is payload  # the binary itself, not a copy per host
     assert [c["receive"] for c in json.loads(chunks[0])["calls"]] == [True, True]
     assert "reboot" not in remote_command(conn("root"))
+
+
+def test_a_session_carries_the_modules_its_calls_use() -> None:
+    sources = module_sources(REPO)
+    (switch,) = session_input(sources, [Call(RELEASE_TASK, "rust_release", {})])
+    sent = [name for name, _, _ in json.loads(switch)["modules"]]
+    assert sent == [*MODULE_UTILS, "rust_release"], "a rollback does not send the environment file's module"
+    (both,) = session_input(sources, [Call("env", ENV_FILE_MODULE, {}), Call(RELEASE_TASK, "rust_release", {})])
+    assert [name for name, _, _ in json.loads(both)["modules"]] == [*MODULE_UTILS, "rust_release", ENV_FILE_MODULE]
 
 
 def test_a_session_has_time_for_its_gates_hooks_and_transfer() -> None:

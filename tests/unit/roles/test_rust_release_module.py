@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import stat
 import subprocess
 import tarfile
@@ -101,6 +102,69 @@ def test_probe_of_a_closed_port_says_why(mod: ModuleType, server: int) -> None:
     status, text = mod.probe_once(1, "/healthz", 1.0)
     assert status is None
     assert "refused" in text.lower() or "error" in text.lower()
+
+
+def _one_answer_server(answer: bytes, *, close: bool) -> tuple[int, threading.Event, list[bytes]]:
+    """A loopback server that reads one request, sends `answer` and closes the connection only
+    when `close` (else it holds it open until the test ends); (port, stop, requests seen)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop, seen = threading.Event(), []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        seen.append(conn.recv(65536))
+        conn.sendall(answer)
+        if close:
+            conn.close()
+        else:
+            stop.wait(10)
+            conn.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], stop, seen
+
+
+def test_probe_reads_to_the_content_length_without_waiting_for_the_close(mod: ModuleType) -> None:
+    port, stop, seen = _one_answer_server(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", close=False)
+    started = time.monotonic()
+    try:
+        assert mod.probe_once(port, "/healthz", 5.0) == (200, "ok\n")
+    finally:
+        stop.set()
+    assert time.monotonic() - started < 2.0, "a server keeping the connection open does not hold the gate"
+    assert seen[0].startswith(b"GET /healthz HTTP/1.0\r\n")
+
+
+def test_probe_of_something_that_is_not_http_is_no_answer(mod: ModuleType) -> None:
+    port, _, _ = _one_answer_server(b"SSH-2.0-OpenSSH_9.2\r\n", close=True)
+    status, text = mod.probe_once(port, "/healthz", 2.0)
+    assert status is None
+    assert "not an HTTP answer" in text and "SSH-2.0" in text
+
+
+def test_gate_asks_the_unit_once_the_probe_answers_200(mod: ModuleType, server: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    states = {"svc": "active", "other": "inactive"}
+    monkeypatch.setattr(mod, "unit_state", lambda service: asked.append(service) or states[service])
+    assert mod.wait_healthy("svc", server, "/healthz", 2.0, 0.05)[0] is True
+    assert asked == ["svc"], "one systemctl call for a gate that passes at once"
+    # a 200 while the unit is not active is someone else on the port: not healthy, and said so
+    healthy, text = mod.wait_healthy("other", server, "/healthz", 0.3, 0.05)
+    assert healthy is False
+    assert text.startswith("unit other.service is inactive; GET http://127.0.0.1:")
+    asked.clear()
+    healthy, text = mod.wait_healthy("other", server, "/broken", 0.3, 0.05)
+    assert (healthy, asked) == (False, ["other"]), "a failing probe asks the unit only when the gate ends"
+    assert "-> 500" in text and "inactive" in text
+
+
+@pytest.mark.parametrize("path", ["healthz", "/health z", "/healthz\r\nX-Injected: 1", "/h\u00e9alth"])
+def test_probe_refuses_a_path_that_would_not_be_one_request_line(mod: ModuleType, server: int, path: str) -> None:
+    status, text = mod.probe_once(server, path, 1.0)
+    assert status is None
+    assert "not an absolute path of printable ASCII" in text
 
 
 # --- hooks -------------------------------------------------------------------------------------
