@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-GOAL_PERCENT = 5.0
+GOAL_PERCENT = 3.0
 
 
 def free_port() -> int:

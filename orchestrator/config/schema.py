@@ -567,6 +567,15 @@ class Monitoring(_Model):
         description="the operator's own alert rules: globs relative to inventories/ENV/ of NAME.rules.yml files, "
                     "each with its promtool test NAME.rules.test.yml beside it")
 
+    @field_validator("scrape_interval")
+    @classmethod
+    def _scrape_interval(cls, value: str) -> str:
+        # the blackbox exporter keeps 0.5 s of a probe's scrape timeout for itself: below 1 s a health
+        # probe has no time left and fails every time (ServiceDown on every host)
+        if parse_duration(value) < 1:
+            raise ValueError(f"{value!r} must be at least 1s (the health probes need the time)")
+        return value
+
     @field_validator("rule_files")
     @classmethod
     def _rule_files(cls, value: list[str]) -> list[str]:

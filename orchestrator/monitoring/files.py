@@ -164,15 +164,22 @@ def monitoring_dir(loaded: LoadedEnvironment) -> Path:
     return loaded.paths.monitoring
 
 
+#: the shortest group_interval rendered: Alertmanager then looks at a group twice a second
+MIN_GROUP_INTERVAL = 0.5
+
+
 def _group_wait(env: Environment) -> str:
-    # Dev-short intervals (measured: group_wait 0s + group_interval 1s gives kill->webhook ~2.6 s);
-    # slower environments keep Alertmanager's batching.
+    # Short evaluation intervals (dev, staging): a new group is sent at once, the alert having
+    # already waited its `for` in Prometheus; slower environments keep Alertmanager's batching.
     evaluation = parse_duration(env.monitoring.evaluation_interval)
     return "0s" if evaluation <= 5 else format_duration(min(evaluation, 30.0))
 
 
 def _group_interval(env: Environment) -> str:
-    return format_duration(max(1.0, min(parse_duration(env.monitoring.evaluation_interval), 300.0)))
+    # A new alert in a group that has sent before (the same alert on the same host, back within
+    # minutes) waits for the group's next tick: one evaluation interval, 500ms to 5m.
+    evaluation = parse_duration(env.monitoring.evaluation_interval)
+    return format_duration(max(MIN_GROUP_INTERVAL, min(evaluation, 300.0)))
 
 
 def render_monitoring_texts(

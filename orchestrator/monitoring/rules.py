@@ -380,6 +380,28 @@ def _host_series(t: _Timing, *, status: int = 200, node_up: int = 1) -> list[dic
     ]
 
 
+def _one_failed_probe(t: _Timing) -> tuple[list[dict[str, str]], str]:
+    """The series of an app host whose health probe got no answer once (a service slow for a
+    moment), the probes before and after it good; and the last evaluation time that still reads
+    the failed probe. A `for` shorter than a probe interval fires there."""
+    before = 3
+    total = max(t.samples, before + 4)
+
+    def failed_once(good: int) -> str:
+        # good probes at 0..before, the failed one at before+1, good ones after it
+        return f"{good}x{before} 0 {good}x{total - before - 2}"
+
+    probe = {"job": HEALTH_JOB, "host": _HOST, "instance": _INSTANCE}
+    series = [
+        _series(PROBE_SUCCESS, probe, failed_once(1)),
+        _series(PROBE_STATUS, probe, failed_once(200)),
+        _series("up", {"job": NODE_JOB, "host": _HOST, "instance": _NODE_INSTANCE}, f"1x{total}"),
+    ]
+    failed_at = (before + 1) * t.scrape
+    last_read = (math.ceil((failed_at + t.scrape) / t.evaluation - 1e-9) - 1) * t.evaluation
+    return series, format_duration(last_read)
+
+
 def _request_series(t: _Timing, counters: ErrorCounters, labels: tuple[dict[str, str], dict[str, str]], *,
                     ok: int, fail: int) -> list[dict[str, str]]:
     """The error counters of one app host: `ok` good and `fail` failed requests per scrape."""
@@ -455,6 +477,9 @@ def rules_test_document(env: Environment) -> dict[str, Any]:
             case("HighErrorRate stays quiet below the threshold",
                  _host_series(t) + _request_series(t, counters, labels, ok=quiet_ok, fail=1), "HighErrorRate", []),
         ]
+    one_failed, last_read = _one_failed_probe(t)
+    tests.append(case("ServiceDown stays quiet after a single failed probe (the next one answers)",
+                      one_failed, "ServiceDown", [], eval_time=last_read))
     if t.for_ >= 2 * t.evaluation:
         # Before `for` has passed the alert is only pending, and pending alerts are not sent.
         early = format_duration(t.for_ - t.evaluation)

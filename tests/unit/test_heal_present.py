@@ -249,8 +249,8 @@ def test_no_journal_yet(tmp_path: Path) -> None:
 
 def test_alert_windows_cover_rate_window_for_and_delays(project_copy: Path) -> None:
     windows = alert_windows(Project(project_copy).load("dev"))
-    # dev: rate window 20 s, for 2 s, evaluation 1 s (twice), scrape 1 s
-    assert windows == {"ServiceDown": 5.0, "HealthFailing": 25.0, "HighErrorRate": 25.0, "HostUnreachable": 5.0}
+    # dev: rate window 20 s, for 1 s, evaluation 500ms (twice), scrape 1 s
+    assert windows == {"ServiceDown": 3.0, "HealthFailing": 23.0, "HighErrorRate": 23.0, "HostUnreachable": 3.0}
 
 
 # --- asking whether an alert fires ----------------------------------------------------------------

@@ -133,7 +133,7 @@ def test_prometheus_config_scrapes_every_app_host_and_node(project: Project) -> 
     texts = render_monitoring_texts(loaded, HOSTS)
     config = yaml.safe_load(texts[PROMETHEUS_FILE])
     assert config["global"]["scrape_interval"] == "1s"
-    assert config["global"]["evaluation_interval"] == "1s"
+    assert config["global"]["evaluation_interval"] == "500ms"
     assert config["global"]["external_labels"] == {"env": "dev"}
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     service_targets = {(sc["targets"][0], sc["labels"]["host"]) for sc in jobs["service"]["static_configs"]}
@@ -170,7 +170,7 @@ def test_alertmanager_config_routes_to_heal_with_token_file(project: Project) ->
     config = yaml.safe_load(text)
     route = config["route"]
     assert route["receiver"] == "default"
-    assert route["group_wait"] == "0s" and route["group_interval"] == "1s"
+    assert route["group_wait"] == "0s" and route["group_interval"] == "500ms"
     assert route["routes"] == [{"receiver": "heal", "matchers": ['remediation=~"restart|rollback"']}]
     heal = next(r for r in config["receivers"] if r["name"] == "heal")
     hook = heal["webhook_configs"][0]
@@ -184,7 +184,63 @@ def test_alertmanager_config_routes_to_heal_with_token_file(project: Project) ->
 def test_slower_environments_keep_alertmanager_batching(project: Project) -> None:
     config = yaml.safe_load(render_monitoring_texts(project.load("prod"), [])[ALERTMANAGER_FILE])
     assert config["route"]["group_wait"] == "15s"
+    assert config["route"]["group_interval"] == "15s"
     assert config["route"]["repeat_interval"] == "10m"  # healing.throttle
+    staging = yaml.safe_load(render_monitoring_texts(project.load("staging"), [])[ALERTMANAGER_FILE])["route"]
+    assert (staging["group_wait"], staging["group_interval"]) == ("0s", "5s")
+
+
+def test_dev_detects_a_dead_service_within_seconds(project: Project) -> None:
+    """Dev's loop as rendered: a probe a second, rules evaluated every 500ms, `for: 1s` on every
+    alert, Alertmanager sending a new group at once and a group's next alert within 500ms."""
+    loaded = project.load("dev")
+    texts = render_monitoring_texts(loaded, HOSTS)
+    prometheus = yaml.safe_load(texts[PROMETHEUS_FILE])["global"]
+    assert (prometheus["scrape_interval"], prometheus["scrape_timeout"]) == ("1s", "1s")
+    assert prometheus["evaluation_interval"] == "500ms"
+    groups = yaml.safe_load(texts[RULES_FILE])["groups"]
+    assert {group["interval"] for group in groups} == {"500ms"}
+    assert {rule["for"] for group in groups for rule in group["rules"]} == {"1s"}
+    route = yaml.safe_load(texts[ALERTMANAGER_FILE])["route"]
+    assert (route["group_wait"], route["group_interval"]) == ("0s", "500ms")
+    # promtool checks that ServiceDown is still only pending half a second in
+    tests = yaml.safe_load(texts[RULES_TEST_FILE])["tests"]
+    early = [t["alert_rule_test"][0] for t in tests if "waits for" in t["name"]]
+    assert early == [{"eval_time": "500ms", "alertname": "ServiceDown", "exp_alerts": []}]
+    # from a kill to the firing evaluation: at most a probe interval (the next probe fails), an
+    # evaluation interval (the next evaluation sees it) and `for`
+    monitoring = loaded.env.monitoring
+    worst = sum(parse_duration(d) for d in (monitoring.scrape_interval, monitoring.evaluation_interval,
+                                            monitoring.alert_for))
+    assert worst <= 2.5
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_rule_tests_check_a_single_failed_probe_does_not_fire(project: Project, name: str) -> None:
+    env = project.load(name).env
+    scrape = parse_duration(env.monitoring.scrape_interval)
+    evaluation = parse_duration(env.monitoring.evaluation_interval)
+    (test,) = [t for t in rules_test_document(env)["tests"] if "single failed probe" in t["name"]]
+    status = next(s["values"] for s in test["input_series"] if s["series"].startswith("probe_http_status_code"))
+    assert status.split(" ")[1] == "0" and status.count(" 0 ") == 1  # one failed probe among good ones
+    failed_at = 4 * scrape  # after `200x3`: samples at 0, 1, 2 and 3 probe intervals
+    (check,) = test["alert_rule_test"]
+    at = parse_duration(check["eval_time"])
+    # the last evaluation that still reads the failed probe: where a short `for` would fire
+    assert failed_at <= at < failed_at + scrape and at + evaluation >= failed_at + scrape
+    assert check["alertname"] == "ServiceDown" and check["exp_alerts"] == []
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_an_alert_needs_more_than_one_failed_probe(project: Project, name: str) -> None:
+    """`for` spans at least one probe interval, so the probe that failed is followed by another
+    before anything fires; and the probe has time: the blackbox exporter keeps 0.5 s of the scrape
+    timeout for itself."""
+    monitoring = project.load(name).env.monitoring
+    assert parse_duration(monitoring.alert_for) >= parse_duration(monitoring.scrape_interval)
+    timeout = yaml.safe_load(render_monitoring_texts(project.load(name), [])[PROMETHEUS_FILE])["global"][
+        "scrape_timeout"]
+    assert parse_duration(timeout) - 0.5 >= 0.5
 
 
 def test_layout_overrides_addresses_and_paths(project: Project) -> None:
@@ -243,7 +299,7 @@ def test_heal_policy_check_names_a_missing_playbook(project: Project) -> None:
 
 def test_heal_policy_check_flags_a_throttle_shorter_than_for(project: Project) -> None:
     path = project.environment_path("dev")
-    text = path.read_text().replace("alert_for: 2s", "alert_for: 1m").replace("throttle: 30s", "throttle: 2m")
+    text = path.read_text().replace("alert_for: 1s", "alert_for: 1m").replace("throttle: 30s", "throttle: 2m")
     path.write_text(text)
     loaded = project.load("dev")
     assert check_heal_policy(loaded) == []

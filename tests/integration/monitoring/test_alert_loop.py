@@ -61,7 +61,7 @@ class RestartTarget:
 
 def test_killed_target_is_detected_routed_and_remediated(project_copy: Path, tmp_path: Path,
                                                          processes: Processes) -> None:
-    loaded = Project(project_copy).load("dev")  # scrape 1s, evaluation 1s, for 2s
+    loaded = Project(project_copy).load("dev")  # scrape 1s, evaluation 500ms, for 1s
     ports = {name: free_port() for name in ("target", "node", "prometheus", "alertmanager", "heal", "blackbox")}
     start_target(processes, "target", ports["target"], "service")
     start_target(processes, "node", ports["node"], "node")

@@ -39,8 +39,9 @@ REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "hello-service"
 BINARY = EXAMPLE / "target" / "release" / "hello-service"
 PORT = 8080
-# Heal budget of the dev config: kill -> healthy again.
-GOAL_S = 15.0
+# Heal goal of the dev config, kill -> healthy again (median; bench/run.py --only heal measures it):
+# the test itself only requires the loop to work, within 60 s.
+GOAL_S = 3.0
 
 
 def example_binary() -> Path:

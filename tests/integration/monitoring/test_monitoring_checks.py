@@ -69,6 +69,22 @@ def test_rule_test_fails_when_a_rule_stops_firing(project_copy: Path, tmp_path: 
     assert not result.ok and "ServiceDown" in result.detail
 
 
+@pytest.mark.parametrize("for_", ["500ms", "0s"])
+def test_rule_test_fails_when_one_failed_probe_would_fire(project_copy: Path, tmp_path: Path, for_: str) -> None:
+    # dev's rules with a `for` shorter than its probe interval: the single failed probe fires
+    root = _render(project_copy, tmp_path)
+    rules_path = root / RULES_FILE
+    rules = yaml.safe_load(rules_path.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = for_
+    rules_path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    assert check_rules(rules_path).ok
+    result = test_rules(root / RULES_TEST_FILE)
+    assert not result.ok
+    assert "ServiceDown stays quiet after a single failed probe" in result.detail
+
+
 def test_routing_test_fails_for_the_wrong_receiver(project_copy: Path, tmp_path: Path) -> None:
     root = _render(project_copy, tmp_path)
     wrong = RouteCase(labels={"alertname": "ServiceDown", "remediation": "restart", "env": "dev"},
