@@ -660,12 +660,12 @@ def fig_scale(settings: Settings) -> list[Row]:
 
 
 def fig_gates(settings: Settings) -> list[Row]:
-    from tests.integration.conftest import _copy
+    from tests.support.builds import copy_example
 
     runs = settings.pick(3, 1)
     with Fleets("gates") as fleets, tempfile.TemporaryDirectory(prefix="bench-gates-") as tmp:
         fleet = fleets.prepare(app_count=1, monitoring_count=1)
-        crate = _copy(Path(tmp) / "hello-service", "0.1.0", fix_tests=False)
+        crate = copy_example(Path(tmp) / "hello-service", "0.1.0", fix_tests=False)
         argv = ["check", fleet.env_name, "--release", str(crate), "--json"]
         warm = run_orchestrate(fleet.project_dir, *argv).check()  # builds the crate's test and clippy artifacts
         log(f"gates: first (cold) run {warm.seconds:.1f} s")

@@ -342,8 +342,9 @@ def keep_evidence(evidence_dir: Path | None, host: str, result: Mapping[str, Any
 
 
 def remote_command(conn: Connection) -> str:
-    """The one command line of a session: the hosts' Python (as root) running BOOTSTRAP (pure)."""
-    return remote_argv([*conn.become, conn.python, "-c", BOOTSTRAP])
+    """The one command line of a session: the hosts' Python (as root) running BOOTSTRAP (pure),
+    without the site module (the modules use the standard library only; its start is the host's)."""
+    return remote_argv([*conn.become, conn.python, "-S", "-c", BOOTSTRAP])
 
 
 #: the slowest transfer a session allows for (bytes per second) before it counts as hung

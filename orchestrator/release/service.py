@@ -432,9 +432,9 @@ class ReleaseService:
                 *, error: str = "") -> None:
         if not self.loaded.env.notify.webhooks:
             return
-        from orchestrator.notify.webhooks import Notifier, failures
-
         try:
+            from orchestrator.notify.webhooks import Notifier, failures
+
             notifier = Notifier.for_env(self.loaded, secrets=dict(secrets) if secrets is not None else None)
             if not notifier.wants(event):
                 return

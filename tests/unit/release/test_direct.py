@@ -221,8 +221,8 @@ def test_the_command_line_is_fixed_and_the_values_travel_on_stdin() -> None:
     def conn(user: str) -> Connection:
         return Connection(user=user, key=Path("/k"), known_hosts=None, guard=lambda a: a)
 
-    assert remote_command(conn("root")).startswith("/usr/bin/python3 -c ")
-    assert remote_command(conn("admin")).startswith("sudo -n -- /usr/bin/python3 -c ")
+    assert remote_command(conn("root")).startswith("/usr/bin/python3 -S -c ")
+    assert remote_command(conn("admin")).startswith("sudo -n -- /usr/bin/python3 -S -c ")
     hostile = {"state": "rollback", "service": "hello", "release_id": "$(reboot)'; rm -rf / #"}
     (line,) = session_input([Module("m", "x = 1")], [Call("t", "m", hostile)])
     assert json.loads(line)["calls"][0]["params"] == hostile
