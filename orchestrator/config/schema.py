@@ -526,6 +526,13 @@ class Rollout(_Model):
         return "canary" if self.strategy in HOST_CANARY_STRATEGIES else "rolling"
 
 
+def _at_least(value: str, seconds: float, shown: str, why: str = "") -> str:
+    """A validated duration `value`, refused below `seconds` (`shown` as the operator writes it)."""
+    if parse_duration(value) < seconds:
+        raise ValueError(f"{value!r} must be at least {shown}{why}")
+    return value
+
+
 class MonitoringLogs(_Model):
     """Central logs on the monitoring host and the alerts read from the journals."""
 
@@ -548,9 +555,7 @@ class MonitoringLogs(_Model):
     @field_validator("max_age")
     @classmethod
     def _max_age(cls, value: str) -> str:
-        if parse_duration(value) < 3600:
-            raise ValueError(f"{value!r} must be at least 1h")
-        return value
+        return _at_least(value, 3600, "1h")
 
 
 class Monitoring(_Model):
@@ -572,9 +577,7 @@ class Monitoring(_Model):
     def _scrape_interval(cls, value: str) -> str:
         # the blackbox exporter keeps 0.5 s of a probe's scrape timeout for itself: below 1 s a health
         # probe has no time left and fails every time (ServiceDown on every host)
-        if parse_duration(value) < 1:
-            raise ValueError(f"{value!r} must be at least 1s (the health probes need the time)")
-        return value
+        return _at_least(value, 1, "1s", " (the health probes need the time)")
 
     @field_validator("rule_files")
     @classmethod
