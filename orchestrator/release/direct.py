@@ -263,16 +263,23 @@ def readiness(loaded: LoadedEnvironment, hosts: Sequence[Host], fingerprint: str
 @dataclass(frozen=True)
 class Module:
     """A module a session loads: its name and source, and its code as compiled here (for a host
-    whose Python has the same MAGIC_NUMBER: no compile per host), compiled once when first sent."""
+    whose Python has the same MAGIC_NUMBER: no compile per host)."""
 
     name: str
     source: str
 
-    @functools.cached_property
+    @property
     def code(self) -> str:
         """base64 of marshal's bytes of the compiled module (named as BOOTSTRAP names it)."""
-        code = compile(self.source, f"<orchestrate>/{self.name}.py", "exec", dont_inherit=True, optimize=0)
-        return base64.b64encode(marshal.dumps(code)).decode("ascii")
+        return _compiled(self.name, self.source)
+
+
+@functools.cache
+def _compiled(name: str, source: str) -> str:
+    """`Module.code`, compiled once per process and source (a deploy's switch and cleanup rounds,
+    a restore after it, send the same modules)."""
+    code = compile(source, f"<orchestrate>/{name}.py", "exec", dont_inherit=True, optimize=0)
+    return base64.b64encode(marshal.dumps(code)).decode("ascii")
 
 
 def module_sources(project_dir: Path) -> list[Module]:
