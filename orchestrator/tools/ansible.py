@@ -282,6 +282,18 @@ def failure_message(res: Mapping[str, Any]) -> str:
     return "failed"
 
 
+#: modules whose task a signal lets finish on every host of the batch before the run is stopped:
+#: killed mid-task, a host may switch after Ansible stopped listening, and nobody would know to put
+#: it back
+HOLDING_ACTIONS = frozenset({"rust_release"})
+
+#: events that start a task (the one before it has ended on every host: the strategy is linear)
+TASK_START_EVENTS = frozenset({"playbook_on_task_start", "playbook_on_handler_task_start"})
+
+#: events after which no task runs until the next task start
+BETWEEN_TASKS_EVENTS = frozenset({"playbook_on_play_start", "playbook_on_stats", "playbook_on_no_hosts_remaining"})
+
+
 class EventCollector:
     """Turns ansible-runner events into HostEvents, TaskResults, Failures and the final stats."""
 
@@ -294,6 +306,8 @@ class EventCollector:
         self.results: list[TaskResult] = []
         self.failures: list[Failure] = []
         self.hosts: dict[str, HostSummary] = {}
+        self.holding = False
+        """True while a task of HOLDING_ACTIONS runs: a cancel waits for its end."""
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
         """ansible-runner's event_handler: returning True keeps the event in the artifacts."""
@@ -302,6 +316,10 @@ class EventCollector:
         if self.on_start is not None and (kind.startswith(("playbook_on_", "runner_on_"))):
             started, self.on_start = self.on_start, None
             started()
+        if kind in TASK_START_EVENTS:
+            self.holding = str(data.get("task_action") or data.get("resolved_action") or "") in HOLDING_ACTIONS
+        elif kind in BETWEEN_TASKS_EVENTS:
+            self.holding = False
         if kind == "playbook_on_stats":
             self._stats(data)
             return True
@@ -680,7 +698,8 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
             "suppress_env_files": True,
             "timeout": run.timeout,
             "ident": run.run_id,
-            "cancel_callback": lambda: signalled() is not None,
+            # a signal stops the run between tasks, never inside a release switch
+            "cancel_callback": lambda: signalled() is not None and not collector.holding,
         }
         # never ansible-runner's `extravars`: it passes them as JSON, which Ansible templates
         files = [*vars_files, *([secrets_path] if secrets_path is not None else [])]
@@ -693,12 +712,17 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
             runner = ansible_runner.run(**kwargs)
         except Exception as exc:  # ansible-runner raises bare exceptions for configuration problems
             raise AnsibleError(f"ansible-runner could not start {run.playbook.name}: {exc}") from exc
-        interrupted_by = signalled() if runner.status == "canceled" else None
+        # a signal that came while the last task held the cancel still stops the run (as a
+        # signal during a direct session's last batch does): what switched is put back
+        interrupted_by = signalled()
     duration = time.monotonic() - started
     _scrub_command_record(run_dir / "artifacts" / run.run_id / "command")
     rc = runner.rc if isinstance(runner.rc, int) else 1
+    status = str(runner.status)
+    if interrupted_by is not None:
+        rc, status = 130, "canceled"
     result = PlaybookResult(
-        run_id=run.run_id, run_dir=run_dir, playbook=run.playbook.name, rc=rc, status=str(runner.status),
+        run_id=run.run_id, run_dir=run_dir, playbook=run.playbook.name, rc=rc, status=status,
         duration=duration, hosts=collector.hosts, results=collector.results, failures=collector.failures,
         interrupted_by=interrupted_by,
     )

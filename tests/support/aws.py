@@ -36,10 +36,12 @@ FOREIGN_VARIABLES = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS
 
 @contextlib.contextmanager
 def moto_server(log: Path, *, start_timeout: float = 30) -> Iterator[str]:
-    """Run `moto_server -H 127.0.0.1 -p PORT` on a free port; yield its URL; stop it afterwards."""
+    """Run moto's server on a free loopback port, one request at a time (see moto_serial.py);
+    yield its URL; stop it afterwards."""
     port = free_port()
     with log.open("w") as out:
-        proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("moto_serial.py")), "127.0.0.1",
+                                 str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + start_timeout

@@ -163,6 +163,28 @@ def test_the_collector_counts_reports_failures_and_hides_no_log_content() -> Non
     assert seen[0].message == "" and "hidden" not in repr(collector.failures)
 
 
+def test_a_cancel_waits_while_a_release_task_runs_and_not_between_tasks() -> None:
+    collector = EventCollector()
+    assert not collector.holding
+
+    def task(action: str) -> None:
+        collector({"event": "playbook_on_task_start", "event_data": {"task": action, "task_action": action}})
+
+    task("copy")
+    assert not collector.holding
+    task("rust_release")  # a host may be between two releases until the next task starts
+    collector(_event("runner_on_ok", "a", "switch", {"changed": True}))
+    assert collector.holding, "one host answered; the others of the batch may still be switching"
+    task("file")
+    assert not collector.holding
+    task("rust_release")
+    collector({"event": "playbook_on_play_start", "event_data": {}})
+    assert not collector.holding
+    task("rust_release")
+    collector({"event": "playbook_on_stats", "event_data": {}})
+    assert not collector.holding
+
+
 def test_tuned_settings_differ_from_stock_where_speed_is_won(tmp_path: Path) -> None:
     tuned = ansible_cfg_text(AnsibleSettings.tuned(), roles_path=tmp_path / "roles")
     stock = ansible_cfg_text(AnsibleSettings.stock(), roles_path=tmp_path / "roles")

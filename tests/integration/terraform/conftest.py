@@ -1,7 +1,7 @@
 """Fixtures of the Terraform integration tests: a moto server (tests/support/aws.py) and the
 `orchestrate` command line (tests/support/cli.py).
 
-`moto_endpoint` starts `moto_server -H 127.0.0.1 -p PORT` once per session on a free port;
+`moto_endpoint` starts moto's server (tests/support/moto_serial.py) once per session on a free port;
 `aws_env` resets it (POST /moto-api/reset) and sets the AWS credentials (test values only)
 and ORCHESTRATE_AWS_ENDPOINT for one test; `aws_project` adds a copy of the project.
 `run_orchestrate(project, *args)` runs the real console script in a subprocess, as an operator would.
