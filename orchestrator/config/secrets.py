@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.config import vault
 from orchestrator.config.loader import LoadedEnvironment, decode_utf8
 from orchestrator.config.rules import env_value_problem
 from orchestrator.errors import ConfigError, UsageError
@@ -86,30 +87,15 @@ def resolve_password(
     )
 
 
-def _vault(password: str) -> Any:
-    # ansible's vault (and its templating) costs a fifth of a second to import: only when a secret
-    # is read or written, not for every command that loads this module
-    from ansible.parsing.vault import VaultLib, VaultSecret  # type: ignore[import-untyped]
-
-    return VaultLib([("default", VaultSecret(password.encode("utf-8")))])
-
-
-def _is_encrypted(raw: bytes) -> bool:
-    """Whether `raw` is an ansible-vault payload (its header), as ansible's `is_encrypted` reads it."""
-    from ansible.parsing.vault import is_encrypted
-
-    return bool(is_encrypted(raw))
-
-
 def decrypt_text(ciphertext: str | bytes, password: str) -> str:
-    """Plaintext of an ansible-vault payload; ansible's error on a wrong password passes through."""
-    plaintext: bytes = _vault(password).decrypt(ciphertext)
-    return plaintext.decode("utf-8")
+    """Plaintext of an ansible-vault payload; VaultError on a wrong password or a damaged payload."""
+    raw = ciphertext.encode("ascii") if isinstance(ciphertext, str) else ciphertext
+    return vault.read(raw, password.encode("utf-8")).decode("utf-8")
 
 
 def encrypt_text(plaintext: str, password: str) -> str:
     """An ansible-vault (1.1, AES256) payload of `plaintext`, as `ansible-vault encrypt` writes it."""
-    payload: bytes = _vault(password).encrypt(plaintext.encode("utf-8"))
+    payload: bytes = vault.ansible_vault(password.encode("utf-8")).encrypt(plaintext.encode("utf-8"))
     return payload.decode("ascii")
 
 
@@ -191,17 +177,15 @@ def load_secrets(
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path=display) from None
-    if not _is_encrypted(raw):
+    if not vault.is_vault(raw):
         raise ConfigError(
             "is not vault-encrypted; encrypt it with `ansible-vault encrypt` (secrets are never stored in clear)",
             path=display,
         )
     password = resolve_password(display, password_provider, environ)
-    from ansible.errors import AnsibleError  # type: ignore[import-untyped]
-
     try:
-        plaintext: bytes = _vault(password).decrypt(raw)
-    except AnsibleError:
+        plaintext = vault.read(raw, password.encode("utf-8"))
+    except vault.VaultError:
         from_file = (os.environ if environ is None else environ).get(PASSWORD_FILE_ENV)
         source = f"the file named by {PASSWORD_FILE_ENV}" if from_file else "the password given"
         raise UsageError(f"{display}: cannot decrypt with {source} (wrong vault password?)") from None
