@@ -87,12 +87,6 @@ def resolve_password(
     )
 
 
-def decrypt_text(ciphertext: str | bytes, password: str) -> str:
-    """Plaintext of an ansible-vault payload; VaultError on a wrong password or a damaged payload."""
-    raw = ciphertext.encode("ascii") if isinstance(ciphertext, str) else ciphertext
-    return vault.read(raw, password.encode("utf-8")).decode("utf-8")
-
-
 def encrypt_text(plaintext: str, password: str) -> str:
     """An ansible-vault (1.1, AES256) payload of `plaintext`, as `ansible-vault encrypt` writes it."""
     payload: bytes = vault.ansible_vault(password.encode("utf-8")).encrypt(plaintext.encode("utf-8"))

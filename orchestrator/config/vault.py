@@ -43,8 +43,10 @@ def is_vault(raw: bytes) -> bool:
 
 def envelope(raw: bytes) -> tuple[str, str, bytes]:
     """(version, cipher, vaulttext) of a payload: the header's fields and the body without its line breaks."""
+    if not is_vault(raw):
+        raise VaultError("not an ansible-vault payload (no header, or not ASCII)")
     lines = raw.splitlines()
-    fields = lines[0].strip().split(b";") if lines else []
+    fields = lines[0].strip().split(b";")
     if len(fields) < 3 or fields[0] != HEADER:
         raise VaultError("not an ansible-vault payload (bad header)")
     return fields[1].strip().decode("ascii"), fields[2].strip().decode("ascii"), b"".join(lines[1:])

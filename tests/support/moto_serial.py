@@ -25,7 +25,13 @@ def serialised(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]
 
     def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         with turn:
-            return list(app(environ, start_response))
+            answer = app(environ, start_response)
+            try:
+                return list(answer)
+            finally:
+                close = getattr(answer, "close", None)
+                if close is not None:  # WSGI: an answer with close() is closed once read
+                    close()
 
     return serve
 

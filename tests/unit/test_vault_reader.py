@@ -44,6 +44,8 @@ def test_a_wrong_password_or_a_damaged_payload_is_refused() -> None:
         vault.decrypt(header + b"\nnot-hex\n", b"right")
     with pytest.raises(vault.VaultError, match="header"):
         vault.decrypt(b"$ANSIBLE_VAULT\n00\n", b"right")
+    with pytest.raises(vault.VaultError, match="ASCII"):
+        vault.decrypt(payload + "é".encode(), b"right")
 
 
 def test_another_version_is_left_to_ansible() -> None:
