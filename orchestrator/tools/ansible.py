@@ -560,8 +560,9 @@ def cancel_on_signals() -> Iterator[Callable[[], str | None]]:
     """While the block runs, SIGINT and SIGTERM are noted instead of raising; yields a function
     that names the signal received (None before any). The previous handlers come back after.
 
-    ansible-runner is given that function as its cancel callback: it then stops ansible-playbook
-    and returns status `canceled`, and the caller sees that a signal, not a failure, ended the run.
+    run_playbook's cancel callback asks it (once no release task is under way, see HOLDING_ACTIONS):
+    ansible-runner then stops ansible-playbook, and the caller sees that a signal, not a failure,
+    ended the run.
     Without a callback of ours ansible-runner installs handlers of its own that it never removes:
     every later Ctrl-C of the process, even outside a playbook, would then be swallowed.
     Only the main thread may set handlers; elsewhere (the heal server's workers) nothing is noted.
