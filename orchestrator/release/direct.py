@@ -49,6 +49,8 @@ from orchestrator.fleet.inventory import Host
 from orchestrator.fleet.remote import MAX_PARALLEL, Connection, HostRun, connection, run_on_host, run_on_hosts
 from orchestrator.release.results import CLEANUP_TASK, MODULE, RELEASE_TASK, STAGE_TASK_PREFIX, EventSink
 from orchestrator.tools.ansible import (
+    CANCELED_RC,
+    CANCELED_STATUS,
     Failure,
     HostEvent,
     HostSummary,
@@ -466,7 +468,7 @@ def run_sessions(loaded: LoadedEnvironment, batches: Sequence[Sequence[Host]], c
                 break
     run.result.duration = time.monotonic() - started
     if run.result.interrupted_by is not None:
-        run.result.rc, run.result.status = 130, "canceled"  # as a playbook a signal stopped
+        run.result.rc, run.result.status = CANCELED_RC, CANCELED_STATUS  # as a playbook a signal stopped
     elif run.result.failures:
         run.result.rc, run.result.status = 2, "failed"
     return run.result

@@ -204,6 +204,11 @@ class HostSummary:
                 "unreachable": self.unreachable, "skipped": self.skipped, "rescued": self.rescued}
 
 
+#: rc and status of a run a signal stopped (128 + SIGINT, as a shell reports it; ansible-runner's word),
+#: whether ansible-runner stopped ansible-playbook or direct sessions stopped after their batch
+CANCELED_RC, CANCELED_STATUS = 130, "canceled"
+
+
 @dataclass
 class PlaybookResult:
     """Outcome of one ansible-runner run."""
@@ -721,7 +726,7 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     rc = runner.rc if isinstance(runner.rc, int) else 1
     status = str(runner.status)
     if interrupted_by is not None:
-        rc, status = 130, "canceled"
+        rc, status = CANCELED_RC, CANCELED_STATUS
     result = PlaybookResult(
         run_id=run.run_id, run_dir=run_dir, playbook=run.playbook.name, rc=rc, status=status,
         duration=duration, hosts=collector.hosts, results=collector.results, failures=collector.failures,
