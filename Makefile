@@ -53,7 +53,11 @@ $(DEB_STAMP):
 	fi
 	@mkdir -p $(VENV) && touch $@
 
+# The package's bytecode is compiled ahead: with PYTHONDONTWRITEBYTECODE set (as on CI machines)
+# Python never writes it, and every `orchestrate` call would compile its modules again (~0.2 s
+# of each call's start). Up-to-date files are skipped, so this costs nothing when nothing changed.
 venv: $(PY_STAMP) $(CHECKOV_STAMP)
+	@$(BIN)/python -m compileall -q orchestrator
 $(PY_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

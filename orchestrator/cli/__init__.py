@@ -6,6 +6,7 @@ exposes `command` (a click command or group); they are registered here in name o
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pkgutil
 from pathlib import Path
@@ -82,4 +83,13 @@ def _register_verb(module_name: str) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="orchestrate")
+    # What the modules and the command built lives until the process ends: frozen, the cyclic
+    # collector never walks it again, neither during the command nor in the interpreter's last
+    # collections at exit (those cost ~0.1 s of every command over a heap of this size). Objects
+    # are still released as their last reference goes; what a reference cycle holds at exit ends
+    # with the process (the commands close what they write and commit the journal before they return).
+    gc.freeze()
+    try:
+        cli(prog_name="orchestrate")
+    finally:
+        gc.freeze()

@@ -163,6 +163,17 @@ def test_the_collector_counts_reports_failures_and_hides_no_log_content() -> Non
     assert seen[0].message == "" and "hidden" not in repr(collector.failures)
 
 
+def test_the_artifacts_keep_results_and_drop_task_start_events_per_host() -> None:
+    seen: list[HostEvent] = []
+    collector = EventCollector(seen.append)
+    # a host starting a task: its result event says when it started, so it is not written
+    assert collector(_event("runner_on_start", "a", "env file", {})) is False
+    assert collector(_event("runner_on_ok", "a", "env file", {"changed": False})) is True
+    assert collector({"event": "playbook_on_task_start", "event_data": {"task": "env file"}}) is True
+    assert collector({"event": "playbook_on_stats", "event_data": {"ok": {"a": 1}}}) is True
+    assert [(e.host, e.status) for e in seen] == [("a", "ok")]
+
+
 def test_a_cancel_waits_while_a_release_task_runs_and_not_between_tasks() -> None:
     collector = EventCollector()
     assert not collector.holding
