@@ -19,7 +19,7 @@ from orchestrator.config.schema import TerraformLocal
 from orchestrator.errors import UsageError
 from orchestrator.files import load_yaml
 
-#: libyaml's safe dumper when PyYAML was built with it (an inventory of 10,000 hosts: 0.2 s instead of 1 s)
+#: libyaml's safe dumper when PyYAML was built with it (an inventory of 10,000 hosts: 0.3 s instead of 1.2 s)
 _FAST_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 #: groups every inventory has, even when empty, so playbooks can target them unconditionally
