@@ -108,9 +108,8 @@ def verdict(ok: bool) -> str:
 
 
 def fig_inventory(settings: Settings) -> list[Row]:
-    import yaml
-
     from orchestrator.config.loader import Project
+    from orchestrator.files import load_yaml
     from orchestrator.fleet.provision import write_inventory_from_outputs
 
     count, runs = 10_000, settings.pick(5, 2)
@@ -134,8 +133,7 @@ def fig_inventory(settings: Settings) -> list[Row]:
             path, written = write_inventory_from_outputs(loaded, outputs)
             times.append(time.perf_counter() - started)
             cpu.append(time.process_time() - cpu_started)
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        inventory = yaml.load(path.read_text(), Loader=loader)
+        inventory = load_yaml(path.read_text())
         in_file = len(inventory["all"]["children"]["app"]["hosts"])
         size = path.stat().st_size
     if len(written) != count or in_file != count:

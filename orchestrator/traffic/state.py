@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.files import atomic_write
 from orchestrator.fleet.inventory import Host, colour_halves
 from orchestrator.ids import is_release_id, shown
 
@@ -116,9 +117,7 @@ def read_state(loaded: LoadedEnvironment) -> TrafficState:
 def write_state(loaded: LoadedEnvironment, state: TrafficState) -> None:
     path = state_path(loaded)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state.as_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(state.as_dict(), indent=2) + "\n")
 
 
 def from_runtime(weights: Mapping[str, int], groups: Mapping[Color, list[str]], cached: TrafficState) -> TrafficState:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.errors import CommandError, HostError
+from orchestrator.files import atomic_write
 from orchestrator.fleet.cloudinit import cloud_config, generate_host_key
 from orchestrator.fleet.local.image import ImageRecipe, ImageStore
 from orchestrator.fleet.local.keys import _update_known_hosts, ensure_ssh_key
@@ -177,9 +178,7 @@ class HostRecord:
         return cls(**data)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(asdict(self), indent=2) + "\n")
 
 
 def network_file(address: str, prefixlen: int) -> str:
