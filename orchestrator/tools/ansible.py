@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import json
 import os
 import secrets
 import shlex
@@ -560,9 +559,6 @@ def local_temp_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-#: how often ansible-runner asks whether to cancel (its default, 5 s, is how long a Ctrl-C would
-#: wait before anything happened)
-CANCEL_POLL = 0.5
 CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -571,8 +567,8 @@ def cancel_on_signals() -> Iterator[Callable[[], str | None]]:
     """While the block runs, SIGINT and SIGTERM are noted instead of raising; yields a function
     that names the signal received (None before any). The previous handlers come back after.
 
-    run_playbook's cancel callback asks it (once no release task is under way, see HOLDING_ACTIONS):
-    ansible-runner then stops ansible-playbook, and the caller sees that a signal, not a failure,
+    run_playbook's cancel rule asks it (once no release task is under way, see HOLDING_ACTIONS):
+    the run's loop then stops ansible-playbook (runner_pipe), and the caller sees that a signal, not a failure,
     ended the run.
     Without a callback of ours ansible-runner installs handlers of its own that it never removes:
     every later Ctrl-C of the process, even outside a playbook, would then be swallowed.
@@ -671,7 +667,7 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     inventory is not on one of them, and PlaybookInterrupted (carrying the result so far) when
     SIGINT or SIGTERM stopped the playbook.
     """
-    import ansible_runner  # imported late: it is slow to import and not every verb needs it
+    from orchestrator.tools import runner_pipe  # imports ansible-runner: slow, and not every verb needs it
 
     if not run.playbook.is_file():
         raise AnsibleError(f"playbook not found: {run.playbook}")
@@ -687,10 +683,6 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
                                          connect_timeout=run.connect_timeout))
     if settings.control_path_dir:
         private_dir(Path(settings.control_path_dir))
-    # ansible-runner reads its own settings from the private data dir only (a `settings` argument
-    # is dropped when this file is missing)
-    (run_dir / "env").mkdir(exist_ok=True)
-    (run_dir / "env" / "settings").write_text(json.dumps({"pexpect_timeout": CANCEL_POLL}) + "\n")
     started = time.monotonic()
     if Path("/dev/shm").is_dir():
         remove_orphans()
@@ -710,8 +702,6 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
             "suppress_env_files": True,
             "timeout": run.timeout,
             "ident": run.run_id,
-            # a signal stops the run between tasks, never inside a release switch
-            "cancel_callback": lambda: signalled() is not None and not collector.holding,
         }
         # never ansible-runner's `extravars`: it passes them as JSON, which Ansible templates
         files = [*vars_files, *([secrets_path] if secrets_path is not None else [])]
@@ -721,16 +711,16 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
         if run.limit:
             kwargs["limit"] = run.limit
         try:
-            runner = ansible_runner.run(**kwargs)
+            # a signal stops the run between tasks, never inside a release switch
+            outcome = runner_pipe.run(kwargs, cancel=lambda: signalled() is not None and not collector.holding,
+                                      record_env=_recorded_env)
         except Exception as exc:  # ansible-runner raises bare exceptions for configuration problems
             raise AnsibleError(f"ansible-runner could not start {run.playbook.name}: {exc}") from exc
         # a signal that came while the last task held the cancel still stops the run (as a
         # signal during a direct session's last batch does): what switched is put back
         interrupted_by = signalled()
     duration = time.monotonic() - started
-    _scrub_command_record(run_dir / "artifacts" / run.run_id / "command")
-    rc = runner.rc if isinstance(runner.rc, int) else 1
-    status = str(runner.status)
+    rc, status = outcome.rc, outcome.status
     if interrupted_by is not None:
         rc, status = CANCELED_RC, CANCELED_STATUS
     result = PlaybookResult(
@@ -743,16 +733,7 @@ def run_playbook(run: PlaybookRun, *, on_event: Callable[[HostEvent], None] | No
     return result
 
 
-def _scrub_command_record(path: Path) -> None:
-    """Drop the process environment from ansible-runner's `command` record.
-
-    The record copies the whole environment of the run, which may hold cloud credentials;
-    the argv stays (it holds only the paths of the vars files).
-    """
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(record, dict) and "env" in record:
-        record["env"] = {k: v for k, v in record["env"].items() if k.startswith(("ANSIBLE_", "RUNNER_"))}
-        path.write_text(json.dumps(record))
+def _recorded_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What the run's `command` record keeps of the process environment: Ansible's and
+    ansible-runner's settings; the rest may hold cloud credentials (pure)."""
+    return {key: value for key, value in env.items() if key.startswith(("ANSIBLE_", "RUNNER_"))}

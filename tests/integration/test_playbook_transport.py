@@ -1,0 +1,121 @@
+"""How a playbook run is driven (orchestrator/tools/runner_pipe.py), with real ansible-playbook and
+no hosts (a local connection): results arrive live on the calling thread while the run goes on, a
+signal stops the run between tasks and never inside one, the signal handlers of the process are the
+ones it had, a timeout kills the run, and the artifacts are ansible-runner's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.tools.ansible import HostEvent, PlaybookInterrupted, PlaybookRun, run_playbook
+
+pytestmark = pytest.mark.integration
+
+PLAYBOOK = """
+- name: Three tasks that take a while
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: First
+      ansible.builtin.command: sleep {first}
+    - name: Second
+      ansible.builtin.command: sleep {rest}
+    - name: Third
+      ansible.builtin.command: sleep {rest}
+"""
+
+
+def _run(tmp_path: Path, first: float = 0, rest: float = 0, timeout: int = 300) -> PlaybookRun:
+    project = tmp_path / "project"
+    (project / "roles").mkdir(parents=True)
+    playbook = project / "pb.yml"
+    playbook.write_text(PLAYBOOK.format(first=first, rest=rest))
+    inventory = project / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    return PlaybookRun(playbook=playbook, inventory=inventory, project_dir=project, runs_dir=tmp_path / "runs",
+                       timeout=timeout)
+
+
+def _signal_later(seconds: float, signum: signal.Signals = signal.SIGINT) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signum))
+    timer.start()
+    return timer
+
+
+def test_results_arrive_live_on_the_calling_thread_and_the_artifacts_are_written(tmp_path: Path) -> None:
+    run = _run(tmp_path, rest=1)
+    seen: list[tuple[float, str, str, bool]] = []
+    started = time.monotonic()
+
+    def on_event(event: HostEvent) -> None:
+        seen.append((time.monotonic() - started, event.task, event.status,
+                     threading.current_thread() is threading.main_thread()))
+
+    os.environ["ORCHESTRATE_TEST_NOT_RECORDED"] = "hush"
+    try:
+        result = run_playbook(run, on_event=on_event)
+    finally:
+        del os.environ["ORCHESTRATE_TEST_NOT_RECORDED"]
+    ended = time.monotonic() - started
+    assert result.ok and result.rc == 0 and result.status == "successful"
+    assert [(task, status) for _, task, status, _ in seen] == [("First", "changed"), ("Second", "changed"),
+                                                               ("Third", "changed")]
+    assert all(main for *_, main in seen)
+    # the first result came a second or more before the last one and the end of the run: live
+    assert seen[-1][0] - seen[0][0] >= 1.5 and ended - seen[0][0] >= 1.5
+    artifacts = run.runs_dir / run.run_id / "artifacts" / run.run_id
+    assert (artifacts / "rc").read_text() == "0" and (artifacts / "status").read_text() == "successful"
+    assert "PLAY RECAP" in (artifacts / "stdout").read_text()
+    events = [json.loads(p.read_text()) for p in (artifacts / "job_events").glob("*.json")]
+    assert {"playbook_on_start", "playbook_on_stats"} <= {e.get("event") for e in events}
+    assert sum(e.get("event") == "runner_on_ok" for e in events) == 3
+    assert not list((artifacts / "job_events").glob("*partial*"))
+    record = json.loads((artifacts / "command").read_text())
+    assert record["command"][0].endswith("ansible-playbook")
+    assert "ANSIBLE_CONFIG" in record["env"] and "ORCHESTRATE_TEST_NOT_RECORDED" not in record["env"]
+    assert all((artifacts / name).stat().st_mode & 0o077 == 0 for name in ("command", "stdout", "rc", "status"))
+
+
+def test_a_signal_stops_the_run_after_the_running_task_and_the_handlers_stay_the_processs(tmp_path: Path) -> None:
+    run = _run(tmp_path, first=0, rest=30)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    timer = _signal_later(3.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(PlaybookInterrupted) as raised:
+            run_playbook(run)
+    finally:
+        timer.cancel()
+    took = time.monotonic() - started
+    stopped = raised.value.run
+    assert stopped.interrupted_by == "SIGINT" and stopped.status == "canceled"
+    # Second (30 s) was killed: no task holds a signal back but the release switch
+    assert took < 15, took
+    assert [(r.task, r.status) for r in stopped.results] == [("First", "changed")]
+    artifacts = run.runs_dir / run.run_id / "artifacts" / run.run_id
+    assert (artifacts / "status").read_text() == "canceled"
+    # ansible-runner's own handlers were never installed: a later Ctrl-C is the process's again
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+def test_the_run_is_killed_at_its_timeout(tmp_path: Path) -> None:
+    run = _run(tmp_path, first=60, timeout=3)
+    started = time.monotonic()
+    result = run_playbook(run)
+    assert time.monotonic() - started < 20
+    assert result.status == "timeout" and not result.ok
+    assert result.results == []
