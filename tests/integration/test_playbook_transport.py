@@ -47,12 +47,6 @@ def _run(tmp_path: Path, first: float = 0, rest: float = 0, timeout: int = 300) 
                        timeout=timeout)
 
 
-def _signal_later(seconds: float, signum: signal.Signals = signal.SIGINT) -> threading.Timer:
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signum))
-    timer.start()
-    return timer
-
-
 def test_results_arrive_live_on_the_calling_thread_and_the_artifacts_are_written(tmp_path: Path) -> None:
     run = _run(tmp_path, rest=1)
     seen: list[tuple[float, str, str, bool]] = []
@@ -90,13 +84,14 @@ def test_results_arrive_live_on_the_calling_thread_and_the_artifacts_are_written
 def test_a_signal_stops_the_run_after_the_running_task_and_the_handlers_stay_the_processs(tmp_path: Path) -> None:
     run = _run(tmp_path, first=0, rest=30)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    timer = _signal_later(3.0)
+
+    def interrupt_after_first(event: HostEvent) -> None:
+        if event.task == "First":  # as a Ctrl-C would: the second task is about to start
+            os.kill(os.getpid(), signal.SIGINT)
+
     started = time.monotonic()
-    try:
-        with pytest.raises(PlaybookInterrupted) as raised:
-            run_playbook(run)
-    finally:
-        timer.cancel()
+    with pytest.raises(PlaybookInterrupted) as raised:
+        run_playbook(run, on_event=interrupt_after_first)
     took = time.monotonic() - started
     stopped = raised.value.run
     assert stopped.interrupted_by == "SIGINT" and stopped.status == "canceled"
