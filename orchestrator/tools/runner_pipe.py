@@ -31,11 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from orchestrator.files import atomic_write
+
 #: how often the loop asks whether to cancel while the child prints nothing
 CANCEL_POLL = 0.5
 
 #: bytes read from the pipe at a time (an event is a few KiB of base64)
 READ_SIZE = 1 << 16
+
+#: mode of the run's records, as ansible-runner writes them
+PRIVATE = stat.S_IRUSR | stat.S_IWUSR
 
 #: what ansible-runner records as the exit code of a canceled or timed-out run
 KILLED_RC = 254
@@ -49,8 +54,8 @@ class Outcome:
 
 
 def _private_file(path: Path) -> TextIO:
-    """A new (truncated) 0600 text file, as ansible-runner opens its artifacts."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    """A new (truncated) 0600 text file for the run's stdout, written as the run goes on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE)
     return open(fd, "w", encoding="utf-8")
 
 
@@ -75,14 +80,13 @@ def run(runner_kwargs: dict[str, Any], *, cancel: Callable[[], bool],
     (artifact_dir / "job_events").mkdir(mode=0o700, exist_ok=True)
     env = {str(k): str(v) for k, v in config.env.items()}
     runner.status_callback("starting")
-    with _private_file(artifact_dir / "command") as record:
-        json.dump({"command": config.command, "cwd": config.cwd, "env": record_env(env)}, record,
-                  ensure_ascii=False)
+    record = {"command": config.command, "cwd": config.cwd, "env": record_env(env)}
+    atomic_write(artifact_dir / "command", json.dumps(record, ensure_ascii=False), mode=PRIVATE)
+    # the child's stderr goes to its stdout (as on the terminal ansible-runner gave it): an empty file
+    atomic_write(artifact_dir / "stderr", "", mode=PRIVATE)
     timeout = config.job_timeout or None
     killed: str | None = None
-    with contextlib.ExitStack() as stack:
-        stdout = stack.enter_context(_private_file(artifact_dir / "stdout"))
-        stack.enter_context(_private_file(artifact_dir / "stderr"))
+    with _private_file(artifact_dir / "stdout") as stdout:
         events = OutputEventFilter(stdout, runner.event_callback, config.suppress_ansible_output,
                                    output_json=config.json_mode)
         proc = subprocess.Popen(config.command, cwd=config.cwd, env=env, stdin=subprocess.DEVNULL,
@@ -122,8 +126,7 @@ def run(runner_kwargs: dict[str, Any], *, cancel: Callable[[], bool],
     runner.rc = rc
     runner.status_callback(status)
     for name, value in (("status", status), ("rc", rc)):
-        with _private_file(artifact_dir / name) as handle:
-            handle.write(str(value))
+        atomic_write(artifact_dir / name, str(value), mode=PRIVATE)
     return Outcome(rc=rc, status=status)
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from orchestrator.tools.ansible import PlaybookRun, run_playbook
+from tests.support.project import local_playbook_project
 
 pytestmark = pytest.mark.integration
 
@@ -51,16 +51,8 @@ PLAYBOOK = """
 
 
 def _project(tmp_path: Path) -> tuple[Path, Path, Path]:
-    project = tmp_path / "project"
-    (project / "roles").mkdir(parents=True)
-    playbook = project / "values.yml"
-    playbook.write_text(PLAYBOOK)
-    inventory = project / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
-    out = tmp_path / "out"
-    out.mkdir()
-    return project, playbook, inventory
+    (tmp_path / "out").mkdir()
+    return local_playbook_project(tmp_path, "values.yml", PLAYBOOK)
 
 
 def _values(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any], list[Path]]:

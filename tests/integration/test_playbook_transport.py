@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from orchestrator.tools.ansible import HostEvent, PlaybookInterrupted, PlaybookRun, run_playbook
+from tests.support.project import local_playbook_project
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +35,7 @@ PLAYBOOK = """
 
 
 def _run(tmp_path: Path, first: float = 0, rest: float = 0, timeout: int = 300) -> PlaybookRun:
-    project = tmp_path / "project"
-    (project / "roles").mkdir(parents=True)
-    playbook = project / "pb.yml"
-    playbook.write_text(PLAYBOOK.format(first=first, rest=rest))
-    inventory = project / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
-        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    project, playbook, inventory = local_playbook_project(tmp_path, "pb.yml", PLAYBOOK.format(first=first, rest=rest))
     return PlaybookRun(playbook=playbook, inventory=inventory, project_dir=project, runs_dir=tmp_path / "runs",
                        timeout=timeout)
 

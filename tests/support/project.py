@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 #: Terraform plan fixtures (a plan JSON and the terraform_data-only root it was made from)
 PLANS = REPO / "tests" / "fixtures" / "plans"
@@ -36,3 +38,16 @@ def load_file_module(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses and pickling look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+def local_playbook_project(root: Path, name: str, playbook_text: str) -> tuple[Path, Path, Path]:
+    """A project dir under `root` with an empty roles/, the playbook `name` and an inventory of one
+    host reached by Ansible's local connection (this Python): (project, playbook, inventory)."""
+    project = root / "project"
+    (project / "roles").mkdir(parents=True)
+    playbook = project / name
+    playbook.write_text(playbook_text)
+    inventory = project / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    return project, playbook, inventory
