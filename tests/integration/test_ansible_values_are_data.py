@@ -96,6 +96,9 @@ def test_the_same_values_as_json_extra_vars_would_run_on_the_controller(tmp_path
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1"}
     runner = ansible_runner.run(private_data_dir=str(tmp_path / "runs"), project_dir=str(project),
                                 playbook=str(playbook), inventory=str(inventory), extravars=extra, envvars=env,
-                                quiet=True, suppress_env_files=True, timeout=300)
+                                quiet=True, suppress_env_files=True, timeout=300,
+                                # without a cancel callback ansible-runner installs SIGINT/SIGTERM
+                                # handlers it never removes: later tests in this process would lose Ctrl-C
+                                cancel_callback=lambda: False)
     assert runner.rc is not None
     assert markers[0].exists()
