@@ -39,8 +39,11 @@ class AppContext:
     project_dir: Path
     debug: bool = False
     json_output: bool = False
-    stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
-    stdout: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+    # emoji off: a name like `db:fire:` in an environment file or a host's answer is printed as
+    # written, never turned into a picture
+    stderr: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True,
+                                                            emoji=False))
+    stdout: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True, emoji=False))
     result_renderer: Callable[[Any], None] | None = None
     """Shows the result an error carries (e.g. the hosts of a failed deploy) in human output."""
     verbosity: int = 0

@@ -65,6 +65,16 @@ def moto_server(log: Path, *, start_timeout: float = 30) -> Iterator[str]:
             proc.wait()
 
 
+def moto_requests(log: Path, last: int = 80) -> str:
+    """The last `last` requests moto's server logged (action, client port, status), to read a
+    failed apply against what the endpoint was asked."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("request ")]
+    except OSError as exc:
+        return f"(no moto log: {exc})"
+    return "\n".join(lines[-last:])
+
+
 def reset_moto(endpoint: str) -> None:
     """Forget every resource the moto server holds."""
     request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST", data=b"")

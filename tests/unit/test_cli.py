@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from orchestrator import __version__
@@ -209,3 +210,14 @@ def test_an_interrupt_exits_130_with_what_the_interrupted_work_did(tmp_path: Pat
     assert result.stderr.startswith("interrupted: deploy of 0.2.0-def stopped by SIGINT")
     bare = CliRunner().invoke(group, ["plain"])
     assert (bare.exit_code, bare.stderr.strip(), bare.stdout) == (130, "interrupted", "")
+
+
+def test_emoji_codes_in_data_are_printed_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli._common import AppContext
+
+    app = AppContext(project_dir=tmp_path)
+    app.info("host web-1:thumbs_up: answered :fire:")
+    app.stdout_print("release 0.2.0:rocket:")
+    captured = capsys.readouterr()
+    assert "web-1:thumbs_up: answered :fire:" in captured.err
+    assert "release 0.2.0:rocket:" in captured.out

@@ -21,9 +21,15 @@ from tests.support.project import copy_project
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def moto_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's moto server log: one line per request (tests/support/moto_serial.py)."""
+    return tmp_path_factory.mktemp("moto") / "moto.log"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(moto_log: Path) -> Iterator[str]:
     """URL of a moto server on a free loopback port, for the whole session."""
-    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+    with moto_server(moto_log) as endpoint:
         yield endpoint
 
 

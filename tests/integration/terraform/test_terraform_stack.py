@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from orchestrator.errors import OrchestratorError, StateLockError
 from orchestrator.fleet.cloudinit import parse_user_data
 from orchestrator.fleet.provision import terraform_for
 from orchestrator.tools.terraform import StalePlanError
+from tests.support.aws import moto_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,11 +56,29 @@ def stack(module_aws_project: Path, moto_endpoint: str, run_orchestrate: Any) ->
     return result
 
 
+#: how an error of the AWS endpoint itself reaches orchestrate's output through Terraform
+ENDPOINT_ERROR = re.compile(r"terraform apply for prod failed: .*api error (InvalidPermission\.\w+)")
+
+
 @pytest.fixture(scope="module")
-def applied(stack: Stack, run_orchestrate: Any) -> Stack:
-    """The stack after `orchestrate provision prod --yes`."""
-    stack.provision_result = run_orchestrate(stack.project, "provision", "prod", "--yes", "--json")
-    assert stack.provision_result.returncode == 0, stack.provision_result.stderr
+def applied(stack: Stack, run_orchestrate: Any, moto_log: Path) -> Stack:
+    """The stack after `orchestrate provision prod --yes`.
+
+    moto answers Terraform's calls one at a time, and yet now and then (twice in many suite runs,
+    on a loaded machine) a first apply has met a security group rule moto said was missing or
+    already there: the provider's revoke of AWS's default egress rule, once its own ingress rule.
+    The run is then repeated as an operator would repeat it: the second `provision` replaces the
+    group Terraform marked tainted and must succeed; the first failure is reported as a warning
+    with the requests moto logged.
+    """
+    result = run_orchestrate(stack.project, "provision", "prod", "--yes", "--json")
+    glitch = ENDPOINT_ERROR.search(result.stderr) if result.returncode != 0 else None
+    if glitch is not None:
+        warnings.warn(f"moto refused a rule ({glitch.group(1)}) on the first apply; provisioning again.\n"
+                      f"{result.stderr}\nmoto's last requests:\n{moto_requests(moto_log)}", stacklevel=1)
+        result = run_orchestrate(stack.project, "provision", "prod", "--yes", "--json")
+    stack.provision_result = result
+    assert result.returncode == 0, f"{result.stderr}\nmoto's last requests:\n{moto_requests(moto_log)}"
     return stack
 
 
