@@ -103,11 +103,13 @@ verify: venv
 	done; exit $$status
 
 # Test files run in parallel (one file per worker, in file order): most of the suite waits on
-# hosts, terraform and health gates rather than on the CPU.
+# hosts, terraform and health gates rather than on the CPU. The files are handed out in collection
+# order, longest first (LONGEST_FIRST in tests/conftest.py); without --no-loadscope-reorder
+# pytest-xdist would hand out the files with the most tests first, and the few long ones last.
 PYTEST_WORKERS ?= 3
 
 pytest: deps image
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test: deps lint typecheck pytest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,13 @@ def project_copy(tmp_path: Path) -> Path:
 def repo_root() -> Path:
     return REPO
 
+
+# Tests send SIGINT to themselves and to the commands they start (a Ctrl-C). A suite started in the
+# background of a non-interactive shell (`make test &` in a script) inherits SIGINT ignored, and an
+# ignored signal stays ignored in every child: give the workers and their children Python's own
+# Ctrl-C handler back, as on a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # dev's vault password is public on purpose; tests that deploy dev copies need it
 os.environ.setdefault("ORCHESTRATE_VAULT_PASSWORD_FILE", str(REPO / "inventories" / "dev" / ".vault-password-dev"))
@@ -60,27 +68,38 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 # --- longest files first -----------------------------------------------------------------------
 
-#: The test files that take longest (minutes each, measured with `pytest --durations=0` in a full
-#: run), longest first. `make test` hands whole files to its workers in collection order; started
-#: last, one of these would run alone at the end while the other workers sit idle, so they are
-#: collected first and the many short files fill the gaps. Refresh the list when the durations move.
+#: The test files that take longest (minutes each; the sum of their tests' times in a full run's
+#: junit report, 2026-12-04), longest first. `make test` hands whole files to its workers in
+#: collection order (--no-loadscope-reorder: by default pytest-xdist would hand out the files with
+#: the most tests first, and these few-test files last); started last, one of these would run alone
+#: at the end while the other workers sit idle, so they are collected first and the many short
+#: files fill the gaps. Refresh the list when the durations move.
 LONGEST_FIRST = (
     "tests/integration/test_any_service.py",
-    "tests/integration/up/test_up.py",
-    "tests/integration/monitoring/test_heal_e2e.py",
-    "tests/integration/up/test_up_non_root.py",
-    "tests/integration/monitoring/test_heal_stale.py",
     "tests/integration/terraform/test_terraform_stack.py",
+    "tests/integration/up/test_up.py",
     "tests/integration/molecule/test_molecule_scenarios.py",
-    "tests/integration/monitoring/test_heal_traffic.py",
+    "tests/integration/up/test_up_non_root.py",
+    "tests/integration/monitoring/test_heal_e2e.py",
+    "tests/integration/traffic/test_up_traffic.py",
+    "tests/integration/monitoring/test_heal_stale.py",
     "tests/integration/terraform/test_shared_coordination.py",
     "tests/integration/traffic/test_prometheus_gate.py",
-    "tests/integration/verify/test_graph_real_terraform.py",
-    "tests/integration/traffic/test_up_traffic.py",
-    "tests/integration/deploy/test_deploy_transitions.py",
-    "tests/integration/up/test_up_mid_deploy.py",
-    "tests/e2e/test_operator_session.py",
+    "tests/integration/traffic/test_lb.py",
+    "tests/integration/monitoring/test_heal_traffic.py",
+    "tests/integration/deploy/test_deploy_gates.py",
+    "tests/integration/monitoring/test_central_logs.py",
+    "tests/integration/backup/test_backup_restore_hosts.py",
+    "tests/integration/up/test_up_unattended.py",
+    "tests/integration/deploy/test_deploy_rollback.py",
     "tests/integration/up/test_up_concurrent.py",
+    "tests/integration/deploy/test_deploy_interrupt.py",
+    "tests/integration/verify/test_verify_project.py",
+    "tests/integration/gates/test_gates_hosts.py",
+    "tests/e2e/test_operator_session.py",
+    "tests/integration/up/test_up_mid_deploy.py",
+    "tests/integration/verify/test_graph_real_terraform.py",
+    "tests/integration/test_release_urls.py",
 )
 
 
