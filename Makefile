@@ -103,13 +103,14 @@ verify: venv
 	done; exit $$status
 
 # Test files run in parallel (one file per worker, in file order): most of the suite waits on
-# hosts, terraform and health gates rather than on the CPU. The files are handed out in collection
-# order, longest first (LONGEST_FIRST in tests/conftest.py); without --no-loadscope-reorder
-# pytest-xdist would hand out the files with the most tests first, and the few long ones last.
+# hosts, terraform and health gates rather than on the CPU. pytest-xdist hands out the files with
+# the most tests first: the long few-test files on real hosts then overlap with short ones. Handing
+# the longest out first was measured slower (docs/testing.md): three fleets at once contend for
+# the CPUs.
 PYTEST_WORKERS ?= 3
 
 pytest: deps image
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 test: deps lint typecheck pytest
 
