@@ -64,12 +64,12 @@ ENDPOINT_ERROR = re.compile(r"terraform apply for prod failed: .*api error (Inva
 def applied(stack: Stack, run_orchestrate: Any, moto_log: Path) -> Stack:
     """The stack after `orchestrate provision prod --yes`.
 
-    moto answers Terraform's calls one at a time, and yet now and then (twice in many suite runs,
-    on a loaded machine) a first apply has met a security group rule moto said was missing or
-    already there: the provider's revoke of AWS's default egress rule, once its own ingress rule.
-    The run is then repeated as an operator would repeat it: the second `provision` replaces the
-    group Terraform marked tainted and must succeed; the first failure is reported as a warning
-    with the requests moto logged.
+    moto answers Terraform's calls one at a time, and yet, rarely and on a loaded machine, a first
+    apply has met a security group rule moto said was missing (`InvalidPermission.NotFound` for
+    the provider's revoke of AWS's default egress rule) or, in another module, already there
+    (`InvalidPermission.Duplicate`). The run is then repeated as an operator would repeat it: the
+    second `provision` replaces the group Terraform marked tainted and must succeed; the first
+    failure is reported as a warning with the requests moto logged.
     """
     result = run_orchestrate(stack.project, "provision", "prod", "--yes", "--json")
     glitch = ENDPOINT_ERROR.search(result.stderr) if result.returncode != 0 else None
