@@ -24,8 +24,9 @@
         heal.json  heal.token          the running heal server and its webhook token
         hosts/<name>/                  a local fleet's host overlays
 
-Results of slow static checks (ansible-lint), keyed by the content they checked, are kept per user
-in `$XDG_CACHE_HOME/orchestrate/verify/` (default `~/.cache/...`): every checkout and copy of the
+Clean results of slow static checks (ansible-lint, checkov, promtool and amtool), keyed by the
+content and tools they checked with (orchestrator.tools.clean_results), are kept per user in
+`$XDG_CACHE_HOME/orchestrate/verify/` (default `~/.cache/...`): every checkout and copy of the
 project shares them.
 
 Modules take what they need from `EnvPaths`; none spells these names itself.

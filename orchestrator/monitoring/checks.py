@@ -32,6 +32,8 @@ from orchestrator.monitoring.log_rules import log_route_cases
 from orchestrator.monitoring.operator import find_rule_files, remediation_problems
 from orchestrator.monitoring.rules import REMEDIATIONS, RULES_FILE, RULES_TEST_FILE, RouteCase, alert_rules, route_cases
 from orchestrator.tools import promtool
+from orchestrator.tools.clean_results import ResultKey, remember, remembered
+from orchestrator.tools.process import which
 from orchestrator.tools.promtool import ToolCheck
 
 
@@ -41,6 +43,8 @@ class VerificationReport:
 
     env: str
     checks: list[ToolCheck]
+    remembered: bool = False
+    """The rendered files' checks are an earlier run's: nothing they depend on changed since it passed."""
 
     @property
     def ok(self) -> bool:
@@ -51,7 +55,8 @@ class VerificationReport:
         return [check for check in self.checks if not check.ok]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"env": self.env, "ok": self.ok, "checks": [c.as_dict() for c in self.checks]}
+        return {"env": self.env, "ok": self.ok, "remembered": self.remembered,
+                "checks": [c.as_dict() for c in self.checks]}
 
 
 def amtool_route_argv(path: Path, case: RouteCase) -> list[str]:
@@ -140,30 +145,60 @@ def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = 
     """Render `loaded`'s monitoring files into a scratch directory and run every check on them.
 
     The scratch render points rule_files and the token file at the scratch directory, so that
-    `promtool check config` also checks the very rules rendered with it.
+    `promtool check config` also checks the very rules rendered with it. When the rendered files,
+    the routing cases and the tools are those of an earlier run whose checks all passed, that run's
+    results are given (orchestrator.tools.clean_results): an `up` that only changes the release
+    does not run promtool and amtool again.
     """
     hosts = list(hosts) if hosts is not None else fleet_hosts(loaded)
+    cases = [*route_cases(loaded.env), *log_route_cases(loaded.env)]
     with tempfile.TemporaryDirectory(prefix="orchestrate-monitoring-") as scratch:
         root = Path(scratch)
         layout = replace(MonitoringLayout(), config_dir=str(root))
-        write_monitoring(root, render_monitoring_texts(loaded, hosts, layout))
-        (root / HEAL_TOKEN_FILE).write_text("verification-token\n")
-        checks = [
-            promtool.check_rules(root / RULES_FILE),
-            promtool.check_config(root / PROMETHEUS_FILE),
-            promtool.test_rules(root / RULES_TEST_FILE),
-            promtool.check_alertmanager_config(root / ALERTMANAGER_FILE),
-            promtool.check_blackbox_config(root / BLACKBOX_FILE),
-            *test_routes(root / ALERTMANAGER_FILE, [*route_cases(loaded.env), *log_route_cases(loaded.env)]),
-            *operator_rule_checks(loaded),
-            *verify_dashboard(json.loads((root / DASHBOARD_FILE).read_text())),
-        ]
+        texts = render_monitoring_texts(loaded, hosts, layout)
+        key = _files_key(texts, scratch, cases)
+        seen = remembered(FILES_CHECKS, key)
+        if seen:
+            earlier = json.loads(seen)
+            rendered = [ToolCheck(**c) for c in earlier["files"]]
+            dashboard = [ToolCheck(**c) for c in earlier["dashboard"]]
+        else:
+            write_monitoring(root, texts)
+            (root / HEAL_TOKEN_FILE).write_text("verification-token\n")
+            rendered = [
+                promtool.check_rules(root / RULES_FILE),
+                promtool.check_config(root / PROMETHEUS_FILE),
+                promtool.test_rules(root / RULES_TEST_FILE),
+                promtool.check_alertmanager_config(root / ALERTMANAGER_FILE),
+                promtool.check_blackbox_config(root / BLACKBOX_FILE),
+                *test_routes(root / ALERTMANAGER_FILE, cases),
+            ]
+            dashboard = verify_dashboard(json.loads((root / DASHBOARD_FILE).read_text()))
+            if all(c.ok for c in [*rendered, *dashboard]):
+                remember(FILES_CHECKS, key, json.dumps({"files": [c.as_dict() for c in rendered],
+                                                        "dashboard": [c.as_dict() for c in dashboard]}))
+    checks = [*rendered, *operator_rule_checks(loaded), *dashboard]
     problems = check_heal_policy(loaded, playbooks_dir)
     checks.append(ToolCheck(
         "heal policy", not problems, "check_heal_policy",
         "\n".join(f"{p.rule}: {p.message}" for p in problems),
     ))
-    return VerificationReport(env=loaded.env.name, checks=checks)
+    return VerificationReport(env=loaded.env.name, checks=checks, remembered=bool(seen))
+
+
+#: the name clean results of the rendered files' checks are remembered under
+FILES_CHECKS = "monitoring-files"
+
+
+def _files_key(texts: dict[str, str], scratch: str, cases: Sequence[RouteCase]) -> str:
+    """What the checks of the rendered files depend on: the files (the scratch directory's name taken
+    out), the routing cases, promtool and amtool."""
+    key = ResultKey(FILES_CHECKS).tool(which(promtool.PROMTOOL)).tool(which(promtool.AMTOOL))
+    for name in sorted(texts):
+        key.text(name).text(texts[name].replace(scratch, "@scratch@"))
+    for case in cases:
+        key.text(case.receiver).text(json.dumps(case.amtool_labels()))
+    return key.hexdigest()
 
 
 def verify_dashboard(dashboard: dict[str, Any]) -> list[ToolCheck]:

@@ -36,7 +36,7 @@ from orchestrator.runs.identity import ProcessIdentity
 from orchestrator.runs.journal import StepHandle
 from orchestrator.tools import cargo
 from orchestrator.tools.process import tail
-from orchestrator.tools.versions import program_version
+from orchestrator.tools.versions import program_version, remembered_version
 
 if TYPE_CHECKING:
     from orchestrator.verify.core import VerifyContext
@@ -255,12 +255,14 @@ def _promtool(ctx: _Context) -> _Verdict:
         return _Verdict("skipped", detail="monitoring.enabled is false for this environment")
     from orchestrator.monitoring.checks import verify_monitoring
 
-    checks = [c for c in verify_monitoring(ctx.loaded).checks if c.name.startswith("promtool")]
+    report = verify_monitoring(ctx.loaded)
+    checks = [c for c in report.checks if c.name.startswith("promtool")]
     bad = [c for c in checks if not c.ok]
     if bad:
         return _Verdict("failed", tuple(f"{c.name} ({c.command}): {line}" for c in bad
                                         for line in (c.detail.splitlines() or ["failed"])))
-    return _Verdict("ok", detail=", ".join(c.name for c in checks) + ": passed")
+    again = " (the rendered files unchanged since the last clean run)" if report.remembered else ""
+    return _Verdict("ok", detail=", ".join(c.name for c in checks) + ": passed" + again)
 
 
 _GATE_FUNCTIONS: dict[str, Callable[[_Context], _Verdict]] = {
@@ -290,8 +292,8 @@ def _version(name: str, ctx: _Context) -> str | None:
     if name == "ansible-lint":
         from orchestrator.tools.ansible_checks import program
 
-        return program_version([program("ansible-lint"), "--version", "--nocolor"],
-                               env=ctx.verify_context().ansible_env())
+        return remembered_version([program("ansible-lint"), "--version", "--nocolor"],
+                                  env=ctx.verify_context().ansible_env())
     return program_version(["promtool", "--version"])
 
 

@@ -36,3 +36,25 @@ def program_version(argv: Sequence[str], *, env: Mapping[str, str] | None = None
         return f"unknown ({exc.message})"
     line = first_line(result.stdout) or first_line(result.stderr)
     return short(line) if line else f"unknown (exit {result.returncode})"
+
+
+def remembered_version(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:
+    """`program_version(argv)`, remembered by the program's file (path, size, modification time), for
+    a program slow to ask: `ansible-lint --version` starts Python and imports Ansible (half a second on
+    every release gate). Not for a launcher whose file stays the same when what it runs changes (the
+    rustup proxies `cargo`, `rustc`)."""
+    from pathlib import Path
+
+    from orchestrator.tools.clean_results import ResultKey, remember, remembered
+
+    program = Path(argv[0])
+    if not program.is_absolute() or not program.is_file():
+        return program_version(argv, env=env)
+    key = ResultKey("version").tool(program).text("\0".join(argv[1:])).hexdigest()
+    seen = remembered("version", key)
+    if seen:
+        return seen
+    version = program_version(argv, env=env)
+    if not version.startswith("unknown"):
+        remember("version", key, version)
+    return version

@@ -18,6 +18,7 @@ the resources it covers, as patterns of checkov's resource addresses in which `*
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ import yaml
 
 from orchestrator.errors import ConfigError
 from orchestrator.fleet.render import render_environment
-from orchestrator.tools.checkov import CheckovFinding, scan
+from orchestrator.tools.checkov import CheckovFinding, find_checkov, scan
+from orchestrator.tools.clean_results import ResultKey, remember, remembered
 from orchestrator.verify.core import Outcome, VerifyContext, check, failed, ok
 
 #: the skip list, relative to the project directory
@@ -126,9 +128,19 @@ def describe(ctx: VerifyContext, finding: CheckovFinding) -> str:
 
 @check("checkov", f"checkov on the rendered Terraform root; accepted findings in {SKIPS_FILE}")
 def check_checkov(ctx: VerifyContext) -> Outcome:
-    """checkov's findings on the environment's rendered root (and the modules it calls), less the skips."""
+    """checkov's findings on the environment's rendered root (and the modules it calls), less the skips.
+
+    A clean scan is remembered (orchestrator.tools.clean_results) by checkov itself, the rendered
+    root, the modules it calls and the skip list: a release change, which touches none of them,
+    does not scan again."""
     skips = load_skips(ctx.project_dir)
     rendered = render_environment(ctx.env).terraform_dir
+    key = _scan_key(ctx.project_dir, rendered)
+    seen = remembered("checkov", key)
+    if seen:
+        earlier = json.loads(seen)
+        ctx.cache.setdefault("versions", {})["checkov"] = earlier["version"]
+        return ok(earlier["message"] + " (unchanged since the last clean run)")
     report = scan(rendered)
     ctx.cache.setdefault("versions", {})["checkov"] = f"checkov {report.version}"
     if report.parsing_errors:
@@ -140,5 +152,32 @@ def check_checkov(ctx: VerifyContext) -> Outcome:
                       [ctx.rel(f.file) for f in remaining])
     unused = [s for s in skips if not any(s.covers(f) for f in accepted)]
     note = f"; {len(unused)} skip(s) not needed here" if unused else ""
-    return ok(f"{report.resources} resource(s) of {ctx.rel(rendered)}: {report.passed} check(s) passed, "
-              f"{len(accepted)} finding(s) accepted by {SKIPS_FILE}{note}")
+    message = (f"{report.resources} resource(s) of {ctx.rel(rendered)}: {report.passed} check(s) passed, "
+               f"{len(accepted)} finding(s) accepted by {SKIPS_FILE}{note}")
+    remember("checkov", key, json.dumps({"version": f"checkov {report.version}", "message": message}))
+    return ok(message)
+
+
+#: what checkov's terraform framework reads (state, plans and lock files are not among them)
+_TERRAFORM_SUFFIXES = (".tf", ".tf.json", ".tfvars", ".tfvars.json", ".hcl")
+
+_LOCAL_SOURCE = re.compile(r'^\s*source\s*=\s*"(\.{1,2}/[^"]*)"', re.MULTILINE)
+
+
+def _scan_key(project_dir: Path, rendered: Path) -> str:
+    """What a scan of `rendered` depends on: checkov, the root's Terraform files, the project's
+    terraform/ (modules and skip list) and any local module the root calls from elsewhere."""
+
+    def terraform_file(path: Path) -> bool:
+        return ".terraform" not in path.parts and path.name.endswith(_TERRAFORM_SUFFIXES)
+
+    key = ResultKey("checkov").tool(find_checkov())
+    key.tree(rendered, project_dir, keep=terraform_file)
+    own = (project_dir / "terraform").resolve()
+    key.tree(own, project_dir, keep=lambda path: ".terraform" not in path.parts)
+    for tf in sorted(rendered.glob("*.tf")):
+        for source in _LOCAL_SOURCE.findall(tf.read_text(encoding="utf-8")):
+            module = (rendered / source).resolve()
+            if module != own and own not in module.parents:
+                key.tree(module, project_dir, keep=terraform_file)
+    return key.hexdigest()

@@ -16,20 +16,18 @@ destroy order is checked against what Terraform itself would destroy first.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import paths
 from orchestrator.config.loader import Project
-from orchestrator.files import atomic_write
 from orchestrator.fleet.render import render_environment
 from orchestrator.monitoring.checks import check_heal_policy as policy_problems
 from orchestrator.monitoring.checks import verify_monitoring
 from orchestrator.monitoring.rules import alert_rules
 from orchestrator.tools import ansible_checks
+from orchestrator.tools.clean_results import ResultKey, remember, remembered
 from orchestrator.tools.process import which
 from orchestrator.tools.terraform import Diagnostic, fmt_check
 from orchestrator.verify.core import Outcome, VerifyContext, _Workspace, check, failed, ok, skipped
@@ -99,9 +97,9 @@ def check_ansible_syntax(ctx: VerifyContext) -> Outcome:
         return skipped("no playbooks/*.yml in the project")
     directories = [p for p in (ctx.project_dir / "playbooks", ctx.project_dir / "roles") if p.is_dir()]
     cache_key = _content_key(ctx, "syntax-check", directories)
-    remembered = _remembered(ctx, "ansible-syntax", cache_key)
-    if remembered:
-        return ok(remembered + " (unchanged since the last clean run)")
+    seen = remembered("ansible-syntax", cache_key)
+    if seen:
+        return ok(seen + " (unchanged since the last clean run)")
 
     def syntax_check(paths: Sequence[Path]) -> ansible_checks.SyntaxCheck:
         return ansible_checks.syntax_check(paths, cwd=ctx.project_dir, env=ctx.ansible_env())
@@ -110,7 +108,7 @@ def check_ansible_syntax(ctx: VerifyContext) -> Outcome:
     # which of them failed.
     if syntax_check(playbooks).ok:
         message = f"{len(playbooks)} playbook(s): " + ", ".join(p.name for p in playbooks)
-        _remember(ctx, "ansible-syntax", cache_key, message)
+        remember("ansible-syntax", cache_key, message)
         return ok(message)
     problems = []
     files = []
@@ -123,48 +121,18 @@ def check_ansible_syntax(ctx: VerifyContext) -> Outcome:
 
 
 def _content_key(ctx: VerifyContext, purpose: str, paths: Sequence[Path]) -> str:
-    """Hash of what a result depends on: the files under `paths`, ansible config and the tools."""
-    digest = hashlib.sha256(purpose.encode() + b"\0" + ANSIBLE_LINT_PROFILE.encode())
+    """Hash of what a result depends on: the files under `paths`, ansible config and the tools.
+
+    Ansible results depend on the files checked and the tools, not on the environment or where the
+    project lives: clean results are shared by every checkout and copy of the project (a release
+    gate lints the roles on every `up`)."""
+    key = ResultKey(purpose).text(ANSIBLE_LINT_PROFILE)
     for tool in (ansible_checks.ANSIBLE_LINT, ansible_checks.ANSIBLE_PLAYBOOK):
-        found = which(tool)
-        digest.update(str(found).encode() + (str(found.stat().st_mtime).encode() if found else b""))
+        key.tool(which(tool))
     extra = [ctx.project_dir / name for name in (".ansible-lint", "ansible.cfg", ".yamllint")]
     for base in [*paths, *(p for p in extra if p.exists())]:
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for path in files:
-            digest.update(ctx.rel(path).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-#: clean results remembered per check (the newest ones; several projects share the cache)
-CACHE_KEEP = 32
-
-
-def _cache_dir(ctx: VerifyContext) -> Path:
-    # Ansible results depend on the files checked (relative paths and content, part of the key) and
-    # the tools, not on the environment or where the project lives: clean results are remembered
-    # for every checkout and copy of the project (a release gate lints the roles on every `up`).
-    return paths.verify_cache()
-
-
-def _remembered(ctx: VerifyContext, name: str, key: str) -> str:
-    stamp = _cache_dir(ctx) / f"{name}-{key[:32]}.ok"
-    return stamp.read_text().strip() if stamp.is_file() else ""
-
-
-def _remember(ctx: VerifyContext, name: str, key: str, message: str) -> None:
-    directory = _cache_dir(ctx)
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / f"{name}-{key[:32]}.ok", message + "\n")
-    def age(path: Path) -> float:
-        try:
-            return path.stat().st_mtime
-        except FileNotFoundError:  # another process pruned it meanwhile
-            return 0.0
-
-    stamps = sorted(directory.glob(f"{name}-*.ok"), key=age, reverse=True)
-    for old in stamps[CACHE_KEEP:]:
-        old.unlink(missing_ok=True)
+        key.tree(base, ctx.project_dir)
+    return key.hexdigest()
 
 
 @check("ansible-lint", "ansible-lint --profile production on playbooks and roles", needs_env=False)
@@ -174,9 +142,9 @@ def check_ansible_lint(ctx: VerifyContext) -> Outcome:
     if not targets or not (ctx.playbooks or ctx.roles):
         return skipped("no playbooks/ or roles/ in the project")
     key = _content_key(ctx, "ansible-lint", targets)
-    remembered = _remembered(ctx, "ansible-lint", key)
-    if remembered:
-        return ok(remembered + " (unchanged since the last clean run)")
+    seen = remembered("ansible-lint", key)
+    if seen:
+        return ok(seen + " (unchanged since the last clean run)")
     result = ansible_checks.lint([ctx.rel(t) for t in targets], profile=ANSIBLE_LINT_PROFILE, cwd=ctx.project_dir,
                                  env=ctx.ansible_env())
     if not result.ok:
@@ -184,7 +152,7 @@ def check_ansible_lint(ctx: VerifyContext) -> Outcome:
         detail = "\n".join(lines or [f"ansible-lint exited with {result.returncode}"])
         return failed(detail, [v.file for v in result.violations])
     message = f"{ANSIBLE_LINT_PROFILE} profile: no violations in {', '.join(ctx.rel(t) for t in targets)}"
-    _remember(ctx, "ansible-lint", key, message)
+    remember("ansible-lint", key, message)
     return ok(message)
 
 

@@ -117,3 +117,35 @@ def test_release_show_lists_the_crates_of_the_sbom(project_copy: Path, tmp_path:
     assert "hello-service (this release)" in human.stdout and "gate-helper" in human.stdout
     unknown = orchestrate(project_copy, "release", "show", "dev", "0.1.0-000000000000")
     assert unknown.returncode == 2 and f"recorded: {release.id}" in unknown.stderr
+
+
+def test_clean_gates_are_remembered_until_what_they_read_changes(project_copy: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second `check` of an unchanged project gives checkov's, ansible-lint's and promtool's clean
+    results without running them (a release change skips them); a module or an environment edit
+    runs them again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing remembered from other runs
+    again = "unchanged since the last clean run"
+
+    def details() -> dict[str, tuple[str, str, str]]:
+        proc = orchestrate(project_copy, "check", "dev", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return {name: (g["status"], g["detail"], g["version"]) for name, g in gates_of(proc).items()}
+
+    first = details()
+    assert all(again not in first[name][1] for name in ("checkov", "ansible-lint", "promtool")), first
+    second = details()
+    for name in ("checkov", "ansible-lint", "promtool"):
+        assert second[name][0] == "ok" and again in second[name][1], second[name]
+        assert second[name][2] == first[name][2] and second[name][2]  # the version that judged, as before
+    assert second["checkov"][1].startswith(first["checkov"][1])
+
+    module = project_copy / "terraform" / "modules" / "local_fleet" / "main.tf"
+    module.write_text(module.read_text() + "\n# an edit checkov has not seen\n")
+    env_file = project_copy / "inventories" / "dev" / "environment.yml"
+    data = yaml.safe_load(env_file.read_text())
+    data["monitoring"]["error_ratio_threshold"] = 0.07  # new alert rules for promtool
+    env_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    third = details()
+    assert again not in third["checkov"][1] and again not in third["promtool"][1], third
+    assert again in third["ansible-lint"][1]  # roles and playbooks did not change

@@ -1,0 +1,76 @@
+"""orchestrator.tools.clean_results: the key follows every input, stamps are shared and pruned."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.tools import clean_results
+from orchestrator.tools.clean_results import ResultKey, remember, remembered
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "orchestrate" / "verify"
+
+
+def _project(base: Path, text: str = "resource {}\n") -> Path:
+    (base / "modules" / "m").mkdir(parents=True)
+    (base / "modules" / "m" / "main.tf").write_text(text)
+    (base / "modules" / "m" / "notes.md").write_text("notes\n")
+    return base
+
+
+def _key(project: Path, tool: Path) -> str:
+    return ResultKey("check").tool(tool).tree(project / "modules", project,
+                                              keep=lambda p: p.suffix == ".tf").hexdigest()
+
+
+def test_two_copies_of_a_project_share_a_key_and_any_change_makes_a_new_one(tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    one, two = _project(tmp_path / "one"), _project(tmp_path / "two")
+    assert _key(one, tool) == _key(two, tool)  # where the project lives is not part of it
+
+    (two / "modules" / "m" / "notes.md").write_text("other notes\n")
+    assert _key(one, tool) == _key(two, tool)  # a file the check does not read
+
+    (two / "modules" / "m" / "main.tf").write_text("resource { x = 1 }\n")
+    assert _key(one, tool) != _key(two, tool)  # content
+
+    three = _project(tmp_path / "three")
+    (three / "modules" / "m" / "extra.tf").write_text("")
+    assert _key(one, tool) != _key(three, tool)  # a new, even empty, file
+
+    before = _key(one, tool)
+    stat = tool.stat()
+    os.utime(tool, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert _key(one, tool) != before  # another build of the tool
+
+    assert ResultKey("a").text("bc").hexdigest() != ResultKey("ab").text("c").hexdigest()
+    assert ResultKey("a").tool(None).hexdigest() != ResultKey("a").tool(tool).hexdigest()
+    assert ResultKey("a").tree(tmp_path / "nowhere", tmp_path).hexdigest() != ResultKey("a").hexdigest()
+
+
+def test_a_clean_result_is_given_back_under_its_key_only(own_cache: Path) -> None:
+    assert remembered("checkov", "a" * 64) == ""
+    remember("checkov", "a" * 64, "12 resource(s): passed")
+    assert remembered("checkov", "a" * 64) == "12 resource(s): passed"
+    assert remembered("checkov", "b" * 64) == ""
+    assert remembered("promtool", "a" * 64) == ""  # each check its own stamps
+    assert (own_cache / f"checkov-{'a' * 32}.ok").is_file()
+
+
+def test_only_the_newest_stamps_of_a_check_are_kept(own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clean_results, "KEEP", 3)
+    remember("other", "f" * 64, "kept: another check")
+    for index in range(5):
+        key = str(index) * 64
+        remember("lint", key, f"run {index}")
+        stamp = own_cache / f"lint-{key[:32]}.ok"
+        os.utime(stamp, (1_000_000 + index, 1_000_000 + index))  # a stable order of age
+    assert [remembered("lint", str(index) * 64) for index in range(5)] == ["", "", "run 2", "run 3", "run 4"]
+    assert remembered("other", "f" * 64) == "kept: another check"
