@@ -215,7 +215,7 @@ class _Stages:
         from orchestrator.release.backup import create_backup
         from orchestrator.release.transitions import HostTransitions
 
-        result = create_backup(self.loaded)
+        result = create_backup(self.loaded, tuned=self.request.tuned)
         step.detail["backup"] = result.id
         # the journal's per-host state machine starts here: every app host is backed_up
         HostTransitions.for_run(step.run, release=self.release_id).backed_up(

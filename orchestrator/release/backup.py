@@ -5,7 +5,8 @@ dir), `release-id` (target of the `current` symlink, `none` when absent), `confi
 EnvironmentFile: it holds secrets, so it stays on the host, mode 0600) and `MANIFEST.sha256`.
 The controller keeps `.orchestrate/<env>/backups/<id>/<host>/` with the archive, release-id and
 a manifest of just those two, plus `<id>/backup.json` (hosts, release ids, sizes) once every
-host is copied. The host side is one module call per host (roles/release_backup).
+host is copied. The host side is one module call per host (roles/release_backup): in a session
+of its own on the tuned path (`backup_directly`, no Ansible), else through playbooks/backup.yml.
 
 A restore verifies every host's copy (and, from the controller, the controller's copy first)
 before any host is touched: a corrupt backup is refused naming the file whose sha256 differs.
@@ -14,6 +15,7 @@ before any host is touched: a corrupt backup is refused naming the file whose sh
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import shutil
@@ -28,9 +30,9 @@ from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.types import parse_duration
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.files import sha256_file
-from orchestrator.fleet.inventory import app_hosts
+from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
-from orchestrator.tools.ansible import HostEvent
+from orchestrator.tools.ansible import Failure, HostEvent, HostSummary, PlaybookResult
 
 BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z\Z")  # \Z: a trailing newline is not an id
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -382,10 +384,12 @@ def create_backup(
     backup_id: str | None = None,
     on_event: EventSink | None = None,
     runner: PlaybookRunner | None = None,
+    tuned: bool = True,
 ) -> BackupResult:
     """Back up every app host and copy the backups to the controller; keep the newest `keep`.
 
-    Deploys call this first. Raises BackupError when any host could not be backed up.
+    Deploys call this first. Raises BackupError when any host could not be backed up. On the
+    tuned path (orchestrator.release.direct.direct_enabled) without Ansible: `backup_directly`.
     """
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 backup")
@@ -396,7 +400,11 @@ def create_backup(
         raise UsageError(f"backup {backup_id} already exists on the controller ({target})")
     target.mkdir(parents=True, mode=0o700)
     backups_dir(loaded).chmod(0o700)
-    (runner or run_playbook)(loaded, "backup.yml", role_vars(loaded, backup_id, keep=keep), on_event)
+    if runner is None:
+        from orchestrator.release.direct import direct_enabled
+
+        runner = run_playbook if not direct_enabled(tuned) else backup_directly
+    runner(loaded, "backup.yml", role_vars(loaded, backup_id, keep=keep), on_event)
     info = read_backup(loaded, backup_id)
     copied = {h.host: h for h in (info.hosts if info else ())}
     missing = [h for h in hosts if h not in copied]
@@ -458,7 +466,12 @@ def run_playbook(loaded: LoadedEnvironment, playbook: str, extra_vars: dict[str,
     Raises CorruptBackup when a host refused a backup whose manifest does not match, else
     BackupError; either names each failed host and what its module said.
     """
-    result = run_env_playbook(loaded, playbook, extra_vars, on_event=on_event, timeout=PLAYBOOK_TIMEOUT)
+    _raise_failures(run_env_playbook(loaded, playbook, extra_vars, on_event=on_event, timeout=PLAYBOOK_TIMEOUT),
+                    loaded, playbook, extra_vars)
+
+
+def _raise_failures(result: PlaybookResult, loaded: LoadedEnvironment, playbook: str,
+                    extra_vars: Mapping[str, Any]) -> None:
     if result.ok:
         return
     failures = {h: f.message for h in result.failed_hosts() if (f := result.last_failure(h)) is not None}
@@ -469,3 +482,112 @@ def run_playbook(loaded: LoadedEnvironment, playbook: str, extra_vars: dict[str,
     cls = CorruptBackup if any("is corrupt" in m for m in failures.values()) else BackupError
     unreachable = result.unreachable_hosts()
     raise cls(failure_message(failures, what), hint=unreachable_hint(loaded, unreachable) if unreachable else None)
+
+
+# --- a backup without Ansible ----------------------------------------------------------------------
+
+#: the task of roles/release_backup the host's call reports under, and the fetch's
+BACKUP_TASK = "Write the backup and its manifest, apply retention"
+FETCH_TASK = "Fetch the data archive"
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_RELEASE_ANSWER = re.compile(r"^[A-Za-z0-9._+-]+\Z")
+
+
+def host_params(extra_vars: Mapping[str, Any]) -> dict[str, Any]:
+    """release_backup's parameters for state=backup, as roles/release_backup passes them from
+    `role_vars` and the role's defaults (pure)."""
+    service = str(extra_vars["release_backup_service"])
+    return {"state": "backup", "service": service, "backup_id": str(extra_vars["release_backup_id"]),
+            "backups_dir": f"/var/backups/{service}", "data_dir": str(extra_vars["release_backup_data_dir"]),
+            "app_dir": f"/opt/{service}", "env_file": f"/etc/{service}/{service}.env",
+            "keep": int(extra_vars["release_backup_keep"])}
+
+
+def backup_directly(loaded: LoadedEnvironment, playbook: str, extra_vars: dict[str, Any],
+                    on_event: EventSink | None = None) -> None:
+    """playbooks/backup.yml without Ansible, raising as `run_playbook` does.
+
+    Per app host one SSH session runs roles/release_backup's module (state=backup: archive, release
+    id, config, manifest, retention on the host) as the role's task does (orchestrator.release.direct),
+    then a second streams the archive into the controller's copy, never held in memory, where its
+    sha256 is checked against the module's answer. release-id and the controller's manifest are
+    written from that answer, as the role's fetch tasks write them; the caller then checks the copy
+    against the manifest (`create_backup`).
+    """
+    from orchestrator.release.direct import Call, Module, run_sessions
+
+    assert playbook == "backup.yml", playbook
+    params = host_params(extra_vars)
+    module = loaded.project_dir / "roles" / "release_backup" / "library" / "release_backup.py"
+    hosts = app_hosts(loaded)
+    result = run_sessions(loaded, [hosts] if hosts else [], lambda host: [Call(BACKUP_TASK, "release_backup", params)],
+                          run_id=f"backup-{params['backup_id']}", label=playbook, on_event=on_event,
+                          modules=[Module("release_backup", module.read_text(encoding="utf-8"))])
+    backed_up = {r.host: r.result for r in result.results if r.status in ("ok", "changed")}
+    target = Path(str(extra_vars["release_backup_controller_dir"])) / params["backup_id"]
+    fetched = _fetch_archives(loaded, [h for h in hosts if h.name in backed_up], backed_up, params, target)
+    for host, problem in sorted(fetched.items()):
+        if problem:
+            result.failures.append(Failure(host=host, task=FETCH_TASK, message=problem))
+            result.hosts.setdefault(host, HostSummary()).failed += 1
+            result.rc, result.status = 2, "failed"
+        if on_event is not None:
+            on_event(HostEvent(host=host, task=FETCH_TASK, status="failed" if problem else "changed",
+                               message=problem))
+    _raise_failures(result, loaded, playbook, extra_vars)
+
+
+def _fetch_archives(loaded: LoadedEnvironment, hosts: Sequence[Host], answers: Mapping[str, Mapping[str, Any]],
+                    params: Mapping[str, Any], target: Path) -> dict[str, str]:
+    """Copy each host's archive to `target/<host>/` with release-id and the manifest; host -> the
+    problem ("" when its copy is complete)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orchestrator.fleet.remote import MAX_PARALLEL, connection
+    from orchestrator.tools.ssh import SshOptions, describe_failure, remote_argv, run_ssh
+
+    conn = connection(loaded)
+    remote = f"{params['backups_dir']}/{params['backup_id']}/{ARCHIVE}"
+
+    def fetch(host: Host) -> str:
+        problem = copy(host)
+        if problem:
+            shutil.rmtree(target / host.name, ignore_errors=True)  # no partial copy is left to restore from
+        return problem
+
+    def copy(host: Host) -> str:
+        answer = answers[host.name]
+        files = answer.get("files")
+        files = files if isinstance(files, Mapping) else {}
+        digests = {name: str((files.get(name) or {}).get("sha256") or "") for name in (ARCHIVE, RELEASE_FILE)}
+        release = str(answer.get("release_id") or "")
+        if not _RELEASE_ANSWER.match(release) or not all(_SHA256.match(d) for d in digests.values()):
+            return f"the host answered no usable release id and checksums: {json.dumps(answer)[:300]}"
+        directory = target / host.name
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        archive = directory / ARCHIVE
+        try:
+            ran = run_ssh(conn.target(host), remote_argv([*conn.become, "cat", "--", remote]), guard=conn.guard,
+                          options=SshOptions.shared(), timeout=PLAYBOOK_TIMEOUT, stdout_to=archive)
+        except OrchestratorError as exc:
+            return f"could not copy {remote}: {exc.message}"
+        if ran.returncode != 0:
+            return f"could not copy {remote}: {describe_failure(ran)}"
+        if sha256_file(archive) != digests[ARCHIVE]:
+            return f"{remote} arrived with another sha256 than the host's manifest gives"
+        _write_private(directory / RELEASE_FILE, f"{release}\n")
+        _write_private(directory / MANIFEST,
+                       f"{digests[ARCHIVE]}  {ARCHIVE}\n{digests[RELEASE_FILE]}  {RELEASE_FILE}\n")
+        return ""
+
+    if not hosts:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(hosts))) as pool:
+        return dict(zip((h.name for h in hosts), pool.map(fetch, hosts), strict=True))
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)

@@ -410,13 +410,14 @@ class _Run:
 
 def run_sessions(loaded: LoadedEnvironment, batches: Sequence[Sequence[Host]], calls_of: Callable[[Host], list[Call]],
                  *, run_id: str, label: str, evidence_dir: Path | None = None, on_event: EventSink | None = None,
-                 stop: StopRule | None = None) -> PlaybookResult:
+                 stop: StopRule | None = None, modules: Sequence[Module] | None = None) -> PlaybookResult:
     """Run `calls_of(host)` on every host, one SSH session each, batch after batch (the hosts of a
     batch at once); the answers as a playbook run named `label`. After a batch, `stop` (default:
     never) or a signal ends the run. Never raises for a host: one that cannot be reached is
-    `unreachable`, as in a playbook run."""
+    `unreachable`, as in a playbook run. `modules`: what the sessions load (default: the
+    rust_service role's, `module_sources`)."""
     conn = connection(loaded)
-    sources = module_sources(loaded.project_dir)
+    sources = list(modules) if modules is not None else module_sources(loaded.project_dir)
     command = remote_command(conn)
     started = time.monotonic()
     run = _Run(PlaybookResult(run_id=run_id, run_dir=evidence_dir or loaded.paths.runs, playbook=label, rc=0,

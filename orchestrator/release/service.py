@@ -268,7 +268,7 @@ class ReleaseService:
 
             transitions = HostTransitions.for_run(step.run, release=release.id)
             self.info("backing up the app hosts before the release")
-            backup = create_backup(self.loaded, on_event=self.on_event)
+            backup = create_backup(self.loaded, on_event=self.on_event, tuned=command.tuned)
             outcome.backup = backup.id
             step.update(backup=backup.id)
             # the journal's per-host state machine starts at backed_up

@@ -73,6 +73,7 @@ def run_command(
     ok_codes: Sequence[int] = (0,),
     stop_signal: int = signal.SIGTERM,
     stop_grace: float = 5.0,
+    stdout_to: str | os.PathLike[str] | None = None,
 ) -> CommandResult:
     """Run `argv` and return its result.
 
@@ -82,20 +83,25 @@ def run_command(
     the code, `shlex.join(argv)` and the output tail. A command running past `timeout`
     seconds is stopped (its whole process group: `stop_signal`, then SIGKILL after
     `stop_grace` seconds) and raises CommandTimeout. `input_text` goes to its stdin (bytes as
-    they are; a tuple of bytes one after the other, without joining them in memory).
+    they are; a tuple of bytes one after the other, without joining them in memory). With
+    `stdout_to`, stdout goes byte for byte into that file (created 0600, or emptied) instead of
+    the result: a download of any size, never held in memory.
     """
     args = [os.fspath(a) for a in argv]
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     started = time.monotonic()
+    sink = None
+    if stdout_to is not None:
+        sink = os.open(stdout_to, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         proc = subprocess.Popen(
             args,
             cwd=os.fspath(cwd) if cwd is not None else None,
             env=full_env,
             stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if sink is None else sink,
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
@@ -108,6 +114,9 @@ def run_command(
             returncode=None,
             output_tail="",
         ) from exc
+    finally:
+        if sink is not None:
+            os.close(sink)  # the child has its own copy
 
     out_lines: list[str] = []
     err_lines: list[str] = []
@@ -119,10 +128,9 @@ def run_command(
                 callback(line.rstrip("\n"))
         stream.close()
 
-    readers = [
-        threading.Thread(target=pump, args=(proc.stdout, out_lines, on_stdout), daemon=True),
-        threading.Thread(target=pump, args=(proc.stderr, err_lines, on_stderr), daemon=True),
-    ]
+    readers = [threading.Thread(target=pump, args=(proc.stderr, err_lines, on_stderr), daemon=True)]
+    if proc.stdout is not None:
+        readers.append(threading.Thread(target=pump, args=(proc.stdout, out_lines, on_stdout), daemon=True))
     for reader in readers:
         reader.start()
     if input_text is not None and proc.stdin is not None:

@@ -117,14 +117,16 @@ def _prepare(target: SshTarget, options: SshOptions, guard: AddressGuard) -> Ssh
 
 def run_ssh(target: SshTarget, remote_command: str, *, guard: AddressGuard, options: SshOptions | None = None,
             timeout: float = 60, on_stdout: LineCallback | None = None,
-            on_stderr: LineCallback | None = None, input_text: Input | None = None) -> CommandResult:
+            on_stderr: LineCallback | None = None, input_text: Input | None = None,
+            stdout_to: Path | None = None) -> CommandResult:
     """Run `remote_command` on `target` and return its result whatever its exit code (255: ssh
     itself failed). Raises HostError (from `guard`) before connecting to a foreign address, and
-    CommandTimeout after `timeout` seconds."""
+    CommandTimeout after `timeout` seconds. `stdout_to`: the remote stdout's bytes go into that
+    file (a download), not into the result."""
     options = options or SshOptions.shared()
     _prepare(target, options, guard)
     return run_command(ssh_argv(target, remote_command, options), timeout=timeout, check=False,
-                       on_stdout=on_stdout, on_stderr=on_stderr, input_text=input_text)
+                       on_stdout=on_stdout, on_stderr=on_stderr, input_text=input_text, stdout_to=stdout_to)
 
 
 def start_ssh(target: SshTarget, remote_command: str, *, guard: AddressGuard, on_stdout: LineCallback,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import stat
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +67,16 @@ def test_env_is_added_and_input_is_passed() -> None:
 
 def test_tail() -> None:
     assert tail("\n".join(str(i) for i in range(10)), 3) == "7\n8\n9"
+
+
+def test_stdout_to_a_file_keeps_every_byte_and_the_errors(tmp_path: Path) -> None:
+    target = tmp_path / "download"
+    target.write_bytes(b"an older, longer file the download replaces\n")
+    script = "import sys; sys.stdout.buffer.write(bytes(range(256)) * 3); sys.stderr.write('said on stderr\\n')"
+    result = run_command([sys.executable, "-c", script], stdout_to=target, check=False)
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr == "said on stderr\n"
+    assert target.read_bytes() == bytes(range(256)) * 3  # not decoded, not truncated, nothing left over
+    fresh = tmp_path / "fresh"
+    run_command([sys.executable, "-c", "print('x')"], stdout_to=fresh)
+    assert fresh.read_text() == "x\n" and stat.S_IMODE(fresh.stat().st_mode) == 0o600

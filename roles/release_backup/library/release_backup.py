@@ -100,7 +100,12 @@ import time
 import urllib.error
 import urllib.request
 
-from ansible.module_utils.basic import AnsibleModule
+try:
+    from ansible.module_utils.basic import AnsibleModule
+except ImportError:
+    # run without Ansible by `orchestrate` (orchestrator/release/backup_direct.py), which calls
+    # run_direct() for state=backup
+    AnsibleModule = None
 
 MANIFEST = "MANIFEST.sha256"
 ARCHIVE = "data.tar.gz"
@@ -444,26 +449,26 @@ def write_small_files(module, directory, files):
         os.chmod(os.path.join(directory, name), 0o600)
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "state": {"type": "str", "required": True, "choices": ["backup", "verify", "restore"]},
-            "service": {"type": "str", "required": True},
-            "backup_id": {"type": "str", "required": True},
-            "backups_dir": {"type": "path", "required": True},
-            "data_dir": {"type": "path", "required": True},
-            "app_dir": {"type": "path", "required": True},
-            "env_file": {"type": "path", "required": True},
-            "keep": {"type": "int", "default": 5},
-            "source_dir": {"type": "path"},
-            "small_files": {"type": "dict"},
-            "remove_source": {"type": "bool", "default": False},
-            "health_url": {"type": "str"},
-            "health_timeout": {"type": "float", "default": 10},
-            "health_interval": {"type": "float", "default": 0.25},
-        },
-        supports_check_mode=False,
-    )
+ARGUMENT_SPEC = {
+    "state": {"type": "str", "required": True, "choices": ["backup", "verify", "restore"]},
+    "service": {"type": "str", "required": True},
+    "backup_id": {"type": "str", "required": True},
+    "backups_dir": {"type": "path", "required": True},
+    "data_dir": {"type": "path", "required": True},
+    "app_dir": {"type": "path", "required": True},
+    "env_file": {"type": "path", "required": True},
+    "keep": {"type": "int", "default": 5},
+    "source_dir": {"type": "path"},
+    "small_files": {"type": "dict"},
+    "remove_source": {"type": "bool", "default": False},
+    "health_url": {"type": "str"},
+    "health_timeout": {"type": "float", "default": 10},
+    "health_interval": {"type": "float", "default": 0.25},
+}
+
+
+def run(module):
+    """The module's work for `module.params`; ends with module.exit_json or module.fail_json."""
     p = module.params
     if not BACKUP_ID_RE.match(p["backup_id"]):
         module.fail_json(msg="backup_id %r is not like 20261123T181500Z" % p["backup_id"])
@@ -482,6 +487,70 @@ def main():
             fail_verification(module, p, source, problems)
         module.exit_json(changed=False, backup_dir=source, files=describe_files(source))
     do_restore(module, p, source)
+
+
+def main():
+    run(AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=False))
+
+
+class ModuleExit(Exception):
+    """How a run without Ansible ends: the result the module would have returned."""
+
+    def __init__(self, result):
+        super().__init__(result.get("msg", ""))
+        self.result = result
+
+
+class DirectModule:
+    """What the backup needs of AnsibleModule, for a run without Ansible: params and the two endings."""
+
+    check_mode = False
+
+    def __init__(self, params):
+        self.params = params
+
+    def exit_json(self, **result):
+        raise ModuleExit(result)
+
+    def fail_json(self, msg, **result):
+        raise ModuleExit({**result, "failed": True, "msg": msg})
+
+
+#: what a run without Ansible does (a restore stops and starts the unit: it stays a playbook's)
+DIRECT_STATES = ("backup",)
+
+_DIRECT_TYPES = {"str": str, "path": str, "int": int, "float": (int, float), "bool": bool, "dict": dict}
+
+
+def run_direct(given, check_mode=False):
+    """One call of the module without Ansible (state=backup): its result as a dict, `failed` set
+    when it failed. The parameters are checked against ARGUMENT_SPEC (no unknown option, each of
+    its type, the required ones given), defaults filled in."""
+    unknown = sorted(set(given) - set(ARGUMENT_SPEC))
+    params = {}
+    problems = ["unsupported parameters: %s" % ", ".join(unknown)] if unknown else []
+    for name, spec in ARGUMENT_SPEC.items():
+        value = given.get(name, spec.get("default"))
+        kind = _DIRECT_TYPES[spec["type"]]
+        if value is None:
+            if spec.get("required"):
+                problems.append("missing required parameter: %s" % name)
+        elif not isinstance(value, kind) or (isinstance(value, bool) and spec["type"] != "bool"):
+            problems.append("%s: expected %s" % (name, spec["type"]))
+        elif spec.get("choices") and value not in spec["choices"]:
+            problems.append("%s: must be one of %s" % (name, ", ".join(spec["choices"])))
+        params[name] = os.path.expanduser(value) if spec["type"] == "path" and isinstance(value, str) else value
+    if not problems and params["state"] not in DIRECT_STATES:
+        problems.append("state=%s runs through Ansible only" % params["state"])
+    if check_mode:
+        problems.append("check mode is not supported")
+    if problems:
+        return {"failed": True, "changed": False, "msg": "; ".join(problems)}
+    try:
+        run(DirectModule(params))
+    except ModuleExit as ended:
+        return ended.result
+    return {"failed": True, "changed": False, "msg": "release_backup ended without a result"}
 
 
 if __name__ == "__main__":

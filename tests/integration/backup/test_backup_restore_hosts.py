@@ -7,6 +7,7 @@ with `orchestrate deploy`, and drives `orchestrate backup|backups|restore` as a 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -171,7 +172,27 @@ def test_restore_from_the_controller_copy(fleet_factory, hello_binary: Path) -> 
     host = fleet.group("app")[0]
     fleet.ssh(host, WRITE_DATA)
     before = tree_digest(fleet, host)
-    backup_id = take_backup(fleet)["id"]
+    runs = fleet.state_dir / "runs"
+    played_before = set(runs.iterdir()) if runs.is_dir() else set()
+    backup_id = take_backup(fleet)["id"]  # without Ansible: one session per host, then the archive's download
+    assert (set(runs.iterdir()) if runs.is_dir() else set()) == played_before, "the backup ran a playbook"
+
+    # playbooks/backup.yml (ORCHESTRATE_DIRECT=0) writes the controller's copy as the session path does
+    time.sleep(1.1)  # backup ids have a resolution of one second
+    played = run_orchestrate(fleet.project_dir, "backup", "dev", "--json", env={"ORCHESTRATE_DIRECT": "0"})
+    assert played.returncode == 0, played.stderr[-3000:]
+    assert set(runs.iterdir()) - played_before, "ORCHESTRATE_DIRECT=0 did not run the playbook"
+    played_id = json.loads(played.stdout)["id"]
+    copies = [fleet.state_dir / "backups" / b / host.name for b in (backup_id, played_id)]
+    for copy in copies:
+        assert sorted(p.name for p in copy.iterdir()) == ["MANIFEST.sha256", "data.tar.gz", "release-id"]
+        manifest = [line.split("  ") for line in (copy / "MANIFEST.sha256").read_text().splitlines()]
+        assert [name for _, name in manifest] == ["data.tar.gz", "release-id"]
+        assert dict((n, d) for d, n in manifest)["data.tar.gz"] == hashlib.sha256(
+            (copy / "data.tar.gz").read_bytes()).hexdigest()
+    assert (copies[0] / "release-id").read_text() == (copies[1] / "release-id").read_text() != "none\n"
+    assert stat.S_IMODE((copies[0] / "data.tar.gz").stat().st_mode) == 0o600
+    fleet.ssh(host, f"rm -rf /var/backups/hello/{played_id}")
     # the host lost its own copy and its data
     fleet.ssh(host, f"rm -rf /var/backups/hello/{backup_id} && {OVERWRITE_DATA}")
     result = run_orchestrate(fleet.project_dir, "restore", "dev", backup_id, "--yes")
