@@ -1,4 +1,5 @@
-"""orchestrator.tools.clean_results: the key follows every input, stamps are shared and pruned."""
+"""orchestrator.tools.clean_results: the key follows every input, stamps are shared and pruned; and
+a slow program's version remembered by its file (orchestrator.tools.versions.remembered_version)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from orchestrator.tools import clean_results
 from orchestrator.tools.clean_results import ResultKey, remember, remembered
+from orchestrator.tools.versions import remembered_version
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +76,28 @@ def test_only_the_newest_stamps_of_a_check_are_kept(own_cache: Path, monkeypatch
         os.utime(stamp, (1_000_000 + index, 1_000_000 + index))  # a stable order of age
     assert [remembered("lint", str(index) * 64) for index in range(5)] == ["", "", "run 2", "run 3", "run 4"]
     assert remembered("other", "f" * 64) == "kept: another check"
+
+
+def test_a_slow_programs_version_is_asked_once_per_build_of_it(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    program = tmp_path / "lint"
+    program.write_text(f"#!/bin/sh\necho asked >> {calls}\necho 'WARNING: PATH altered'\n"
+                       "echo 'lint 1.2.3 using core 2.19'\n")
+    program.chmod(0o755)
+    argv = [str(program), "--version", "--nocolor"]
+    assert remembered_version(argv) == "lint 1.2.3"
+    assert remembered_version(argv) == "lint 1.2.3"
+    assert calls.read_text().count("asked") == 1
+    assert remembered_version([str(program), "--version"]) == "lint 1.2.3"  # other arguments: asked again
+    assert calls.read_text().count("asked") == 2
+
+    program.write_text(f"#!/bin/sh\necho asked >> {calls}\necho 'lint 1.3.0'\n")  # upgraded in place
+    assert remembered_version(argv) == "lint 1.3.0"
+
+    silent = tmp_path / "silent"
+    silent.write_text(f"#!/bin/sh\necho asked >> {calls}\nexit 3\n")
+    silent.chmod(0o755)
+    before = calls.read_text().count("asked")
+    assert remembered_version([str(silent), "--version"]) == "unknown (exit 3)"
+    assert remembered_version([str(silent), "--version"]) == "unknown (exit 3)"
+    assert calls.read_text().count("asked") == before + 2  # an unknown version is not kept
