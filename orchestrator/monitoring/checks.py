@@ -157,11 +157,9 @@ def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = 
         layout = replace(MonitoringLayout(), config_dir=str(root))
         texts = render_monitoring_texts(loaded, hosts, layout)
         key = _files_key(texts, scratch, cases)
-        seen = remembered(FILES_CHECKS, key)
-        if seen:
-            earlier = json.loads(seen)
-            rendered = [ToolCheck(**c) for c in earlier["files"]]
-            dashboard = [ToolCheck(**c) for c in earlier["dashboard"]]
+        earlier = _earlier(remembered(FILES_CHECKS, key))
+        if earlier is not None:
+            rendered, dashboard = earlier
         else:
             write_monitoring(root, texts)
             (root / HEAL_TOKEN_FILE).write_text("verification-token\n")
@@ -183,11 +181,23 @@ def verify_monitoring(loaded: LoadedEnvironment, hosts: Sequence[Host] | None = 
         "heal policy", not problems, "check_heal_policy",
         "\n".join(f"{p.rule}: {p.message}" for p in problems),
     ))
-    return VerificationReport(env=loaded.env.name, checks=checks, remembered=bool(seen))
+    return VerificationReport(env=loaded.env.name, checks=checks, remembered=earlier is not None)
 
 
 #: the name clean results of the rendered files' checks are remembered under
 FILES_CHECKS = "monitoring-files"
+
+
+def _earlier(stamp: str) -> tuple[list[ToolCheck], list[ToolCheck]] | None:
+    """The checks of a remembered clean run (the files', the dashboard's), or None (none, or a stamp
+    that is not one)."""
+    if not stamp:
+        return None
+    try:
+        data = json.loads(stamp)
+        return ([ToolCheck(**c) for c in data["files"]], [ToolCheck(**c) for c in data["dashboard"]])
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _files_key(texts: dict[str, str], scratch: str, cases: Sequence[RouteCase]) -> str:

@@ -32,7 +32,7 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.files import sha256_file
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
-from orchestrator.tools.ansible import Failure, HostEvent, HostSummary, PlaybookResult
+from orchestrator.tools.ansible import Failure, HostEvent, HostSummary, PlaybookInterrupted, PlaybookResult
 
 BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z\Z")  # \Z: a trailing newline is not an id
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -524,6 +524,8 @@ def backup_directly(loaded: LoadedEnvironment, playbook: str, extra_vars: dict[s
     result = run_sessions(loaded, [hosts] if hosts else [], lambda host: [Call(BACKUP_TASK, "release_backup", params)],
                           run_id=f"backup-{params['backup_id']}", label=playbook, on_event=on_event,
                           modules=[Module("release_backup", module.read_text(encoding="utf-8"))])
+    if result.interrupted_by is not None:  # a signal: no downloads; stopped as a playbook run is
+        raise PlaybookInterrupted(result)
     backed_up = {r.host: r.result for r in result.results if r.status in ("ok", "changed")}
     target = Path(str(extra_vars["release_backup_controller_dir"])) / params["backup_id"]
     fetched = _fetch_archives(loaded, [h for h in hosts if h.name in backed_up], backed_up, params, target)

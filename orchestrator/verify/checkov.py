@@ -136,9 +136,8 @@ def check_checkov(ctx: VerifyContext) -> Outcome:
     skips = load_skips(ctx.project_dir)
     rendered = render_environment(ctx.env).terraform_dir
     key = _scan_key(ctx.project_dir, rendered)
-    seen = remembered("checkov", key)
-    if seen:
-        earlier = json.loads(seen)
+    earlier = _earlier(remembered("checkov", key))
+    if earlier is not None:
         ctx.cache.setdefault("versions", {})["checkov"] = earlier["version"]
         return ok(earlier["message"] + " (unchanged since the last clean run)")
     report = scan(rendered)
@@ -174,10 +173,21 @@ def _scan_key(project_dir: Path, rendered: Path) -> str:
     key = ResultKey("checkov").tool(find_checkov())
     key.tree(rendered, project_dir, keep=terraform_file)
     own = (project_dir / "terraform").resolve()
-    key.tree(own, project_dir, keep=lambda path: ".terraform" not in path.parts)
+    key.tree(project_dir / "terraform", project_dir, keep=lambda path: ".terraform" not in path.parts)
     for tf in sorted(rendered.glob("*.tf")):
         for source in _LOCAL_SOURCE.findall(tf.read_text(encoding="utf-8")):
             module = (rendered / source).resolve()
             if module != own and own not in module.parents:
                 key.tree(module, project_dir, keep=terraform_file)
     return key.hexdigest()
+
+
+def _earlier(stamp: str) -> dict[str, str] | None:
+    """A remembered clean scan ({version, message}), or None (none, or a stamp that is not one)."""
+    try:
+        earlier = json.loads(stamp) if stamp else None
+    except ValueError:
+        return None
+    if not isinstance(earlier, dict) or not all(isinstance(earlier.get(k), str) for k in ("version", "message")):
+        return None
+    return earlier

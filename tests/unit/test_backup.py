@@ -239,3 +239,60 @@ def test_restore_from_controller_refuses_a_corrupt_copy_before_running(loaded: L
 def test_failure_message_groups_hosts_by_message() -> None:
     line = bk.failure_message({"a": "m1", "b": "m1", "c": "m2"}, "restore of X")
     assert line == "restore of X failed on a, b: m1 | c: m2"
+
+
+def _sessions_answering(monkeypatch: pytest.MonkeyPatch, answers: dict[str, dict[str, Any]],
+                        interrupted_by: str | None = None) -> list[dict[str, Any]]:
+    """release.direct.run_sessions standing in for the hosts: each host's module answer; the calls made."""
+    from orchestrator.release import direct
+    from orchestrator.tools.ansible import HostSummary, PlaybookResult, TaskResult
+
+    made: list[dict[str, Any]] = []
+
+    def sessions(loaded: LoadedEnvironment, batches: Any, calls_of: Any, **kwargs: Any) -> PlaybookResult:
+        hosts = [h for batch in batches for h in batch]
+        made.append({"calls": [calls_of(h) for h in hosts], **kwargs})
+        result = PlaybookResult(run_id="r", run_dir=Path("."), playbook="backup.yml", rc=0, status="successful",
+                                duration=0.1, interrupted_by=interrupted_by)
+        for host in hosts:
+            result.hosts[host.name] = HostSummary(ok=1, changed=1)
+            result.results.append(TaskResult(host=host.name, task=bk.BACKUP_TASK, action="release_backup",
+                                             status="changed", result=answers[host.name]))
+        if interrupted_by:
+            result.rc, result.status = 130, "canceled"
+        return result
+
+    monkeypatch.setattr(direct, "run_sessions", sessions)
+    return made
+
+
+def test_a_direct_backup_sends_the_roles_parameters_and_stops_at_a_signal(loaded: LoadedEnvironment,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.tools.ansible import PlaybookInterrupted
+
+    write_inventory(loaded, ["dev-app-1"])
+    made = _sessions_answering(monkeypatch, {"dev-app-1": {"changed": True}}, interrupted_by="SIGINT")
+    fetched: list[Any] = []
+    monkeypatch.setattr(bk, "_fetch_archives", lambda *args: fetched.append(args) or {})
+    with pytest.raises(PlaybookInterrupted):
+        bk.create_backup(loaded, backup_id="20261123T181500Z", keep=2)
+    ((call,),) = made[0]["calls"]
+    assert (call.module, call.task) == ("release_backup", bk.BACKUP_TASK)
+    assert call.params == {"state": "backup", "service": "hello", "backup_id": "20261123T181500Z",
+                           "backups_dir": "/var/backups/hello", "data_dir": "/var/lib/hello", "app_dir": "/opt/hello",
+                           "env_file": "/etc/hello/hello.env", "keep": 2}
+    assert [m.name for m in made[0]["modules"]] == ["release_backup"]
+    assert fetched == []  # nothing downloaded after the signal
+
+
+def test_a_direct_backup_refuses_an_answer_it_would_have_to_write_as_is(loaded: LoadedEnvironment,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    write_inventory(loaded, ["dev-app-1"])
+    digest = {"sha256": "a" * 64, "size": 1}
+    planted = {"changed": True, "release_id": "0.1.0\n../../evil",
+               "files": {"data.tar.gz": digest, "release-id": digest}}
+    _sessions_answering(monkeypatch, {"dev-app-1": planted})
+    with pytest.raises(bk.BackupError, match=r"dev-app-1.*no usable release id") as info:
+        bk.create_backup(loaded, backup_id="20261123T181500Z")
+    assert "\n" not in info.value.message  # the planted newline is shown escaped, on one line
+    assert not (bk.backups_dir(loaded) / "20261123T181500Z" / "dev-app-1").exists()  # no partial copy left

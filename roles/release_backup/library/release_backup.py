@@ -103,7 +103,7 @@ import urllib.request
 try:
     from ansible.module_utils.basic import AnsibleModule
 except ImportError:
-    # run without Ansible by `orchestrate` (orchestrator/release/backup_direct.py), which calls
+    # run without Ansible by `orchestrate` (orchestrator/release/backup.py: backup_directly), which calls
     # run_direct() for state=backup
     AnsibleModule = None
 

@@ -101,3 +101,18 @@ def test_a_slow_programs_version_is_asked_once_per_build_of_it(tmp_path: Path) -
     assert remembered_version([str(silent), "--version"]) == "unknown (exit 3)"
     assert remembered_version([str(silent), "--version"]) == "unknown (exit 3)"
     assert calls.read_text().count("asked") == before + 2  # an unknown version is not kept
+
+
+def test_a_damaged_stamp_is_no_result() -> None:
+    from orchestrator.monitoring.checks import _earlier as monitoring_earlier
+    from orchestrator.verify.checkov import _earlier as checkov_earlier
+
+    for damaged in ("", "{", "[]", '{"version": "checkov 3"}', '{"version": 3, "message": "ok"}'):
+        assert checkov_earlier(damaged) is None
+    assert checkov_earlier('{"version": "checkov 3", "message": "12 resource(s)"}') == {
+        "version": "checkov 3", "message": "12 resource(s)"}
+    for damaged in ("", "{", "[]", '{"files": []}', '{"files": [{"name": "x"}], "dashboard": []}'):
+        assert monitoring_earlier(damaged) is None
+    files, dashboard = monitoring_earlier('{"files": [{"name": "promtool check rules", "ok": true, "command": "c", '
+                                          '"detail": "SUCCESS"}], "dashboard": []}') or ([], [])
+    assert [(c.name, c.ok) for c in files] == [("promtool check rules", True)] and dashboard == []
