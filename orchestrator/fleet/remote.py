@@ -99,14 +99,15 @@ class HostRun:
 
 def run_on_host(conn: Connection, host: Host, command: str, *, timeout: float = 60,
                 options: SshOptions | None = None, input_text: Input | None = None,
-                on_stdout: LineCallback | None = None) -> HostRun:
-    """Run `command` on `host`; its HostRun (`on_stdout` hears each line as it comes). Nothing
-    raises: a refused address, a timeout or an unreachable host is the result (exit_code None, or
-    255 with ssh's message in `error`)."""
+                on_stdout: LineCallback | None = None, stdout_to: Path | None = None) -> HostRun:
+    """Run `command` on `host`; its HostRun (`on_stdout` hears each line as it comes; with
+    `stdout_to` its stdout goes into that file instead, a download). Nothing raises: a refused
+    address, a timeout or an unreachable host is the result (exit_code None, or 255 with ssh's
+    message in `error`)."""
     started = time.monotonic()
     try:
         result = run_ssh(conn.target(host), command, guard=conn.guard, options=options, timeout=timeout,
-                         input_text=input_text, on_stdout=on_stdout)
+                         input_text=input_text, on_stdout=on_stdout, stdout_to=stdout_to)
     except CommandTimeout:
         return HostRun(host.name, host.address, None, "", "", time.monotonic() - started,
                        error=f"timed out after {timeout:g} s")

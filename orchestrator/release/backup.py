@@ -15,7 +15,6 @@ before any host is touched: a corrupt backup is refused naming the file whose sh
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import re
 import shutil
@@ -29,7 +28,7 @@ from typing import Any, Literal
 from orchestrator.config.loader import LoadedEnvironment
 from orchestrator.config.types import parse_duration
 from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.files import sha256_file
+from orchestrator.files import atomic_write, sha256_file
 from orchestrator.fleet.inventory import Host, app_hosts
 from orchestrator.fleet.playbooks import run_env_playbook, unreachable_hint
 from orchestrator.tools.ansible import Failure, HostEvent, HostSummary, PlaybookInterrupted, PlaybookResult
@@ -546,8 +545,8 @@ def _fetch_archives(loaded: LoadedEnvironment, hosts: Sequence[Host], answers: M
     problem ("" when its copy is complete)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from orchestrator.fleet.remote import MAX_PARALLEL, connection
-    from orchestrator.tools.ssh import SshOptions, describe_failure, remote_argv, run_ssh
+    from orchestrator.fleet.remote import MAX_PARALLEL, connection, run_on_host
+    from orchestrator.tools.ssh import SshOptions, remote_argv
 
     conn = connection(loaded)
     remote = f"{params['backups_dir']}/{params['backup_id']}/{ARCHIVE}"
@@ -569,18 +568,16 @@ def _fetch_archives(loaded: LoadedEnvironment, hosts: Sequence[Host], answers: M
         directory = target / host.name
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         archive = directory / ARCHIVE
-        try:
-            ran = run_ssh(conn.target(host), remote_argv([*conn.become, "cat", "--", remote]), guard=conn.guard,
-                          options=SshOptions.shared(), timeout=PLAYBOOK_TIMEOUT, stdout_to=archive)
-        except OrchestratorError as exc:
-            return f"could not copy {remote}: {exc.message}"
-        if ran.returncode != 0:
-            return f"could not copy {remote}: {describe_failure(ran)}"
+        ran = run_on_host(conn, host, remote_argv([*conn.become, "cat", "--", remote]), timeout=PLAYBOOK_TIMEOUT,
+                          options=SshOptions.shared(), stdout_to=archive)
+        if not ran.ok:
+            said = ran.error or " ".join(ran.stderr.split())[-300:] or f"exit {ran.exit_code}"
+            return f"could not copy {remote}: {said}"
         if sha256_file(archive) != digests[ARCHIVE]:
             return f"{remote} arrived with another sha256 than the host's manifest gives"
-        _write_private(directory / RELEASE_FILE, f"{release}\n")
-        _write_private(directory / MANIFEST,
-                       f"{digests[ARCHIVE]}  {ARCHIVE}\n{digests[RELEASE_FILE]}  {RELEASE_FILE}\n")
+        atomic_write(directory / RELEASE_FILE, f"{release}\n", mode=0o600)
+        atomic_write(directory / MANIFEST, f"{digests[ARCHIVE]}  {ARCHIVE}\n{digests[RELEASE_FILE]}  {RELEASE_FILE}\n",
+                     mode=0o600)
         return ""
 
     if not hosts:
@@ -588,8 +585,3 @@ def _fetch_archives(loaded: LoadedEnvironment, hosts: Sequence[Host], answers: M
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(hosts))) as pool:
         return dict(zip((h.name for h in hosts), pool.map(fetch, hosts), strict=True))
 
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from orchestrator import paths
-from orchestrator.files import atomic_write
+from orchestrator.files import atomic_write, digest_files
 
 #: clean results kept per check (the newest; several projects and environments share the cache)
 KEEP = 32
@@ -45,14 +45,9 @@ class ResultKey:
         return self.text(f"{program}:{stat.st_size}:{stat.st_mtime_ns}")
 
     def files(self, files: Iterable[Path], base: Path) -> ResultKey:
-        """Each file's path relative to `base` (else as given) and its content."""
-        for path in files:
-            try:
-                name = str(path.relative_to(base))
-            except ValueError:
-                name = str(path)
-            self._digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-        return self
+        """Each file's path relative to `base` (every one lies under it) and its content
+        (files.digest_files: `__pycache__` left out)."""
+        return self.text(digest_files(files, base))
 
     def tree(self, root: Path, base: Path, *, keep: Callable[[Path], bool] = lambda path: True) -> ResultKey:
         """Every file under `root` (or `root` itself) that `keep` accepts, in a stable order."""

@@ -178,7 +178,7 @@ def _scan_key(project_dir: Path, rendered: Path) -> str:
         for source in _LOCAL_SOURCE.findall(tf.read_text(encoding="utf-8")):
             module = (rendered / source).resolve()
             if module != own and own not in module.parents:
-                key.tree(module, project_dir, keep=terraform_file)
+                key.text(str(module)).tree(module, module, keep=terraform_file)
     return key.hexdigest()
 
 
