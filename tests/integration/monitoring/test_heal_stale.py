@@ -7,16 +7,19 @@ the heal server waited for the lock the deploy held. Once it gets the lock it mu
 present: the hosts were moved since (restored), the alerts' windows still cover the broken
 release, and v2 is what the failed deploy left serving -- nothing is remediated. An operator's
 `rollback --to v2` issued right after the failed deploy waits for the lock instead of being
-refused as busy, and a minute later the fleet is still on v2.
+refused as busy, and the fleet is still on v2 once the stale alerts are over (the watch below).
 """
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.parse
 from typing import Any
 
 import pytest
 
+from orchestrator.config.types import parse_duration
 from tests.support.cli import orchestrate
 from tests.support.net import free_port, http_get
 
@@ -26,6 +29,30 @@ pytestmark = [pytest.mark.integration, pytest.mark.hosts, pytest.mark.e2e, pytes
 
 FleetEnv = Any
 Builds = Any  # tests/integration/conftest.py
+
+# How long the fleet is watched after the operator's rollback. A remediation comes only from an
+# alert notification, so the watch lasts until no alert is pending or firing in Prometheus and the
+# heal server has decided on everything it received, and then QUIET_S longer (Prometheus sends a
+# resolved alert at its next evaluation, Alertmanager passes it on within its group_interval: both
+# under a second in dev). It never ends before the environment's healing.throttle (dev: 30 s), which
+# is also Alertmanager's repeat_interval: an alert still firing would have been sent again by then.
+# The stale alerts end about 20 s after the rollback (their 20 s rate window), so the watch takes
+# about 30 s instead of the fixed minute it used to; it never takes longer than that minute
+# (WATCH_MAX_S), as before when an alert outlives it.
+WATCH_MAX_S = 60.0
+QUIET_S = 10.0
+
+
+def quiet(fleet: FleetEnv, heal_port: int) -> bool:
+    """No alert pending or firing on the monitoring host, and nothing queued in the heal server."""
+    monitor = fleet.group("monitoring")[0]
+    query = urllib.parse.urlencode({"query": "ALERTS"})
+    status, body = http_get(f"http://{monitor.address}:9090/api/v1/query?{query}", network=fleet.network, timeout=5)
+    assert status == 200, body
+    if json.loads(body)["data"]["result"]:
+        return False
+    status, body = http_get(f"http://127.0.0.1:{heal_port}/healthz")
+    return status == 200 and json.loads(body)["queued"] == 0
 
 
 def test_a_failed_deploy_is_not_rolled_back_further_by_its_stale_alerts(fleet_factory: Any,
@@ -56,11 +83,24 @@ def test_a_failed_deploy_is_not_rolled_back_further_by_its_stale_alerts(fleet_fa
         assert code == 0, err
         assert rolled["release"] == v2 and time.monotonic() - started < 120
 
-        # a minute later no remediation has moved the fleet
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        # no remediation moves the fleet while the stale alerts last, nor after them (see WATCH_MAX_S)
+        watch_min = parse_duration(fleet.loaded.env.healing.throttle)
+        assert watch_min < WATCH_MAX_S
+        watch_started = time.monotonic()
+        quiet_since: float | None = None
+        while True:
             assert {current_release(fleet, h) for h in apps} == {v2}
-            time.sleep(5)
+            now = time.monotonic()
+            if not quiet(fleet, heal_port):
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            watched = now - watch_started
+            if watched >= WATCH_MAX_S or (
+                    watched >= watch_min and quiet_since is not None and now - quiet_since >= QUIET_S):
+                break
+            time.sleep(2)
+        assert {current_release(fleet, h) for h in apps} == {v2}
         assert http_get(f"http://127.0.0.1:{heal_port}/healthz")[0] == 200
 
     entries = heal_entries(fleet)
