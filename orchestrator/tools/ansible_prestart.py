@@ -63,9 +63,14 @@ class Prestarted:
         self.events_read, self.events_write = os.pipe()
         self.python = sys.executable
         self.settings = _python_settings(os.environ)
-        self.proc = subprocess.Popen(
-            [self.python, str(SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, pass_fds=(self.events_write,))
+        try:
+            self.proc = subprocess.Popen(
+                [self.python, str(SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(self.events_write,))
+        except OSError:
+            os.close(self.events_read)
+            os.close(self.events_write)
+            raise
 
     def hand_over(self, command: Sequence[str], cwd: str, env: Mapping[str, str]) -> subprocess.Popen[bytes] | None:
         """Give it the run; None (and it is closed) when it cannot run it as the program would."""
@@ -108,7 +113,10 @@ def prestart() -> None:
     """Start one, unless one waits already or ORCHESTRATE_PRESTART=0."""
     global _pending
     if _pending is None and os.environ.get(SWITCH_ENV, "1") != "0":
-        _pending = Prestarted()
+        try:
+            _pending = Prestarted()
+        except OSError:  # no process to spare: the run starts the program, as without it
+            _pending = None
 
 
 def take() -> Prestarted | None:

@@ -9,8 +9,8 @@ artifact dir) and its status callbacks and artifacts (`command`, `stdout`, `stat
   at its status;
 - its event callback (`awx_display`) wraps every line Ansible prints, writes each event to a file
   the parent reads back, and base64-encodes it into the output, which the parent then decodes
-  (`OutputEventFilter`) and writes again, character by character: about 0.2 s of CPU in a run on
-  five hosts, on the CPUs the playbook's workers need.
+  (`OutputEventFilter`) and writes again, a few characters at a time: up to about 0.2 s of a run
+  on five hosts, on the CPUs the playbook's workers need (docs/performance.md).
 
 Instead the child's stdout callback is `orchestrate_events` (ansible_plugins/callback/): Ansible's
 default output, plus one JSON line per event on a pipe of its own. Both pipes are read here; each

@@ -4,17 +4,20 @@ stream's reader (orchestrator/tools/runner_pipe.py): what each refuses and what 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.entry import PRESTART_VERBS, verb
 from orchestrator.tools import ansible_prestart, runner_pipe
 from orchestrator.tools.ansible_prestart import Prestarted, interpreter_of
+from tests.support.project import load_file_module
 
 SCRIPT = ansible_prestart.SCRIPT
 
@@ -175,3 +178,49 @@ def test_what_is_not_an_event_is_not_one(tmp_path: Path) -> None:
     writer.close()
     assert seen == []
     assert list((tmp_path / "events").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["events"]
+
+
+# --- the callback's lines ---------------------------------------------------------------------------
+
+
+def _callback() -> Any:
+    return load_file_module(runner_pipe.CALLBACK_DIR / "orchestrate_events.py", "orchestrate_events_under_test")
+
+
+class _Vaulted:
+    """Stands in for Ansible's EncryptedString: str() would decrypt it."""
+
+    _ciphertext = b"$ANSIBLE_VAULT;1.1;AES256\n3132"
+
+    def __str__(self) -> str:
+        raise AssertionError("decrypted")
+
+
+def test_a_line_holds_data_never_a_decrypted_secret() -> None:
+    callback = _callback()
+    res = {"when": datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC), "raw": b"\xff\x00ok", "set": {3},
+           "pair": (1, "a"), "secret": _Vaulted(), (1, 2): "a key JSON cannot have", "fine": "yes"}
+    line = callback.encode({"event": "runner_on_ok", "event_data": {"res": res}})
+    assert "\n" not in line
+    back = json.loads(line)["event_data"]["res"]
+    assert back == {"when": "2026-12-04T00:00:00+00:00", "raw": "\ufffd\x00ok", "set": [3], "pair": [1, "a"],
+                    "secret": {"__ansible_vault": "$ANSIBLE_VAULT;1.1;AES256\n3132"}, "fine": "yes"}
+
+
+def test_a_result_that_contains_itself_is_replaced_not_lost() -> None:
+    callback = _callback()
+    res: dict[str, Any] = {"msg": "loop"}
+    res["self"] = res
+    back = json.loads(callback.encode({"event": "runner_on_failed", "uuid": UUIDS[0],
+                                       "event_data": {"host": "web-1", "res": res}}))
+    assert back["event"] == "runner_on_failed" and back["event_data"]["host"] == "web-1"
+    assert back["event_data"]["res"] == {"msg": "(this result could not be written as JSON)"}
+
+
+def test_no_log_results_are_censored_before_they_are_written() -> None:
+    callback = _callback()
+    assert callback._censored({"_ansible_no_log": True, "stdout": "hush"}) == {"censored": callback.CENSORED}
+    mixed = {"results": [{"_ansible_no_log": True, "item": "hush"}, {"item": "shown"}], "changed": True}
+    assert callback._censored(mixed) == {"results": [{"censored": callback.CENSORED}, {"item": "shown"}],
+                                         "changed": True}
+    assert mixed["results"][0]["item"] == "hush"  # Ansible's own result is left as it was

@@ -81,6 +81,17 @@ def _censored(res: Any) -> Any:
     return res
 
 
+def encode(record: dict[str, Any]) -> str:
+    """`record` as one line of JSON. Keys JSON cannot have are left out; a result that still cannot
+    be written (a value that contains itself) is replaced by a message saying so."""
+    try:
+        return json.dumps(record, default=_plain, skipkeys=True)
+    except (TypeError, ValueError):
+        data = dict(record.get("event_data") or {})
+        data["res"] = {"msg": "(this result could not be written as JSON)"}
+        return json.dumps({**record, "event_data": data}, default=_plain, skipkeys=True)
+
+
 class CallbackModule(_Default):  # type: ignore[misc]
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "stdout"
@@ -91,8 +102,11 @@ class CallbackModule(_Default):  # type: ignore[misc]
         self._events: Any = None
         fd = os.environ.get(EVENTS_FD_ENV, "")
         if fd.isdigit():
-            os.set_inheritable(int(fd), False)  # no program Ansible starts keeps the pipe open
-            self._events = os.fdopen(int(fd), "w", encoding="utf-8", buffering=1 << 16)
+            try:
+                os.set_inheritable(int(fd), False)  # no program Ansible starts keeps the pipe open
+                self._events = os.fdopen(int(fd), "w", encoding="utf-8", buffering=1 << 16)
+            except OSError:  # not open in this process: Ansible's own output only
+                self._events = None
         self._context: dict[str, Any] = {}
         self._started: dict[tuple[str, str], datetime.datetime] = {}
 
@@ -104,7 +118,7 @@ class CallbackModule(_Default):  # type: ignore[misc]
         record = {"event": event, "uuid": str(uuid.uuid4()), "created": _now().isoformat(), "pid": os.getpid(),
                   "event_data": {**self._context, **data}}
         try:
-            self._events.write(json.dumps(record, default=_plain) + "\n")
+            self._events.write(encode(record) + "\n")
             self._events.flush()
         except OSError:  # orchestrate is gone: Ansible's own output goes on
             self._events = None
