@@ -39,14 +39,11 @@ def _python_settings(env: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in env.items() if key.startswith("PYTHON")}
 
 
-def interpreter_of(program: str, path: str | None) -> str | None:
-    """The interpreter `program`'s `#!` line names, as the run's PATH finds it; None when it is no
-    Python script (pure but for reading the file)."""
-    found = shutil.which(program, path=path)
-    if found is None:
-        return None
+def interpreter_of(program: str) -> str | None:
+    """The interpreter the `#!` line of the file `program` names; None when it names none or
+    more than a path (`env python3`), or the file cannot be read."""
     try:
-        with open(found, "rb") as handle:
+        with open(program, "rb") as handle:
             first = handle.readline(512)
     except OSError:
         return None
@@ -76,7 +73,7 @@ class Prestarted:
         """Give it the run; None (and it is closed) when it cannot run it as the program would."""
         program = shutil.which(command[0], path=env.get("PATH")) if command else None
         if (program is None or self.proc.poll() is not None
-                or interpreter_of(command[0], env.get("PATH")) != self.python
+                or interpreter_of(program) != self.python
                 or _python_settings(env) != self.settings):
             self.close()
             return None

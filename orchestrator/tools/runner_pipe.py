@@ -82,12 +82,10 @@ def _private_file(path: Path) -> TextIO:
 def child_env(prepared: Mapping[str, str], events_fd: int) -> dict[str, str]:
     """The child's environment: what ansible-runner prepared, with orchestrate's event callback
     in place of ansible-runner's (pure)."""
-    env = {str(k): str(v) for k, v in prepared.items()}
-    runner_dirs = {env.pop("AWX_LIB_DIRECTORY", "")}
-    with contextlib.suppress(ImportError):
-        from ansible_runner.utils import get_callback_dir
+    from ansible_runner.utils import get_callback_dir
 
-        runner_dirs.add(get_callback_dir())
+    env = {str(k): str(v) for k, v in prepared.items()}
+    runner_dirs = {env.pop("AWX_LIB_DIRECTORY", ""), get_callback_dir()}
     others = [d for d in env.get("ANSIBLE_CALLBACK_PLUGINS", "").split(os.pathsep) if d and d not in runner_dirs]
     env["ANSIBLE_CALLBACK_PLUGINS"] = os.pathsep.join([str(CALLBACK_DIR), *others])
     env["ANSIBLE_STDOUT_CALLBACK"] = EVENTS_CALLBACK

@@ -64,10 +64,10 @@ def test_the_interpreter_is_the_programs_shebang(tmp_path: Path) -> None:
     (tmp_path / "env-prog").chmod(0o755)
     (tmp_path / "binary").write_bytes(b"\x7fELF\x02")
     (tmp_path / "binary").chmod(0o755)
-    assert interpreter_of("prog", str(tmp_path)) == "/opt/py/bin/python3"
-    assert interpreter_of("env-prog", str(tmp_path)) is None  # not one interpreter named by path
-    assert interpreter_of("binary", str(tmp_path)) is None
-    assert interpreter_of("missing", str(tmp_path)) is None
+    assert interpreter_of(str(tmp_path / "prog")) == "/opt/py/bin/python3"
+    assert interpreter_of(str(tmp_path / "env-prog")) is None  # not one interpreter named by path
+    assert interpreter_of(str(tmp_path / "binary")) is None
+    assert interpreter_of(str(tmp_path / "missing")) is None
 
 
 def _program(tmp_path: Path, interpreter: str) -> dict[str, str]:
